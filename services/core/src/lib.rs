@@ -1,0 +1,9 @@
+//! Marina's core: configuration, domain types, the MCP/JSON-RPC envelope, the session store
+//! (in-memory and Redis), the tool interface every upstream kind implements, and telemetry.
+
+pub mod domain;
+pub mod protocol;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod tools;

@@ -1,0 +1,312 @@
+//! Process settings, layered with the `config` crate: built-in defaults < file (`--config`,
+//! TOML or YAML) < environment (`MARINA__SECTION__KEY`) < command-line flags.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The settings root: one section per concern.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Listener, node identity, shutdown and logs.
+    pub server: ServerSettings,
+    /// Session store.
+    pub store: StoreSettings,
+    /// Session lifecycle and streams.
+    pub sessions: SessionSettings,
+    /// Tenants by id (static configuration until the control plane exists).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSettings>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address (`ADDR:PORT`, port 0 = any free port).
+    pub bind: String,
+    /// Node name; empty = derived.
+    pub node_id: String,
+    /// URL peers use to forward requests here; empty = `http://<bound address>`.
+    pub advertise_url: String,
+    /// Drain budget on SIGTERM.
+    pub drain_timeout_ms: u64,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// EnvFilter directive.
+    pub log_filter: String,
+    /// Worker threads (0 = number of CPUs).
+    pub workers: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Redis URL; empty = in-memory store.
+    pub redis_url: String,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Per-command timeout.
+    pub timeout_ms: u64,
+}
+
+/// How `tools/call` responses are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallResponseMode {
+    /// A resumable SSE stream whose events are persisted.
+    Sse,
+    /// A single JSON body.
+    Json,
+}
+
+/// `[sessions]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// Idle expiry.
+    pub idle_ttl_secs: u64,
+    /// Absolute expiry.
+    pub max_lifetime_secs: u64,
+    /// Actor lease.
+    pub lease_ttl_ms: u64,
+    /// Passivation delay.
+    pub passivate_after_secs: u64,
+    /// Cap per event stream.
+    pub max_events_per_stream: usize,
+    /// Maximum POST stream duration.
+    pub max_post_stream_ms: u64,
+    /// SSE retry hint.
+    pub retry_ms: u64,
+    /// tools/call response mode.
+    pub tools_call_response: CallResponseMode,
+    /// tools/list page size.
+    pub page_size: usize,
+}
+
+impl SessionSettings {
+    /// Idle TTL as a duration.
+    pub fn idle_ttl(&self) -> Duration {
+        Duration::from_secs(self.idle_ttl_secs)
+    }
+    /// Absolute lifetime as a duration.
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_lifetime_secs)
+    }
+    /// Lease TTL as a duration.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Origins allowed in addition to localhost ones (`*` allows any).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Hosts allowed in addition to localhost ones (`*` allows any), with or without port.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: TenantLimits,
+    /// Tool sources.
+    #[serde(default = "default_upstreams")]
+    pub upstreams: Vec<UpstreamSettings>,
+}
+
+/// Per-tenant limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Largest accepted POST body (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+/// One tool source of a tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum UpstreamSettings {
+    /// Marina's built-in tools; `tools` selects some (all when absent).
+    Builtin {
+        /// Names of the built-in tools to expose.
+        #[serde(default)]
+        tools: Option<Vec<String>>,
+    },
+}
+
+fn default_upstreams() -> Vec<UpstreamSettings> {
+    vec![UpstreamSettings::Builtin { tools: None }]
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The layered sources did not form valid settings.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Load settings. `env` is the environment to read `MARINA__*` from (tests pass their own map so
+/// they never mutate the process environment); `overrides` are flag values as `section.key`.
+pub fn load(
+    file: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+    overrides: &[(&str, String)],
+) -> Result<Settings, SettingsError> {
+    let mut b = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+    if let Some(path) = file {
+        b = b.add_source(File::from(path).required(true));
+    }
+    let mut env_src = Environment::with_prefix("MARINA")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("tenants.*.allowed_origins");
+    if let Some(map) = env {
+        env_src = env_src.source(Some(map));
+    }
+    b = b.add_source(env_src);
+    for (k, v) in overrides {
+        b = b.set_override(*k, v.clone())?;
+    }
+    let mut s: Settings = b.build()?.try_deserialize()?;
+    if s.tenants.is_empty() {
+        s.tenants.insert(
+            "demo".into(),
+            TenantSettings {
+                upstreams: default_upstreams(),
+                ..Default::default()
+            },
+        );
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            return bad("server.bind must be ADDR:PORT, e.g. 127.0.0.1:8080");
+        }
+        if self.sessions.lease_ttl_ms < 500 {
+            return bad("sessions.lease_ttl_ms must be at least 500");
+        }
+        if self.sessions.idle_ttl_secs == 0 || self.sessions.max_lifetime_secs == 0 {
+            return bad("sessions.idle_ttl_secs and sessions.max_lifetime_secs must be positive");
+        }
+        if self.sessions.page_size == 0 || self.sessions.max_events_per_stream == 0 {
+            return bad("sessions.page_size and sessions.max_events_per_stream must be positive");
+        }
+        for id in self.tenants.keys() {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return bad("tenant ids are 1-64 characters of A-Z a-z 0-9 - _");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_give_demo_tenant_and_local_bind() {
+        let s = load(None, Some(HashMap::new()), &[]).unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert!(s.store.redis_url.is_empty());
+        assert!(s.tenants.contains_key("demo"));
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.yaml");
+        std::fs::write(
+            &f,
+            "server:\n  bind: 127.0.0.1:9000\n  node_id: file\nsessions:\n  retry_ms: 7\ntenants:\n  acme:\n    allowed_origins: [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        let env = HashMap::from([
+            ("MARINA__SERVER__NODE_ID".to_owned(), "env".to_owned()),
+            (
+                "MARINA__SESSIONS__LEASE_TTL_MS".to_owned(),
+                "2500".to_owned(),
+            ),
+        ]);
+        let s = load(
+            Some(&f),
+            Some(env),
+            &[("server.bind", "127.0.0.1:9001".into())],
+        )
+        .unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:9001");
+        assert_eq!(s.server.node_id, "env");
+        assert_eq!(s.sessions.lease_ttl_ms, 2500);
+        assert_eq!(s.sessions.retry_ms, 7);
+        assert!(!s.tenants.contains_key("demo"));
+        assert_eq!(s.tenants["acme"].allowed_origins, vec!["https://a.example"]);
+        assert_eq!(s.tenants["acme"].upstreams.len(), 1);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(&f, "[sessions]\nidle_ttl = 3\n").unwrap();
+        assert!(load(Some(&f), Some(HashMap::new()), &[]).is_err());
+        assert!(
+            load(
+                None,
+                Some(HashMap::new()),
+                &[("server.bind", "nope".into())]
+            )
+            .is_err()
+        );
+    }
+}

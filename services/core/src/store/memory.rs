@@ -1,0 +1,307 @@
+//! In-memory session store for the single-node embedded default. Same semantics as Redis —
+//! TTLs, fencing, capped streams — so the shared suite holds for both.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{
+    Fence, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError, StoredEvent,
+    decode_record, encode_record,
+};
+use crate::domain::{StreamId, entry_key};
+
+/// How many operations between sweeps of expired entries.
+const SWEEP_EVERY: u64 = 1024;
+
+#[derive(Debug)]
+struct Expiring<T> {
+    value: T,
+    expires: Instant,
+}
+
+impl<T> Expiring<T> {
+    fn new(value: T, ttl: Duration) -> Self {
+        Self {
+            value,
+            expires: Instant::now() + ttl,
+        }
+    }
+    fn live(&self) -> bool {
+        self.expires > Instant::now()
+    }
+}
+
+#[derive(Debug, Default)]
+struct EventLog {
+    entries: VecDeque<(u64, String)>,
+    next: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<SessionId, Expiring<(u64, String)>>,
+    leases: HashMap<SessionId, Expiring<(String, u64)>>,
+    fences: HashMap<SessionId, u64>,
+    events: HashMap<(SessionId, StreamId), Expiring<EventLog>>,
+    nodes: HashMap<String, Expiring<NodeInfo>>,
+    ops: u64,
+}
+
+impl Inner {
+    fn tick(&mut self) {
+        self.ops += 1;
+        if self.ops.is_multiple_of(SWEEP_EVERY) {
+            self.sessions.retain(|_, v| v.live());
+            self.leases.retain(|_, v| v.live());
+            self.events.retain(|_, v| v.live());
+            self.nodes.retain(|_, v| v.live());
+            let sessions = &self.sessions;
+            self.fences.retain(|k, _| sessions.contains_key(k));
+        }
+    }
+
+    fn session_live(&self, id: &SessionId) -> bool {
+        self.sessions.get(id).is_some_and(Expiring::live)
+    }
+
+    fn lease(&self, id: &SessionId) -> Option<&(String, u64)> {
+        self.leases.get(id).filter(|l| l.live()).map(|l| &l.value)
+    }
+
+    fn holds(&self, fence: &Fence) -> bool {
+        self.lease(&fence.session) == Some(&(fence.holder.clone(), fence.token))
+    }
+}
+
+/// The in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A poisoned lock means a panic mid-update elsewhere; the maps are still structurally
+        // sound, so keep serving rather than cascading the panic.
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.tick();
+        f(&mut g)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = encode_record(rec)?;
+        self.with(|s| {
+            if s.session_live(id) {
+                return Err(StoreError::Corrupt("session id collision".into()));
+            }
+            s.sessions.insert(id.clone(), Expiring::new((1, json), ttl));
+            Ok(())
+        })
+    }
+
+    async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let found = self.with(|s| {
+            s.sessions
+                .get(id)
+                .filter(|e| e.live())
+                .map(|e| (e.value.0, e.value.1.clone()))
+        });
+        found.map(|(v, json)| decode_record(v, &json)).transpose()
+    }
+
+    async fn save_session(
+        &self,
+        fence: &Fence,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = encode_record(rec)?;
+        self.with(|s| {
+            if !s.holds(fence) {
+                return Err(StoreError::Fenced);
+            }
+            let Some(cur) = s.sessions.get_mut(&fence.session).filter(|e| e.live()) else {
+                return Err(StoreError::Gone);
+            };
+            if cur.value.0 < rec.version {
+                *cur = Expiring::new((rec.version, json), ttl);
+            }
+            Ok(())
+        })
+    }
+
+    async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
+            let existed = s.sessions.remove(id).is_some_and(|e| e.live());
+            s.leases.remove(id);
+            s.fences.remove(id);
+            for n in 0..streams.max(1) {
+                s.events.remove(&(id.clone(), n));
+            }
+            existed
+        }))
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        Ok(self.with(|s| {
+            if !s.session_live(id) {
+                return LeaseOutcome::NoSession;
+            }
+            if let Some((h, _)) = s.lease(id) {
+                return LeaseOutcome::Held { holder: h.clone() };
+            }
+            let token = s.fences.entry(id.clone()).or_insert(0);
+            *token += 1;
+            let token = *token;
+            s.leases
+                .insert(id.clone(), Expiring::new((holder.to_owned(), token), ttl));
+            LeaseOutcome::Acquired(Fence {
+                session: id.clone(),
+                holder: holder.to_owned(),
+                token,
+            })
+        }))
+    }
+
+    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
+            if !s.holds(fence) {
+                return false;
+            }
+            s.leases.insert(
+                fence.session.clone(),
+                Expiring::new((fence.holder.clone(), fence.token), ttl),
+            );
+            true
+        }))
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
+        self.with(|s| {
+            if s.holds(fence) {
+                s.leases.remove(&fence.session);
+            }
+        });
+        Ok(())
+    }
+
+    async fn lease_holder(&self, id: &SessionId) -> Result<Option<String>, StoreError> {
+        Ok(self.with(|s| s.lease(id).map(|(h, _)| h.clone())))
+    }
+
+    async fn append_event(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        data: &str,
+        cap: usize,
+        ttl: Duration,
+    ) -> Result<String, StoreError> {
+        self.with(|s| {
+            if !s.holds(fence) {
+                return Err(StoreError::Fenced);
+            }
+            let key = (fence.session.clone(), stream);
+            let slot = s
+                .events
+                .entry(key)
+                .or_insert_with(|| Expiring::new(EventLog::default(), ttl));
+            if !slot.live() {
+                *slot = Expiring::new(EventLog::default(), ttl);
+            }
+            slot.expires = Instant::now() + ttl;
+            let log = &mut slot.value;
+            log.next += 1;
+            log.entries.push_back((log.next, data.to_owned()));
+            while log.entries.len() > cap {
+                log.entries.pop_front();
+            }
+            Ok(format!("{}-0", log.next))
+        })
+    }
+
+    async fn read_events(
+        &self,
+        id: &SessionId,
+        stream: StreamId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let after = entry_key(after);
+        Ok(self.with(|s| {
+            let Some(slot) = s.events.get(&(id.clone(), stream)).filter(|e| e.live()) else {
+                return Vec::new();
+            };
+            slot.value
+                .entries
+                .iter()
+                .filter(|(n, _)| (*n, 0) > after)
+                .take(limit)
+                .map(|(n, d)| StoredEvent {
+                    entry: format!("{n}-0"),
+                    data: d.clone(),
+                })
+                .collect()
+        }))
+    }
+
+    async fn last_entry(
+        &self,
+        id: &SessionId,
+        stream: StreamId,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self.with(|s| {
+            s.events
+                .get(&(id.clone(), stream))
+                .filter(|e| e.live())
+                .and_then(|e| e.value.entries.back().map(|(n, _)| format!("{n}-0")))
+        }))
+    }
+
+    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.with(|s| {
+            s.nodes
+                .insert(node.instance.clone(), Expiring::new(node.clone(), ttl))
+        });
+        Ok(())
+    }
+
+    async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {
+        Ok(self.with(|s| {
+            s.nodes
+                .get(instance)
+                .filter(|n| n.live())
+                .map(|n| n.value.clone())
+        }))
+    }
+
+    async fn unregister_node(&self, instance: &str) -> Result<(), StoreError> {
+        self.with(|s| s.nodes.remove(instance));
+        Ok(())
+    }
+}

@@ -1,0 +1,511 @@
+//! Redis session store (deadpool-redis). Key schema — every key of a session shares the hash tag
+//! `{<session id>}` so the multi-key scripts below stay in one Redis Cluster slot:
+//!
+//! | key | type | content | TTL |
+//! |---|---|---|---|
+//! | `<p>:{<sid>}:s` | hash | `v` write version, `d` session record JSON | idle TTL, capped by the absolute maximum |
+//! | `<p>:{<sid>}:f` | string | fencing counter (INCR per lease) | as the session |
+//! | `<p>:{<sid>}:l` | string | lease `<instance>\|<token>` | lease TTL |
+//! | `<p>:{<sid>}:e:<n>` | stream | events of stream `n` (`d` = JSON-RPC message) | as the session; MAXLEN ~cap |
+//! | `<p>:node:<instance>` | string | node JSON (url, draining) | 3 heartbeats |
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
+use redis::{Script, Value as RValue};
+
+use super::{
+    Fence, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError, StoredEvent,
+    decode_record, encode_record, parse_lease,
+};
+use crate::domain::StreamId;
+
+/// KEYS s, f; ARGV json, ttl. Creates the record only if absent.
+const CREATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1";
+
+/// KEYS s, l, f; ARGV lease value, version, json, ttl. Fenced, versioned write-through.
+const SAVE: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if cur < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+return 1";
+
+/// KEYS s, l, f; ARGV holder, lease ttl. Takes the lease with a fresh fencing token.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local cur = redis.call('GET', KEYS[2])
+if cur then return {2, cur} end
+local t = redis.call('INCR', KEYS[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. t, 'PX', ARGV[2])
+return {1, tostring(t)}";
+
+/// KEYS l; ARGV lease value, ttl.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
+/// KEYS l; ARGV lease value.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// KEYS e, l; ARGV lease value, data, cap, ttl. Fenced append; '' when fenced.
+const APPEND: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return '' end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return id";
+
+/// Redis-backed store.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    timeout: Duration,
+    create: Script,
+    save: Script,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    append: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never print it.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Build a pool for `url`. Connections are made lazily, so this succeeds while Redis is down.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let mut cfg = Config::from_url(url);
+        cfg.pool = Some(PoolConfig::new(pool_size.max(1)));
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(unavailable)?;
+        Ok(Self {
+            pool,
+            prefix: prefix.to_owned(),
+            timeout,
+            create: Script::new(CREATE),
+            save: Script::new(SAVE),
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+            append: Script::new(APPEND),
+        })
+    }
+
+    fn key(&self, id: &SessionId, suffix: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, id.as_str(), suffix)
+    }
+
+    fn stream_key(&self, id: &SessionId, stream: StreamId) -> String {
+        self.key(id, &format!("e:{stream}"))
+    }
+
+    fn node_key(&self, instance: &str) -> String {
+        format!("{}:node:{}", self.prefix, instance)
+    }
+
+    /// Run `f` with a pooled connection, bounded by the command timeout.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut deadpool_redis::Connection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'c>,
+        >,
+    {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(unavailable)?;
+            f(&mut conn).await.map_err(unavailable)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| StoreError::Unavailable("timed out".into()))?
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+fn events_from(reply: RValue) -> Result<Vec<StoredEvent>, StoreError> {
+    // XRANGE reply: [[id, [field, value, ...]], ...]
+    let RValue::Array(items) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let RValue::Array(mut pair) = item else {
+            continue;
+        };
+        if pair.len() != 2 {
+            continue;
+        }
+        let fields = pair.pop();
+        let id = pair.pop();
+        let entry: String = redis::from_redis_value(id.unwrap_or(RValue::Nil))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut data = None;
+        if let Some(RValue::Array(kv)) = fields {
+            let mut it = kv.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                let k: String = redis::from_redis_value(k).unwrap_or_default();
+                if k == "d" {
+                    data = Some(
+                        redis::from_redis_value::<String>(v)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    );
+                }
+            }
+        }
+        out.push(StoredEvent {
+            entry,
+            data: data.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|c| Box::pin(async move { redis::cmd("PING").query_async::<String>(c).await }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_session(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = encode_record(rec)?;
+        let (s, f) = (self.key(id, "s"), self.key(id, "f"));
+        let script = self.create.clone();
+        let created: i64 = self
+            .run(move |c| {
+                Box::pin(async move {
+                    script
+                        .key(s)
+                        .key(f)
+                        .arg(json)
+                        .arg(ms(ttl))
+                        .invoke_async(c)
+                        .await
+                })
+            })
+            .await?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt("session id collision".into()))
+        }
+    }
+
+    async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let s = self.key(id, "s");
+        let (v, d): (Option<u64>, Option<String>) = self
+            .run(move |c| {
+                Box::pin(async move {
+                    redis::cmd("HMGET")
+                        .arg(s)
+                        .arg("v")
+                        .arg("d")
+                        .query_async(c)
+                        .await
+                })
+            })
+            .await?;
+        match (v, d) {
+            (Some(v), Some(d)) => decode_record(v, &d).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn save_session(
+        &self,
+        fence: &Fence,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = encode_record(rec)?;
+        let id = &fence.session;
+        let (s, l, f) = (self.key(id, "s"), self.key(id, "l"), self.key(id, "f"));
+        let (lease, version, script) = (fence.lease_value(), rec.version, self.save.clone());
+        let r: i64 = self
+            .run(move |c| {
+                Box::pin(async move {
+                    script
+                        .key(s)
+                        .key(l)
+                        .key(f)
+                        .arg(lease)
+                        .arg(version)
+                        .arg(json)
+                        .arg(ms(ttl))
+                        .invoke_async(c)
+                        .await
+                })
+            })
+            .await?;
+        match r {
+            -1 => Err(StoreError::Fenced),
+            -2 => Err(StoreError::Gone),
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError> {
+        let mut keys = vec![self.key(id, "s"), self.key(id, "l"), self.key(id, "f")];
+        keys.extend((0..streams.max(1)).map(|n| self.stream_key(id, n)));
+        let s_key = keys[0].clone();
+        let (existed, _): (i64, i64) = self
+            .run(move |c| {
+                Box::pin(async move {
+                    redis::pipe()
+                        .cmd("EXISTS")
+                        .arg(s_key)
+                        .cmd("DEL")
+                        .arg(keys)
+                        .query_async(c)
+                        .await
+                })
+            })
+            .await?;
+        Ok(existed == 1)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let (s, l, f) = (self.key(id, "s"), self.key(id, "l"), self.key(id, "f"));
+        let (h, script) = (holder.to_owned(), self.acquire.clone());
+        let reply: Vec<RValue> = self
+            .run(move |c| {
+                Box::pin(async move {
+                    script
+                        .key(s)
+                        .key(l)
+                        .key(f)
+                        .arg(h)
+                        .arg(ms(ttl))
+                        .invoke_async(c)
+                        .await
+                })
+            })
+            .await?;
+        let mut it = reply.into_iter();
+        let status: i64 = it
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .unwrap_or(0);
+        let detail: Option<String> = it
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(match (status, detail) {
+            (1, Some(t)) => LeaseOutcome::Acquired(Fence {
+                session: id.clone(),
+                holder: holder.to_owned(),
+                token: t
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?,
+            }),
+            (2, Some(v)) => LeaseOutcome::Held {
+                holder: parse_lease(&v).0,
+            },
+            _ => LeaseOutcome::NoSession,
+        })
+    }
+
+    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> Result<bool, StoreError> {
+        let (l, v, script) = (
+            self.key(&fence.session, "l"),
+            fence.lease_value(),
+            self.renew.clone(),
+        );
+        let r: i64 = self
+            .run(move |c| {
+                Box::pin(async move { script.key(l).arg(v).arg(ms(ttl)).invoke_async(c).await })
+            })
+            .await?;
+        Ok(r == 1)
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
+        let (l, v, script) = (
+            self.key(&fence.session, "l"),
+            fence.lease_value(),
+            self.release.clone(),
+        );
+        let _: i64 = self
+            .run(move |c| Box::pin(async move { script.key(l).arg(v).invoke_async(c).await }))
+            .await?;
+        Ok(())
+    }
+
+    async fn lease_holder(&self, id: &SessionId) -> Result<Option<String>, StoreError> {
+        let l = self.key(id, "l");
+        let v: Option<String> = self
+            .run(move |c| Box::pin(async move { redis::cmd("GET").arg(l).query_async(c).await }))
+            .await?;
+        Ok(v.map(|v| parse_lease(&v).0))
+    }
+
+    async fn append_event(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        data: &str,
+        cap: usize,
+        ttl: Duration,
+    ) -> Result<String, StoreError> {
+        let (e, l) = (
+            self.stream_key(&fence.session, stream),
+            self.key(&fence.session, "l"),
+        );
+        let (lease, data, script) = (fence.lease_value(), data.to_owned(), self.append.clone());
+        let id: String = self
+            .run(move |c| {
+                Box::pin(async move {
+                    script
+                        .key(e)
+                        .key(l)
+                        .arg(lease)
+                        .arg(data)
+                        .arg(cap)
+                        .arg(ms(ttl))
+                        .invoke_async(c)
+                        .await
+                })
+            })
+            .await?;
+        if id.is_empty() {
+            Err(StoreError::Fenced)
+        } else {
+            Ok(id)
+        }
+    }
+
+    async fn read_events(
+        &self,
+        id: &SessionId,
+        stream: StreamId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let (e, start) = (self.stream_key(id, stream), format!("({after}"));
+        let reply: RValue = self
+            .run(move |c| {
+                Box::pin(async move {
+                    redis::cmd("XRANGE")
+                        .arg(e)
+                        .arg(start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit)
+                        .query_async(c)
+                        .await
+                })
+            })
+            .await?;
+        events_from(reply)
+    }
+
+    async fn last_entry(
+        &self,
+        id: &SessionId,
+        stream: StreamId,
+    ) -> Result<Option<String>, StoreError> {
+        let e = self.stream_key(id, stream);
+        let reply: RValue = self
+            .run(move |c| {
+                Box::pin(async move {
+                    redis::cmd("XREVRANGE")
+                        .arg(e)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(c)
+                        .await
+                })
+            })
+            .await?;
+        Ok(events_from(reply)?.into_iter().next().map(|e| e.entry))
+    }
+
+    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let (k, v) = (
+            self.node_key(&node.instance),
+            serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        let _: () = self
+            .run(move |c| {
+                Box::pin(async move {
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(v)
+                        .arg("PX")
+                        .arg(ms(ttl))
+                        .query_async(c)
+                        .await
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {
+        let k = self.node_key(instance);
+        let v: Option<String> = self
+            .run(move |c| Box::pin(async move { redis::cmd("GET").arg(k).query_async(c).await }))
+            .await?;
+        v.map(|v| serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn unregister_node(&self, instance: &str) -> Result<(), StoreError> {
+        let k = self.node_key(instance);
+        let _: i64 = self
+            .run(move |c| Box::pin(async move { redis::cmd("DEL").arg(k).query_async(c).await }))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The store conformance suite: the same checks run against [`super::MemoryStore`] (unit tests)
+//! and [`super::RedisStore`] (integration tests with a real `redis-server`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{
+    InflightCall, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms,
+};
+use crate::domain::SessionId;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn record() -> SessionRecord {
+    SessionRecord {
+        tenant: "demo".into(),
+        principal: Some("alice".into()),
+        protocol_version: "2025-11-25".into(),
+        client_capabilities: json!({"elicitation": {}}),
+        client_info: json!({"name": "t", "version": "1"}),
+        log_level: None,
+        initialized: false,
+        created_at_ms: now_ms(),
+        expires_at_ms: now_ms() + 3_600_000,
+        next_stream: 1,
+        inflight: BTreeMap::new(),
+        version: 1,
+    }
+}
+
+async fn acquire(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    holder: &str,
+    ttl: Duration,
+) -> super::Fence {
+    match store.acquire_lease(id, holder, ttl).await.unwrap() {
+        LeaseOutcome::Acquired(f) => f,
+        other => panic!("expected to acquire, got {other:?}"),
+    }
+}
+
+/// Run every check. Each uses fresh random ids, so runs can share one store.
+pub async fn run_all(store: Arc<dyn SessionStore>) {
+    let s = store.as_ref();
+    store.ping().await.unwrap();
+    records_round_trip_and_writes_are_fenced_and_versioned(s).await;
+    leases_are_exclusive_and_expire(s).await;
+    events_append_read_trim_and_fence(s).await;
+    delete_removes_everything(s).await;
+    sessions_expire_by_ttl(s).await;
+    nodes_register_and_expire(s).await;
+}
+
+async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionStore) {
+    let id = SessionId::generate();
+    assert!(s.load_session(&id).await.unwrap().is_none());
+    let mut rec = record();
+    s.create_session(&id, &rec, TTL).await.unwrap();
+    assert!(
+        s.create_session(&id, &rec, TTL).await.is_err(),
+        "create must not overwrite"
+    );
+    assert_eq!(s.load_session(&id).await.unwrap().unwrap(), rec);
+
+    let fence = acquire(s, &id, "node-a/1", TTL).await;
+    rec.version = 3;
+    rec.log_level = Some("error".into());
+    rec.inflight.insert(
+        1,
+        InflightCall {
+            request_id: json!(7),
+            method: "tools/call".into(),
+            params: json!({"name": "echo"}),
+            replayable: true,
+        },
+    );
+    s.save_session(&fence, &rec, TTL).await.unwrap();
+    // A write with an older version (completing late) does not roll state back.
+    let mut stale = rec.clone();
+    stale.version = 2;
+    stale.log_level = Some("debug".into());
+    s.save_session(&fence, &stale, TTL).await.unwrap();
+    let loaded = s.load_session(&id).await.unwrap().unwrap();
+    assert_eq!(loaded.version, 3);
+    assert_eq!(loaded.log_level.as_deref(), Some("error"));
+    assert_eq!(loaded.inflight.len(), 1);
+
+    // A holder whose lease was taken over cannot write any more.
+    s.release_lease(&fence).await.unwrap();
+    let other = acquire(s, &id, "node-b/1", TTL).await;
+    assert!(other.token > fence.token, "fencing tokens increase");
+    rec.version = 4;
+    assert!(matches!(
+        s.save_session(&fence, &rec, TTL).await,
+        Err(StoreError::Fenced)
+    ));
+    s.save_session(&other, &rec, TTL).await.unwrap();
+}
+
+async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
+    let missing = SessionId::generate();
+    assert_eq!(
+        s.acquire_lease(&missing, "a/1", TTL).await.unwrap(),
+        LeaseOutcome::NoSession
+    );
+
+    let id = SessionId::generate();
+    s.create_session(&id, &record(), TTL).await.unwrap();
+    let short = Duration::from_millis(300);
+    let a = acquire(s, &id, "a/1", short).await;
+    assert_eq!(
+        s.acquire_lease(&id, "b/1", short).await.unwrap(),
+        LeaseOutcome::Held {
+            holder: "a/1".into()
+        }
+    );
+    assert_eq!(s.lease_holder(&id).await.unwrap().as_deref(), Some("a/1"));
+    assert!(s.renew_lease(&a, short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Expired: another node takes over and the old holder can no longer renew.
+    let b = acquire(s, &id, "b/1", TTL).await;
+    assert!(!s.renew_lease(&a, short).await.unwrap());
+    s.release_lease(&a).await.unwrap(); // releasing someone else's lease is a no-op
+    assert_eq!(s.lease_holder(&id).await.unwrap().as_deref(), Some("b/1"));
+    s.release_lease(&b).await.unwrap();
+    assert_eq!(s.lease_holder(&id).await.unwrap(), None);
+}
+
+async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {
+    let id = SessionId::generate();
+    s.create_session(&id, &record(), TTL).await.unwrap();
+    let f = acquire(s, &id, "a/1", TTL).await;
+    assert!(s.read_events(&id, 1, "0-0", 10).await.unwrap().is_empty());
+    assert_eq!(s.last_entry(&id, 1).await.unwrap(), None);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            s.append_event(&f, 1, &format!("{{\"n\":{i}}}"), 1000, TTL)
+                .await
+                .unwrap(),
+        );
+    }
+    s.append_event(&f, 2, "other-stream", 1000, TTL)
+        .await
+        .unwrap();
+    let all = s.read_events(&id, 1, "0-0", 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.entry.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(all[4].data, "{\"n\":4}");
+    let rest = s.read_events(&id, 1, &ids[2], 100).await.unwrap();
+    assert_eq!(
+        rest.len(),
+        2,
+        "strictly after the given id, and only this stream"
+    );
+    assert_eq!(rest[0].entry, ids[3]);
+    assert_eq!(
+        s.read_events(&id, 1, &ids[0], 2).await.unwrap().len(),
+        2,
+        "limit"
+    );
+    assert_eq!(s.last_entry(&id, 1).await.unwrap(), Some(ids[4].clone()));
+    // Another session never sees these events.
+    let other = SessionId::generate();
+    assert!(
+        s.read_events(&other, 1, "0-0", 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Streams are capped (Redis trims approximately, so allow slack but require a bound).
+    for i in 0..400 {
+        s.append_event(&f, 3, &i.to_string(), 50, TTL)
+            .await
+            .unwrap();
+    }
+    let kept = s.read_events(&id, 3, "0-0", 10_000).await.unwrap();
+    assert!(kept.len() < 400 && kept.len() >= 50, "kept {}", kept.len());
+    assert_eq!(kept.last().unwrap().data, "399");
+
+    // A stale holder cannot append.
+    s.release_lease(&f).await.unwrap();
+    let _g = acquire(s, &id, "b/1", TTL).await;
+    assert!(matches!(
+        s.append_event(&f, 1, "x", 1000, TTL).await,
+        Err(StoreError::Fenced)
+    ));
+}
+
+async fn delete_removes_everything(s: &dyn SessionStore) {
+    let id = SessionId::generate();
+    s.create_session(&id, &record(), TTL).await.unwrap();
+    let f = acquire(s, &id, "a/1", TTL).await;
+    s.append_event(&f, 0, "g", 1000, TTL).await.unwrap();
+    s.append_event(&f, 1, "p", 1000, TTL).await.unwrap();
+    assert!(s.delete_session(&id, 2).await.unwrap());
+    assert!(s.load_session(&id).await.unwrap().is_none());
+    assert!(s.read_events(&id, 0, "0-0", 10).await.unwrap().is_empty());
+    assert!(s.read_events(&id, 1, "0-0", 10).await.unwrap().is_empty());
+    assert_eq!(s.lease_holder(&id).await.unwrap(), None);
+    assert!(!s.delete_session(&id, 2).await.unwrap());
+    assert_eq!(
+        s.acquire_lease(&id, "a/1", TTL).await.unwrap(),
+        LeaseOutcome::NoSession
+    );
+}
+
+async fn sessions_expire_by_ttl(s: &dyn SessionStore) {
+    let id = SessionId::generate();
+    s.create_session(&id, &record(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(s.load_session(&id).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(s.load_session(&id).await.unwrap().is_none());
+
+    // A save refreshes the TTL.
+    let id = SessionId::generate();
+    let mut rec = record();
+    s.create_session(&id, &rec, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let f = acquire(s, &id, "a/1", TTL).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    rec.version = 2;
+    s.save_session(&f, &rec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.load_session(&id).await.unwrap().is_some());
+}
+
+async fn nodes_register_and_expire(s: &dyn SessionStore) {
+    let n = NodeInfo {
+        instance: format!("n/{}", SessionId::generate()),
+        url: "http://127.0.0.1:1".into(),
+        draining: false,
+    };
+    s.register_node(&n, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(s.node(&n.instance).await.unwrap(), Some(n.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.node(&n.instance).await.unwrap(), None);
+    s.register_node(&n, TTL).await.unwrap();
+    s.unregister_node(&n.instance).await.unwrap();
+    assert_eq!(s.node(&n.instance).await.unwrap(), None);
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_store_passes_the_suite() {
+        super::run_all(std::sync::Arc::new(crate::store::MemoryStore::new())).await;
+    }
+}
