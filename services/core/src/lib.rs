@@ -6,4 +6,5 @@ pub mod protocol;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tenant;
 pub mod tools;

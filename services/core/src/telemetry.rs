@@ -2,6 +2,8 @@
 //! Request spans carry `request_id`, `tenant` and `session`; tokens and session secrets are never
 //! recorded (session ids are logged only as a short non-reversible tag, see [`session_tag`]).
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::settings::LogFormat;

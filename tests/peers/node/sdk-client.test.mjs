@@ -118,7 +118,26 @@ after(async () => {
   }
 });
 
-/** A fetch that records method, Last-Event-ID, status and content type of every request. */
+/** Parse SSE text into events ({ id, data }); tolerant of CRLF and partial trailing input. */
+function parseSse(text) {
+  const events = [];
+  for (const block of text.split(/\r?\n\r?\n/)) {
+    let id;
+    const data = [];
+    for (const line of block.split(/\r?\n/)) {
+      if (line.startsWith('id:')) id = line.slice(3).trim();
+      else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+    }
+    if (id !== undefined || data.length) events.push({ id, data: data.join('\n') });
+  }
+  return events;
+}
+
+/**
+ * A fetch that records method, JSON-RPC method, Last-Event-ID, status and content type of every
+ * request. For SSE responses it also tees the body so a test can inspect exactly which events a
+ * stream carried (the SDK does not report event ids on a resumed request).
+ */
 function recordingFetch(log) {
   return async (url, init = {}) => {
     const headers = new Headers(init.headers);
@@ -133,9 +152,21 @@ function recordingFetch(log) {
     const entry = { httpMethod: init.method ?? 'GET', method, lastEventId: headers.get('last-event-id') };
     log.push(entry);
     let resp = await fetch(url, init);
-    if (process.env.DBG && entry.httpMethod === 'GET') { const [a, b] = resp.body.tee(); (async () => { const d = new TextDecoder(); for await (const ch of b) console.error('GETBODY', JSON.stringify(d.decode(ch))); })(); resp = new Response(a, { status: resp.status, headers: resp.headers }); }
     entry.status = resp.status;
     entry.contentType = resp.headers.get('content-type');
+    if (resp.body && /^text\/event-stream/.test(entry.contentType ?? '')) {
+      const [forSdk, forLog] = resp.body.tee();
+      entry.sseText = '';
+      entry.sseDone = (async () => {
+        const dec = new TextDecoder();
+        try {
+          for await (const chunk of forLog) entry.sseText += dec.decode(chunk, { stream: true });
+        } catch (err) {
+          entry.sseError = err; // aborted by the client: keep what was read
+        }
+      })();
+      resp = new Response(forSdk, { status: resp.status, statusText: resp.statusText, headers: resp.headers });
+    }
     return resp;
   };
 }
@@ -268,7 +299,8 @@ test('resume a dropped tools/call stream with a resumption token', { timeout: TE
   };
 
   // Phase 1: start the call, keep the event ids, then abort all streams (no DELETE) after two.
-  const c1 = await connect();
+  const wire1 = [];
+  const c1 = await connect({ wire: wire1 });
   const { sessionId } = c1.transport;
   const version = c1.transport.protocolVersion;
   assert.ok(sessionId, 'no session id');
@@ -296,29 +328,52 @@ test('resume a dropped tools/call stream with a resumption token', { timeout: TE
   const phase1 = await pending;
   assert.ok(phase1.error, `phase 1 should have been cut off, got ${JSON.stringify(phase1.early)}`);
   assert.equal(new Set(tokens).size, tokens.length, `duplicate event ids ${tokens}`);
+  // Progress values the client had seen up to (and including) the last token it kept.
+  const post = wire1.find((e) => e.method === 'tools/call');
+  await post.sseDone;
+  assert.ok(post.sseError, 'the phase-1 POST stream was not cut off by the client');
+  const phase1Events = parseSse(post.sseText);
+  const cut = phase1Events.findIndex((e) => e.id === tokens.at(-1));
+  assert.ok(cut >= 0, `token ${tokens.at(-1)} not found in the POST stream`);
+  const seenProgress = phase1Events
+    .slice(0, cut + 1)
+    .filter((e) => e.data.trim())
+    .map((e) => JSON.parse(e.data))
+    .filter((m) => m.method === 'notifications/progress')
+    .map((m) => m.params.progress);
+  const lastSeen = Math.max(0, ...seenProgress);
 
   // Phase 2: a new transport re-attached to the same session resumes via GET + Last-Event-ID.
   const wire = [];
   const c2 = await connect({ wire, sessionId, protocolVersion: version });
-  const resumed = [];
+  let out;
   try {
-    setTimeout(() => console.error('WIRE-late', JSON.stringify(wire)), 5000).unref();
-    const out = await c2.client.request(call, CallToolResultSchema, {
+    out = await c2.client.request(call, CallToolResultSchema, {
       timeout: REQUEST_TIMEOUT_MS,
       resumptionToken: tokens.at(-1),
-      onresumptiontoken: (t) => resumed.push(t),
     });
-    assert.equal(onlyText(out), `done: ${steps} steps`);
   } finally {
     await close(c2);
   }
-  console.error("WIRE", JSON.stringify(wire));
+  assert.equal(onlyText(out), `done: ${steps} steps`);
+
   const get = wire.find((e) => e.httpMethod === 'GET' && e.lastEventId);
   assert.ok(get, `no GET with Last-Event-ID: ${JSON.stringify(wire)}`);
   assert.equal(get.lastEventId, tokens.at(-1));
   assert.equal(get.status, 200);
   assert.match(get.contentType ?? '', /^text\/event-stream/);
   assert.ok(!wire.some((e) => e.method === 'tools/call'), 'the tool was called again instead of resumed');
-  assert.ok(resumed.length > 0, 'resumed stream carried no event ids');
-  assert.ok(!resumed.some((t) => tokens.includes(t)), `replayed already-seen events: ${resumed} vs ${tokens}`);
+
+  // The resumed stream carries exactly what came after the last seen event: fresh event ids,
+  // the progress notifications the client had not seen yet, in order, then the response.
+  await get.sseDone;
+  const events = parseSse(get.sseText);
+  const ids = events.map((e) => e.id).filter(Boolean);
+  assert.ok(ids.length > 0, 'the resumed stream carried no event ids');
+  assert.ok(!ids.some((id) => tokens.includes(id)), `replayed already-seen events: ${ids} vs ${tokens}`);
+  const msgs = events.filter((e) => e.data.trim()).map((e) => JSON.parse(e.data));
+  const progress = msgs.filter((m) => m.method === 'notifications/progress').map((m) => m.params.progress);
+  const expected = Array.from({ length: steps - lastSeen }, (_, i) => lastSeen + 1 + i);
+  assert.deepEqual(progress, expected, `progress on resume (phase 1 saw up to ${lastSeen})`);
+  assert.ok(msgs.at(-1)?.result, `last message is not the response: ${JSON.stringify(msgs.at(-1))}`);
 });

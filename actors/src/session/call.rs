@@ -1,0 +1,280 @@
+//! Running a `tools/call`: the [`CallContext`] a tool sees (progress, logs, requests to the
+//! client, cancellation), the call's outcome on its stream, and recovery of calls that were in
+//! flight when a previous holder of the session died.
+
+use std::rc::Rc;
+
+use async_trait::async_trait;
+use marina_core::domain::{GET_STREAM, StreamId};
+use marina_core::protocol::{self, RpcError, code, notification, result_response};
+use marina_core::tools::CallContext;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Call, Shared, id_key};
+
+/// What a tool sees of its session while it runs.
+struct CallCtx {
+    shared: Rc<Shared>,
+    /// The call's POST stream; `None` in JSON mode (its notifications go to the GET stream).
+    stream: Option<StreamId>,
+    progress_token: Option<Value>,
+    /// Progress at or below this was already sent by an earlier run of this call (failover
+    /// re-run): progress must keep increasing, so those are not sent again.
+    progress_floor: f64,
+    cancel: CancellationToken,
+}
+
+impl CallCtx {
+    fn target(&self) -> StreamId {
+        self.stream.unwrap_or(GET_STREAM)
+    }
+}
+
+/// Whole numbers as JSON integers (`3`, not `3.0`).
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
+}
+
+/// Removes a pending server→client request when its waiter goes away (answered, cancelled).
+struct PendingGuard<'a>(&'a Shared, String);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.borrow_mut().remove(&self.1);
+    }
+}
+
+#[async_trait(?Send)]
+impl CallContext for CallCtx {
+    fn client_supports(&self, capability: &str) -> bool {
+        self.shared
+            .rec
+            .borrow()
+            .client_capabilities
+            .get(capability)
+            .is_some_and(|v| !v.is_null())
+    }
+
+    async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let Some(token) = &self.progress_token else {
+            return;
+        };
+        if progress <= self.progress_floor {
+            return;
+        }
+        let mut params = json!({"progressToken": token, "progress": number(progress)});
+        if let Some(t) = total {
+            params["total"] = number(t);
+        }
+        if let Some(m) = message {
+            params["message"] = json!(m);
+        }
+        let _ = self
+            .shared
+            .emit(
+                self.target(),
+                &notification("notifications/progress", params),
+            )
+            .await;
+    }
+
+    async fn log(&self, level: &str, logger: &str, data: Value) {
+        let min = self
+            .shared
+            .rec
+            .borrow()
+            .log_level
+            .as_deref()
+            .and_then(protocol::log_level_rank)
+            .unwrap_or(0);
+        if protocol::log_level_rank(level).is_some_and(|r| r >= min) {
+            let params = json!({"level": level, "logger": logger, "data": data});
+            let _ = self
+                .shared
+                .emit(
+                    self.target(),
+                    &notification("notifications/message", params),
+                )
+                .await;
+        }
+    }
+
+    async fn request_client(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let id = self.shared.next_client_request_id();
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.borrow_mut().insert(id.clone(), tx);
+        let _guard = PendingGuard(&self.shared, id.clone());
+        self.shared
+            .emit(
+                self.target(),
+                &protocol::request(&json!(id), method, params),
+            )
+            .await
+            .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))?;
+        rx.await.unwrap_or_else(|_| {
+            Err(RpcError::new(
+                code::INTERRUPTED,
+                "the session stopped before the client answered",
+            ))
+        })
+    }
+
+    fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+impl Shared {
+    /// Run one tools/call to its outcome. With a stream, the response is persisted on it and the
+    /// in-flight record cleared; in JSON mode it goes to `reply`.
+    pub(crate) async fn run_call(
+        self: Rc<Self>,
+        stream: Option<StreamId>,
+        id: Value,
+        params: Value,
+        cancel: CancellationToken,
+        progress_floor: f64,
+        reply: Option<oneshot::Sender<Value>>,
+    ) {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let args = params
+            .get("arguments")
+            .filter(|a| a.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let ctx = CallCtx {
+            shared: self.clone(),
+            stream,
+            progress_token: params
+                .pointer("/_meta/progressToken")
+                .filter(|t| t.is_string() || t.is_number())
+                .cloned(),
+            progress_floor,
+            cancel: cancel.clone(),
+        };
+        let provider = self.tenant.catalog.get(&name).map(|(_, p)| p.clone());
+        let outcome = match provider {
+            None => Some(Err(RpcError::invalid_params(format!(
+                "unknown tool: {}",
+                protocol::truncate(&name, 128)
+            )))),
+            Some(p) => tokio::select! {
+                r = p.call(&name, args, &ctx) => Some(r),
+                () = cancel.cancelled() => None,
+            },
+        };
+        drop(ctx);
+        let response = outcome.map(|r| match r {
+            Ok(result) => result_response(&id, result),
+            Err(e) => e.to_response(Some(&id)),
+        });
+        self.calls.borrow_mut().remove(&id_key(&id));
+        let Some(stream) = stream else {
+            if let (Some(tx), Some(resp)) = (reply, response) {
+                let _ = tx.send(resp);
+            }
+            return;
+        };
+        if self.stopping.is_cancelled() {
+            // The actor stopped (lease lost, drain timeout, deletion): the call stays recorded as
+            // in flight, and whoever holds the session next gives it its outcome.
+            return;
+        }
+        if let Some(resp) = response
+            && !self.emit_final(stream, &resp).await
+        {
+            tracing::warn!(
+                session = self.tag(),
+                stream,
+                "could not persist a call's response"
+            );
+            return;
+        }
+        // Cancelled by the client (no response, per the spec) or answered: the stream is done.
+        self.finish_stream(stream);
+        self.rec.borrow_mut().inflight.remove(&stream);
+        if let Err(e) = self.save().await {
+            tracing::debug!(session = self.tag(), error = %e, "could not clear an in-flight record");
+        }
+    }
+
+    /// Give every call recorded as in flight (by a holder that died) a definite outcome: re-run
+    /// it if the tool is read-only and idempotent, otherwise answer that it was interrupted.
+    pub(crate) async fn recover_inflight(self: Rc<Self>) {
+        let inflight: Vec<_> = self.rec.borrow().inflight.clone().into_iter().collect();
+        for (stream, call) in inflight {
+            let replayable = call.replayable
+                && self
+                    .tenant
+                    .catalog
+                    .get(call.params["name"].as_str().unwrap_or_default())
+                    .is_some();
+            if replayable {
+                let floor = self.sent_progress(stream).await;
+                let cancel = self.stopping.child_token();
+                self.calls.borrow_mut().insert(
+                    id_key(&call.request_id),
+                    Call {
+                        cancel: cancel.clone(),
+                    },
+                );
+                tracing::info!(
+                    session = self.tag(),
+                    stream,
+                    "re-running an interrupted idempotent call"
+                );
+                actix::spawn(self.clone().run_call(
+                    Some(stream),
+                    call.request_id,
+                    call.params,
+                    cancel,
+                    floor,
+                    None,
+                ));
+            } else {
+                tracing::info!(
+                    session = self.tag(),
+                    stream,
+                    "answering an interrupted call with an error"
+                );
+                let err = RpcError::new(
+                    code::INTERRUPTED,
+                    "the request was interrupted by a node failure and may or may not have taken effect",
+                )
+                .to_response(Some(&call.request_id));
+                if self.emit_final(stream, &err).await {
+                    self.finish_stream(stream);
+                    self.rec.borrow_mut().inflight.remove(&stream);
+                    let _ = self.save().await;
+                }
+            }
+        }
+    }
+
+    /// The highest progress already sent on `stream` (to keep progress increasing on a re-run).
+    async fn sent_progress(&self, stream: StreamId) -> f64 {
+        let cap = self.node.sessions().max_events_per_stream;
+        let events = self
+            .node
+            .store
+            .read_events(&self.id, stream, "0-0", cap)
+            .await
+            .unwrap_or_default();
+        events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+            .filter(|m| m["method"] == "notifications/progress")
+            .filter_map(|m| m.pointer("/params/progress").and_then(Value::as_f64))
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}

@@ -1,0 +1,688 @@
+//! The state of a live session and everything done with it: dispatching messages, emitting
+//! events (persist first, then deliver), opening and resuming streams, write-through saves.
+//!
+//! All of it runs on the actor's arbiter (single-threaded), so `RefCell` guards suffice; a borrow
+//! is never held across an `.await` (clippy `await_holding_refcell_ref` is denied).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use marina_core::domain::{EventId, GET_STREAM, SessionId, StreamId};
+use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
+use marina_core::settings::CallResponseMode;
+use marina_core::store::{Fence, InflightCall, SessionRecord, StoreError, now_ms};
+use marina_core::telemetry::session_tag;
+use marina_core::tenant::Tenant;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Dispatch, Frame, OpenStream, Rejection, Reply, StreamHandle};
+use crate::node::Node;
+
+/// Live frames buffered per connection; a client slower than this is disconnected and resumes
+/// from the event log (nothing is lost, memory stays bounded).
+const LIVE_BUFFER: usize = 64;
+/// Attempts to persist a call's final response while the store is unavailable.
+const EMIT_ATTEMPTS: u32 = 20;
+
+pub(crate) struct Slot {
+    /// Serializes persist-then-deliver per stream, so delivery order equals log order and a
+    /// resumption can replay and attach without missing or repeating an event.
+    lock: Rc<tokio::sync::Mutex<()>>,
+    live: Option<mpsc::Sender<Frame>>,
+}
+
+pub(crate) struct Call {
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Shared state of one live session.
+pub(crate) struct Shared {
+    pub(crate) node: Arc<Node>,
+    pub(crate) id: SessionId,
+    pub(crate) tenant: Arc<Tenant>,
+    pub(crate) fence: Fence,
+    pub(crate) rec: RefCell<SessionRecord>,
+    streams: RefCell<HashMap<StreamId, Slot>>,
+    pub(crate) calls: RefCell<HashMap<String, Call>>,
+    pub(crate) pending: RefCell<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
+    next_client_request: Cell<u64>,
+    /// Cancelled when the actor stops: every call ends, nothing more is written.
+    pub(crate) stopping: CancellationToken,
+    last_activity: Cell<Instant>,
+    last_save: Cell<Instant>,
+    lease_ok_at: Cell<Instant>,
+    lost: Cell<bool>,
+    draining: Cell<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("session", &self.tag())
+            .field("tenant", &self.tenant.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key under which a request id is tracked (its JSON text: `1` and `"1"` differ).
+pub(crate) fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
+impl Shared {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        tenant: Arc<Tenant>,
+        fence: Fence,
+        rec: SessionRecord,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            id: fence.session.clone(),
+            node,
+            tenant,
+            fence,
+            rec: RefCell::new(rec),
+            streams: RefCell::new(HashMap::new()),
+            calls: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::new()),
+            next_client_request: Cell::new(0),
+            stopping: CancellationToken::new(),
+            last_activity: Cell::new(now),
+            last_save: Cell::new(now),
+            lease_ok_at: Cell::new(now),
+            lost: Cell::new(false),
+            draining: Cell::new(false),
+        }
+    }
+
+    pub(crate) fn tag(&self) -> &str {
+        session_tag(self.id.as_str())
+    }
+
+    // === lifecycle ===
+
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.get()
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.set(true);
+        self.close_all_streams();
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        self.rec.borrow().expires_at_ms <= now_ms()
+    }
+
+    pub(crate) fn idle_calls(&self) -> bool {
+        self.calls.borrow().is_empty()
+    }
+
+    pub(crate) fn has_live_streams(&self) -> bool {
+        self.streams
+            .borrow()
+            .values()
+            .any(|s| s.live.as_ref().is_some_and(|t| !t.is_closed()))
+    }
+
+    pub(crate) fn last_activity(&self) -> Instant {
+        self.last_activity.get()
+    }
+
+    fn touch(&self) {
+        self.last_activity.set(Instant::now());
+    }
+
+    /// Drop every live connection. The HTTP layer ends each with a `retry` hint; clients resume
+    /// with `Last-Event-ID` wherever the session lives next.
+    pub(crate) fn close_all_streams(&self) {
+        for slot in self.streams.borrow_mut().values_mut() {
+            slot.live = None;
+        }
+    }
+
+    /// The actor stopped: end all work and connections.
+    pub(crate) fn shutdown(&self) {
+        self.stopping.cancel();
+        self.close_all_streams();
+        self.pending.borrow_mut().clear();
+    }
+
+    pub(crate) async fn release(&self) {
+        if let Err(e) = self.node.store.release_lease(&self.fence).await {
+            tracing::warn!(session = self.tag(), error = %e, "could not release lease; it will expire");
+        }
+    }
+
+    /// Renew the lease; returns `true` when it is lost.
+    pub(crate) async fn renew_lease(self: Rc<Self>) -> bool {
+        if self.lost.get() {
+            return true;
+        }
+        let ttl = self.node.sessions().lease_ttl();
+        match self.node.store.renew_lease(&self.fence, ttl).await {
+            Ok(true) => self.lease_ok_at.set(Instant::now()),
+            Ok(false) => self.lose("lease taken over"),
+            // While the store is unreachable we cannot know; once the lease must have expired,
+            // another node may hold the session, so stop.
+            Err(e) if self.lease_ok_at.get().elapsed() >= ttl => self.lose(&e.to_string()),
+            Err(_) => {}
+        }
+        self.lost.get()
+    }
+
+    fn lose(&self, why: &str) {
+        if !self.lost.replace(true) {
+            tracing::warn!(
+                session = self.tag(),
+                why,
+                "session lease lost; stopping actor"
+            );
+            self.stopping.cancel();
+        }
+    }
+
+    /// End the session: stop calls, delete every key.
+    pub(crate) async fn delete(&self) -> Result<(), Rejection> {
+        self.stopping.cancel();
+        let streams = self.rec.borrow().next_stream;
+        self.node
+            .store
+            .delete_session(&self.id, streams)
+            .await
+            .map_err(|_| Rejection::Unavailable)?;
+        self.lost.set(true); // nothing of ours may be written any more
+        Ok(())
+    }
+
+    // === persistence ===
+
+    fn ttl(&self) -> Option<Duration> {
+        self.rec.borrow().ttl(self.node.sessions().idle_ttl())
+    }
+
+    /// Write the record through (fenced, versioned). Also refreshes the idle TTL.
+    pub(crate) async fn save(&self) -> Result<(), StoreError> {
+        let rec = {
+            let mut r = self.rec.borrow_mut();
+            r.version += 1;
+            r.clone()
+        };
+        let ttl = self.ttl().ok_or(StoreError::Gone)?;
+        self.last_save.set(Instant::now());
+        let res = self.node.store.save_session(&self.fence, &rec, ttl).await;
+        if matches!(res, Err(StoreError::Fenced)) {
+            self.lose("write fenced");
+        }
+        res
+    }
+
+    /// Keep the session's keys alive while it is used without changing state (pings, lists,
+    /// open streams): at most one save per tenth of the idle TTL.
+    pub(crate) fn refresh_ttl_if_due(self: Rc<Self>) {
+        let every = self.node.sessions().idle_ttl() / 10;
+        let used = self.last_activity.get() > self.last_save.get() || self.has_live_streams();
+        if used && self.last_save.get().elapsed() >= every {
+            self.last_save.set(Instant::now());
+            actix::spawn(async move {
+                let _ = self.save().await;
+            });
+        }
+    }
+
+    // === events ===
+
+    fn slot_lock(&self, stream: StreamId) -> Rc<tokio::sync::Mutex<()>> {
+        self.streams
+            .borrow_mut()
+            .entry(stream)
+            .or_insert_with(|| Slot {
+                lock: Rc::new(tokio::sync::Mutex::new(())),
+                live: None,
+            })
+            .lock
+            .clone()
+    }
+
+    /// Persist `msg` on `stream`, then deliver it to the stream's live connection, if any.
+    pub(crate) async fn emit(&self, stream: StreamId, msg: &Value) -> Result<(), StoreError> {
+        if self.lost.get() {
+            return Err(StoreError::Fenced);
+        }
+        let lock = self.slot_lock(stream);
+        let _order = lock.lock().await;
+        let data = msg.to_string();
+        let ttl = self.ttl().ok_or(StoreError::Gone)?;
+        let cap = self.node.sessions().max_events_per_stream;
+        let entry = match self
+            .node
+            .store
+            .append_event(&self.fence, stream, &data, cap, ttl)
+            .await
+        {
+            Err(StoreError::Fenced) => {
+                self.lose("append fenced");
+                return Err(StoreError::Fenced);
+            }
+            other => other?,
+        };
+        self.deliver(
+            stream,
+            Frame::Event {
+                id: EventId { stream, entry }.to_string(),
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    /// Emit a call's final message, retrying while the store is briefly unavailable: losing a
+    /// response would leave the client's stream without an outcome.
+    pub(crate) async fn emit_final(&self, stream: StreamId, msg: &Value) -> bool {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..EMIT_ATTEMPTS {
+            match self.emit(stream, msg).await {
+                Ok(()) => return true,
+                Err(StoreError::Unavailable(_)) if !self.stopping.is_cancelled() => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn deliver(&self, stream: StreamId, frame: Frame) {
+        let mut streams = self.streams.borrow_mut();
+        if let Some(slot) = streams.get_mut(&stream)
+            && let Some(tx) = &slot.live
+            && tx.try_send(frame).is_err()
+        {
+            // Closed, or too slow: drop the connection; the log has everything for a resume.
+            slot.live = None;
+        }
+    }
+
+    /// A POST stream got its response: tell its connection to end, forget the slot.
+    pub(crate) fn finish_stream(&self, stream: StreamId) {
+        if let Some(slot) = self.streams.borrow_mut().remove(&stream)
+            && let Some(tx) = slot.live
+        {
+            let _ = tx.try_send(Frame::End);
+        }
+    }
+
+    // === dispatch ===
+
+    pub(crate) fn check_version(&self, header: Option<&str>) -> Result<(), Rejection> {
+        match header {
+            Some(v) if v != self.rec.borrow().protocol_version => Err(Rejection::VersionMismatch),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn protocol_version(&self) -> String {
+        self.rec.borrow().protocol_version.clone()
+    }
+
+    pub(crate) async fn dispatch(self: Rc<Self>, d: Dispatch) -> Reply {
+        self.touch();
+        if let Err(r) = self.check_version(d.protocol_version.as_deref()) {
+            return Reply::Rejected(r);
+        }
+        if self.lost.get() {
+            return Reply::Rejected(Rejection::Gone);
+        }
+        match d.kind {
+            MessageKind::Notification { method } => self.notification(&method, &d.message).await,
+            MessageKind::Response { id } => {
+                let key = match &id {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if let Some(tx) = self.pending.borrow_mut().remove(&key) {
+                    let outcome = match d.message.get("error") {
+                        Some(e) => Err(RpcError::new(
+                            e["code"].as_i64().unwrap_or(code::INTERNAL_ERROR),
+                            e["message"].as_str().unwrap_or("client error"),
+                        )),
+                        None => Ok(d.message.get("result").cloned().unwrap_or(Value::Null)),
+                    };
+                    let _ = tx.send(outcome);
+                }
+                // A response to nothing we asked (or asked before a failover) is ignored (202).
+                Reply::Accepted
+            }
+            MessageKind::Request { id, method } => {
+                self.request(id, &method, d.message, d.force_json).await
+            }
+        }
+    }
+
+    async fn notification(&self, method: &str, msg: &Value) -> Reply {
+        match method {
+            "notifications/initialized" => {
+                if !self.rec.borrow().initialized {
+                    self.rec.borrow_mut().initialized = true;
+                    if self.save().await.is_err() {
+                        return Reply::Rejected(Rejection::Unavailable);
+                    }
+                }
+            }
+            "notifications/cancelled" => {
+                if let Some(id) = msg.pointer("/params/requestId") {
+                    if let Some(call) = self.calls.borrow().get(&id_key(id)) {
+                        call.cancel.cancel();
+                    }
+                }
+            }
+            // Other notifications (roots/list_changed, progress for nothing we asked) need nothing.
+            _ => {}
+        }
+        Reply::Accepted
+    }
+
+    async fn request(
+        self: Rc<Self>,
+        id: Value,
+        method: &str,
+        msg: Value,
+        force_json: bool,
+    ) -> Reply {
+        let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        let answer = |r: Result<Value, RpcError>| {
+            Reply::Json(match r {
+                Ok(v) => result_response(&id, v),
+                Err(e) => e.to_response(Some(&id)),
+            })
+        };
+        match method {
+            "ping" => answer(Ok(json!({}))),
+            "initialize" => answer(Err(RpcError::new(
+                code::INVALID_REQUEST,
+                "this session is already initialized; send initialize without MCP-Session-Id to start a new one",
+            ))),
+            "tools/list" => answer(self.list_tools(&params)),
+            "logging/setLevel" => {
+                let Some(level) = params
+                    .get("level")
+                    .and_then(Value::as_str)
+                    .filter(|l| protocol::log_level_rank(l).is_some())
+                else {
+                    return answer(Err(RpcError::invalid_params(format!(
+                        "level must be one of {}",
+                        protocol::LOG_LEVELS.join(", ")
+                    ))));
+                };
+                self.rec.borrow_mut().log_level = Some(level.to_owned());
+                match self.save().await {
+                    Ok(()) => answer(Ok(json!({}))),
+                    Err(_) => Reply::Rejected(Rejection::Unavailable),
+                }
+            }
+            "tools/call" => self.call_tool(id, params, force_json).await,
+            _ => answer(Err(RpcError::method_not_found(method))),
+        }
+    }
+
+    fn list_tools(&self, params: &Value) -> Result<Value, RpcError> {
+        let tools = self.tenant.catalog.tools();
+        let page = self.node.sessions().page_size;
+        let start = match params.get("cursor") {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(c)) => decode_cursor(c)
+                .filter(|o| *o <= tools.len())
+                .ok_or_else(|| RpcError::invalid_params("invalid cursor"))?,
+            Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
+        };
+        let end = (start + page).min(tools.len());
+        let mut result = json!({"tools": tools[start..end].iter().map(|t| t.definition.clone()).collect::<Vec<_>>()});
+        if end < tools.len() {
+            result["nextCursor"] = json!(encode_cursor(end));
+        }
+        Ok(result)
+    }
+
+    async fn call_tool(self: Rc<Self>, id: Value, params: Value, force_json: bool) -> Reply {
+        let err = |e: RpcError| Reply::Json(e.to_response(Some(&id)));
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            return err(RpcError::invalid_params("tools/call needs a string name"));
+        };
+        let Some((def, _)) = self.tenant.catalog.get(name) else {
+            return err(RpcError::invalid_params(format!(
+                "unknown tool: {}",
+                protocol::truncate(name, 128)
+            )));
+        };
+        match params.get("arguments") {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => return err(RpcError::invalid_params("arguments must be an object")),
+        }
+        let key = id_key(&id);
+        if self.calls.borrow().contains_key(&key) {
+            return err(RpcError::new(
+                code::INVALID_REQUEST,
+                "a request with this id is already in flight",
+            ));
+        }
+        let cancel = self.stopping.child_token();
+        let sse = !force_json && self.node.sessions().tools_call_response == CallResponseMode::Sse;
+        if !sse {
+            let (tx, rx) = oneshot::channel();
+            self.calls.borrow_mut().insert(
+                key,
+                Call {
+                    cancel: cancel.clone(),
+                },
+            );
+            actix::spawn(self.clone().run_call(
+                None,
+                id,
+                params,
+                cancel,
+                f64::NEG_INFINITY,
+                Some(tx),
+            ));
+            return Reply::Pending(rx);
+        }
+        let stream = {
+            let mut rec = self.rec.borrow_mut();
+            let s = rec.next_stream;
+            rec.next_stream += 1;
+            rec.inflight.insert(
+                s,
+                InflightCall {
+                    request_id: id.clone(),
+                    method: "tools/call".into(),
+                    params: params.clone(),
+                    replayable: def.replayable(),
+                },
+            );
+            s
+        };
+        // Write-through before any work: if this node dies from here on, the next holder finds
+        // the call and gives it an outcome.
+        if self.save().await.is_err() {
+            self.rec.borrow_mut().inflight.remove(&stream);
+            return Reply::Rejected(Rejection::Unavailable);
+        }
+        let (tx, rx) = mpsc::channel(LIVE_BUFFER);
+        self.streams.borrow_mut().insert(
+            stream,
+            Slot {
+                lock: Rc::new(tokio::sync::Mutex::new(())),
+                live: Some(tx),
+            },
+        );
+        self.calls.borrow_mut().insert(
+            key,
+            Call {
+                cancel: cancel.clone(),
+            },
+        );
+        actix::spawn(self.clone().run_call(
+            Some(stream),
+            id,
+            params,
+            cancel,
+            f64::NEG_INFINITY,
+            None,
+        ));
+        let polling = protocol::supports_sse_polling(&self.protocol_version());
+        Reply::Stream(StreamHandle {
+            stream,
+            priming: polling.then(|| EventId::start(stream)),
+            backlog: Vec::new(),
+            frames: rx,
+            polling,
+        })
+    }
+
+    /// Allocate an id for a server→client request: unique within the session across failovers
+    /// (the fencing token is part of it).
+    pub(crate) fn next_client_request_id(&self) -> String {
+        let n = self.next_client_request.get() + 1;
+        self.next_client_request.set(n);
+        format!("marina-{}-{}", self.fence.token, n)
+    }
+
+    // === streams ===
+
+    pub(crate) async fn open_stream(
+        self: Rc<Self>,
+        req: OpenStream,
+    ) -> Result<StreamHandle, Rejection> {
+        self.touch();
+        self.check_version(req.protocol_version.as_deref())?;
+        if self.lost.get() {
+            return Err(Rejection::Gone);
+        }
+        let polling = protocol::supports_sse_polling(&self.protocol_version());
+        let store_err = |_| Rejection::Unavailable;
+        match req.last_event_id {
+            None => {
+                if self.draining.get() {
+                    return Err(Rejection::Draining);
+                }
+                let lock = self.slot_lock(GET_STREAM);
+                let _order = lock.lock().await;
+                if self
+                    .streams
+                    .borrow()
+                    .get(&GET_STREAM)
+                    .and_then(|s| s.live.as_ref())
+                    .is_some_and(|t| !t.is_closed())
+                {
+                    return Err(Rejection::StreamConflict);
+                }
+                let priming = if polling {
+                    let last = self
+                        .node
+                        .store
+                        .last_entry(&self.id, GET_STREAM)
+                        .await
+                        .map_err(store_err)?;
+                    Some(EventId {
+                        stream: GET_STREAM,
+                        entry: last.unwrap_or_else(|| "0-0".into()),
+                    })
+                } else {
+                    None
+                };
+                let (tx, rx) = mpsc::channel(LIVE_BUFFER);
+                if let Some(slot) = self.streams.borrow_mut().get_mut(&GET_STREAM) {
+                    slot.live = Some(tx);
+                }
+                Ok(StreamHandle {
+                    stream: GET_STREAM,
+                    priming,
+                    backlog: Vec::new(),
+                    frames: rx,
+                    polling,
+                })
+            }
+            Some(eid) => {
+                if eid.stream >= self.rec.borrow().next_stream {
+                    return Err(Rejection::UnknownStream);
+                }
+                let lock = self.slot_lock(eid.stream);
+                // Holding the stream's lock: no event can be appended between the replay and
+                // attaching the live connection, so nothing is missed or repeated.
+                let _order = lock.lock().await;
+                let cap = self.node.sessions().max_events_per_stream;
+                let mut backlog = Vec::new();
+                let mut after = eid.entry.clone();
+                loop {
+                    let batch = self
+                        .node
+                        .store
+                        .read_events(&self.id, eid.stream, &after, 256)
+                        .await
+                        .map_err(store_err)?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.entry.clone();
+                    backlog.extend(batch.into_iter().map(|e| {
+                        Frame::Event {
+                            id: EventId {
+                                stream: eid.stream,
+                                entry: e.entry,
+                            }
+                            .to_string(),
+                            data: e.data,
+                        }
+                    }));
+                    if backlog.len() > cap {
+                        break;
+                    }
+                }
+                let is_get = eid.stream == GET_STREAM;
+                let running = !is_get && self.rec.borrow().inflight.contains_key(&eid.stream);
+                let (tx, rx) = mpsc::channel(LIVE_BUFFER);
+                if running || (is_get && !self.draining.get()) {
+                    // Replaces any previous connection of this stream: one message, one stream.
+                    if let Some(slot) = self.streams.borrow_mut().get_mut(&eid.stream) {
+                        slot.live = Some(tx);
+                    }
+                } else if !is_get {
+                    // The stream's response is in the backlog: the stream is complete.
+                    backlog.push(Frame::End);
+                }
+                // (A GET stream on a draining node gets its backlog, then a retry hint.)
+                Ok(StreamHandle {
+                    stream: eid.stream,
+                    priming: None,
+                    backlog,
+                    frames: rx,
+                    polling,
+                })
+            }
+        }
+    }
+}
+
+fn encode_cursor(offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("tools:{offset}"))
+}
+
+fn decode_cursor(c: &str) -> Option<usize> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
+    std::str::from_utf8(&raw)
+        .ok()?
+        .strip_prefix("tools:")?
+        .parse()
+        .ok()
+}

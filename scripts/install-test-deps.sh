@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs what the real-client peer tests (tests/peers) need. Idempotent and quiet: prints
+# nothing when everything is already in place, and a step's full output only when it fails.
+#
+#   - redis-server (apt, needs root) for the Redis-backed store tests
+#   - tests/peers/node/node_modules  (npm ci from the lockfile; includes a local Node 22)
+#   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
+#
+# node_modules and .venv each carry a .deps-stamp with the hash of the files they were
+# installed from, so a changed lockfile / requirements.txt triggers a reinstall.
+# Only the package registries are contacted (Debian apt, npm, PyPI).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NODE_DIR=$REPO/tests/peers/node
+PY_DIR=$REPO/tests/peers/python
+VENV=$PY_DIR/.venv
+
+# Run a command with its output captured; show the output only if it fails.
+quiet() {
+  local log rc=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "install-test-deps: FAILED ($rc): $*" >&2
+    cat "$log" >&2
+  fi
+  rm -f "$log"
+  return "$rc"
+}
+
+apt_install() {
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: need root to apt-get install $* (or install them yourself)" >&2
+    return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  # Try with the current package lists first; refresh them only if that fails.
+  apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 && return 0
+  quiet apt-get update -q
+  quiet apt-get install -y -q --no-install-recommends "$@"
+}
+
+stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# --- redis ---------------------------------------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt_install redis-server redis-tools
+fi
+
+# --- node: conformance suite, TS SDK, local Node 22 ----------------------------------------
+command -v npm >/dev/null 2>&1 || { echo "install-test-deps: npm not found (need Node >= 20)" >&2; exit 1; }
+node_want=$( (cat "$NODE_DIR/package.json" "$NODE_DIR/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)
+node_stamp=$NODE_DIR/node_modules/.deps-stamp
+if [[ ! -f $node_stamp || $(cat "$node_stamp") != "$node_want" ]]; then
+  # `node@22` installs its binary from the npm registry in a preinstall script, so scripts
+  # must not be disabled here.
+  quiet npm ci --prefix "$NODE_DIR" --no-audit --no-fund --ignore-scripts=false
+  echo "$node_want" >"$node_stamp"
+fi
+if ! "$NODE_DIR/node_modules/.bin/node" --version 2>/dev/null | grep -q '^v22\.'; then
+  echo "install-test-deps: tests/peers/node/node_modules/.bin/node is not Node 22 (conformance needs it)" >&2
+  rm -f "$node_stamp"
+  exit 1
+fi
+
+# --- python: official MCP SDK client + pytest ----------------------------------------------
+command -v python3 >/dev/null 2>&1 || apt_install python3
+# Debian's python3 ships venv/ensurepip separately.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  apt_install python3-venv
+fi
+py_want=$( (cat "$PY_DIR/requirements.txt"; python3 --version) | sha256sum | cut -d' ' -f1)
+py_stamp=$VENV/.deps-stamp
+if [[ ! -f $py_stamp || $(cat "$py_stamp") != "$py_want" ]]; then
+  # A venv made by another python (or half-made) is rebuilt from scratch.
+  if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 \
+     || [[ $("$VENV/bin/python" --version 2>&1) != "$(python3 --version 2>&1)" ]]; then
+    rm -rf "$VENV"
+    quiet python3 -m venv "$VENV"
+  fi
+  quiet "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_DIR/requirements.txt"
+  echo "$py_want" >"$py_stamp"
+fi

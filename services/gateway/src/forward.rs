@@ -1,0 +1,78 @@
+//! Forwarding a request to the node that holds its session's live actor. The request goes out
+//! as it came in (same method, path, MCP headers, `Host` and `Origin` so the holder re-checks
+//! them), marked as forwarded so it is never forwarded twice; the answer — JSON or an SSE
+//! stream — is streamed back unchanged.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+
+use crate::state::{AppState, FORWARDED};
+
+/// Request headers a forwarded request keeps.
+const PASS_REQUEST: [&str; 10] = [
+    "accept",
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "origin",
+    "host",
+    "authorization",
+    "x-request-id",
+    "user-agent",
+];
+/// Response headers passed back.
+const PASS_RESPONSE: [&str; 5] = [
+    "content-type",
+    "mcp-session-id",
+    "retry-after",
+    "cache-control",
+    "allow",
+];
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The holder could not be reached (it may have died): wait for its lease to expire.
+    #[error("peer unreachable: {0}")]
+    Unreachable(reqwest::Error),
+}
+
+/// Send `req` (with `body`) to the peer at `base_url` and relay its answer.
+pub async fn forward(
+    state: &AppState,
+    req: &HttpRequest,
+    base_url: &str,
+    body: Bytes,
+) -> Result<HttpResponse, ForwardError> {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), req.uri().path());
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .unwrap_or(reqwest::Method::POST);
+    let mut out = state
+        .http
+        .request(method, url)
+        .header(FORWARDED, state.node.config.instance.as_str());
+    for name in PASS_REQUEST {
+        for v in req.headers().get_all(name) {
+            out = out.header(name, v.as_bytes());
+        }
+    }
+    if !body.is_empty() {
+        out = out.body(body);
+    }
+    let resp = out.send().await.map_err(ForwardError::Unreachable)?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = HttpResponse::build(status);
+    for name in PASS_RESPONSE {
+        if let Some(v) = resp.headers().get(name) {
+            builder.insert_header((name, v.as_bytes()));
+        }
+    }
+    // A stream cut by the holder's death just ends here; the client resumes with Last-Event-ID.
+    let stream = resp
+        .bytes_stream()
+        .map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()));
+    Ok(builder.streaming(stream))
+}

@@ -1,0 +1,14 @@
+//! Marina's MCP data plane: the tenant endpoints (`/t/{tenant}/mcp`), their HTTP rules (Accept,
+//! Content-Type, body limits, protocol-version header, Origin/Host), SSE delivery, forwarding to
+//! the node that holds a session, probes, and the tool sources (`upstream/`).
+
+mod forward;
+mod origin;
+mod reply;
+mod routes;
+mod sse;
+pub mod startup;
+mod state;
+pub mod upstream;
+
+pub use startup::Application;

@@ -1,0 +1,4 @@
+//! HTTP routes: the MCP endpoint and the probes.
+
+pub mod health;
+pub mod mcp;

@@ -1,0 +1,177 @@
+//! The MCP endpoint `/t/{tenant}/mcp` (Streamable HTTP): POST carries client messages, GET opens
+//! or resumes an SSE stream, DELETE ends the session. Checks shared by the three verbs live here.
+
+mod delete;
+mod get;
+mod post;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use bytes::Bytes;
+use marina_actors::{Rejection, ResolveError, Resolved};
+use marina_core::domain::SessionId;
+use marina_core::protocol::{self, code};
+use marina_core::tenant::Tenant;
+
+pub use delete::delete;
+pub use get::get;
+pub use post::post;
+
+use crate::forward::{ForwardError, forward};
+use crate::reply;
+use crate::state::{AppState, FORWARDED};
+
+/// Tenant lookup, then Host/Origin policy.
+fn preflight(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+) -> Result<Arc<Tenant>, HttpResponse> {
+    let Some(t) = state.node.tenant(tenant) else {
+        return Err(reply::not_found("unknown tenant"));
+    };
+    if let Err(why) = crate::origin::check(req, &t.settings) {
+        tracing::info!(why, "refused by DNS-rebinding protection");
+        return Err(reply::error(
+            StatusCode::FORBIDDEN,
+            None,
+            code::INVALID_REQUEST,
+            "forbidden: origin or host not allowed",
+        ));
+    }
+    Ok(t.clone())
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Does `Accept` list `mime` (or a wildcard covering it)?
+fn accepts(req: &HttpRequest, mime: &str) -> bool {
+    let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
+    req.headers()
+        .get_all("accept")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let m = item
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            m == mime || m == "*/*" || m == format!("{kind}/*")
+        })
+}
+
+/// `MCP-Protocol-Version`: absent is fine; present must be one we support.
+fn protocol_header(req: &HttpRequest) -> Result<Option<String>, HttpResponse> {
+    match req.headers().get("mcp-protocol-version") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) if protocol::is_supported_version(s) => Ok(Some(s.to_owned())),
+            _ => Err(reply::bad_request(
+                None,
+                code::INVALID_REQUEST,
+                &format!(
+                    "unsupported MCP-Protocol-Version; supported: {}",
+                    protocol::SUPPORTED_VERSIONS.join(", ")
+                ),
+            )),
+        },
+    }
+}
+
+/// The session named by `MCP-Session-Id`: 400 when missing, 404 when it cannot be ours.
+fn session_header(req: &HttpRequest) -> Result<SessionId, HttpResponse> {
+    let Some(raw) = req.headers().get("mcp-session-id") else {
+        return Err(reply::bad_request(
+            None,
+            code::INVALID_REQUEST,
+            "missing MCP-Session-Id header; send initialize first",
+        ));
+    };
+    raw.to_str()
+        .ok()
+        .and_then(SessionId::parse)
+        .ok_or_else(|| reply::not_found("session not found"))
+}
+
+/// HTTP answer for an actor's refusal.
+fn rejection(r: Rejection) -> HttpResponse {
+    match r {
+        Rejection::VersionMismatch => reply::bad_request(
+            None,
+            code::INVALID_REQUEST,
+            "MCP-Protocol-Version does not match the session's negotiated version",
+        ),
+        Rejection::UnknownStream => reply::bad_request(
+            None,
+            code::INVALID_REQUEST,
+            "Last-Event-ID names no stream of this session",
+        ),
+        Rejection::StreamConflict => reply::error(
+            StatusCode::CONFLICT,
+            None,
+            code::INVALID_REQUEST,
+            "a GET stream is already open for this session",
+        ),
+        Rejection::Unavailable => reply::unavailable("session store unavailable; retry shortly"),
+        Rejection::Gone => reply::not_found("session not found"),
+        Rejection::Draining => reply::unavailable("this node is shutting down; retry"),
+    }
+}
+
+fn resolve_error(e: ResolveError) -> HttpResponse {
+    match e {
+        ResolveError::NotFound => reply::not_found("session not found"),
+        ResolveError::Store(err) => {
+            tracing::warn!(error = %err, "session store error");
+            reply::unavailable("session store unavailable; retry shortly")
+        }
+        ResolveError::Busy => reply::unavailable("session temporarily unavailable; retry"),
+        ResolveError::Draining => reply::unavailable("this node is shutting down; retry"),
+    }
+}
+
+/// Where the request is served.
+enum Target {
+    /// By the local actor.
+    Local(actix::Addr<marina_actors::SessionActor>),
+    /// Already answered (forwarded, or an error).
+    Done(HttpResponse),
+}
+
+/// Find the session's actor; if another node holds it, forward the request there (once: a
+/// forwarded request is served here or refused). An unreachable holder is waited out.
+async fn route(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+    id: &SessionId,
+    body: Bytes,
+) -> Target {
+    let may_forward = req.headers().get(FORWARDED).is_none();
+    let mut avoid: Option<String> = None;
+    loop {
+        match state
+            .node
+            .resolve(tenant, id, may_forward, avoid.as_deref())
+            .await
+        {
+            Ok(Resolved::Local(addr)) => return Target::Local(addr),
+            Ok(Resolved::Remote { holder, url }) => {
+                match forward(state, req, &url, body.clone()).await {
+                    Ok(resp) => return Target::Done(resp),
+                    Err(ForwardError::Unreachable(e)) => {
+                        tracing::info!(holder, error = %e, "session holder unreachable; waiting for its lease");
+                        avoid = Some(holder);
+                    }
+                }
+            }
+            Err(e) => return Target::Done(resolve_error(e)),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! SSE response bodies: priming event, replayed backlog, live frames, keep-alives, and the end —
+//! normal after the response, or a `retry` hint when the server closes early (SEP-1699) so the
+//! client resumes with `Last-Event-ID`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use bytes::Bytes;
+use futures_util::Stream;
+use marina_actors::{Frame, StreamHandle};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval};
+
+/// Comment lines on otherwise idle streams keep proxies and load balancers from timing out.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// How a stream is served.
+#[derive(Debug, Clone, Copy)]
+pub struct SseOptions {
+    /// `retry` hint in ms.
+    pub retry_ms: u64,
+    /// Close the connection (with a retry hint) after this long (POST streams of ≥ 2025-11-25
+    /// sessions only).
+    pub max_duration: Option<Duration>,
+}
+
+/// `id:` + `data:` event.
+pub fn event(id: &str, data: &str) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: message\ndata: {data}\n\n"))
+}
+
+struct State {
+    queue: VecDeque<Frame>,
+    head: Option<Bytes>,
+    rx: mpsc::Receiver<Frame>,
+    deadline: Option<Instant>,
+    polling: bool,
+    retry_ms: u64,
+    done: bool,
+    keepalive: Interval,
+}
+
+fn retry_hint(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// The body stream of an SSE response.
+pub fn body(
+    handle: StreamHandle,
+    opts: SseOptions,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let head = handle
+        .priming
+        .map(|p| Bytes::from(format!("id: {p}\nretry: {}\ndata: \n\n", opts.retry_ms)));
+    let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = State {
+        queue: handle.backlog.into(),
+        head,
+        rx: handle.frames,
+        deadline: opts
+            .max_duration
+            .filter(|_| handle.polling)
+            .map(|d| Instant::now() + d),
+        polling: handle.polling,
+        retry_ms: opts.retry_ms,
+        done: false,
+        keepalive,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(h) = st.head.take() {
+            return Some((Ok(h), st));
+        }
+        if let Some(f) = st.queue.pop_front() {
+            return match f {
+                Frame::Event { id, data } => Some((Ok(event(&id, &data)), st)),
+                Frame::End => None,
+            };
+        }
+        let deadline = st.deadline;
+        let sleep = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            f = st.rx.recv() => match f {
+                Some(Frame::Event { id, data }) => Some((Ok(event(&id, &data)), st)),
+                Some(Frame::End) => None,
+                // The session closed this connection (drain, failover, slow reader, replaced):
+                // tell the client when to resume.
+                None => {
+                    st.done = true;
+                    st.polling.then(|| (Ok(retry_hint(st.retry_ms)), st))
+                }
+            },
+            () = sleep => {
+                st.done = true;
+                Some((Ok(retry_hint(st.retry_ms)), st))
+            }
+            _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
+        }
+    })
+}
+
+/// A 200 `text/event-stream` response around `body`.
+pub fn response(handle: StreamHandle, opts: SseOptions) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body(handle, opts))
+}

@@ -1,0 +1,263 @@
+//! Building the application: store, tenants, node, HTTP server — bound, but not yet running — and
+//! running it until a shutdown signal, then draining.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Service as _, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use marina_actors::{Node, NodeConfig};
+use marina_core::settings::Settings;
+use marina_core::store::{MemoryStore, RedisStore, SessionStore};
+use marina_core::tenant::Tenant;
+use marina_core::tools::Catalog;
+use rand::RngExt as _;
+use tracing::Instrument as _;
+
+use crate::routes::{health, mcp};
+use crate::state::AppState;
+use crate::upstream;
+
+/// How often a node re-announces itself to its peers.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A built, bound application.
+pub struct Application {
+    server: actix_web::dev::Server,
+    node: Arc<Node>,
+    url: String,
+    settings: Arc<Settings>,
+    local_addr: std::net::SocketAddr,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SessionStore>> {
+    let s = &settings.store;
+    if s.redis_url.is_empty() {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    let store = RedisStore::new(
+        &s.redis_url,
+        &s.key_prefix,
+        s.pool_size,
+        Duration::from_millis(s.timeout_ms),
+    )
+    .context("invalid store.redis_url")?;
+    Ok(Arc::new(store))
+}
+
+fn build_tenants(settings: &Settings) -> anyhow::Result<Vec<Arc<Tenant>>> {
+    settings
+        .tenants
+        .iter()
+        .map(|(id, ts)| {
+            let providers = upstream::providers(&ts.upstreams)
+                .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
+            Ok(Arc::new(Tenant {
+                id: id.clone(),
+                settings: ts.clone(),
+                catalog: Catalog::new(providers),
+            }))
+        })
+        .collect()
+}
+
+impl Application {
+    /// Build everything and bind the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let store = build_store(&settings)?;
+        let tenants = build_tenants(&settings)?;
+        let listener = TcpListener::bind(&settings.server.bind)
+            .with_context(|| format!("cannot bind {}", settings.server.bind))?;
+        let local_addr = listener.local_addr()?;
+        let node_id = if settings.server.node_id.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "marina".into());
+            format!("{host}-{}", local_addr.port())
+        } else {
+            settings.server.node_id.clone()
+        };
+        let nonce: u32 = rand::rng().random();
+        let instance = format!("{node_id}/{nonce:08x}");
+        let url = if settings.server.advertise_url.is_empty() {
+            format!("http://{local_addr}")
+        } else {
+            settings.server.advertise_url.clone()
+        };
+        let node = Node::new(
+            store,
+            NodeConfig {
+                instance,
+                sessions: settings.sessions.clone(),
+            },
+            tenants,
+        );
+        if let Err(e) = node.heartbeat(&url, HEARTBEAT * 3).await {
+            tracing::warn!(error = %e, "session store unavailable at start; will keep retrying");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let state = AppState {
+            node: node.clone(),
+            http,
+        };
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .wrap_fn(|req, srv| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| {
+                            !v.is_empty()
+                                && v.len() <= 128
+                                && v.bytes().all(|b| b.is_ascii_graphic())
+                        })
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                    let tenant = req
+                        .path()
+                        .strip_prefix("/t/")
+                        .and_then(|r| r.split('/').next())
+                        .unwrap_or("")
+                        .to_owned();
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = %request_id,
+                        method = %req.method(),
+                        path = %req.path(),
+                        tenant = %tenant,
+                        session = tracing::field::Empty,
+                    );
+                    let started = std::time::Instant::now();
+                    let fut = srv.call(req);
+                    async move {
+                        let mut res: ServiceResponse = fut.await?;
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "request done"
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&request_id) {
+                            res.headers_mut()
+                                .insert(HeaderName::from_static("x-request-id"), v);
+                        }
+                        Ok(res)
+                    }
+                    .instrument(span)
+                })
+                .service(
+                    web::resource("/t/{tenant}/mcp")
+                        .route(web::post().to(mcp::post))
+                        .route(web::get().to(mcp::get))
+                        .route(web::delete().to(mcp::delete))
+                        .default_service(web::to(|| async {
+                            HttpResponse::MethodNotAllowed()
+                                .insert_header(("Allow", "GET, POST, DELETE"))
+                                .json(
+                                    marina_core::protocol::RpcError::new(
+                                        marina_core::protocol::code::INVALID_REQUEST,
+                                        "method not allowed",
+                                    )
+                                    .to_response(None),
+                                )
+                        })),
+                )
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/readyz", web::get().to(health::readyz))
+                .default_service(web::to(|| async {
+                    HttpResponse::NotFound().json(serde_json::json!({"error": "not found"}))
+                }))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            server,
+            node,
+            url,
+            settings,
+            local_addr,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Base URL (`http://addr:port`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// MCP endpoint URLs, one per tenant.
+    pub fn endpoints(&self) -> Vec<(String, String)> {
+        self.settings
+            .tenants
+            .keys()
+            .map(|t| (t.clone(), format!("{}/t/{t}/mcp", self.base_url())))
+            .collect()
+    }
+
+    /// This node.
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then drain: readiness turns 503, streams close with a
+    /// retry hint, in-flight calls finish (bounded by `server.drain_timeout_ms`), leases are
+    /// released, and the listener stops.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = actix_rt::spawn(self.server);
+        let (node, url) = (self.node.clone(), self.url.clone());
+        let heartbeat = actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                if let Err(e) = node.heartbeat(&url, HEARTBEAT * 3).await {
+                    tracing::debug!(error = %e, "heartbeat failed");
+                }
+            }
+        });
+        shutdown.await;
+        tracing::info!("shutdown requested; draining");
+        self.node
+            .drain(Duration::from_millis(self.settings.server.drain_timeout_ms))
+            .await;
+        heartbeat.abort();
+        let _ = self
+            .node
+            .store
+            .unregister_node(&self.node.config.instance)
+            .await;
+        handle.stop(true).await;
+        let _ = server.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use marina_actors::Node;
+
+/// Header marking a request forwarded by a peer node (so it is never forwarded again).
+pub const FORWARDED: &str = "x-marina-forwarded";
+
+/// Shared application state.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// This node.
+    pub node: Arc<Node>,
+    /// HTTP client for forwarding to peers.
+    pub http: reqwest::Client,
+}

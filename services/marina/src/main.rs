@@ -1,0 +1,111 @@
+//! `marina`: the multi-tenant MCP hosting platform, as one binary.
+//!
+//! `marina serve` runs a gateway node. With no configuration it listens on 127.0.0.1:8080 with an
+//! in-memory store and the tenant `demo` (built-in tools); with `--redis-url` any number of nodes
+//! share sessions through Redis.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use marina_core::settings;
+use marina_gateway::Application;
+
+/// Exit status for invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "marina", version, about = "Multi-tenant hosting platform for MCP tools", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway node serving every tenant's MCP endpoint at /t/{tenant}/mcp.
+    ///
+    /// Settings are layered: built-in defaults < --config FILE < MARINA__SECTION__KEY environment
+    /// variables < these flags. See docs/configuration.md for every setting.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML, or YAML with a .yaml/.yml extension).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address, ADDR:PORT (port 0 picks a free port). Default 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR:PORT")]
+    bind: Option<String>,
+    /// Redis URL (redis://host:port/db) for the shared session store. Without it the node keeps
+    /// sessions in memory and cannot share them with other nodes.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Name of this node in logs and leases. Default: <hostname>-<port>.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// URL peers use to forward a session's requests to this node. Default: http://<bound address>.
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
+    /// Log format: human or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let overrides: Vec<(&str, String)> = [
+        ("server.bind", args.bind),
+        ("store.redis_url", args.redis_url),
+        ("server.node_id", args.node_id),
+        ("server.advertise_url", args.advertise_url),
+        ("server.log_format", args.log_format),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    let settings = match settings::load(args.config.as_deref(), None, &overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("marina: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    marina_core::telemetry::init(settings.server.log_format, &settings.server.log_filter);
+    let result = actix_rt::System::new().block_on(serve(settings));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "marina failed");
+            eprintln!("marina: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: settings::Settings) -> anyhow::Result<()> {
+    let store = if settings.store.redis_url.is_empty() {
+        "memory"
+    } else {
+        "redis"
+    };
+    let app = Application::build(settings).await?;
+    println!("marina listening on {} (store: {store})", app.base_url());
+    for (tenant, url) in app.endpoints() {
+        println!("tenant {tenant}: {url}");
+    }
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
