@@ -23,7 +23,11 @@ pub fn init(format: LogFormat, filter: &str) {
             )
             .try_init(),
         LogFormat::Human => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
 }
