@@ -122,11 +122,12 @@ impl SessionSettings {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
-    /// Origins allowed in addition to localhost ones (`*` allows any).
-    #[serde(default)]
+    /// Origins allowed in addition to localhost ones (`*` allows any). A list, or one string
+    /// with comma-separated values (handy in environment variables).
+    #[serde(default, deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
     /// Hosts allowed in addition to localhost ones (`*` allows any), with or without port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_list")]
     pub allowed_hosts: Vec<String>,
     /// Limits.
     #[serde(default)]
@@ -134,6 +135,24 @@ pub struct TenantSettings {
     /// Tool sources.
     #[serde(default = "default_upstreams")]
     pub upstreams: Vec<UpstreamSettings>,
+}
+
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Either::Many(v) => v,
+    })
 }
 
 /// Per-tenant limits.
@@ -198,9 +217,7 @@ pub fn load(
     let mut env_src = Environment::with_prefix("MARINA")
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("tenants.*.allowed_origins");
+        .try_parsing(true);
     if let Some(map) = env {
         env_src = env_src.source(Some(map));
     }

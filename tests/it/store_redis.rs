@@ -1,0 +1,64 @@
+//! The store conformance suite against a real Redis (the memory store runs it in its unit tests).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use marina_core::store::{RedisStore, SessionStore, suite};
+use marina_tests::RedisServer;
+
+#[tokio::test]
+async fn redis_store_passes_the_suite() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis.url(), "test", 8, Duration::from_secs(2)).unwrap();
+    suite::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn every_session_key_has_a_ttl_and_shares_one_hash_tag() {
+    let redis = RedisServer::start();
+    let store = Arc::new(RedisStore::new(&redis.url(), "ttl", 8, Duration::from_secs(2)).unwrap());
+    suite::run_all(store.clone()).await;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(out.stdout).unwrap();
+    assert!(!keys.trim().is_empty());
+    for key in keys.lines() {
+        let ttl = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "pttl", key])
+            .output()
+            .unwrap();
+        let ttl: i64 = String::from_utf8(ttl.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(ttl > 0 || ttl == -2, "{key} has no TTL ({ttl})");
+        if !key.starts_with("ttl:node:") {
+            assert!(
+                key.starts_with("ttl:{") && key.contains("}:"),
+                "{key} lacks the session hash tag"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_unavailable_not_a_hang() {
+    let port = marina_tests::free_port();
+    let store = RedisStore::new(
+        &format!("redis://127.0.0.1:{port}/"),
+        "x",
+        2,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = store.ping().await.unwrap_err();
+    assert!(
+        matches!(err, marina_core::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -1,0 +1,265 @@
+//! Processes and in-process apps for tests.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use marina_gateway::Application;
+use tokio::sync::oneshot;
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A throwaway `redis-server` (no persistence) on a free port.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Start one; panics with a hint if `redis-server` is not installed.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Start one on a given port (used to bring Redis back after an outage).
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/install-test-deps.sh");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "redis-server did not start"
+        );
+        Self {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kill it now (simulated outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Marina running inside the test process.
+#[derive(Debug)]
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl TestApp {
+    /// The MCP endpoint of `tenant`.
+    pub fn endpoint(&self, tenant: &str) -> String {
+        format!("{}/t/{tenant}/mcp", self.base)
+    }
+
+    /// Trigger the SIGTERM path (drain) and wait for it to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(rx) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Build and start Marina in-process on a free port. `overrides` are `section.key` settings
+/// (e.g. `("sessions.retry_ms", "50")`); must run inside an actix System (`#[actix_rt::test]`).
+pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    let mut all: Vec<(&str, String)> = vec![
+        ("server.bind", "127.0.0.1:0".into()),
+        ("server.drain_timeout_ms", "5000".into()),
+    ];
+    all.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let settings =
+        marina_core::settings::load(None, Some(HashMap::new()), &all).expect("test settings");
+    let app = Application::build(settings).await.expect("build app");
+    let base = app.base_url();
+    let (tx, rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    actix_rt::spawn(async move {
+        let _ = app
+            .run_until_stopped(async move {
+                let _ = rx.await;
+            })
+            .await;
+        let _ = done_tx.send(());
+    });
+    TestApp {
+        base,
+        shutdown: Some(tx),
+        done: Some(done_rx),
+    }
+}
+
+/// Where the `marina` binary is: `$MARINA_BIN`, else `<target dir>/debug/marina`.
+pub fn marina_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MARINA_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/marina");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin marina` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A `marina serve` process.
+#[derive(Debug)]
+pub struct MarinaProc {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl MarinaProc {
+    /// Start a node on a free port with the given store and extra `MARINA__*` environment.
+    pub fn start(redis_url: &str, node_id: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(marina_bin());
+        cmd.args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--node-id",
+            node_id,
+        ]);
+        if !redis_url.is_empty() {
+            cmd.args(["--redis-url", redis_url]);
+        }
+        cmd.env("MARINA__SERVER__LOG_FILTER", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn marina");
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "marina did not start"
+        );
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// The MCP endpoint of tenant `demo`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/t/demo/mcp", self.port)
+    }
+
+    /// Base URL.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send SIGTERM (without waiting).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Wait for the process to exit (bounded); its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for MarinaProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
