@@ -373,19 +373,17 @@ impl Shared {
 
     async fn notification(&self, method: &str, msg: &Value) -> Reply {
         match method {
-            "notifications/initialized" => {
-                if !self.rec.borrow().initialized {
-                    self.rec.borrow_mut().initialized = true;
-                    if self.save().await.is_err() {
-                        return Reply::Rejected(Rejection::Unavailable);
-                    }
+            "notifications/initialized" if !self.rec.borrow().initialized => {
+                self.rec.borrow_mut().initialized = true;
+                if self.save().await.is_err() {
+                    return Reply::Rejected(Rejection::Unavailable);
                 }
             }
             "notifications/cancelled" => {
-                if let Some(id) = msg.pointer("/params/requestId") {
-                    if let Some(call) = self.calls.borrow().get(&id_key(id)) {
-                        call.cancel.cancel();
-                    }
+                if let Some(id) = msg.pointer("/params/requestId")
+                    && let Some(call) = self.calls.borrow().get(&id_key(id))
+                {
+                    call.cancel.cancel();
                 }
             }
             // Other notifications (roots/list_changed, progress for nothing we asked) need nothing.

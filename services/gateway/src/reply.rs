@@ -1,7 +1,10 @@
 //! HTTP answers of the MCP endpoint: JSON-RPC bodies with the right status, never an empty 500.
 
-use actix_web::HttpResponse;
+use std::fmt;
+
 use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
 use marina_core::protocol::{RequestId, RpcError, code};
 use serde_json::Value;
 
@@ -12,32 +15,69 @@ pub fn json(status: StatusCode, body: &Value) -> HttpResponse {
         .body(body.to_string())
 }
 
-/// A JSON-RPC error body with a status. `id` only when the request's id is known.
-pub fn error(status: StatusCode, id: Option<&RequestId>, code: i64, message: &str) -> HttpResponse {
-    json(status, &RpcError::new(code, message).to_response(id))
+/// A refused request: an HTTP status plus a JSON-RPC error body (with the request's id when it
+/// is known). Handlers return it with `?`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    status: StatusCode,
+    id: Option<RequestId>,
+    code: i64,
+    message: String,
 }
 
-/// 400 with a JSON-RPC error.
-pub fn bad_request(id: Option<&RequestId>, code: i64, message: &str) -> HttpResponse {
-    error(StatusCode::BAD_REQUEST, id, code, message)
+impl Refusal {
+    /// Any status and code.
+    pub fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            id: None,
+            code,
+            message: message.into(),
+        }
+    }
+    /// Attach the request id.
+    pub fn with_id(mut self, id: Option<&RequestId>) -> Self {
+        self.id = id.cloned();
+        self
+    }
+    /// 400.
+    pub fn bad_request(code: i64, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    /// 404: unknown tenant or session; the client must start a new session.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code::INVALID_REQUEST, message)
+    }
+    /// 503 (with `Retry-After`).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::SERVICE_UNAVAILABLE,
+            message,
+        )
+    }
 }
 
-/// 404: unknown tenant or session. The client must start a new session.
-pub fn not_found(message: &str) -> HttpResponse {
-    error(StatusCode::NOT_FOUND, None, code::INVALID_REQUEST, message)
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
 }
 
-/// 503 with a JSON-RPC error and a `Retry-After`.
-pub fn unavailable(message: &str) -> HttpResponse {
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        None,
-        code::SERVICE_UNAVAILABLE,
-        message,
-    );
-    r.headers_mut().insert(
-        actix_web::http::header::RETRY_AFTER,
-        actix_web::http::header::HeaderValue::from_static("1"),
-    );
-    r
+impl ResponseError for Refusal {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut r = json(
+            self.status,
+            &RpcError::new(self.code, self.message.clone()).to_response(self.id.as_ref()),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
 }

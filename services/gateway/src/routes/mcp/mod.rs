@@ -8,7 +8,7 @@ mod post;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, ResponseError as _};
 use bytes::Bytes;
 use marina_actors::{Rejection, ResolveError, Resolved};
 use marina_core::domain::SessionId;
@@ -20,23 +20,18 @@ pub use get::get;
 pub use post::post;
 
 use crate::forward::{ForwardError, forward};
-use crate::reply;
+use crate::reply::Refusal;
 use crate::state::{AppState, FORWARDED};
 
 /// Tenant lookup, then Host/Origin policy.
-fn preflight(
-    state: &AppState,
-    req: &HttpRequest,
-    tenant: &str,
-) -> Result<Arc<Tenant>, HttpResponse> {
+fn preflight(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<Arc<Tenant>, Refusal> {
     let Some(t) = state.node.tenant(tenant) else {
-        return Err(reply::not_found("unknown tenant"));
+        return Err(Refusal::not_found("unknown tenant"));
     };
     if let Err(why) = crate::origin::check(req, &t.settings) {
         tracing::info!(why, "refused by DNS-rebinding protection");
-        return Err(reply::error(
+        return Err(Refusal::new(
             StatusCode::FORBIDDEN,
-            None,
             code::INVALID_REQUEST,
             "forbidden: origin or host not allowed",
         ));
@@ -67,15 +62,14 @@ fn accepts(req: &HttpRequest, mime: &str) -> bool {
 }
 
 /// `MCP-Protocol-Version`: absent is fine; present must be one we support.
-fn protocol_header(req: &HttpRequest) -> Result<Option<String>, HttpResponse> {
+fn protocol_header(req: &HttpRequest) -> Result<Option<String>, Refusal> {
     match req.headers().get("mcp-protocol-version") {
         None => Ok(None),
         Some(v) => match v.to_str() {
             Ok(s) if protocol::is_supported_version(s) => Ok(Some(s.to_owned())),
-            _ => Err(reply::bad_request(
-                None,
+            _ => Err(Refusal::bad_request(
                 code::INVALID_REQUEST,
-                &format!(
+                format!(
                     "unsupported MCP-Protocol-Version; supported: {}",
                     protocol::SUPPORTED_VERSIONS.join(", ")
                 ),
@@ -85,10 +79,9 @@ fn protocol_header(req: &HttpRequest) -> Result<Option<String>, HttpResponse> {
 }
 
 /// The session named by `MCP-Session-Id`: 400 when missing, 404 when it cannot be ours.
-fn session_header(req: &HttpRequest) -> Result<SessionId, HttpResponse> {
+fn session_header(req: &HttpRequest) -> Result<SessionId, Refusal> {
     let Some(raw) = req.headers().get("mcp-session-id") else {
-        return Err(reply::bad_request(
-            None,
+        return Err(Refusal::bad_request(
             code::INVALID_REQUEST,
             "missing MCP-Session-Id header; send initialize first",
         ));
@@ -96,44 +89,46 @@ fn session_header(req: &HttpRequest) -> Result<SessionId, HttpResponse> {
     raw.to_str()
         .ok()
         .and_then(SessionId::parse)
-        .ok_or_else(|| reply::not_found("session not found"))
+        .ok_or_else(|| Refusal::not_found("session not found"))
 }
 
 /// HTTP answer for an actor's refusal.
-fn rejection(r: Rejection) -> HttpResponse {
+fn rejection(r: Rejection) -> Refusal {
     match r {
-        Rejection::VersionMismatch => reply::bad_request(
-            None,
+        Rejection::VersionMismatch => Refusal::bad_request(
             code::INVALID_REQUEST,
             "MCP-Protocol-Version does not match the session's negotiated version",
         ),
-        Rejection::UnknownStream => reply::bad_request(
-            None,
+        Rejection::UnknownStream => Refusal::bad_request(
             code::INVALID_REQUEST,
             "Last-Event-ID names no stream of this session",
         ),
-        Rejection::StreamConflict => reply::error(
+        Rejection::StreamConflict => Refusal::new(
             StatusCode::CONFLICT,
-            None,
             code::INVALID_REQUEST,
             "a GET stream is already open for this session",
         ),
-        Rejection::Unavailable => reply::unavailable("session store unavailable; retry shortly"),
-        Rejection::Gone => reply::not_found("session not found"),
-        Rejection::Draining => reply::unavailable("this node is shutting down; retry"),
+        Rejection::Unavailable => Refusal::unavailable("session store unavailable; retry shortly"),
+        Rejection::Gone => Refusal::not_found("session not found"),
+        Rejection::Draining => Refusal::unavailable("this node is shutting down; retry"),
     }
 }
 
-fn resolve_error(e: ResolveError) -> HttpResponse {
+fn resolve_error(e: ResolveError) -> Refusal {
     match e {
-        ResolveError::NotFound => reply::not_found("session not found"),
+        ResolveError::NotFound => Refusal::not_found("session not found"),
         ResolveError::Store(err) => {
             tracing::warn!(error = %err, "session store error");
-            reply::unavailable("session store unavailable; retry shortly")
+            Refusal::unavailable("session store unavailable; retry shortly")
         }
-        ResolveError::Busy => reply::unavailable("session temporarily unavailable; retry"),
-        ResolveError::Draining => reply::unavailable("this node is shutting down; retry"),
+        ResolveError::Busy => Refusal::unavailable("session temporarily unavailable; retry"),
+        ResolveError::Draining => Refusal::unavailable("this node is shutting down; retry"),
     }
+}
+
+/// The actor went away between lookup and delivery (passivated, lease lost): the client retries.
+fn actor_gone() -> Refusal {
+    Refusal::unavailable("session actor stopped; retry")
 }
 
 /// Where the request is served.
@@ -171,7 +166,7 @@ async fn route(
                     }
                 }
             }
-            Err(e) => return Target::Done(resolve_error(e)),
+            Err(e) => return Target::Done(resolve_error(e).error_response()),
         }
     }
 }

@@ -2,22 +2,24 @@
 //! a session; requests are answered with JSON, except `tools/call`, which gets a resumable SSE
 //! stream unless `sessions.tools_call_response = "json"`; notifications and responses get 202.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use marina_actors::{Describe, Dispatch, Reply, SessionActor};
+use marina_actors::{Describe, Dispatch, Reply};
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::store::{SessionRecord, now_ms};
 use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
 
 use super::{
-    Target, accepts, header, preflight, protocol_header, rejection, resolve_error, route,
-    session_header,
+    Target, accepts, actor_gone, header, preflight, protocol_header, rejection, resolve_error,
+    route, session_header,
 };
-use crate::reply;
+use crate::reply::{self, Refusal};
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
 
@@ -27,18 +29,14 @@ pub async fn post(
     tenant: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let t = match preflight(&state, &req, &tenant) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+) -> Result<HttpResponse, Refusal> {
+    let t = preflight(&state, &req, &tenant)?;
     if !(accepts(&req, "application/json") && accepts(&req, "text/event-stream")) {
-        return reply::error(
+        return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
-            None,
             code::INVALID_REQUEST,
             "Accept must list both application/json and text/event-stream",
-        );
+        ));
     }
     let json_body = header(&req, CONTENT_TYPE.as_str()).is_some_and(|ct| {
         ct.split(';')
@@ -46,69 +44,46 @@ pub async fn post(
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
     });
     if !json_body {
-        return reply::error(
+        return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            None,
             code::INVALID_REQUEST,
             "Content-Type must be application/json",
-        );
+        ));
     }
-    let body = match read_body(payload, t.settings.limits.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let version = match protocol_header(&req) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let message: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) => {
-            return reply::bad_request(
-                None,
-                code::PARSE_ERROR,
-                "parse error: the body is not valid JSON",
-            );
-        }
-    };
+    let body = read_body(payload, t.settings.limits.max_body_bytes).await?;
+    let version = protocol_header(&req)?;
+    let message: Value = serde_json::from_slice(&body).map_err(|_| {
+        Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON")
+    })?;
     if let Value::Array(items) = message {
         return batch(&state, &req, &t, version, items, body).await;
     }
-    let kind = match protocol::classify(&message) {
-        Ok(k) => k,
-        Err(e) => {
-            return reply::bad_request(
-                e.id.as_ref(),
-                code::INVALID_REQUEST,
-                &format!("invalid request: {e}"),
-            );
-        }
-    };
+    let kind = protocol::classify(&message).map_err(|e| {
+        Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}"))
+            .with_id(e.id.as_ref())
+    })?;
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
             "initialize" => return initialize(&state, &t, id, &message).await,
             // The 2026-07-28 probe of dual-era clients: a plain 4xx (not -32020..-32022) makes
             // them fall back to initialize.
             "server/discover" => {
-                return reply::bad_request(
-                    Some(id),
+                return Err(Refusal::bad_request(
                     code::METHOD_NOT_FOUND,
                     "server/discover is not supported; use initialize",
-                );
+                )
+                .with_id(Some(id)));
             }
             _ => {}
         }
     }
-    let id = match session_header(&req) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let id = session_header(&req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
     let addr = match route(&state, &req, &t.id, &id, body).await {
         Target::Local(a) => a,
-        Target::Done(resp) => return resp,
+        Target::Done(resp) => return Ok(resp),
     };
-    let reply = match addr
+    let reply = addr
         .send(Dispatch {
             message,
             kind,
@@ -116,30 +91,22 @@ pub async fn post(
             force_json: false,
         })
         .await
-    {
-        Ok(r) => r,
-        Err(_) => return reply::unavailable("session actor stopped; retry"),
-    };
+        .map_err(|_| actor_gone())?;
     respond(&state, reply).await
 }
 
 /// Read the body, refusing it (413) as soon as it passes `limit`.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, HttpResponse> {
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Refusal> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| {
-            reply::bad_request(
-                None,
-                code::INVALID_REQUEST,
-                "could not read the request body",
-            )
+            Refusal::bad_request(code::INVALID_REQUEST, "could not read the request body")
         })?;
         if buf.len() + chunk.len() > limit {
-            return Err(reply::error(
+            return Err(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                None,
                 code::INVALID_REQUEST,
-                &format!("request body exceeds {limit} bytes"),
+                format!("request body exceeds {limit} bytes"),
             ));
         }
         buf.extend_from_slice(&chunk);
@@ -150,10 +117,10 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Htt
 /// `initialize`: negotiate the version, create the session (its actor starts on this node).
 async fn initialize(
     state: &AppState,
-    t: &std::sync::Arc<Tenant>,
+    t: &Arc<Tenant>,
     id: &Value,
     msg: &Value,
-) -> HttpResponse {
+) -> Result<HttpResponse, Refusal> {
     let params = &msg["params"];
     let (Some(requested), Some(caps), Some(info)) = (
         params.get("protocolVersion").and_then(Value::as_str),
@@ -165,7 +132,7 @@ async fn initialize(
         let e = RpcError::invalid_params(
             "initialize needs protocolVersion (string), capabilities (object) and clientInfo (object with a name)",
         );
-        return reply::json(StatusCode::OK, &e.to_response(Some(id)));
+        return Ok(reply::json(StatusCode::OK, &e.to_response(Some(id))));
     };
     let version = protocol::negotiate_version(requested);
     let s = state.node.sessions();
@@ -184,10 +151,11 @@ async fn initialize(
         inflight: Default::default(),
         version: 1,
     };
-    let sid = match state.node.create_session(t.clone(), rec).await {
-        Ok(sid) => sid,
-        Err(e) => return resolve_error(e),
-    };
+    let sid = state
+        .node
+        .create_session(t.clone(), rec)
+        .await
+        .map_err(resolve_error)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(sid.as_str()));
     tracing::info!(version, "session created");
     let result = json!({
@@ -196,15 +164,15 @@ async fn initialize(
         "serverInfo": {"name": "marina", "title": "Marina", "version": env!("CARGO_PKG_VERSION")},
         "instructions": format!("Tools of tenant {}, hosted by Marina.", t.id),
     });
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("MCP-Session-Id", sid.as_str()))
-        .body(result_response(id, result).to_string())
+        .body(result_response(id, result).to_string()))
 }
 
 /// Turn the actor's reply into the HTTP answer.
-async fn respond(state: &AppState, reply: Reply) -> HttpResponse {
-    match reply {
+async fn respond(state: &AppState, reply: Reply) -> Result<HttpResponse, Refusal> {
+    Ok(match reply {
         Reply::Json(v) => reply::json(StatusCode::OK, &v),
         Reply::Accepted => HttpResponse::Accepted().finish(),
         Reply::Pending(rx) => match rx.await {
@@ -220,16 +188,17 @@ async fn respond(state: &AppState, reply: Reply) -> HttpResponse {
         },
         Reply::Stream(handle) => {
             let s = state.node.sessions();
+            let max = Some(std::time::Duration::from_millis(s.max_post_stream_ms));
             sse::response(
                 handle,
                 SseOptions {
                     retry_ms: s.retry_ms,
-                    max_duration: Some(std::time::Duration::from_millis(s.max_post_stream_ms)),
+                    max_duration: max,
                 },
             )
         }
-        Reply::Rejected(r) => rejection(r),
-    }
+        Reply::Rejected(r) => return Err(rejection(r)),
+    })
 }
 
 /// A JSON-RPC batch: accepted only on sessions negotiated at 2025-03-26 (which MUST accept them);
@@ -237,14 +206,13 @@ async fn respond(state: &AppState, reply: Reply) -> HttpResponse {
 async fn batch(
     state: &AppState,
     req: &HttpRequest,
-    t: &std::sync::Arc<Tenant>,
+    t: &Arc<Tenant>,
     version: Option<String>,
     items: Vec<Value>,
     body: Bytes,
-) -> HttpResponse {
+) -> Result<HttpResponse, Refusal> {
     let refuse = || {
-        reply::bad_request(
-            None,
+        Refusal::bad_request(
             code::INVALID_REQUEST,
             "JSON-RPC batches are not supported; send one message per request",
         )
@@ -254,48 +222,37 @@ async fn batch(
             .as_deref()
             .is_some_and(|v| !protocol::supports_batches(v))
     {
-        return refuse();
+        return Err(refuse());
     }
-    let Ok(id) = session_header(req) else {
-        return refuse();
-    };
-    let addr: actix::Addr<SessionActor> = match route(state, req, &t.id, &id, body).await {
+    let id = session_header(req).map_err(|_| refuse())?;
+    let addr = match route(state, req, &t.id, &id, body).await {
         Target::Local(a) => a,
-        Target::Done(resp) => return resp,
+        Target::Done(resp) => return Ok(resp),
     };
-    match addr.send(Describe).await {
-        Ok(v) if protocol::supports_batches(&v) => {}
-        Ok(_) => return refuse(),
-        Err(_) => return reply::unavailable("session actor stopped; retry"),
+    if !protocol::supports_batches(&addr.send(Describe).await.map_err(|_| actor_gone())?) {
+        return Err(refuse());
     }
     let mut responses = Vec::new();
     for message in items {
         let kind = match protocol::classify(&message) {
             Ok(k) => k,
             Err(e) => {
-                responses.push(
-                    RpcError::new(code::INVALID_REQUEST, format!("invalid request: {e}"))
-                        .to_response(e.id.as_ref()),
-                );
+                let err = RpcError::new(code::INVALID_REQUEST, format!("invalid request: {e}"));
+                responses.push(err.to_response(e.id.as_ref()));
                 continue;
             }
         };
-        if matches!(&kind, MessageKind::Request { method, .. } if method == "initialize") {
-            let id = if let MessageKind::Request { id, .. } = &kind {
-                Some(id.clone())
-            } else {
-                None
-            };
-            responses.push(
-                RpcError::new(
-                    code::INVALID_REQUEST,
-                    "initialize must not be part of a batch",
-                )
-                .to_response(id.as_ref()),
+        if let MessageKind::Request { id, method } = &kind
+            && method == "initialize"
+        {
+            let err = RpcError::new(
+                code::INVALID_REQUEST,
+                "initialize must not be part of a batch",
             );
+            responses.push(err.to_response(Some(id)));
             continue;
         }
-        let reply = match addr
+        let reply = addr
             .send(Dispatch {
                 message,
                 kind,
@@ -303,25 +260,17 @@ async fn batch(
                 force_json: true,
             })
             .await
-        {
-            Ok(r) => r,
-            Err(_) => return reply::unavailable("session actor stopped; retry"),
-        };
+            .map_err(|_| actor_gone())?;
         match reply {
             Reply::Json(v) => responses.push(v),
-            Reply::Pending(rx) => {
-                if let Ok(v) = rx.await {
-                    responses.push(v);
-                }
-            }
-            Reply::Accepted => {}
-            Reply::Stream(_) => {}
-            Reply::Rejected(r) => return rejection(r),
+            Reply::Pending(rx) => responses.extend(rx.await.ok()),
+            Reply::Accepted | Reply::Stream(_) => {}
+            Reply::Rejected(r) => return Err(rejection(r)),
         }
     }
-    if responses.is_empty() {
+    Ok(if responses.is_empty() {
         HttpResponse::Accepted().finish()
     } else {
         reply::json(StatusCode::OK, &Value::Array(responses))
-    }
+    })
 }
