@@ -1,6 +1,7 @@
 //! Marina's integration tests: one binary, one module per concern.
 
 mod cluster;
+mod config_examples;
 mod errors;
 mod outage;
 mod protocol;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every test of Marina, from a fresh machine: installs what the tests need (Redis from apt, the
+# Node and Python MCP clients and the conformance suite from npm/PyPI), then runs formatting and
+# lint checks, the Rust unit and integration tests (which start their own redis-server and marina
+# processes on free loopback ports), and the real-client and conformance tests.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "installing test dependencies"
+bash scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "building marina"
+cargo build --bin marina --quiet
+export MARINA_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/marina"
+
+step "Rust unit and integration tests"
+cargo test --workspace --quiet
+
+step "real clients (Python and TypeScript SDKs) and the conformance suite"
+bash scripts/test-peers.sh
+
+step "all tests passed"
