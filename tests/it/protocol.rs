@@ -431,3 +431,77 @@ async fn sigterm_path_drains_and_finishes_calls() {
     );
     drained.await.unwrap();
 }
+
+#[actix_rt::test]
+async fn idle_actors_passivate_and_reactivate_on_demand() {
+    let app = spawn_app(&[("sessions.passivate_after_secs", "1")]).await;
+    let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    assert_eq!(
+        s.rpc(1, "logging/setLevel", json!({"level": "critical"}))
+            .await["result"],
+        json!({})
+    );
+    let ready: Value = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    // Wait for the housekeeping tick to passivate the idle actor, then use the session again:
+    // the state written through before passivation (the log level) is still there.
+    assert_eq!(app.node.live_sessions(), 1);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(app.node.live_sessions(), 0, "the idle actor was passivated");
+    let (_, msgs) = s
+        .exchange(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"log","arguments":{"level":"error","message":"filtered"}}}))
+        .await;
+    assert!(
+        msgs.iter().all(|m| m["method"] != "notifications/message"),
+        "log level survived passivation: {msgs:?}"
+    );
+    assert_eq!(
+        s.call_text(3, "echo", json!({"text": "back"})).await,
+        "back"
+    );
+    assert_eq!(app.node.live_sessions(), 1, "re-activated on demand");
+}
+
+#[actix_rt::test]
+async fn sessions_expire_by_idle_ttl_and_by_absolute_maximum() {
+    let app = spawn_app(&[
+        ("sessions.idle_ttl_secs", "1"),
+        ("sessions.passivate_after_secs", "1"),
+    ])
+    .await;
+    let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = s
+        .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "idle session expired without DELETE"
+    );
+
+    let app = spawn_app(&[("sessions.max_lifetime_secs", "2")]).await;
+    let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    let mut status = StatusCode::OK;
+    for _ in 0..40 {
+        // Busy all along: only the absolute maximum can end it.
+        status = s
+            .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+            .await
+            .status();
+        if status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "session ended at its absolute maximum"
+    );
+}

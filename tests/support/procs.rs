@@ -99,6 +99,8 @@ impl Drop for RedisServer {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
+    /// The node (to observe its actors).
+    pub node: std::sync::Arc<marina_actors::Node>,
     shutdown: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
 }
@@ -140,6 +142,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         marina_core::settings::load(None, Some(HashMap::new()), &all).expect("test settings");
     let app = Application::build(settings).await.expect("build app");
     let base = app.base_url();
+    let node = app.node();
     let (tx, rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel::<()>();
     actix_rt::spawn(async move {
@@ -152,6 +155,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     });
     TestApp {
         base,
+        node,
         shutdown: Some(tx),
         done: Some(done_rx),
     }

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Marina benchmark (stdlib only): throughput, latency, persistence, resume latency and memory.
+
+Layout on a 2-core machine (as in ../shared/research/perf-peers.md): marina with 1 worker pinned to
+CPU 0; redis-server and the load generator (wrk -t1) on CPU 1. Every figure is the median of
+`--repeats` runs of `--duration` seconds after a 2 s warm-up.
+
+    cargo build --release --bin marina
+    python3 bench/run.py --marina target/release/marina          # prints a Markdown report
+
+Needs redis-server and wrk on PATH (scripts/install-test-deps.sh installs redis; apt install wrk).
+"""
+import argparse, http.client, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+H = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port(); self.dir = tempfile.mkdtemp()
+        self.p = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(self.port), "--save", "",
+                                   "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def cli(self, *args):
+        return subprocess.check_output(["redis-cli", "-p", str(self.port), *args], text=True)
+
+    def info(self, section):
+        out = {}
+        for line in self.cli("info", section).splitlines():
+            if ":" in line:
+                k, v = line.split(":", 1); out[k] = v.strip()
+        return out
+
+    def stop(self):
+        self.p.kill(); self.p.wait()
+
+
+class Marina:
+    def __init__(self, binary, redis_url, env):
+        self.port = free_port()
+        e = dict(os.environ, MARINA__SERVER__WORKERS="1", MARINA__SERVER__LOG_FILTER="warn", **env)
+        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--bind", f"127.0.0.1:{self.port}",
+                                   "--redis-url", redis_url], env=e, stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}/t/demo/mcp"
+
+    def rss_kib(self):
+        with open(f"/proc/{self.p.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    def cpu_s(self):
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def open_sessions(port, n, version="2025-11-25"):
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    sids = []
+    for i in range(n):
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}})
+        conn.request("POST", "/t/demo/mcp", body, H); r = conn.getresponse(); r.read()
+        sid = r.getheader("mcp-session-id"); sids.append(sid)
+        conn.request("POST", "/t/demo/mcp", json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                     dict(H, **{"MCP-Session-Id": sid, "MCP-Protocol-Version": version}))
+        r = conn.getresponse(); r.read()
+    conn.close()
+    return sids
+
+
+def wrk(url, conns, duration, env):
+    e = dict(os.environ, **env)
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
+                          "-s", os.path.join(HERE, "mcp_call.lua"), url], env=e, capture_output=True, text=True).stdout
+    m = re.search(r"MCPRESULT ok=(\d+) bad=(\d+) calls_per_s=(\d+) p50_ms=([\d.]+) p99_ms=([\d.]+)", out)
+    if not m:
+        raise RuntimeError("wrk failed: " + out)
+    return {"ok": int(m[1]), "bad": int(m[2]), "rate": int(m[3]), "p50": float(m[4]), "p99": float(m[5])}
+
+
+def measured(m, url, conns, args, env):
+    wrk(url, conns, 2, env)  # warm-up
+    runs = []
+    for _ in range(args.repeats):
+        c0 = m.cpu_s(); runs.append(wrk(url, conns, args.duration, env)); runs[-1]["cpu"] = (m.cpu_s() - c0) / args.duration
+    med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+    med["runs"] = [r["rate"] for r in runs]
+    return med
+
+
+def resume_latency(m, samples):
+    sid = open_sessions(m.port, 1)[0]
+    hdr = dict(H, **{"MCP-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+    conn = http.client.HTTPConnection("127.0.0.1", m.port)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "countdown", "arguments": {"steps": 3, "interval_ms": 0}, "_meta": {"progressToken": 1}}}
+    conn.request("POST", "/t/demo/mcp", json.dumps(call), hdr); conn.getresponse().read(); conn.close()
+    req = (f"GET /t/demo/mcp HTTP/1.1\r\nHost: 127.0.0.1:{m.port}\r\nAccept: text/event-stream\r\n"
+           f"MCP-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\nLast-Event-ID: 1_0-0\r\n\r\n").encode()
+    lat = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        s = socket.create_connection(("127.0.0.1", m.port)); s.sendall(req)
+        buf = b""
+        while b"\ndata: {" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        lat.append((time.perf_counter() - t0) * 1000); s.close()
+    lat.sort()
+    return {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--marina", default="target/release/marina")
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sessions", type=int, default=10000)
+    args = ap.parse_args()
+    rows = []
+    redis = Redis()
+    url = f"redis://127.0.0.1:{redis.port}/"
+    try:
+        # 1. initialize/s
+        m = Marina(args.marina, url, {})
+        r = measured(m, m.url, 8, args, {"MCP_METHOD": "initialize"})
+        rows.append(("initialize (new session: record + lease + actor)", 8, r))
+        m.stop()
+        redis.cli("flushall")
+        # 2. tools/call echo, JSON and SSE
+        for mode in ("json", "sse"):
+            m = Marina(args.marina, url, {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": mode})
+            sids = ",".join(open_sessions(m.port, 8))
+            for c in (8, 32):
+                x0 = int(redis.info("commandstats").get("cmdstat_xadd", "calls=0").split("calls=")[1].split(",")[0])
+                r = measured(m, m.url, c, args, {"MCP_SESSIONS": sids})
+                x1 = int(redis.info("commandstats").get("cmdstat_xadd", "calls=0").split("calls=")[1].split(",")[0])
+                total_s = args.duration * args.repeats + 2
+                r["events_per_s"] = (x1 - x0) / total_s
+                rows.append((f"tools/call echo, {mode.upper()} mode", c, r))
+            if mode == "sse":
+                res = resume_latency(m, 300)
+            m.stop()
+            redis.cli("flushall")
+        # 3. memory per session
+        m = Marina(args.marina, url, {"MARINA__SESSIONS__PASSIVATE_AFTER_SECS": "3"})
+        time.sleep(0.5)
+        rss0, mem0 = m.rss_kib(), int(redis.info("memory")["used_memory"])
+        open_sessions(m.port, args.sessions)
+        rss_live, mem1 = m.rss_kib(), int(redis.info("memory")["used_memory"])
+        time.sleep(6)
+        rss_pass = m.rss_kib()
+        m.stop()
+    finally:
+        redis.stop()
+
+    print("| measurement | C | calls/s (median) | runs | p50 ms | p99 ms | marina CPU | events persisted/s |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    for name, c, r in rows:
+        ev = f"{r['events_per_s']:.0f}" if "events_per_s" in r else "-"
+        print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} | {ev} |")
+    print()
+    print(f"Resume latency (GET + Last-Event-ID → first replayed event, new TCP connection, 300 samples): p50 {res['p50']:.2f} ms, p99 {res['p99']:.2f} ms")
+    n = args.sessions
+    print(f"Memory, {n} sessions: node RSS {(rss_live - rss0) * 1024 / n:.0f} B per live session "
+          f"(RSS {rss0} → {rss_live} KiB); after passivation RSS {rss_pass} KiB "
+          f"({(rss_pass - rss0) * 1024 / n:.0f} B per passivated session); Redis {(mem1 - mem0) / n:.0f} B per idle session")
+
+
+if __name__ == "__main__":
+    main()
