@@ -2,16 +2,14 @@
 //! live actor of its session — locally, by activating it from the store, or on another node.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor as _, Addr};
 use marina_core::domain::SessionId;
 use marina_core::settings::SessionSettings;
-use marina_core::store::{
-    Fence, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms,
-};
+use marina_core::store::{Fence, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms};
 use marina_core::tenant::Tenant;
 
 use crate::session::SessionActor;
@@ -73,15 +71,14 @@ pub struct Node {
     draining: AtomicBool,
     registry: Mutex<HashMap<SessionId, (u64, Addr<SessionActor>)>>,
     generation: AtomicU64,
+    /// Actors started and not yet stopped (a retiring actor has left the registry but may still
+    /// be releasing its lease; shutdown waits for it).
+    running: AtomicUsize,
 }
 
 impl Node {
     /// A node serving `tenants` from `store`.
-    pub fn new(
-        store: Arc<dyn SessionStore>,
-        config: NodeConfig,
-        tenants: Vec<Arc<Tenant>>,
-    ) -> Arc<Self> {
+    pub fn new(store: Arc<dyn SessionStore>, config: NodeConfig, tenants: Vec<Arc<Tenant>>) -> Arc<Self> {
         Arc::new(Self {
             store,
             config,
@@ -89,6 +86,7 @@ impl Node {
             draining: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
         })
     }
 
@@ -107,9 +105,18 @@ impl Node {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Number of live actors on this node.
+    /// Number of live (registered) actors on this node.
     pub fn live_sessions(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Number of actors not yet stopped, including retiring ones.
+    pub fn running_actors(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn actor_stopped(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (u64, Addr<SessionActor>)>> {
@@ -190,12 +197,7 @@ impl Node {
                         self.store.release_lease(&fence).await?;
                         return Err(ResolveError::NotFound);
                     };
-                    let Some(t) = self
-                        .tenants
-                        .get(&rec.tenant)
-                        .filter(|t| t.id == tenant)
-                        .cloned()
-                    else {
+                    let Some(t) = self.tenants.get(&rec.tenant).filter(|t| t.id == tenant).cloned() else {
                         self.store.release_lease(&fence).await?;
                         return Err(ResolveError::NotFound);
                     };
@@ -235,6 +237,7 @@ impl Node {
         rec: SessionRecord,
     ) -> Addr<SessionActor> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::SeqCst);
         let id = fence.session.clone();
         let addr = SessionActor::new(self.clone(), tenant, fence, rec, generation).start();
         self.lock().insert(id, (generation, addr.clone()));
@@ -262,7 +265,7 @@ impl Node {
             let _ = a.send(crate::session::Drain { force: false }).await;
         }
         let deadline = Instant::now() + timeout;
-        while self.live_sessions() > 0 && Instant::now() < deadline {
+        while self.running_actors() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let rest: Vec<_> = self.lock().values().map(|(_, a)| a.clone()).collect();
@@ -270,7 +273,7 @@ impl Node {
             let _ = a.send(crate::session::Drain { force: true }).await;
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.live_sessions() > 0 && Instant::now() < deadline {
+        while self.running_actors() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.store.unregister_node(&self.config.instance).await;

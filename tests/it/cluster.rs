@@ -35,10 +35,7 @@ async fn initialize_on_one_node_call_on_another() {
     let (_redis, a, b) = cluster();
     let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", json!({})).await;
     let on_b = on_a.at(&b.endpoint());
-    assert_eq!(
-        on_b.call_text(1, "add", json!({"a": 20, "b": 22})).await,
-        "42"
-    );
+    assert_eq!(on_b.call_text(1, "add", json!({"a": 20, "b": 22})).await, "42");
     assert_eq!(
         on_b.rpc(2, "tools/list", json!({})).await["result"]["tools"]
             .as_array()
@@ -47,17 +44,14 @@ async fn initialize_on_one_node_call_on_another() {
         5
     );
     assert_eq!(
-        on_b.rpc(3, "logging/setLevel", json!({"level": "error"}))
-            .await["result"],
+        on_b.rpc(3, "logging/setLevel", json!({"level": "error"})).await["result"],
         json!({})
     );
     // The level set through B holds for calls through A.
     let (_, msgs) = on_a.exchange(&json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"log","arguments":{"level":"info","message":"hidden"}}})).await;
     assert!(msgs.iter().all(|m| m["method"] != "notifications/message"));
     assert_eq!(on_b.delete().await.status(), StatusCode::OK);
-    let r = on_a
-        .post(&json!({"jsonrpc":"2.0","id":5,"method":"ping"}))
-        .await;
+    let r = on_a.post(&json!({"jsonrpc":"2.0","id":5,"method":"ping"})).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -107,12 +101,7 @@ async fn kill_9_during_a_call_loses_nothing_and_every_call_gets_an_outcome() {
 
     let on_b = on_a.at(&b.endpoint());
     // Everything persisted before the crash replays, then the re-run finishes the call.
-    let (all, ended) = read_events(
-        on_b.get(Some("1_0-0")).await,
-        Duration::from_secs(30),
-        |_| false,
-    )
-    .await;
+    let (all, ended) = read_events(on_b.get(Some("1_0-0")).await, Duration::from_secs(30), |_| false).await;
     assert!(ended, "the stream completes");
     let p = progress(&all);
     assert_eq!(
@@ -126,12 +115,7 @@ async fn kill_9_during_a_call_loses_nothing_and_every_call_gets_an_outcome() {
         .expect("a definite outcome");
     assert_eq!(result["result"]["content"][0]["text"], "done: 10 steps");
     // The non-idempotent call is not re-run: it is answered as interrupted.
-    let (other, ended) = read_events(
-        on_b.get(Some("2_0-0")).await,
-        Duration::from_secs(15),
-        |_| false,
-    )
-    .await;
+    let (other, ended) = read_events(on_b.get(Some("2_0-0")).await, Duration::from_secs(15), |_| false).await;
     assert!(ended);
     let outcome = messages(&other)
         .into_iter()
@@ -140,8 +124,7 @@ async fn kill_9_during_a_call_loses_nothing_and_every_call_gets_an_outcome() {
     assert_eq!(outcome["error"]["code"], -32001, "{outcome}");
     // The session lives on, on B.
     assert_eq!(
-        on_b.call_text(3, "echo", json!({"text": "still here"}))
-            .await,
+        on_b.call_text(3, "echo", json!({"text": "still here"})).await,
         "still here"
     );
 }
@@ -194,11 +177,9 @@ async fn confirm_asked_on_one_node_is_answered_on_another() {
     }));
     let mut ask = None;
     for _ in 0..50 {
-        let (ev, _) = read_events(
-            on_a.get(Some("1_0-0")).await,
-            Duration::from_millis(200),
-            |ev| !ev.is_empty(),
-        )
+        let (ev, _) = read_events(on_a.get(Some("1_0-0")).await, Duration::from_millis(200), |ev| {
+            !ev.is_empty()
+        })
         .await;
         ask = messages(&ev)
             .into_iter()
@@ -212,12 +193,7 @@ async fn confirm_asked_on_one_node_is_answered_on_another() {
     let r = on_b.post(&json!({"jsonrpc":"2.0","id":ask["id"],"result":{"action":"accept","content":{"answer":"yes, from B"}}})).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let (_, _) = reader.await.unwrap();
-    let (events, _) = read_events(
-        on_b.get(Some("1_0-0")).await,
-        Duration::from_secs(10),
-        |_| false,
-    )
-    .await;
+    let (events, _) = read_events(on_b.get(Some("1_0-0")).await, Duration::from_secs(10), |_| false).await;
     let result = messages(&events)
         .into_iter()
         .find(|m| m["id"] == 1)

@@ -19,9 +19,7 @@ fn error_code(v: &Value) -> i64 {
 async fn unknown_tenant_is_404_with_a_json_rpc_error() {
     let app = spawn_app(&[]).await;
     let c = Mcp::new(&app.endpoint("nope"));
-    let r = c
-        .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-        .await;
+    let r = c.post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(body(r).await["error"]["message"].is_string());
 }
@@ -123,21 +121,12 @@ async fn unknown_method_is_32601_and_bad_params_32602() {
     assert_eq!(r["id"], 7);
     assert_eq!(error_code(&r), -32601);
     // Undeclared capabilities are "method not found" too.
+    assert_eq!(error_code(&s.rpc(8, "resources/list", json!({})).await), -32601);
     assert_eq!(
-        error_code(&s.rpc(8, "resources/list", json!({})).await),
-        -32601
-    );
-    assert_eq!(
-        error_code(
-            &s.rpc(9, "tools/call", json!({"name": "does_not_exist"}))
-                .await
-        ),
+        error_code(&s.rpc(9, "tools/call", json!({"name": "does_not_exist"})).await),
         -32602
     );
-    assert_eq!(
-        error_code(&s.rpc(10, "tools/call", json!({})).await),
-        -32602
-    );
+    assert_eq!(error_code(&s.rpc(10, "tools/call", json!({})).await), -32602);
     assert_eq!(
         error_code(
             &s.rpc(11, "tools/call", json!({"name": "echo", "arguments": [1]}))
@@ -150,10 +139,7 @@ async fn unknown_method_is_32601_and_bad_params_32602() {
         -32602
     );
     assert_eq!(
-        error_code(
-            &s.rpc(13, "logging/setLevel", json!({"level": "verbose"}))
-                .await
-        ),
+        error_code(&s.rpc(13, "logging/setLevel", json!({"level": "verbose"})).await),
         -32602
     );
     let init = Mcp::new(&s.url)
@@ -180,11 +166,7 @@ async fn sessions_missing_unknown_and_deleted() {
     let r = c
         .post(&json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
         .await;
-    assert_eq!(
-        r.status(),
-        StatusCode::BAD_REQUEST,
-        "missing session header"
-    );
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "missing session header");
     assert!(body(r).await["error"].is_object());
     for sid in [
         "e0c7cd1f-2f9d-4a11-9e6e-3c1e8b1e6a10",
@@ -272,10 +254,7 @@ async fn origin_and_host_are_checked() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        send(Some("http://localhost:3000"), None)
-            .await
-            .unwrap()
-            .status(),
+        send(Some("http://localhost:3000"), None).await.unwrap().status(),
         StatusCode::OK
     );
     assert_eq!(send(None, None).await.unwrap().status(), StatusCode::OK);
@@ -303,7 +282,8 @@ async fn origin_and_host_are_checked() {
 async fn batches_only_on_2025_03_26_sessions() {
     let app = spawn_app(&[]).await;
     let url = app.endpoint("demo");
-    let batch = json!([{"jsonrpc":"2.0","id":901,"method":"ping"},{"jsonrpc":"2.0","id":902,"method":"ping"}]);
+    let batch =
+        json!([{"jsonrpc":"2.0","id":901,"method":"ping"},{"jsonrpc":"2.0","id":902,"method":"ping"}]);
     for v in ["2025-11-25", "2025-06-18"] {
         let s = Mcp::connect(&url, v, json!({})).await;
         let r = s.post(&batch).await;
@@ -325,8 +305,7 @@ async fn batches_only_on_2025_03_26_sessions() {
         .map(|m| m["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![901, 902]);
-    let only_notes =
-        json!([{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"x"}}]);
+    let only_notes = json!([{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"x"}}]);
     assert_eq!(old.post(&only_notes).await.status(), StatusCode::ACCEPTED);
     let with_call = json!([{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"b"}}}]);
     let b = body(old.post(&with_call).await).await;
@@ -337,7 +316,9 @@ async fn batches_only_on_2025_03_26_sessions() {
 async fn notifications_and_unknown_responses_are_accepted() {
     let app = spawn_app(&[]).await;
     let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
-    let r = s.post(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"nope"}})).await;
+    let r = s
+        .post(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"nope"}}))
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert!(r.text().await.unwrap().is_empty());
     let r = s

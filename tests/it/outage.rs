@@ -57,8 +57,5 @@ async fn redis_down_gives_503_and_the_node_recovers() {
     }
     assert!(ready, "ready again once Redis is back");
     let s2 = Mcp::connect(&endpoint, "2025-11-25", json!({})).await;
-    assert_eq!(
-        s2.call_text(1, "echo", json!({"text": "again"})).await,
-        "again"
-    );
+    assert_eq!(s2.call_text(1, "echo", json!({"text": "again"})).await, "again");
 }

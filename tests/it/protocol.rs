@@ -34,8 +34,7 @@ async fn initialize_negotiates_versions_and_issues_random_session_ids() {
         assert_eq!(b["result"]["protocolVersion"], got, "asked {asked}");
         assert!(b["result"]["capabilities"]["tools"].is_object());
         assert!(
-            b["result"]["serverInfo"]["name"].is_string()
-                && b["result"]["serverInfo"]["version"].is_string()
+            b["result"]["serverInfo"]["name"].is_string() && b["result"]["serverInfo"]["version"].is_string()
         );
     }
     ids.sort();
@@ -65,15 +64,9 @@ async fn ping_list_and_every_builtin_tool() {
     let countdown = &tools["result"]["tools"][2];
     assert_eq!(countdown["annotations"]["readOnlyHint"], true);
     assert_eq!(countdown["annotations"]["idempotentHint"], true);
-    assert_eq!(
-        s.call_text(3, "echo", json!({"text": "héllo"})).await,
-        "héllo"
-    );
+    assert_eq!(s.call_text(3, "echo", json!({"text": "héllo"})).await, "héllo");
     assert_eq!(s.call_text(4, "add", json!({"a": 2, "b": 40})).await, "42");
-    assert_eq!(
-        s.call_text(5, "add", json!({"a": 0.5, "b": 0.25})).await,
-        "0.75"
-    );
+    assert_eq!(s.call_text(5, "add", json!({"a": 0.5, "b": 0.25})).await, "0.75");
     assert_eq!(
         s.call_text(6, "countdown", json!({"steps": 2, "interval_ms": 1}))
             .await,
@@ -97,10 +90,7 @@ async fn tools_list_paginates_deterministically() {
     let mut names = Vec::new();
     let mut cursor: Option<String> = None;
     for i in 0..10 {
-        let params = cursor
-            .as_ref()
-            .map(|c| json!({"cursor": c}))
-            .unwrap_or(json!({}));
+        let params = cursor.as_ref().map(|c| json!({"cursor": c})).unwrap_or(json!({}));
         let r = s.rpc(i, "tools/list", params).await;
         names.extend(
             r["result"]["tools"]
@@ -163,9 +153,7 @@ async fn no_priming_or_retry_for_older_versions() {
     let resp = s.post(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}})).await;
     let (events, _) = read_events(resp, Duration::from_secs(10), |_| false).await;
     assert!(
-        events
-            .iter()
-            .all(|e| !e.data.is_empty() && e.retry.is_none()),
+        events.iter().all(|e| !e.data.is_empty() && e.retry.is_none()),
         "{events:?}"
     );
     assert_eq!(messages(&events)[0]["result"]["content"][0]["text"], "x");
@@ -183,8 +171,7 @@ async fn log_level_filters_notifications() {
     assert_eq!(note["params"]["level"], "info");
     assert_eq!(note["params"]["data"], "hello");
     assert_eq!(
-        s.rpc(2, "logging/setLevel", json!({"level": "error"}))
-            .await["result"],
+        s.rpc(2, "logging/setLevel", json!({"level": "error"})).await["result"],
         json!({})
     );
     let (_, msgs) = s.exchange(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"log","arguments":{"level":"warning","message":"quiet"}}})).await;
@@ -247,17 +234,10 @@ async fn resume_replays_exactly_the_rest_of_that_stream_then_follows_live() {
         .filter_map(|m| m["params"]["progress"].as_i64())
         .collect();
     assert_eq!(before, [1, 2]);
-    assert_eq!(
-        after,
-        [3, 4, 5, 6],
-        "exactly the rest, in order, no repeats"
-    );
+    assert_eq!(after, [3, 4, 5, 6], "exactly the rest, in order, no repeats");
     let msgs = messages(&rest);
     assert_eq!(msgs.last().unwrap()["id"], 2);
-    assert!(
-        msgs.iter()
-            .all(|m| m["result"]["content"][0]["text"] != "other")
-    );
+    assert!(msgs.iter().all(|m| m["result"]["content"][0]["text"] != "other"));
     // Resuming after the end replays nothing more than the tail and closes.
     let again = s.get(Some(rest.last().unwrap().id.as_ref().unwrap())).await;
     let (tail, ended) = read_events(again, Duration::from_secs(5), |_| false).await;
@@ -276,10 +256,7 @@ async fn another_session_cannot_replay_these_events() {
     let r = b.get(Some(&a_id)).await;
     if r.status() == StatusCode::OK {
         let (leak, _) = read_events(r, Duration::from_millis(500), |_| false).await;
-        assert!(
-            leak.iter().all(|e| !e.data.contains("secret-of-a")),
-            "{leak:?}"
-        );
+        assert!(leak.iter().all(|e| !e.data.contains("secret-of-a")), "{leak:?}");
     } else {
         assert!(r.status().is_client_error());
     }
@@ -341,8 +318,7 @@ async fn long_post_streams_are_closed_with_retry_and_resumed() {
     let mut last = events.iter().rev().find_map(|e| e.id.clone()).unwrap();
     let mut result = None;
     for _ in 0..20 {
-        let (more, _) =
-            read_events(s.get(Some(&last)).await, Duration::from_secs(10), |_| false).await;
+        let (more, _) = read_events(s.get(Some(&last)).await, Duration::from_secs(10), |_| false).await;
         if let Some(id) = more.iter().rev().find_map(|e| e.id.clone()) {
             last = id;
         }
@@ -360,22 +336,15 @@ async fn long_post_streams_are_closed_with_retry_and_resumed() {
 #[actix_rt::test]
 async fn confirm_elicits_and_returns_the_answer() {
     let app = spawn_app(&[]).await;
-    let s = Mcp::connect(
-        &app.endpoint("demo"),
-        "2025-11-25",
-        json!({"elicitation": {}}),
-    )
-    .await;
+    let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({"elicitation": {}})).await;
     let resp = s.post(&json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"confirm","arguments":{"question":"Deploy?"}}})).await;
     let reader = tokio::spawn(read_events(resp, Duration::from_secs(10), |_| false));
     // Find the elicitation request by resuming the stream from its start.
     let mut ask = None;
     for _ in 0..50 {
-        let (ev, _) = read_events(
-            s.get(Some("1_0-0")).await,
-            Duration::from_millis(200),
-            |ev| !ev.is_empty(),
-        )
+        let (ev, _) = read_events(s.get(Some("1_0-0")).await, Duration::from_millis(200), |ev| {
+            !ev.is_empty()
+        })
         .await;
         ask = messages(&ev)
             .into_iter()
@@ -393,10 +362,7 @@ async fn confirm_elicits_and_returns_the_answer() {
     let r = s.post(&json!({"jsonrpc":"2.0","id":ask["id"],"result":{"action":"accept","content":{"answer":"ship it"}}})).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let (_events, _) = reader.await.unwrap();
-    let (events, _) = read_events(s.get(Some("1_0-0")).await, Duration::from_secs(5), |_| {
-        false
-    })
-    .await;
+    let (events, _) = read_events(s.get(Some("1_0-0")).await, Duration::from_secs(5), |_| false).await;
     let result = messages(&events)
         .into_iter()
         .find(|m| m["id"] == 5)
@@ -416,9 +382,7 @@ async fn sigterm_path_drains_and_finishes_calls() {
     let base = app.base.clone();
     let drained = tokio::spawn(app.shutdown());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let ready = reqwest::get(format!("{base}/readyz"))
-        .await
-        .map(|r| r.status());
+    let ready = reqwest::get(format!("{base}/readyz")).await.map(|r| r.status());
     assert!(
         ready.map_or(true, |st| st == StatusCode::SERVICE_UNAVAILABLE),
         "not ready while draining"
@@ -437,8 +401,7 @@ async fn idle_actors_passivate_and_reactivate_on_demand() {
     let app = spawn_app(&[("sessions.passivate_after_secs", "1")]).await;
     let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
     assert_eq!(
-        s.rpc(1, "logging/setLevel", json!({"level": "critical"}))
-            .await["result"],
+        s.rpc(1, "logging/setLevel", json!({"level": "critical"})).await["result"],
         json!({})
     );
     let ready: Value = reqwest::get(format!("{}/readyz", app.base))
@@ -460,10 +423,7 @@ async fn idle_actors_passivate_and_reactivate_on_demand() {
         msgs.iter().all(|m| m["method"] != "notifications/message"),
         "log level survived passivation: {msgs:?}"
     );
-    assert_eq!(
-        s.call_text(3, "echo", json!({"text": "back"})).await,
-        "back"
-    );
+    assert_eq!(s.call_text(3, "echo", json!({"text": "back"})).await, "back");
     assert_eq!(app.node.live_sessions(), 1, "re-activated on demand");
 }
 
@@ -476,9 +436,7 @@ async fn sessions_expire_by_idle_ttl_and_by_absolute_maximum() {
     .await;
     let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = s
-        .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-        .await;
+    let r = s.post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})).await;
     assert_eq!(
         r.status(),
         StatusCode::NOT_FOUND,

@@ -29,11 +29,7 @@ async fn every_session_key_has_a_ttl_and_shares_one_hash_tag() {
             .args(["-p", &redis.port.to_string(), "pttl", key])
             .output()
             .unwrap();
-        let ttl: i64 = String::from_utf8(ttl.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let ttl: i64 = String::from_utf8(ttl.stdout).unwrap().trim().parse().unwrap();
         assert!(ttl > 0 || ttl == -2, "{key} has no TTL ({ttl})");
         if !key.starts_with("ttl:node:") {
             assert!(

@@ -140,12 +140,7 @@ impl Mcp {
             .unwrap()
             .to_owned();
         let body: Value = resp.json().await.unwrap();
-        c.version = Some(
-            body["result"]["protocolVersion"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        c.version = Some(body["result"]["protocolVersion"].as_str().unwrap().to_owned());
         c.session = Some(sid);
         let r = c
             .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
@@ -193,10 +188,7 @@ impl Mcp {
             (status, events.iter().filter_map(SseEvent::json).collect())
         } else {
             let text = resp.text().await.unwrap_or_default();
-            (
-                status,
-                serde_json::from_str(&text).ok().into_iter().collect(),
-            )
+            (status, serde_json::from_str(&text).ok().into_iter().collect())
         }
     }
 

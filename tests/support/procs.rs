@@ -138,8 +138,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("server.drain_timeout_ms", "5000".into()),
     ];
     all.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    let settings =
-        marina_core::settings::load(None, Some(HashMap::new()), &all).expect("test settings");
+    let settings = marina_core::settings::load(None, Some(HashMap::new()), &all).expect("test settings");
     let app = Application::build(settings).await.expect("build app");
     let base = app.base_url();
     let node = app.node();
@@ -241,9 +240,7 @@ impl MarinaProc {
     /// Send SIGTERM (without waiting).
     pub fn sigterm(&self) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         }
     }
 

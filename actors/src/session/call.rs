@@ -77,10 +77,7 @@ impl CallContext for CallCtx {
         }
         let _ = self
             .shared
-            .emit(
-                self.target(),
-                &notification("notifications/progress", params),
-            )
+            .emit(self.target(), &notification("notifications/progress", params))
             .await;
     }
 
@@ -97,10 +94,7 @@ impl CallContext for CallCtx {
             let params = json!({"level": level, "logger": logger, "data": data});
             let _ = self
                 .shared
-                .emit(
-                    self.target(),
-                    &notification("notifications/message", params),
-                )
+                .emit(self.target(), &notification("notifications/message", params))
                 .await;
         }
     }
@@ -111,10 +105,7 @@ impl CallContext for CallCtx {
         self.shared.pending.borrow_mut().insert(id.clone(), tx);
         let _guard = PendingGuard(&self.shared, id.clone());
         self.shared
-            .emit(
-                self.target(),
-                &protocol::request(&json!(id), method, params),
-            )
+            .emit(self.target(), &protocol::request(&json!(id), method, params))
             .await
             .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))?;
         rx.await.unwrap_or_else(|_| {

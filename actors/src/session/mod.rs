@@ -78,6 +78,8 @@ pub enum Rejection {
     Gone,
     /// The node is draining (503, retry elsewhere).
     Draining,
+    /// The actor is passivating: resolve the session again (the caller retries).
+    Moved,
 }
 
 /// The actor's answer to a POSTed message.
@@ -93,6 +95,9 @@ pub enum Reply {
     Stream(StreamHandle),
     /// An HTTP-level refusal.
     Rejected(Rejection),
+    /// The actor is passivating and did not take the message: resolve the session again and
+    /// send it there.
+    Moved(Box<Dispatch>),
 }
 
 /// Handle one JSON-RPC message POSTed to the session.
@@ -110,7 +115,7 @@ pub struct Dispatch {
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<StreamHandle, Rejection>")]
 pub struct OpenStream {
     /// `Last-Event-ID`, if any.
@@ -120,7 +125,7 @@ pub struct OpenStream {
 }
 
 /// End the session (DELETE).
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), Rejection>")]
 pub struct Terminate {
     /// The `MCP-Protocol-Version` header, if any.
@@ -170,6 +175,11 @@ impl SessionActor {
             return;
         }
         self.retiring = true;
+        // From now on requests go elsewhere: out of the registry (a new request waits for the
+        // lease and activates a fresh actor) and every message still in the mailbox is told to
+        // re-route.
+        self.shared.retiring.set(true);
+        self.shared.node.unregister(&self.shared.id, self.generation);
         let shared = self.shared.clone();
         tracing::debug!(session = shared.tag(), reason, "retiring session actor");
         ctx.spawn(
@@ -203,8 +213,7 @@ impl SessionActor {
             return;
         }
         let passivate_after = Duration::from_secs(s.node.sessions().passivate_after_secs);
-        if s.idle_calls() && !s.has_live_streams() && s.last_activity().elapsed() >= passivate_after
-        {
+        if s.idle_calls() && !s.has_live_streams() && s.last_activity().elapsed() >= passivate_after {
             self.retire(ctx, "passivated");
             return;
         }
@@ -237,14 +246,13 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.shared.shutdown();
-        self.shared
-            .node
-            .unregister(&self.shared.id, self.generation);
+        self.shared.node.unregister(&self.shared.id, self.generation);
         if !self.retiring && !self.shared.lost() {
             // Stopped without a clean release (e.g. the arbiter is going away): free the lease.
             let shared = self.shared.clone();
             actix::spawn(async move { shared.release().await });
         }
+        self.shared.node.actor_stopped();
     }
 }
 
@@ -271,7 +279,12 @@ impl Handler<Terminate> for SessionActor {
 
     fn handle(&mut self, msg: Terminate, _ctx: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
-        if let Err(r) = shared.check_version(msg.protocol_version.as_deref()) {
+        let early = if self.retiring {
+            Err(Rejection::Moved)
+        } else {
+            shared.check_version(msg.protocol_version.as_deref())
+        };
+        if let Err(r) = early {
             return Box::pin(async move { Err(r) }.into_actor(self));
         }
         self.retiring = true;
@@ -292,14 +305,7 @@ impl Handler<Drain> for SessionActor {
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) {
         self.shared.start_draining();
         if msg.force || self.shared.idle_calls() {
-            self.retire(
-                ctx,
-                if msg.force {
-                    "drain timeout"
-                } else {
-                    "drained"
-                },
-            );
+            self.retire(ctx, if msg.force { "drain timeout" } else { "drained" });
         }
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     lease_ok_at: Cell<Instant>,
     lost: Cell<bool>,
     draining: Cell<bool>,
+    /// The actor is retiring (passivation, drain): new work must be re-routed.
+    pub(crate) retiring: Cell<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -76,12 +78,7 @@ pub(crate) fn id_key(id: &Value) -> String {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        node: Arc<Node>,
-        tenant: Arc<Tenant>,
-        fence: Fence,
-        rec: SessionRecord,
-    ) -> Self {
+    pub(crate) fn new(node: Arc<Node>, tenant: Arc<Tenant>, fence: Fence, rec: SessionRecord) -> Self {
         let now = Instant::now();
         Self {
             id: fence.session.clone(),
@@ -99,6 +96,7 @@ impl Shared {
             lease_ok_at: Cell::new(now),
             lost: Cell::new(false),
             draining: Cell::new(false),
+            retiring: Cell::new(false),
         }
     }
 
@@ -184,11 +182,7 @@ impl Shared {
 
     fn lose(&self, why: &str) {
         if !self.lost.replace(true) {
-            tracing::warn!(
-                session = self.tag(),
-                why,
-                "session lease lost; stopping actor"
-            );
+            tracing::warn!(session = self.tag(), why, "session lease lost; stopping actor");
             self.stopping.cancel();
         }
     }
@@ -338,6 +332,9 @@ impl Shared {
     }
 
     pub(crate) async fn dispatch(self: Rc<Self>, d: Dispatch) -> Reply {
+        if self.retiring.get() {
+            return Reply::Moved(Box::new(d));
+        }
         self.touch();
         if let Err(r) = self.check_version(d.protocol_version.as_deref()) {
             return Reply::Rejected(r);
@@ -365,9 +362,7 @@ impl Shared {
                 // A response to nothing we asked (or asked before a failover) is ignored (202).
                 Reply::Accepted
             }
-            MessageKind::Request { id, method } => {
-                self.request(id, &method, d.message, d.force_json).await
-            }
+            MessageKind::Request { id, method } => self.request(id, &method, d.message, d.force_json).await,
         }
     }
 
@@ -392,13 +387,7 @@ impl Shared {
         Reply::Accepted
     }
 
-    async fn request(
-        self: Rc<Self>,
-        id: Value,
-        method: &str,
-        msg: Value,
-        force_json: bool,
-    ) -> Reply {
+    async fn request(self: Rc<Self>, id: Value, method: &str, msg: Value, force_json: bool) -> Reply {
         let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
         let answer = |r: Result<Value, RpcError>| {
             Reply::Json(match r {
@@ -446,7 +435,8 @@ impl Shared {
             Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
         };
         let end = (start + page).min(tools.len());
-        let mut result = json!({"tools": tools[start..end].iter().map(|t| t.definition.clone()).collect::<Vec<_>>()});
+        let mut result =
+            json!({"tools": tools[start..end].iter().map(|t| t.definition.clone()).collect::<Vec<_>>()});
         if end < tools.len() {
             result["nextCursor"] = json!(encode_cursor(end));
         }
@@ -485,14 +475,10 @@ impl Shared {
                     cancel: cancel.clone(),
                 },
             );
-            actix::spawn(self.clone().run_call(
-                None,
-                id,
-                params,
-                cancel,
-                f64::NEG_INFINITY,
-                Some(tx),
-            ));
+            actix::spawn(
+                self.clone()
+                    .run_call(None, id, params, cancel, f64::NEG_INFINITY, Some(tx)),
+            );
             return Reply::Pending(rx);
         }
         let stream = {
@@ -530,14 +516,10 @@ impl Shared {
                 cancel: cancel.clone(),
             },
         );
-        actix::spawn(self.clone().run_call(
-            Some(stream),
-            id,
-            params,
-            cancel,
-            f64::NEG_INFINITY,
-            None,
-        ));
+        actix::spawn(
+            self.clone()
+                .run_call(Some(stream), id, params, cancel, f64::NEG_INFINITY, None),
+        );
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {
             stream,
@@ -558,11 +540,11 @@ impl Shared {
 
     // === streams ===
 
-    pub(crate) async fn open_stream(
-        self: Rc<Self>,
-        req: OpenStream,
-    ) -> Result<StreamHandle, Rejection> {
+    pub(crate) async fn open_stream(self: Rc<Self>, req: OpenStream) -> Result<StreamHandle, Rejection> {
         self.touch();
+        if self.retiring.get() {
+            return Err(Rejection::Moved);
+        }
         self.check_version(req.protocol_version.as_deref())?;
         if self.lost.get() {
             return Err(Rejection::Gone);
@@ -656,6 +638,7 @@ impl Shared {
                 } else if !is_get {
                     // The stream's response is in the backlog: the stream is complete.
                     backlog.push(Frame::End);
+                    self.streams.borrow_mut().remove(&eid.stream);
                 }
                 // (A GET stream on a draining node gets its backlog, then a retry hint.)
                 Ok(StreamHandle {
@@ -675,9 +658,7 @@ fn encode_cursor(offset: usize) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<usize> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
     std::str::from_utf8(&raw)
         .ok()?
         .strip_prefix("tools:")?

@@ -291,17 +291,9 @@ mod tests {
         .unwrap();
         let env = HashMap::from([
             ("MARINA__SERVER__NODE_ID".to_owned(), "env".to_owned()),
-            (
-                "MARINA__SESSIONS__LEASE_TTL_MS".to_owned(),
-                "2500".to_owned(),
-            ),
+            ("MARINA__SESSIONS__LEASE_TTL_MS".to_owned(), "2500".to_owned()),
         ]);
-        let s = load(
-            Some(&f),
-            Some(env),
-            &[("server.bind", "127.0.0.1:9001".into())],
-        )
-        .unwrap();
+        let s = load(Some(&f), Some(env), &[("server.bind", "127.0.0.1:9001".into())]).unwrap();
         assert_eq!(s.server.bind, "127.0.0.1:9001");
         assert_eq!(s.server.node_id, "env");
         assert_eq!(s.sessions.lease_ttl_ms, 2500);
@@ -317,13 +309,6 @@ mod tests {
         let f = dir.path().join("m.toml");
         std::fs::write(&f, "[sessions]\nidle_ttl = 3\n").unwrap();
         assert!(load(Some(&f), Some(HashMap::new()), &[]).is_err());
-        assert!(
-            load(
-                None,
-                Some(HashMap::new()),
-                &[("server.bind", "nope".into())]
-            )
-            .is_err()
-        );
+        assert!(load(None, Some(HashMap::new()), &[("server.bind", "nope".into())]).is_err());
     }
 }

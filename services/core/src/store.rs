@@ -160,12 +160,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Load a session, if it exists.
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
     /// Write a session record through (fenced, versioned) and refresh its TTL.
-    async fn save_session(
-        &self,
-        fence: &Fence,
-        rec: &SessionRecord,
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
+    async fn save_session(&self, fence: &Fence, rec: &SessionRecord, ttl: Duration)
+    -> Result<(), StoreError>;
     /// Delete a session and all its keys (streams `0..streams`). Returns whether it existed.
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError>;
     /// Take the session's lease if nobody holds it.
@@ -200,11 +196,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The last entry id of a stream, if it has any.
-    async fn last_entry(
-        &self,
-        id: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<String>, StoreError>;
+    async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError>;
     /// Announce (or refresh) a node.
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
     /// Look a node up.

@@ -51,12 +51,7 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     fn tools(&self) -> Vec<ToolDef>;
     /// Run one tool. Returns a `CallToolResult`; tool failures (including invalid arguments) are
     /// results with `isError: true`, protocol failures are `Err`.
-    async fn call(
-        &self,
-        name: &str,
-        arguments: Value,
-        ctx: &dyn CallContext,
-    ) -> Result<Value, RpcError>;
+    async fn call(&self, name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError>;
 }
 
 /// A tenant's tools, in deterministic (name) order, with the provider of each.

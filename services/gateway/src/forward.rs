@@ -48,8 +48,8 @@ pub async fn forward(
     body: Bytes,
 ) -> Result<HttpResponse, ForwardError> {
     let url = format!("{}{}", base_url.trim_end_matches('/'), req.uri().path());
-    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
-        .unwrap_or(reqwest::Method::POST);
+    let method =
+        reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
     let mut out = state
         .http
         .request(method, url)

@@ -25,17 +25,12 @@ fn host_allowed(authority: &str, allowed: &[String]) -> bool {
     let host = host_part(authority);
     is_local_host(&host)
         || allowed.iter().any(|a| {
-            a == "*"
-                || a.eq_ignore_ascii_case(authority.trim())
-                || host_part(a) == host && !a.contains(':')
+            a == "*" || a.eq_ignore_ascii_case(authority.trim()) || host_part(a) == host && !a.contains(':')
         })
 }
 
 fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
         return true;
     }
     let Some((scheme, rest)) = origin.split_once("://") else {

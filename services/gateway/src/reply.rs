@@ -75,8 +75,7 @@ impl ResponseError for Refusal {
             &RpcError::new(self.code, self.message.clone()).to_response(self.id.as_ref()),
         );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
     }

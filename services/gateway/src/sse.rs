@@ -47,10 +47,7 @@ fn retry_hint(ms: u64) -> Bytes {
 }
 
 /// The body stream of an SSE response.
-pub fn body(
-    handle: StreamHandle,
-    opts: SseOptions,
-) -> impl Stream<Item = Result<Bytes, Infallible>> {
+pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let head = handle
         .priming
         .map(|p| Bytes::from(format!("id: {p}\nretry: {}\ndata: \n\n", opts.retry_ms)));

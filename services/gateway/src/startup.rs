@@ -62,8 +62,8 @@ fn build_tenants(settings: &Settings) -> anyhow::Result<Vec<Arc<Tenant>>> {
         .tenants
         .iter()
         .map(|(id, ts)| {
-            let providers = upstream::providers(&ts.upstreams)
-                .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
+            let providers =
+                upstream::providers(&ts.upstreams).map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
             Ok(Arc::new(Tenant {
                 id: id.clone(),
                 settings: ts.clone(),
@@ -116,9 +116,7 @@ impl Application {
             http,
         };
         let workers = match settings.server.workers {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
         let server = HttpServer::new(move || {
@@ -130,9 +128,7 @@ impl Application {
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .filter(|v| {
-                            !v.is_empty()
-                                && v.len() <= 128
-                                && v.bytes().all(|b| b.is_ascii_graphic())
+                            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
                         })
                         .map(str::to_owned)
                         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -250,11 +246,7 @@ impl Application {
             .drain(Duration::from_millis(self.settings.server.drain_timeout_ms))
             .await;
         heartbeat.abort();
-        let _ = self
-            .node
-            .store
-            .unregister_node(&self.node.config.instance)
-            .await;
+        let _ = self.node.store.unregister_node(&self.node.config.instance).await;
         handle.stop(true).await;
         let _ = server.await;
         tracing::info!("stopped");

@@ -13,8 +13,9 @@ pub fn providers(upstreams: &[UpstreamSettings]) -> Result<Vec<Arc<dyn ToolProvi
     upstreams
         .iter()
         .map(|u| match u {
-            UpstreamSettings::Builtin { tools } => builtin::Builtin::new(tools.as_deref())
-                .map(|b| Arc::new(b) as Arc<dyn ToolProvider>),
+            UpstreamSettings::Builtin { tools } => {
+                builtin::Builtin::new(tools.as_deref()).map(|b| Arc::new(b) as Arc<dyn ToolProvider>)
+            }
         })
         .collect()
 }

@@ -81,17 +81,19 @@ set +e
 rc=$?
 set -e
 
-# marina must shut down cleanly on SIGTERM (exit 0); report it, but the suite's verdict wins.
+# marina must shut down cleanly on SIGTERM (exit 0, within 10 s); report it, but a failing
+# suite's verdict wins.
 kill -TERM "$MARINA_PID"
+t0=$SECONDS
 for _ in $(seq 100); do kill -0 "$MARINA_PID" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$MARINA_PID" 2>/dev/null; then
-  echo "conformance/run.sh: marina did not exit within 10 s of SIGTERM" >&2
+  echo "conformance/run.sh: marina did not exit within 10 s of SIGTERM (log: $OUT/marina.log)" >&2
   [[ $rc -eq 0 ]] && rc=1
 else
   set +e; wait "$MARINA_PID"; mrc=$?; set -e
   MARINA_PID=
   if [[ $mrc -ne 0 ]]; then
-    echo "conformance/run.sh: marina exited with $mrc on SIGTERM" >&2
+    echo "conformance/run.sh: marina exited with $mrc on SIGTERM after $((SECONDS - t0)) s" >&2
     [[ $rc -eq 0 ]] && rc=1
   fi
 fi

@@ -270,11 +270,7 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn last_entry(
-        &self,
-        id: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<String>, StoreError> {
+    async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError> {
         Ok(self.with(|s| {
             s.events
                 .get(&(id.clone(), stream))

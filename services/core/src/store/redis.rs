@@ -98,17 +98,10 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl RedisStore {
     /// Build a pool for `url`. Connections are made lazily, so this succeeds while Redis is down.
-    pub fn new(
-        url: &str,
-        prefix: &str,
-        pool_size: usize,
-        timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub fn new(url: &str, prefix: &str, pool_size: usize, timeout: Duration) -> Result<Self, StoreError> {
         let mut cfg = Config::from_url(url);
         cfg.pool = Some(PoolConfig::new(pool_size.max(1)));
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(unavailable)?;
+        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(unavailable)?;
         Ok(Self {
             pool,
             prefix: prefix.to_owned(),
@@ -214,15 +207,7 @@ impl SessionStore for RedisStore {
         let script = self.create.clone();
         let created: i64 = self
             .run(move |c| {
-                Box::pin(async move {
-                    script
-                        .key(s)
-                        .key(f)
-                        .arg(json)
-                        .arg(ms(ttl))
-                        .invoke_async(c)
-                        .await
-                })
+                Box::pin(async move { script.key(s).key(f).arg(json).arg(ms(ttl)).invoke_async(c).await })
             })
             .await?;
         if created == 1 {
@@ -236,14 +221,7 @@ impl SessionStore for RedisStore {
         let s = self.key(id, "s");
         let (v, d): (Option<u64>, Option<String>) = self
             .run(move |c| {
-                Box::pin(async move {
-                    redis::cmd("HMGET")
-                        .arg(s)
-                        .arg("v")
-                        .arg("d")
-                        .query_async(c)
-                        .await
-                })
+                Box::pin(async move { redis::cmd("HMGET").arg(s).arg("v").arg("d").query_async(c).await })
             })
             .await?;
         match (v, d) {
@@ -361,9 +339,7 @@ impl SessionStore for RedisStore {
             self.renew.clone(),
         );
         let r: i64 = self
-            .run(move |c| {
-                Box::pin(async move { script.key(l).arg(v).arg(ms(ttl)).invoke_async(c).await })
-            })
+            .run(move |c| Box::pin(async move { script.key(l).arg(v).arg(ms(ttl)).invoke_async(c).await }))
             .await?;
         Ok(r == 1)
     }
@@ -448,11 +424,7 @@ impl SessionStore for RedisStore {
         events_from(reply)
     }
 
-    async fn last_entry(
-        &self,
-        id: &SessionId,
-        stream: StreamId,
-    ) -> Result<Option<String>, StoreError> {
+    async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError> {
         let e = self.stream_key(id, stream);
         let reply: RValue = self
             .run(move |c| {

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{
-    InflightCall, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms,
-};
+use super::{InflightCall, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms};
 use crate::domain::SessionId;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -31,12 +29,7 @@ fn record() -> SessionRecord {
     }
 }
 
-async fn acquire(
-    store: &dyn SessionStore,
-    id: &SessionId,
-    holder: &str,
-    ttl: Duration,
-) -> super::Fence {
+async fn acquire(store: &dyn SessionStore, id: &SessionId, holder: &str, ttl: Duration) -> super::Fence {
     match store.acquire_lease(id, holder, ttl).await.unwrap() {
         LeaseOutcome::Acquired(f) => f,
         other => panic!("expected to acquire, got {other:?}"),
@@ -114,9 +107,7 @@ async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
     let a = acquire(s, &id, "a/1", short).await;
     assert_eq!(
         s.acquire_lease(&id, "b/1", short).await.unwrap(),
-        LeaseOutcome::Held {
-            holder: "a/1".into()
-        }
+        LeaseOutcome::Held { holder: "a/1".into() }
     );
     assert_eq!(s.lease_holder(&id).await.unwrap().as_deref(), Some("a/1"));
     assert!(s.renew_lease(&a, short).await.unwrap());
@@ -144,39 +135,22 @@ async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {
                 .unwrap(),
         );
     }
-    s.append_event(&f, 2, "other-stream", 1000, TTL)
-        .await
-        .unwrap();
+    s.append_event(&f, 2, "other-stream", 1000, TTL).await.unwrap();
     let all = s.read_events(&id, 1, "0-0", 100).await.unwrap();
     assert_eq!(all.iter().map(|e| e.entry.clone()).collect::<Vec<_>>(), ids);
     assert_eq!(all[4].data, "{\"n\":4}");
     let rest = s.read_events(&id, 1, &ids[2], 100).await.unwrap();
-    assert_eq!(
-        rest.len(),
-        2,
-        "strictly after the given id, and only this stream"
-    );
+    assert_eq!(rest.len(), 2, "strictly after the given id, and only this stream");
     assert_eq!(rest[0].entry, ids[3]);
-    assert_eq!(
-        s.read_events(&id, 1, &ids[0], 2).await.unwrap().len(),
-        2,
-        "limit"
-    );
+    assert_eq!(s.read_events(&id, 1, &ids[0], 2).await.unwrap().len(), 2, "limit");
     assert_eq!(s.last_entry(&id, 1).await.unwrap(), Some(ids[4].clone()));
     // Another session never sees these events.
     let other = SessionId::generate();
-    assert!(
-        s.read_events(&other, 1, "0-0", 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.read_events(&other, 1, "0-0", 100).await.unwrap().is_empty());
 
     // Streams are capped (Redis trims approximately, so allow slack but require a bound).
     for i in 0..400 {
-        s.append_event(&f, 3, &i.to_string(), 50, TTL)
-            .await
-            .unwrap();
+        s.append_event(&f, 3, &i.to_string(), 50, TTL).await.unwrap();
     }
     let kept = s.read_events(&id, 3, "0-0", 10_000).await.unwrap();
     assert!(kept.len() < 400 && kept.len() >= 50, "kept {}", kept.len());
@@ -227,9 +201,7 @@ async fn sessions_expire_by_ttl(s: &dyn SessionStore) {
     let f = acquire(s, &id, "a/1", TTL).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     rec.version = 2;
-    s.save_session(&f, &rec, Duration::from_secs(5))
-        .await
-        .unwrap();
+    s.save_session(&f, &rec, Duration::from_secs(5)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.load_session(&id).await.unwrap().is_some());
 }
@@ -240,9 +212,7 @@ async fn nodes_register_and_expire(s: &dyn SessionStore) {
         url: "http://127.0.0.1:1".into(),
         draining: false,
     };
-    s.register_node(&n, Duration::from_millis(200))
-        .await
-        .unwrap();
+    s.register_node(&n, Duration::from_millis(200)).await.unwrap();
     assert_eq!(s.node(&n.instance).await.unwrap(), Some(n.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.node(&n.instance).await.unwrap(), None);

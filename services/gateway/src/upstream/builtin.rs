@@ -103,11 +103,7 @@ fn uint_arg(args: &Value, key: &str, max: u64) -> Result<u64, Value> {
     args.get(key)
         .and_then(Value::as_u64)
         .filter(|v| *v <= max)
-        .ok_or_else(|| {
-            tool_error(format!(
-                "argument {key:?} must be an integer from 0 to {max}"
-            ))
-        })
+        .ok_or_else(|| tool_error(format!("argument {key:?} must be an integer from 0 to {max}")))
 }
 
 #[async_trait(?Send)]
@@ -122,12 +118,7 @@ impl ToolProvider for Builtin {
             .collect()
     }
 
-    async fn call(
-        &self,
-        name: &str,
-        args: Value,
-        ctx: &dyn CallContext,
-    ) -> Result<Value, RpcError> {
+    async fn call(&self, name: &str, args: Value, ctx: &dyn CallContext) -> Result<Value, RpcError> {
         if !self.enabled.contains(&name) {
             return Err(RpcError::invalid_params(format!(
                 "unknown tool: {}",
@@ -217,9 +208,7 @@ async fn confirm(args: &Value, ctx: &dyn CallContext) -> Result<Value, Value> {
             Some(a) => Ok(text(a)),
             None => Err(tool_error("the answer is missing")),
         },
-        Some(other @ ("decline" | "cancel")) => {
-            Err(tool_error(format!("the user chose to {other}")))
-        }
+        Some(other @ ("decline" | "cancel")) => Err(tool_error(format!("the user chose to {other}"))),
         _ => Err(tool_error("the client sent an invalid elicitation result")),
     }
 }

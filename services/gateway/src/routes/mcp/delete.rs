@@ -2,9 +2,11 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
-use marina_actors::Terminate;
+use marina_actors::{Rejection, Terminate};
 
-use super::{Target, actor_gone, preflight, protocol_header, rejection, route, session_header};
+use super::{
+    MOVE_ATTEMPTS, Target, actor_gone, preflight, protocol_header, rejection, route, session_header,
+};
 use crate::reply::Refusal;
 use crate::state::AppState;
 
@@ -18,16 +20,20 @@ pub async fn delete(
     let version = protocol_header(&req)?;
     let id = session_header(&req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
-    let addr = match route(&state, &req, &t.id, &id, Bytes::new()).await {
-        Target::Local(a) => a,
-        Target::Done(resp) => return Ok(resp),
-    };
-    addr.send(Terminate {
+    let terminate = Terminate {
         protocol_version: version,
-    })
-    .await
-    .map_err(|_| actor_gone())?
-    .map_err(rejection)?;
+    };
+    let mut attempts = 0;
+    loop {
+        let addr = match route(&state, &req, &t.id, &id, Bytes::new()).await {
+            Target::Local(a) => a,
+            Target::Done(resp) => return Ok(resp),
+        };
+        match addr.send(terminate.clone()).await.map_err(|_| actor_gone())? {
+            Err(Rejection::Moved) if attempts < MOVE_ATTEMPTS => attempts += 1,
+            other => break other.map_err(rejection)?,
+        }
+    }
     tracing::info!("session deleted");
     Ok(HttpResponse::Ok().finish())
 }

@@ -4,12 +4,12 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
-use marina_actors::OpenStream;
+use marina_actors::{OpenStream, Rejection};
 use marina_core::domain::{EventId, GET_STREAM};
 use marina_core::protocol::code;
 
 use super::{
-    Target, accepts, actor_gone, header, preflight, protocol_header, rejection, route,
+    MOVE_ATTEMPTS, Target, accepts, actor_gone, header, preflight, protocol_header, rejection, route,
     session_header,
 };
 use crate::reply::Refusal;
@@ -35,23 +35,27 @@ pub async fn get(
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
     let last_event_id = match header(&req, "last-event-id") {
         None => None,
-        Some(raw) => Some(EventId::parse(raw).ok_or_else(|| {
-            Refusal::bad_request(code::INVALID_REQUEST, "malformed Last-Event-ID")
-        })?),
+        Some(raw) => Some(
+            EventId::parse(raw)
+                .ok_or_else(|| Refusal::bad_request(code::INVALID_REQUEST, "malformed Last-Event-ID"))?,
+        ),
     };
-    let addr = match route(&state, &req, &t.id, &id, Bytes::new()).await {
-        Target::Local(a) => a,
-        Target::Done(resp) => return Ok(resp),
+    let open = OpenStream {
+        last_event_id,
+        protocol_version: version,
     };
-    let resumed = last_event_id.is_some();
-    let handle = addr
-        .send(OpenStream {
-            last_event_id,
-            protocol_version: version,
-        })
-        .await
-        .map_err(|_| actor_gone())?
-        .map_err(rejection)?;
+    let mut attempts = 0;
+    let handle = loop {
+        let addr = match route(&state, &req, &t.id, &id, Bytes::new()).await {
+            Target::Local(a) => a,
+            Target::Done(resp) => return Ok(resp),
+        };
+        match addr.send(open.clone()).await.map_err(|_| actor_gone())? {
+            Err(Rejection::Moved) if attempts < MOVE_ATTEMPTS => attempts += 1,
+            other => break other.map_err(rejection)?,
+        }
+    };
+    let resumed = open.last_event_id.is_some();
     let s = state.node.sessions();
     // A resumed POST stream keeps the POST-stream duration limit; the GET stream has none.
     let max = (resumed && handle.stream != GET_STREAM)

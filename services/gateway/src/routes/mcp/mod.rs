@@ -51,12 +51,7 @@ fn accepts(req: &HttpRequest, mime: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|item| {
-            let m = item
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let m = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
             m == mime || m == "*/*" || m == format!("{kind}/*")
         })
 }
@@ -111,8 +106,12 @@ fn rejection(r: Rejection) -> Refusal {
         Rejection::Unavailable => Refusal::unavailable("session store unavailable; retry shortly"),
         Rejection::Gone => Refusal::not_found("session not found"),
         Rejection::Draining => Refusal::unavailable("this node is shutting down; retry"),
+        Rejection::Moved => Refusal::unavailable("session is moving; retry"),
     }
 }
+
+/// How often a request follows a session whose actor passivated under it.
+const MOVE_ATTEMPTS: usize = 5;
 
 fn resolve_error(e: ResolveError) -> Refusal {
     match e {
@@ -141,13 +140,7 @@ enum Target {
 
 /// Find the session's actor; if another node holds it, forward the request there (once: a
 /// forwarded request is served here or refused). An unreachable holder is waited out.
-async fn route(
-    state: &AppState,
-    req: &HttpRequest,
-    tenant: &str,
-    id: &SessionId,
-    body: Bytes,
-) -> Target {
+async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId, body: Bytes) -> Target {
     let may_forward = req.headers().get(FORWARDED).is_none();
     let mut avoid: Option<String> = None;
     loop {
@@ -157,15 +150,13 @@ async fn route(
             .await
         {
             Ok(Resolved::Local(addr)) => return Target::Local(addr),
-            Ok(Resolved::Remote { holder, url }) => {
-                match forward(state, req, &url, body.clone()).await {
-                    Ok(resp) => return Target::Done(resp),
-                    Err(ForwardError::Unreachable(e)) => {
-                        tracing::info!(holder, error = %e, "session holder unreachable; waiting for its lease");
-                        avoid = Some(holder);
-                    }
+            Ok(Resolved::Remote { holder, url }) => match forward(state, req, &url, body.clone()).await {
+                Ok(resp) => return Target::Done(resp),
+                Err(ForwardError::Unreachable(e)) => {
+                    tracing::info!(holder, error = %e, "session holder unreachable; waiting for its lease");
+                    avoid = Some(holder);
                 }
-            }
+            },
             Err(e) => return Target::Done(resolve_error(e).error_response()),
         }
     }

@@ -16,7 +16,7 @@ use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
 
 use super::{
-    Target, accepts, actor_gone, header, preflight, protocol_header, rejection, resolve_error,
+    MOVE_ATTEMPTS, Target, accepts, actor_gone, header, preflight, protocol_header, rejection, resolve_error,
     route, session_header,
 };
 use crate::reply::{self, Refusal};
@@ -52,15 +52,13 @@ pub async fn post(
     }
     let body = read_body(payload, t.settings.limits.max_body_bytes).await?;
     let version = protocol_header(&req)?;
-    let message: Value = serde_json::from_slice(&body).map_err(|_| {
-        Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON")
-    })?;
+    let message: Value = serde_json::from_slice(&body)
+        .map_err(|_| Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON"))?;
     if let Value::Array(items) = message {
         return batch(&state, &req, &t, version, items, body).await;
     }
     let kind = protocol::classify(&message).map_err(|e| {
-        Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}"))
-            .with_id(e.id.as_ref())
+        Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
@@ -79,19 +77,26 @@ pub async fn post(
     }
     let id = session_header(&req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
-    let addr = match route(&state, &req, &t.id, &id, body).await {
-        Target::Local(a) => a,
-        Target::Done(resp) => return Ok(resp),
+    let mut dispatch = Dispatch {
+        message,
+        kind,
+        protocol_version: version,
+        force_json: false,
     };
-    let reply = addr
-        .send(Dispatch {
-            message,
-            kind,
-            protocol_version: version,
-            force_json: false,
-        })
-        .await
-        .map_err(|_| actor_gone())?;
+    let mut attempts = 0;
+    let reply = loop {
+        let addr = match route(&state, &req, &t.id, &id, body.clone()).await {
+            Target::Local(a) => a,
+            Target::Done(resp) => return Ok(resp),
+        };
+        match addr.send(dispatch).await.map_err(|_| actor_gone())? {
+            Reply::Moved(back) if attempts < MOVE_ATTEMPTS => {
+                attempts += 1;
+                dispatch = *back;
+            }
+            reply => break reply,
+        }
+    };
     respond(&state, reply).await
 }
 
@@ -99,9 +104,8 @@ pub async fn post(
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Refusal> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| {
-            Refusal::bad_request(code::INVALID_REQUEST, "could not read the request body")
-        })?;
+        let chunk = chunk
+            .map_err(|_| Refusal::bad_request(code::INVALID_REQUEST, "could not read the request body"))?;
         if buf.len() + chunk.len() > limit {
             return Err(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -179,11 +183,8 @@ async fn respond(state: &AppState, reply: Reply) -> Result<HttpResponse, Refusal
             Ok(v) => reply::json(StatusCode::OK, &v),
             Err(_) => reply::json(
                 StatusCode::OK,
-                &RpcError::new(
-                    code::INTERRUPTED,
-                    "the request was cancelled or interrupted",
-                )
-                .to_response(None),
+                &RpcError::new(code::INTERRUPTED, "the request was cancelled or interrupted")
+                    .to_response(None),
             ),
         },
         Reply::Stream(handle) => {
@@ -198,6 +199,7 @@ async fn respond(state: &AppState, reply: Reply) -> Result<HttpResponse, Refusal
             )
         }
         Reply::Rejected(r) => return Err(rejection(r)),
+        Reply::Moved(_) => return Err(rejection(marina_actors::Rejection::Moved)),
     })
 }
 
@@ -217,11 +219,7 @@ async fn batch(
             "JSON-RPC batches are not supported; send one message per request",
         )
     };
-    if items.is_empty()
-        || version
-            .as_deref()
-            .is_some_and(|v| !protocol::supports_batches(v))
-    {
+    if items.is_empty() || version.as_deref().is_some_and(|v| !protocol::supports_batches(v)) {
         return Err(refuse());
     }
     let id = session_header(req).map_err(|_| refuse())?;
@@ -245,10 +243,7 @@ async fn batch(
         if let MessageKind::Request { id, method } = &kind
             && method == "initialize"
         {
-            let err = RpcError::new(
-                code::INVALID_REQUEST,
-                "initialize must not be part of a batch",
-            );
+            let err = RpcError::new(code::INVALID_REQUEST, "initialize must not be part of a batch");
             responses.push(err.to_response(Some(id)));
             continue;
         }
@@ -266,6 +261,7 @@ async fn batch(
             Reply::Pending(rx) => responses.extend(rx.await.ok()),
             Reply::Accepted | Reply::Stream(_) => {}
             Reply::Rejected(r) => return Err(rejection(r)),
+            Reply::Moved(_) => return Err(rejection(marina_actors::Rejection::Moved)),
         }
     }
     Ok(if responses.is_empty() {
