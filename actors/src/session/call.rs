@@ -181,21 +181,13 @@ impl Shared {
             // in flight, and whoever holds the session next gives it its outcome.
             return;
         }
-        if let Some(resp) = response
-            && !self.emit_final(stream, &resp).await
-        {
+        // Answered, or cancelled by the client (no response, per the spec): the stream is done.
+        if !self.complete(stream, response.as_ref()).await {
             tracing::warn!(
                 session = self.tag(),
                 stream,
-                "could not persist a call's response"
+                "could not persist a call's outcome; the next holder will"
             );
-            return;
-        }
-        // Cancelled by the client (no response, per the spec) or answered: the stream is done.
-        self.finish_stream(stream);
-        self.rec.borrow_mut().inflight.remove(&stream);
-        if let Err(e) = self.save().await {
-            tracing::debug!(session = self.tag(), error = %e, "could not clear an in-flight record");
         }
     }
 
@@ -243,11 +235,7 @@ impl Shared {
                     "the request was interrupted by a node failure and may or may not have taken effect",
                 )
                 .to_response(Some(&call.request_id));
-                if self.emit_final(stream, &err).await {
-                    self.finish_stream(stream);
-                    self.rec.borrow_mut().inflight.remove(&stream);
-                    let _ = self.save().await;
-                }
+                self.complete(stream, Some(&err)).await;
             }
         }
     }

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     lease_ok_at: Cell<Instant>,
     lost: Cell<bool>,
     draining: Cell<bool>,
+    /// Serializes record writes so that version order is write order.
+    save_lock: tokio::sync::Mutex<()>,
     /// The actor is retiring (passivation, drain): new work must be re-routed.
     pub(crate) retiring: Cell<bool>,
 }
@@ -97,6 +99,7 @@ impl Shared {
             lost: Cell::new(false),
             draining: Cell::new(false),
             retiring: Cell::new(false),
+            save_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -208,6 +211,7 @@ impl Shared {
 
     /// Write the record through (fenced, versioned). Also refreshes the idle TTL.
     pub(crate) async fn save(&self) -> Result<(), StoreError> {
+        let _serial = self.save_lock.lock().await;
         let rec = {
             let mut r = self.rec.borrow_mut();
             r.version += 1;
@@ -281,19 +285,62 @@ impl Shared {
         Ok(())
     }
 
-    /// Emit a call's final message, retrying while the store is briefly unavailable: losing a
-    /// response would leave the client's stream without an outcome.
-    pub(crate) async fn emit_final(&self, stream: StreamId, msg: &Value) -> bool {
+    /// Finish a POST stream: persist its final message (if any — a cancelled call has none) and
+    /// the record without the call in flight, in one atomic write; then deliver the message and
+    /// end the connection. Retries while the store is briefly unavailable: losing a response
+    /// would leave the client without an outcome. `false` if it could not be persisted (the call
+    /// stays in flight in the store, and the session's next holder answers it).
+    pub(crate) async fn complete(&self, stream: StreamId, msg: Option<&Value>) -> bool {
+        let data = msg.map(Value::to_string);
+        let cap = self.node.sessions().max_events_per_stream;
         let mut delay = Duration::from_millis(50);
         for _ in 0..EMIT_ATTEMPTS {
-            match self.emit(stream, msg).await {
-                Ok(()) => return true,
-                Err(StoreError::Unavailable(_)) if !self.stopping.is_cancelled() => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+            if self.lost.get() {
+                return false;
+            }
+            let lock = self.slot_lock(stream);
+            let _order = lock.lock().await;
+            let _serial = self.save_lock.lock().await;
+            let Some(ttl) = self.ttl() else { return false };
+            let rec = {
+                let mut r = self.rec.borrow_mut();
+                r.version += 1;
+                let mut c = r.clone();
+                c.inflight.remove(&stream);
+                c
+            };
+            match self
+                .node
+                .store
+                .complete_stream(&self.fence, stream, data.as_deref(), cap, &rec, ttl)
+                .await
+            {
+                Ok(entry) => {
+                    self.rec.borrow_mut().inflight.remove(&stream);
+                    self.last_save.set(Instant::now());
+                    if let (Some(entry), Some(data)) = (entry, data) {
+                        self.deliver(
+                            stream,
+                            Frame::Event {
+                                id: EventId { stream, entry }.to_string(),
+                                data,
+                            },
+                        );
+                    }
+                    self.finish_stream(stream);
+                    return true;
+                }
+                Err(StoreError::Unavailable(_)) if !self.stopping.is_cancelled() => {}
+                Err(StoreError::Fenced) => {
+                    self.lose("write fenced");
+                    return false;
                 }
                 Err(_) => return false,
             }
+            drop(_serial);
+            drop(_order);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
         false
     }

@@ -187,6 +187,18 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         cap: usize,
         ttl: Duration,
     ) -> Result<String, StoreError>;
+    /// Finish a stream atomically: append its final message (if any) and write the record through
+    /// (in which the stream is no longer in flight), fenced and versioned like
+    /// [`Self::append_event`] and [`Self::save_session`]. Returns the entry id of the message.
+    async fn complete_stream(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        data: Option<&str>,
+        cap: usize,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
     /// Events of a stream strictly after `after` (an entry id), oldest first, at most `limit`.
     async fn read_events(
         &self,

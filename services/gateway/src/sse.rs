@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use actix_web::HttpResponse;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use marina_actors::{Frame, StreamHandle};
 use tokio::sync::mpsc;
@@ -70,14 +70,17 @@ pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result
         if st.done {
             return None;
         }
+        // Everything ready now goes out as one chunk (one write, one TCP segment).
+        let mut out = BytesMut::new();
         if let Some(h) = st.head.take() {
-            return Some((Ok(h), st));
+            out.extend_from_slice(&h);
         }
-        if let Some(f) = st.queue.pop_front() {
-            return match f {
-                Frame::Event { id, data } => Some((Ok(event(&id, &data)), st)),
-                Frame::End => None,
-            };
+        drain_ready(&mut st, &mut out);
+        if !out.is_empty() {
+            return Some((Ok(out.freeze()), st));
+        }
+        if st.done {
+            return None;
         }
         let deadline = st.deadline;
         let sleep = async move {
@@ -88,7 +91,11 @@ pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result
         };
         tokio::select! {
             f = st.rx.recv() => match f {
-                Some(Frame::Event { id, data }) => Some((Ok(event(&id, &data)), st)),
+                Some(Frame::Event { id, data }) => {
+                    out.extend_from_slice(&event(&id, &data));
+                    drain_ready(&mut st, &mut out);
+                    Some((Ok(out.freeze()), st))
+                }
                 Some(Frame::End) => None,
                 // The session closed this connection (drain, failover, slow reader, replaced):
                 // tell the client when to resume.
@@ -104,6 +111,24 @@ pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result
             _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
         }
     })
+}
+
+/// Append every frame available without waiting (backlog first, then live); stop at the end.
+fn drain_ready(st: &mut State, out: &mut BytesMut) {
+    loop {
+        let next = match st.queue.pop_front() {
+            Some(f) => Some(f),
+            None => st.rx.try_recv().ok(),
+        };
+        match next {
+            Some(Frame::Event { id, data }) => out.extend_from_slice(&event(&id, &data)),
+            Some(Frame::End) => {
+                st.done = true;
+                return;
+            }
+            None => return,
+        }
+    }
 }
 
 /// A 200 `text/event-stream` response around `body`.

@@ -186,6 +186,13 @@ impl Application {
                     HttpResponse::NotFound().json(serde_json::json!({"error": "not found"}))
                 }))
         })
+        // SSE responses are written as several small chunks; without TCP_NODELAY, Nagle's
+        // algorithm and delayed ACKs hold each one back ~40 ms.
+        .on_connect(|conn, _ext| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(2)

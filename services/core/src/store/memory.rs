@@ -71,6 +71,25 @@ impl Inner {
         self.leases.get(id).filter(|l| l.live()).map(|l| &l.value)
     }
 
+    /// Append to a stream's log (caller checked the fence); returns the entry id.
+    fn append(&mut self, id: &SessionId, stream: StreamId, data: &str, cap: usize, ttl: Duration) -> String {
+        let slot = self
+            .events
+            .entry((id.clone(), stream))
+            .or_insert_with(|| Expiring::new(EventLog::default(), ttl));
+        if !slot.live() {
+            *slot = Expiring::new(EventLog::default(), ttl);
+        }
+        slot.expires = Instant::now() + ttl;
+        let log = &mut slot.value;
+        log.next += 1;
+        log.entries.push_back((log.next, data.to_owned()));
+        while log.entries.len() > cap {
+            log.entries.pop_front();
+        }
+        format!("{}-0", log.next)
+    }
+
     fn holds(&self, fence: &Fence) -> bool {
         self.lease(&fence.session) == Some(&(fence.holder.clone(), fence.token))
     }
@@ -226,22 +245,35 @@ impl SessionStore for MemoryStore {
             if !s.holds(fence) {
                 return Err(StoreError::Fenced);
             }
-            let key = (fence.session.clone(), stream);
-            let slot = s
-                .events
-                .entry(key)
-                .or_insert_with(|| Expiring::new(EventLog::default(), ttl));
-            if !slot.live() {
-                *slot = Expiring::new(EventLog::default(), ttl);
+            Ok(s.append(&fence.session, stream, data, cap, ttl))
+        })
+    }
+
+    async fn complete_stream(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        data: Option<&str>,
+        cap: usize,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let json = encode_record(rec)?;
+        self.with(|s| {
+            if !s.holds(fence) {
+                return Err(StoreError::Fenced);
             }
-            slot.expires = Instant::now() + ttl;
-            let log = &mut slot.value;
-            log.next += 1;
-            log.entries.push_back((log.next, data.to_owned()));
-            while log.entries.len() > cap {
-                log.entries.pop_front();
+            if !s.session_live(&fence.session) {
+                return Err(StoreError::Gone);
             }
-            Ok(format!("{}-0", log.next))
+            let entry = data.map(|d| s.append(&fence.session, stream, d, cap, ttl));
+            if let Some(cur) = s.sessions.get_mut(&fence.session) {
+                if cur.value.0 < rec.version {
+                    cur.value = (rec.version, json);
+                }
+                cur.expires = Instant::now() + ttl;
+            }
+            Ok(entry)
         })
     }
 

@@ -69,6 +69,24 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2]
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return id";
 
+/// KEYS e, l, s, f; ARGV lease value, data ('' = none), cap, ttl, version, json. Fenced append
+/// of a stream's final message and write-through of the record, in one step.
+const COMPLETE: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1} end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-2} end
+local id = ''
+if ARGV[2] ~= '' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local cur = tonumber(redis.call('HGET', KEYS[3], 'v') or '0')
+if cur < tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[3], 'v', ARGV[5], 'd', ARGV[6])
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
+return {1, id}";
+
 /// Redis-backed store.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -81,6 +99,7 @@ pub struct RedisStore {
     renew: Script,
     release: Script,
     append: Script,
+    complete: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -112,6 +131,7 @@ impl RedisStore {
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             append: Script::new(APPEND),
+            complete: Script::new(COMPLETE),
         })
     }
 
@@ -396,6 +416,68 @@ impl SessionStore for RedisStore {
             Err(StoreError::Fenced)
         } else {
             Ok(id)
+        }
+    }
+
+    async fn complete_stream(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        data: Option<&str>,
+        cap: usize,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let json = encode_record(rec)?;
+        let id = &fence.session;
+        let keys = [
+            self.stream_key(id, stream),
+            self.key(id, "l"),
+            self.key(id, "s"),
+            self.key(id, "f"),
+        ];
+        let (lease, data, version, script) = (
+            fence.lease_value(),
+            data.unwrap_or_default().to_owned(),
+            rec.version,
+            self.complete.clone(),
+        );
+        let reply: Vec<RValue> = self
+            .run(move |c| {
+                Box::pin(async move {
+                    let mut inv = script.prepare_invoke();
+                    for k in keys {
+                        inv.key(k);
+                    }
+                    inv.arg(lease)
+                        .arg(data)
+                        .arg(cap)
+                        .arg(ms(ttl))
+                        .arg(version)
+                        .arg(json)
+                        .invoke_async(c)
+                        .await
+                })
+            })
+            .await?;
+        let mut it = reply.into_iter();
+        let status: i64 = it
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .unwrap_or(0);
+        match status {
+            -1 => Err(StoreError::Fenced),
+            -2 => Err(StoreError::Gone),
+            _ => {
+                let id: Option<String> = it
+                    .next()
+                    .map(redis::from_redis_value)
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(id.filter(|i| !i.is_empty()))
+            }
         }
     }
 

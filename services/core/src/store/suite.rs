@@ -43,6 +43,7 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     records_round_trip_and_writes_are_fenced_and_versioned(s).await;
     leases_are_exclusive_and_expire(s).await;
     events_append_read_trim_and_fence(s).await;
+    completing_a_stream_is_atomic_and_fenced(s).await;
     delete_removes_everything(s).await;
     sessions_expire_by_ttl(s).await;
     nodes_register_and_expire(s).await;
@@ -163,6 +164,59 @@ async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {
         s.append_event(&f, 1, "x", 1000, TTL).await,
         Err(StoreError::Fenced)
     ));
+}
+
+async fn completing_a_stream_is_atomic_and_fenced(s: &dyn SessionStore) {
+    let id = SessionId::generate();
+    let mut rec = record();
+    rec.inflight.insert(
+        4,
+        InflightCall {
+            request_id: json!(1),
+            method: "tools/call".into(),
+            params: json!({}),
+            replayable: false,
+        },
+    );
+    s.create_session(&id, &rec, TTL).await.unwrap();
+    let f = acquire(s, &id, "a/1", TTL).await;
+    s.append_event(&f, 4, "progress", 1000, TTL).await.unwrap();
+    rec.inflight.clear();
+    rec.version = 2;
+    let entry = s
+        .complete_stream(&f, 4, Some("response"), 1000, &rec, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let events = s.read_events(&id, 4, "0-0", 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["progress", "response"]
+    );
+    assert_eq!(events[1].entry, entry);
+    let loaded = s.load_session(&id).await.unwrap().unwrap();
+    assert!(loaded.inflight.is_empty() && loaded.version == 2);
+    // Without a message (a cancelled call) only the record changes.
+    rec.version = 3;
+    rec.log_level = Some("info".into());
+    assert_eq!(
+        s.complete_stream(&f, 5, None, 1000, &rec, TTL).await.unwrap(),
+        None
+    );
+    assert!(s.read_events(&id, 5, "0-0", 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.load_session(&id).await.unwrap().unwrap().log_level.as_deref(),
+        Some("info")
+    );
+    // A stale holder can do neither.
+    s.release_lease(&f).await.unwrap();
+    let _g = acquire(s, &id, "b/1", TTL).await;
+    rec.version = 4;
+    assert!(matches!(
+        s.complete_stream(&f, 4, Some("late"), 1000, &rec, TTL).await,
+        Err(StoreError::Fenced)
+    ));
+    assert_eq!(s.read_events(&id, 4, "0-0", 10).await.unwrap().len(), 2);
 }
 
 async fn delete_removes_everything(s: &dyn SessionStore) {
