@@ -109,10 +109,7 @@ before(async () => {
 
 after(async () => {
   try {
-    if (marina) {
-      const code = await stopMarina(marina);
-      assert.equal(code, 0, `marina did not exit 0 on SIGTERM; log tail:\n${logTail()}`);
-    }
+    if (marina) await stopMarina(marina); // normally already stopped by the last test
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -376,4 +373,13 @@ test('resume a dropped tools/call stream with a resumption token', { timeout: TE
   const expected = Array.from({ length: steps - lastSeen }, (_, i) => lastSeen + 1 + i);
   assert.deepEqual(progress, expected, `progress on resume (phase 1 saw up to ${lastSeen})`);
   assert.ok(msgs.at(-1)?.result, `last message is not the response: ${JSON.stringify(msgs.at(-1))}`);
+});
+
+// Runs last (node:test runs a file's top-level tests in order): after serving the sessions
+// above, SIGTERM must be a clean shutdown, exit code 0, within stopMarina's 10 s bound.
+test('SIGTERM stops marina with exit code 0', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const started = Date.now();
+  const code = await stopMarina(marina);
+  const took = ((Date.now() - started) / 1000).toFixed(1);
+  assert.equal(code, 0, `marina exit code ${code} after ${took} s (null = needed SIGKILL); log tail:\n${logTail()}`);
 });

@@ -22,12 +22,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ClientMessageMetadata
 
-from conftest import Marina
+from conftest import STOP_TIMEOUT_S, Marina, stop_marina, stores
 
 pytestmark = pytest.mark.anyio
 
 EXPECTED_TOOLS = {"echo", "add", "countdown", "log", "confirm"}
-# Marina speaks these handshake-era versions; the SDK offers its newest one (2025-11-25).
+# The SDK offers its newest handshake-era version, which Marina supports, so it is negotiated.
 EXPECTED_VERSION = "2025-11-25"
 CALL_TIMEOUT_S = 15  # one request
 TEST_TIMEOUT_S = 40  # one connected client, start to finish
@@ -338,3 +338,20 @@ async def test_resume_with_resumption_token(marina: Marina, mode: str, resume_de
     # Replay starts after the given id: no event from phase 1 is delivered again.
     assert not set(resumed_tokens) & set(phase1_tokens), (phase1_tokens, resumed_tokens)
     assert resumed_tokens, "the resumed stream carried no event ids"
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle: SIGTERM is a clean, prompt shutdown (exit code 0), also after serving sessions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", stores())
+async def test_sigterm_after_a_session_exits_zero_promptly(start_marina: Callable[[str], Marina], store: str) -> None:
+    m = start_marina(store)
+    async with connect(m, "legacy") as c:  # initialize, GET stream, tools/call, then DELETE
+        assert only_text(await c.call_tool("echo", {"text": "bye"})) == "bye"
+    rc, took = await anyio.to_thread.run_sync(stop_marina, m)
+    assert rc == 0, (
+        f"marina ({store}) did not exit 0 within {STOP_TIMEOUT_S:.0f} s of SIGTERM "
+        f"(rc={rc}, {took:.1f} s); log tail:\n{m.log_tail()}"
+    )

@@ -11,8 +11,12 @@
 
 use std::time::Duration;
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use async_trait::async_trait;
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
+use redis::aio::MultiplexedConnection;
 use redis::{Script, Value as RValue};
 
 use super::{
@@ -88,9 +92,17 @@ if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4
 return {1, id}";
 
 /// Redis-backed store.
-#[derive(Clone)]
+///
+/// Connections come from a deadpool-redis pool (URL parsing, connection setup), but commands do
+/// not check one out per operation: deadpool's recycle check sends `UNWATCH`+`PING` on every
+/// checkout, doubling the round trips of the hot path. Instead the store keeps `pool_size`
+/// multiplexed connections taken out of the pool (`Connection::take`); each is shared by all
+/// tasks, which pipeline their commands over it. A connection that fails is dropped from its
+/// slot and replaced from the pool on next use — that is how the store recovers from an outage.
 pub struct RedisStore {
     pool: Pool,
+    slots: Vec<Mutex<Option<MultiplexedConnection>>>,
+    next: AtomicUsize,
     prefix: String,
     timeout: Duration,
     create: Script,
@@ -123,6 +135,8 @@ impl RedisStore {
         let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(unavailable)?;
         Ok(Self {
             pool,
+            slots: (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
             prefix: prefix.to_owned(),
             timeout,
             create: Script::new(CREATE),
@@ -147,22 +161,51 @@ impl RedisStore {
         format!("{}:node:{}", self.prefix, instance)
     }
 
-    /// Run `f` with a pooled connection, bounded by the command timeout.
+    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.slots[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A shared connection (round robin over the slots), connecting the slot if needed.
+    async fn connection(&self) -> Result<(usize, MultiplexedConnection), StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Some(c) = self.slot(i).clone() {
+            return Ok((i, c));
+        }
+        let conn = deadpool_redis::Connection::take(self.pool.get().await.map_err(unavailable)?);
+        *self.slot(i) = Some(conn.clone());
+        Ok((i, conn))
+    }
+
+    /// Run `f` on a shared connection, bounded by the command timeout. A connection-level
+    /// failure (or a timeout) retires the connection so the next use reconnects.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         F: for<'c> FnOnce(
-            &'c mut deadpool_redis::Connection,
+            &'c mut MultiplexedConnection,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'c>,
         >,
     {
         let work = async {
-            let mut conn = self.pool.get().await.map_err(unavailable)?;
-            f(&mut conn).await.map_err(unavailable)
+            let (i, mut conn) = self.connection().await?;
+            f(&mut conn).await.map_err(|e| {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+                {
+                    *self.slot(i) = None;
+                }
+                unavailable(e)
+            })
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| StoreError::Unavailable("timed out".into()))?
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // We cannot tell which slot hung; a hung server means all are suspect.
+                for i in 0..self.slots.len() {
+                    *self.slot(i) = None;
+                }
+                Err(StoreError::Unavailable("timed out".into()))
+            }
+        }
     }
 }
 
