@@ -217,7 +217,13 @@ async fn protocol_version_header_rules() {
             .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{v} after init");
     }
-    // Absent: the session's negotiated version applies.
+    // 2025-03-26, the spec's assumed default, counts as "unspecified" (the conformance suite sends
+    // it on 2025-11-25 sessions); absent: the session's negotiated version applies.
+    s.version = Some("2025-03-26".into());
+    let r = s
+        .post(&json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
     s.version = None;
     let r = s
         .post(&json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))

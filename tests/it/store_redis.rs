@@ -9,14 +9,14 @@ use marina_tests::RedisServer;
 #[tokio::test]
 async fn redis_store_passes_the_suite() {
     let redis = RedisServer::start();
-    let store = RedisStore::new(&redis.url(), "test", 8, Duration::from_secs(2)).unwrap();
+    let store = RedisStore::new(&redis.url(), "test", Duration::from_secs(2)).unwrap();
     suite::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn every_session_key_has_a_ttl_and_shares_one_hash_tag() {
     let redis = RedisServer::start();
-    let store = Arc::new(RedisStore::new(&redis.url(), "ttl", 8, Duration::from_secs(2)).unwrap());
+    let store = Arc::new(RedisStore::new(&redis.url(), "ttl", Duration::from_secs(2)).unwrap());
     suite::run_all(store.clone()).await;
     let out = std::process::Command::new("redis-cli")
         .args(["-p", &redis.port.to_string(), "--scan"])
@@ -46,7 +46,6 @@ async fn an_unreachable_redis_is_unavailable_not_a_hang() {
     let store = RedisStore::new(
         &format!("redis://127.0.0.1:{port}/"),
         "x",
-        2,
         Duration::from_millis(500),
     )
     .unwrap();

@@ -367,9 +367,15 @@ impl Shared {
 
     // === dispatch ===
 
+    /// A header that names another supported version than the negotiated one contradicts the
+    /// session (400) — except `2025-03-26`, the value the spec tells servers to assume when the
+    /// header is absent: clients that send it as a default (the conformance suite's raw requests
+    /// do) mean "unspecified", so it is treated like an absent header.
     pub(crate) fn check_version(&self, header: Option<&str>) -> Result<(), Rejection> {
         match header {
-            Some(v) if v != self.rec.borrow().protocol_version => Err(Rejection::VersionMismatch),
+            Some(v) if v != protocol::DEFAULT_HEADER_VERSION && v != self.rec.borrow().protocol_version => {
+                Err(Rejection::VersionMismatch)
+            }
             _ => Ok(()),
         }
     }

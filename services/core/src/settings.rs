@@ -63,8 +63,6 @@ pub struct StoreSettings {
     pub redis_url: String,
     /// Prefix of every key.
     pub key_prefix: String,
-    /// Pool size.
-    pub pool_size: usize,
     /// Per-command timeout.
     pub timeout_ms: u64,
 }

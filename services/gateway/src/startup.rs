@@ -47,13 +47,8 @@ fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SessionStore>> {
     if s.redis_url.is_empty() {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    let store = RedisStore::new(
-        &s.redis_url,
-        &s.key_prefix,
-        s.pool_size,
-        Duration::from_millis(s.timeout_ms),
-    )
-    .context("invalid store.redis_url")?;
+    let store = RedisStore::new(&s.redis_url, &s.key_prefix, Duration::from_millis(s.timeout_ms))
+        .context("invalid store.redis_url")?;
     Ok(Arc::new(store))
 }
 

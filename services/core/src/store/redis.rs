@@ -11,13 +11,14 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::ThreadId;
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::{Script, Value as RValue};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo as _, Script, Value as RValue};
 
 use super::{
     Fence, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError, StoredEvent,
@@ -93,16 +94,16 @@ return {1, id}";
 
 /// Redis-backed store.
 ///
-/// Connections come from a deadpool-redis pool (URL parsing, connection setup), but commands do
-/// not check one out per operation: deadpool's recycle check sends `UNWATCH`+`PING` on every
-/// checkout, doubling the round trips of the hot path. Instead the store keeps `pool_size`
-/// multiplexed connections taken out of the pool (`Connection::take`); each is shared by all
-/// tasks, which pipeline their commands over it. A connection that fails is dropped from its
-/// slot and replaced from the pool on next use — that is how the store recovers from an outage.
+/// It keeps one multiplexed connection (with `TCP_NODELAY`) per thread that uses it, shared by
+/// all tasks of that thread, which pipeline their commands over it. A connection that fails is dropped from its slot and
+/// re-established on next use — that is how the store recovers from an outage. (Why not
+/// deadpool-redis: see docs/architecture.md, "Decisions".)
 pub struct RedisStore {
-    pool: Pool,
-    slots: Vec<Mutex<Option<MultiplexedConnection>>>,
-    next: AtomicUsize,
+    client: redis::Client,
+    /// Connections by the thread that made them. A multiplexed connection's I/O runs on the
+    /// runtime that created it; using the current thread's own avoids a cross-thread wake-up on
+    /// every command (each actix worker is a single-threaded runtime).
+    slots: Mutex<HashMap<ThreadId, MultiplexedConnection>>,
     prefix: String,
     timeout: Duration,
     create: Script,
@@ -128,15 +129,17 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
-    /// Build a pool for `url`. Connections are made lazily, so this succeeds while Redis is down.
-    pub fn new(url: &str, prefix: &str, pool_size: usize, timeout: Duration) -> Result<Self, StoreError> {
-        let mut cfg = Config::from_url(url);
-        cfg.pool = Some(PoolConfig::new(pool_size.max(1)));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(unavailable)?;
+    /// A store for `url`. Connections are made lazily, so this succeeds while Redis is down.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        // Pipelined small writes stall ~40 ms each under Nagle + delayed ACK.
+        let info = url
+            .into_connection_info()
+            .map_err(unavailable)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(unavailable)?;
         Ok(Self {
-            pool,
-            slots: (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            client,
+            slots: Mutex::new(HashMap::new()),
             prefix: prefix.to_owned(),
             timeout,
             create: Script::new(CREATE),
@@ -161,19 +164,23 @@ impl RedisStore {
         format!("{}:node:{}", self.prefix, instance)
     }
 
-    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
-        self.slots[i].lock().unwrap_or_else(|p| p.into_inner())
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, MultiplexedConnection>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A shared connection (round robin over the slots), connecting the slot if needed.
-    async fn connection(&self) -> Result<(usize, MultiplexedConnection), StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        if let Some(c) = self.slot(i).clone() {
-            return Ok((i, c));
+    /// This thread's connection, connecting it if needed.
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let me = std::thread::current().id();
+        if let Some(c) = self.slots().get(&me).cloned() {
+            return Ok(c);
         }
-        let conn = deadpool_redis::Connection::take(self.pool.get().await.map_err(unavailable)?);
-        *self.slot(i) = Some(conn.clone());
-        Ok((i, conn))
+        let conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(unavailable)?;
+        self.slots().insert(me, conn.clone());
+        Ok(conn)
     }
 
     /// Run `f` on a shared connection, bounded by the command timeout. A connection-level
@@ -187,11 +194,11 @@ impl RedisStore {
         >,
     {
         let work = async {
-            let (i, mut conn) = self.connection().await?;
+            let mut conn = self.connection().await?;
             f(&mut conn).await.map_err(|e| {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
                 {
-                    *self.slot(i) = None;
+                    self.slots().remove(&std::thread::current().id());
                 }
                 unavailable(e)
             })
@@ -199,10 +206,8 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => {
-                // We cannot tell which slot hung; a hung server means all are suspect.
-                for i in 0..self.slots.len() {
-                    *self.slot(i) = None;
-                }
+                // A hung server makes every connection suspect: reconnect them all.
+                self.slots().clear();
                 Err(StoreError::Unavailable("timed out".into()))
             }
         }
