@@ -188,6 +188,16 @@ pub struct MarinaProc {
 impl MarinaProc {
     /// Start a node on a free port with the given store and extra `MARINA__*` environment.
     pub fn start(redis_url: &str, node_id: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(redis_url, node_id, env, Stdio::inherit())
+    }
+
+    /// Like [`Self::start`], with the node's log (stderr) written to `log`.
+    pub fn start_logged(redis_url: &str, node_id: &str, env: &[(&str, &str)], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn(redis_url, node_id, env, Stdio::from(file))
+    }
+
+    fn spawn(redis_url: &str, node_id: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let mut cmd = Command::new(marina_bin());
         cmd.args([
@@ -206,7 +216,7 @@ impl MarinaProc {
         }
         let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn marina");
         assert!(
