@@ -71,6 +71,8 @@ pub struct Node {
     draining: AtomicBool,
     registry: Mutex<HashMap<SessionId, (u64, Addr<SessionActor>)>>,
     generation: AtomicU64,
+    /// When this node last announced itself successfully.
+    last_heartbeat: Mutex<Option<Instant>>,
     /// Actors started and not yet stopped (a retiring actor has left the registry but may still
     /// be releasing its lease; shutdown waits for it).
     running: AtomicUsize,
@@ -87,6 +89,7 @@ impl Node {
             registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             running: AtomicUsize::new(0),
+            last_heartbeat: Mutex::new(None),
         })
     }
 
@@ -151,11 +154,7 @@ impl Node {
             .ttl(self.sessions().idle_ttl())
             .ok_or(ResolveError::NotFound)?;
         self.store.create_session(&id, &rec, ttl).await?;
-        match self
-            .store
-            .acquire_lease(&id, &self.config.instance, self.sessions().lease_ttl())
-            .await?
-        {
+        match self.store.acquire_lease(&id, &self.config.instance).await? {
             LeaseOutcome::Acquired(fence) => {
                 self.activate(tenant, fence, rec);
                 Ok(id)
@@ -186,9 +185,7 @@ impl Node {
                     None => return Err(ResolveError::Draining),
                 }
             } else {
-                self.store
-                    .acquire_lease(id, &self.config.instance, self.sessions().lease_ttl())
-                    .await?
+                self.store.acquire_lease(id, &self.config.instance).await?
             };
             match outcome {
                 LeaseOutcome::NoSession => return Err(ResolveError::NotFound),
@@ -244,14 +241,42 @@ impl Node {
         addr
     }
 
-    /// Announce this node to its peers (forwarding target). Call periodically.
-    pub async fn heartbeat(&self, url: &str, ttl: Duration) -> Result<(), StoreError> {
+    /// Announce this node to its peers — its liveness, which keeps every lease it holds valid,
+    /// and its address for forwarding. Call every third of the lease TTL. If the node could not
+    /// announce itself for a whole lease TTL (store unreachable, process paused), another node may
+    /// have taken its sessions over: every local actor is stopped before serving again.
+    pub async fn heartbeat(&self, url: &str) -> Result<(), StoreError> {
+        let ttl = self.sessions().lease_ttl();
         let info = NodeInfo {
             instance: self.config.instance.clone(),
             url: url.to_owned(),
             draining: self.is_draining(),
         };
-        self.store.register_node(&info, ttl).await
+        let res = self.store.register_node(&info, ttl).await;
+        let mut last = self.last_heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+        let lapsed = last.is_some_and(|t| t.elapsed() >= ttl);
+        if res.is_ok() {
+            *last = Some(Instant::now());
+        }
+        drop(last);
+        if lapsed {
+            self.stop_all();
+        }
+        res
+    }
+
+    /// Stop every local actor at once (their leases may have been taken over).
+    fn stop_all(&self) {
+        let actors: Vec<_> = self.lock().drain().map(|(_, (_, a))| a).collect();
+        if !actors.is_empty() {
+            tracing::warn!(
+                count = actors.len(),
+                "node liveness lapsed; stopping every local session actor"
+            );
+        }
+        for a in actors {
+            a.do_send(crate::session::Lost);
+        }
     }
 
     /// Start draining: no new sessions or activations; every local actor closes its streams with a

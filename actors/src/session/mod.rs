@@ -31,8 +31,11 @@ use state::Shared;
 
 /// Mailbox capacity: requests beyond it wait (`send`) rather than pile up unbounded.
 const MAILBOX: usize = 256;
-/// Housekeeping period: passivation, expiry, TTL refresh.
-const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// While draining, how often the actor checks whether its last call has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Bounds of the housekeeping period (passivation, expiry, TTL refresh).
+const HOUSEKEEPING_MIN: Duration = Duration::from_secs(1);
+const HOUSEKEEPING_MAX: Duration = Duration::from_secs(15);
 
 /// One frame of an SSE response.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +149,12 @@ pub struct Drain {
 #[rtype(result = "String")]
 pub struct Describe;
 
+/// The node's liveness lapsed: another node may hold this session now. Stop at once, writing
+/// nothing (any write would be fenced anyway).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Lost;
+
 /// The session actor.
 #[derive(Debug)]
 pub struct SessionActor {
@@ -226,20 +235,11 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
-        let lease = self.shared.node.sessions().lease_ttl();
-        ctx.run_interval(lease / 3, |act, ctx| {
-            let shared = act.shared.clone();
-            ctx.spawn(
-                async move { shared.renew_lease().await }
-                    .into_actor(act)
-                    .map(|lost, _, ctx| {
-                        if lost {
-                            ctx.stop();
-                        }
-                    }),
-            );
-        });
-        ctx.run_interval(HOUSEKEEPING, |act, ctx| act.housekeeping(ctx));
+        // Leases need no per-actor renewal (the node's heartbeat keeps them valid); the actor only
+        // wakes for passivation, expiry and TTL refresh, often enough to passivate on time.
+        let passivate = Duration::from_secs(self.shared.node.sessions().passivate_after_secs);
+        let period = (passivate / 4).clamp(HOUSEKEEPING_MIN, HOUSEKEEPING_MAX);
+        ctx.run_interval(period, |act, ctx| act.housekeeping(ctx));
         // Requests that were in flight when the previous holder died get a definite outcome now.
         actix::spawn(self.shared.clone().recover_inflight());
     }
@@ -306,6 +306,13 @@ impl Handler<Drain> for SessionActor {
         self.shared.start_draining();
         if msg.force || self.shared.idle_calls() {
             self.retire(ctx, if msg.force { "drain timeout" } else { "drained" });
+        } else {
+            // Retire as soon as the last call ends, not at the next housekeeping tick.
+            ctx.run_interval(DRAIN_POLL, |act, ctx| {
+                if act.shared.idle_calls() {
+                    act.retire(ctx, "drained");
+                }
+            });
         }
     }
 }
@@ -315,5 +322,14 @@ impl Handler<Describe> for SessionActor {
 
     fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.shared.protocol_version())
+    }
+}
+
+impl Handler<Lost> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Lost, ctx: &mut Self::Context) {
+        self.shared.mark_lost("node liveness lapsed");
+        ctx.stop();
     }
 }

@@ -56,7 +56,6 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
     last_activity: Cell<Instant>,
     last_save: Cell<Instant>,
-    lease_ok_at: Cell<Instant>,
     lost: Cell<bool>,
     draining: Cell<bool>,
     /// Serializes record writes so that version order is write order.
@@ -95,7 +94,6 @@ impl Shared {
             stopping: CancellationToken::new(),
             last_activity: Cell::new(now),
             last_save: Cell::new(now),
-            lease_ok_at: Cell::new(now),
             lost: Cell::new(false),
             draining: Cell::new(false),
             retiring: Cell::new(false),
@@ -122,8 +120,12 @@ impl Shared {
         self.close_all_streams();
     }
 
+    /// The session has ended by time: its absolute maximum passed, or nobody used it for the idle
+    /// TTL (its keys in the store have expired, or are about to).
     pub(crate) fn expired(&self) -> bool {
-        self.rec.borrow().expires_at_ms <= now_ms()
+        let idle =
+            self.last_activity.get().elapsed() >= self.node.sessions().idle_ttl() && !self.has_live_streams();
+        idle || self.rec.borrow().expires_at_ms <= now_ms()
     }
 
     pub(crate) fn idle_calls(&self) -> bool {
@@ -166,21 +168,8 @@ impl Shared {
         }
     }
 
-    /// Renew the lease; returns `true` when it is lost.
-    pub(crate) async fn renew_lease(self: Rc<Self>) -> bool {
-        if self.lost.get() {
-            return true;
-        }
-        let ttl = self.node.sessions().lease_ttl();
-        match self.node.store.renew_lease(&self.fence, ttl).await {
-            Ok(true) => self.lease_ok_at.set(Instant::now()),
-            Ok(false) => self.lose("lease taken over"),
-            // While the store is unreachable we cannot know; once the lease must have expired,
-            // another node may hold the session, so stop.
-            Err(e) if self.lease_ok_at.get().elapsed() >= ttl => self.lose(&e.to_string()),
-            Err(_) => {}
-        }
-        self.lost.get()
+    pub(crate) fn mark_lost(&self, why: &str) {
+        self.lose(why);
     }
 
     fn lose(&self, why: &str) {
@@ -388,6 +377,9 @@ impl Shared {
         if self.retiring.get() {
             return Reply::Moved(Box::new(d));
         }
+        if self.expired() {
+            return Reply::Rejected(Rejection::Gone);
+        }
         self.touch();
         if let Err(r) = self.check_version(d.protocol_version.as_deref()) {
             return Reply::Rejected(r);
@@ -594,10 +586,13 @@ impl Shared {
     // === streams ===
 
     pub(crate) async fn open_stream(self: Rc<Self>, req: OpenStream) -> Result<StreamHandle, Rejection> {
-        self.touch();
         if self.retiring.get() {
             return Err(Rejection::Moved);
         }
+        if self.expired() {
+            return Err(Rejection::Gone);
+        }
+        self.touch();
         self.check_version(req.protocol_version.as_deref())?;
         if self.lost.get() {
             return Err(Rejection::Gone);

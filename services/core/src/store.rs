@@ -164,15 +164,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     -> Result<(), StoreError>;
     /// Delete a session and all its keys (streams `0..streams`). Returns whether it existed.
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError>;
-    /// Take the session's lease if nobody holds it.
-    async fn acquire_lease(
-        &self,
-        id: &SessionId,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<LeaseOutcome, StoreError>;
-    /// Extend our lease; `false` if it is no longer ours.
-    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> Result<bool, StoreError>;
+    /// Take the session's lease if nobody holds it, or if its holder's node is no longer alive
+    /// (its node record expired). A lease has no TTL of its own: it is valid while its holder's
+    /// node renews its record ([`Self::register_node`]), so liveness costs one write per node,
+    /// not one per session. Taking over bumps the fencing token, which fences the old holder.
+    async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError>;
     /// Give the lease up (only if it is still ours).
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError>;
     /// Who holds the lease now, if anyone.
@@ -209,7 +205,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The last entry id of a stream, if it has any.
     async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError>;
-    /// Announce (or refresh) a node.
+    /// Announce (or refresh) a node; it is alive — and its leases valid — for `ttl`.
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
     /// Look a node up.
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError>;

@@ -22,9 +22,6 @@ use crate::routes::{health, mcp};
 use crate::state::AppState;
 use crate::upstream;
 
-/// How often a node re-announces itself to its peers.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-
 /// A built, bound application.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -98,7 +95,7 @@ impl Application {
             },
             tenants,
         );
-        if let Err(e) = node.heartbeat(&url, HEARTBEAT * 3).await {
+        if let Err(e) = node.heartbeat(&url).await {
             tracing::warn!(error = %e, "session store unavailable at start; will keep retrying");
         }
         let http = reqwest::Client::builder()
@@ -234,10 +231,11 @@ impl Application {
         let server = actix_rt::spawn(self.server);
         let (node, url) = (self.node.clone(), self.url.clone());
         let heartbeat = actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            // Every third of the lease TTL: the node's liveness is what keeps its leases valid.
+            let mut tick = tokio::time::interval(node.sessions().lease_ttl() / 3);
             loop {
                 tick.tick().await;
-                if let Err(e) = node.heartbeat(&url, HEARTBEAT * 3).await {
+                if let Err(e) = node.heartbeat(&url).await {
                     tracing::debug!(error = %e, "heartbeat failed");
                 }
             }

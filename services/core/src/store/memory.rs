@@ -43,7 +43,7 @@ struct EventLog {
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<SessionId, Expiring<(u64, String)>>,
-    leases: HashMap<SessionId, Expiring<(String, u64)>>,
+    leases: HashMap<SessionId, (String, u64)>,
     fences: HashMap<SessionId, u64>,
     events: HashMap<(SessionId, StreamId), Expiring<EventLog>>,
     nodes: HashMap<String, Expiring<NodeInfo>>,
@@ -55,11 +55,11 @@ impl Inner {
         self.ops += 1;
         if self.ops.is_multiple_of(SWEEP_EVERY) {
             self.sessions.retain(|_, v| v.live());
-            self.leases.retain(|_, v| v.live());
             self.events.retain(|_, v| v.live());
             self.nodes.retain(|_, v| v.live());
             let sessions = &self.sessions;
             self.fences.retain(|k, _| sessions.contains_key(k));
+            self.leases.retain(|k, _| sessions.contains_key(k));
         }
     }
 
@@ -68,7 +68,11 @@ impl Inner {
     }
 
     fn lease(&self, id: &SessionId) -> Option<&(String, u64)> {
-        self.leases.get(id).filter(|l| l.live()).map(|l| &l.value)
+        self.leases.get(id).filter(|_| self.session_live(id))
+    }
+
+    fn node_alive(&self, instance: &str) -> bool {
+        self.nodes.get(instance).is_some_and(Expiring::live)
     }
 
     /// Append to a stream's log (caller checked the fence); returns the entry id.
@@ -181,42 +185,25 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn acquire_lease(
-        &self,
-        id: &SessionId,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<LeaseOutcome, StoreError> {
+    async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {
         Ok(self.with(|s| {
             if !s.session_live(id) {
                 return LeaseOutcome::NoSession;
             }
-            if let Some((h, _)) = s.lease(id) {
+            if let Some((h, _)) = s.lease(id)
+                && (h == holder || s.node_alive(h))
+            {
                 return LeaseOutcome::Held { holder: h.clone() };
             }
             let token = s.fences.entry(id.clone()).or_insert(0);
             *token += 1;
             let token = *token;
-            s.leases
-                .insert(id.clone(), Expiring::new((holder.to_owned(), token), ttl));
+            s.leases.insert(id.clone(), (holder.to_owned(), token));
             LeaseOutcome::Acquired(Fence {
                 session: id.clone(),
                 holder: holder.to_owned(),
                 token,
             })
-        }))
-    }
-
-    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> Result<bool, StoreError> {
-        Ok(self.with(|s| {
-            if !s.holds(fence) {
-                return false;
-            }
-            s.leases.insert(
-                fence.session.clone(),
-                Expiring::new((fence.holder.clone(), fence.token), ttl),
-            );
-            true
         }))
     }
 

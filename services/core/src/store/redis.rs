@@ -5,9 +5,9 @@
 //! |---|---|---|---|
 //! | `<p>:{<sid>}:s` | hash | `v` write version, `d` session record JSON | idle TTL, capped by the absolute maximum |
 //! | `<p>:{<sid>}:f` | string | fencing counter (INCR per lease) | as the session |
-//! | `<p>:{<sid>}:l` | string | lease `<instance>\|<token>` | lease TTL |
+//! | `<p>:{<sid>}:l` | string | lease `<instance>\|<token>`, valid while the node key lives | as the session |
 //! | `<p>:{<sid>}:e:<n>` | stream | events of stream `n` (`d` = JSON-RPC message) | as the session; MAXLEN ~cap |
-//! | `<p>:node:<instance>` | string | node JSON (url, draining) | 3 heartbeats |
+//! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
 
 use std::time::Duration;
 
@@ -43,24 +43,25 @@ if cur < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 return 1";
 
-/// KEYS s, l, f; ARGV holder, lease ttl. Takes the lease with a fresh fencing token.
+/// KEYS s, l, f; ARGV holder, stale lease value ('' = none). Takes the lease with a fresh fencing
+/// token if it is free or still holds exactly the value the caller found stale (compare-and-set:
+/// the liveness check of the holder's node happens outside, as node keys live in other slots).
 const ACQUIRE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local cur = redis.call('GET', KEYS[2])
-if cur then return {2, cur} end
+if cur and cur ~= ARGV[2] then return {2, cur} end
 local t = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. t)
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-redis.call('SET', KEYS[2], ARGV[1] .. '|' .. t, 'PX', ARGV[2])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
 return {1, tostring(t)}";
-
-/// KEYS l; ARGV lease value, ttl.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0";
 
 /// KEYS l; ARGV lease value.
 const RELEASE: &str = r"
@@ -89,6 +90,7 @@ if cur < tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[3], 'v', ARGV[5], 'd', ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
 return {1, id}";
 
@@ -109,7 +111,6 @@ pub struct RedisStore {
     create: Script,
     save: Script,
     acquire: Script,
-    renew: Script,
     release: Script,
     append: Script,
     complete: Script,
@@ -145,7 +146,6 @@ impl RedisStore {
             create: Script::new(CREATE),
             save: Script::new(SAVE),
             acquire: Script::new(ACQUIRE),
-            renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             append: Script::new(APPEND),
             complete: Script::new(COMPLETE),
@@ -351,65 +351,63 @@ impl SessionStore for RedisStore {
         Ok(existed == 1)
     }
 
-    async fn acquire_lease(
-        &self,
-        id: &SessionId,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<LeaseOutcome, StoreError> {
-        let (s, l, f) = (self.key(id, "s"), self.key(id, "l"), self.key(id, "f"));
-        let (h, script) = (holder.to_owned(), self.acquire.clone());
-        let reply: Vec<RValue> = self
-            .run(move |c| {
-                Box::pin(async move {
-                    script
-                        .key(s)
-                        .key(l)
-                        .key(f)
-                        .arg(h)
-                        .arg(ms(ttl))
-                        .invoke_async(c)
-                        .await
+    async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {
+        let mut stale = String::new();
+        // At most two rounds: find the holder; if its node is gone, take over exactly that lease.
+        for _ in 0..2 {
+            let (s, l, f) = (self.key(id, "s"), self.key(id, "l"), self.key(id, "f"));
+            let (h, expect, script) = (holder.to_owned(), stale.clone(), self.acquire.clone());
+            let reply: Vec<RValue> = self
+                .run(move |c| {
+                    Box::pin(async move {
+                        script
+                            .key(s)
+                            .key(l)
+                            .key(f)
+                            .arg(h)
+                            .arg(expect)
+                            .invoke_async(c)
+                            .await
+                    })
                 })
-            })
-            .await?;
-        let mut it = reply.into_iter();
-        let status: i64 = it
-            .next()
-            .map(redis::from_redis_value)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-            .unwrap_or(0);
-        let detail: Option<String> = it
-            .next()
-            .map(redis::from_redis_value)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(match (status, detail) {
-            (1, Some(t)) => LeaseOutcome::Acquired(Fence {
-                session: id.clone(),
-                holder: holder.to_owned(),
-                token: t
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?,
-            }),
-            (2, Some(v)) => LeaseOutcome::Held {
-                holder: parse_lease(&v).0,
-            },
-            _ => LeaseOutcome::NoSession,
-        })
-    }
-
-    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> Result<bool, StoreError> {
-        let (l, v, script) = (
-            self.key(&fence.session, "l"),
-            fence.lease_value(),
-            self.renew.clone(),
-        );
-        let r: i64 = self
-            .run(move |c| Box::pin(async move { script.key(l).arg(v).arg(ms(ttl)).invoke_async(c).await }))
-            .await?;
-        Ok(r == 1)
+                .await?;
+            let mut it = reply.into_iter();
+            let status: i64 = it
+                .next()
+                .map(redis::from_redis_value)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                .unwrap_or(0);
+            let detail: Option<String> = it
+                .next()
+                .map(redis::from_redis_value)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            match (status, detail) {
+                (1, Some(t)) => {
+                    return Ok(LeaseOutcome::Acquired(Fence {
+                        session: id.clone(),
+                        holder: holder.to_owned(),
+                        token: t
+                            .parse()
+                            .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?,
+                    }));
+                }
+                (2, Some(v)) => {
+                    let owner = parse_lease(&v).0;
+                    if owner == holder || self.node(&owner).await?.is_some() {
+                        return Ok(LeaseOutcome::Held { holder: owner });
+                    }
+                    stale = v;
+                }
+                _ => return Ok(LeaseOutcome::NoSession),
+            }
+        }
+        // The lease changed hands between our look and our take-over: someone else won.
+        Ok(self
+            .lease_holder(id)
+            .await?
+            .map_or(LeaseOutcome::NoSession, |holder| LeaseOutcome::Held { holder }))
     }
 
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {

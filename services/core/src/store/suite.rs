@@ -29,8 +29,15 @@ fn record() -> SessionRecord {
     }
 }
 
-async fn acquire(store: &dyn SessionStore, id: &SessionId, holder: &str, ttl: Duration) -> super::Fence {
-    match store.acquire_lease(id, holder, ttl).await.unwrap() {
+/// Take the lease as `holder`, whose node is alive for the length of the suite.
+async fn acquire(store: &dyn SessionStore, id: &SessionId, holder: &str) -> super::Fence {
+    let node = NodeInfo {
+        instance: holder.to_owned(),
+        url: "http://127.0.0.1:1".into(),
+        draining: false,
+    };
+    store.register_node(&node, TTL).await.unwrap();
+    match store.acquire_lease(id, holder).await.unwrap() {
         LeaseOutcome::Acquired(f) => f,
         other => panic!("expected to acquire, got {other:?}"),
     }
@@ -60,7 +67,7 @@ async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionS
     );
     assert_eq!(s.load_session(&id).await.unwrap().unwrap(), rec);
 
-    let fence = acquire(s, &id, "node-a/1", TTL).await;
+    let fence = acquire(s, &id, "node-a/1").await;
     rec.version = 3;
     rec.log_level = Some("error".into());
     rec.inflight.insert(
@@ -85,7 +92,7 @@ async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionS
 
     // A holder whose lease was taken over cannot write any more.
     s.release_lease(&fence).await.unwrap();
-    let other = acquire(s, &id, "node-b/1", TTL).await;
+    let other = acquire(s, &id, "node-b/1").await;
     assert!(other.token > fence.token, "fencing tokens increase");
     rec.version = 4;
     assert!(matches!(
@@ -98,24 +105,56 @@ async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionS
 async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
     let missing = SessionId::generate();
     assert_eq!(
-        s.acquire_lease(&missing, "a/1", TTL).await.unwrap(),
+        s.acquire_lease(&missing, "a/1").await.unwrap(),
         LeaseOutcome::NoSession
     );
 
     let id = SessionId::generate();
     s.create_session(&id, &record(), TTL).await.unwrap();
-    let short = Duration::from_millis(300);
-    let a = acquire(s, &id, "a/1", short).await;
+    // Node a is alive for 300 ms (unless it heartbeats again).
+    let a_node = format!("a/{}", SessionId::generate());
+    let node = NodeInfo {
+        instance: a_node.clone(),
+        url: "http://127.0.0.1:1".into(),
+        draining: false,
+    };
+    s.register_node(&node, Duration::from_millis(300)).await.unwrap();
+    let LeaseOutcome::Acquired(a) = s.acquire_lease(&id, &a_node).await.unwrap() else {
+        panic!("a acquires")
+    };
     assert_eq!(
-        s.acquire_lease(&id, "b/1", short).await.unwrap(),
-        LeaseOutcome::Held { holder: "a/1".into() }
+        s.acquire_lease(&id, "b/1").await.unwrap(),
+        LeaseOutcome::Held {
+            holder: a_node.clone()
+        }
     );
-    assert_eq!(s.lease_holder(&id).await.unwrap().as_deref(), Some("a/1"));
-    assert!(s.renew_lease(&a, short).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    // Expired: another node takes over and the old holder can no longer renew.
-    let b = acquire(s, &id, "b/1", TTL).await;
-    assert!(!s.renew_lease(&a, short).await.unwrap());
+    assert_eq!(
+        s.acquire_lease(&id, &a_node).await.unwrap(),
+        LeaseOutcome::Held {
+            holder: a_node.clone()
+        }
+    );
+    assert_eq!(s.lease_holder(&id).await.unwrap(), Some(a_node.clone()));
+    // A heartbeat keeps the lease valid past the first TTL.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.register_node(&node, Duration::from_millis(300)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.acquire_lease(&id, "b/1").await.unwrap(),
+        LeaseOutcome::Held {
+            holder: a_node.clone()
+        }
+    );
+    // Node a stops heartbeating: its lease is taken over, with a higher fencing token.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let b = acquire(s, &id, "b/1").await;
+    assert!(b.token > a.token);
+    let mut rec = record();
+    rec.version = 9;
+    assert!(
+        matches!(s.save_session(&a, &rec, TTL).await, Err(StoreError::Fenced)),
+        "the old holder is fenced"
+    );
     s.release_lease(&a).await.unwrap(); // releasing someone else's lease is a no-op
     assert_eq!(s.lease_holder(&id).await.unwrap().as_deref(), Some("b/1"));
     s.release_lease(&b).await.unwrap();
@@ -125,7 +164,7 @@ async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
 async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {
     let id = SessionId::generate();
     s.create_session(&id, &record(), TTL).await.unwrap();
-    let f = acquire(s, &id, "a/1", TTL).await;
+    let f = acquire(s, &id, "a/1").await;
     assert!(s.read_events(&id, 1, "0-0", 10).await.unwrap().is_empty());
     assert_eq!(s.last_entry(&id, 1).await.unwrap(), None);
     let mut ids = Vec::new();
@@ -159,7 +198,7 @@ async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {
 
     // A stale holder cannot append.
     s.release_lease(&f).await.unwrap();
-    let _g = acquire(s, &id, "b/1", TTL).await;
+    let _g = acquire(s, &id, "b/1").await;
     assert!(matches!(
         s.append_event(&f, 1, "x", 1000, TTL).await,
         Err(StoreError::Fenced)
@@ -179,7 +218,7 @@ async fn completing_a_stream_is_atomic_and_fenced(s: &dyn SessionStore) {
         },
     );
     s.create_session(&id, &rec, TTL).await.unwrap();
-    let f = acquire(s, &id, "a/1", TTL).await;
+    let f = acquire(s, &id, "a/1").await;
     s.append_event(&f, 4, "progress", 1000, TTL).await.unwrap();
     rec.inflight.clear();
     rec.version = 2;
@@ -210,7 +249,7 @@ async fn completing_a_stream_is_atomic_and_fenced(s: &dyn SessionStore) {
     );
     // A stale holder can do neither.
     s.release_lease(&f).await.unwrap();
-    let _g = acquire(s, &id, "b/1", TTL).await;
+    let _g = acquire(s, &id, "b/1").await;
     rec.version = 4;
     assert!(matches!(
         s.complete_stream(&f, 4, Some("late"), 1000, &rec, TTL).await,
@@ -222,7 +261,7 @@ async fn completing_a_stream_is_atomic_and_fenced(s: &dyn SessionStore) {
 async fn delete_removes_everything(s: &dyn SessionStore) {
     let id = SessionId::generate();
     s.create_session(&id, &record(), TTL).await.unwrap();
-    let f = acquire(s, &id, "a/1", TTL).await;
+    let f = acquire(s, &id, "a/1").await;
     s.append_event(&f, 0, "g", 1000, TTL).await.unwrap();
     s.append_event(&f, 1, "p", 1000, TTL).await.unwrap();
     assert!(s.delete_session(&id, 2).await.unwrap());
@@ -232,7 +271,7 @@ async fn delete_removes_everything(s: &dyn SessionStore) {
     assert_eq!(s.lease_holder(&id).await.unwrap(), None);
     assert!(!s.delete_session(&id, 2).await.unwrap());
     assert_eq!(
-        s.acquire_lease(&id, "a/1", TTL).await.unwrap(),
+        s.acquire_lease(&id, "a/1").await.unwrap(),
         LeaseOutcome::NoSession
     );
 }
@@ -252,7 +291,7 @@ async fn sessions_expire_by_ttl(s: &dyn SessionStore) {
     s.create_session(&id, &rec, Duration::from_millis(300))
         .await
         .unwrap();
-    let f = acquire(s, &id, "a/1", TTL).await;
+    let f = acquire(s, &id, "a/1").await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     rec.version = 2;
     s.save_session(&f, &rec, Duration::from_secs(5)).await.unwrap();
