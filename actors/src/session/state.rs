@@ -275,7 +275,7 @@ impl Shared {
     }
 
     /// Finish a POST stream: persist its final message (if any — a cancelled call has none) and
-    /// the record without the call in flight, in one atomic write; then deliver the message and
+    /// clear its in-flight entry, in one atomic write; then deliver the message and
     /// end the connection. Retries while the store is briefly unavailable: losing a response
     /// would leave the client without an outcome. `false` if it could not be persisted (the call
     /// stays in flight in the store, and the session's next holder answers it).
@@ -289,24 +289,15 @@ impl Shared {
             }
             let lock = self.slot_lock(stream);
             let _order = lock.lock().await;
-            let _serial = self.save_lock.lock().await;
             let Some(ttl) = self.ttl() else { return false };
-            let rec = {
-                let mut r = self.rec.borrow_mut();
-                r.version += 1;
-                let mut c = r.clone();
-                c.inflight.remove(&stream);
-                c
-            };
             match self
                 .node
                 .store
-                .complete_stream(&self.fence, stream, data.as_deref(), cap, &rec, ttl)
+                .complete_stream(&self.fence, stream, data.as_deref(), cap, ttl)
                 .await
             {
                 Ok(entry) => {
                     self.rec.borrow_mut().inflight.remove(&stream);
-                    self.last_save.set(Instant::now());
                     if let (Some(entry), Some(data)) = (entry, data) {
                         self.deliver(
                             stream,
@@ -326,7 +317,6 @@ impl Shared {
                 }
                 Err(_) => return false,
             }
-            drop(_serial);
             drop(_order);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
@@ -526,26 +516,35 @@ impl Shared {
             );
             return Reply::Pending(rx);
         }
+        let call = InflightCall {
+            request_id: id.clone(),
+            method: "tools/call".into(),
+            params: params.clone(),
+            replayable: def.replayable(),
+        };
         let stream = {
             let mut rec = self.rec.borrow_mut();
             let s = rec.next_stream;
             rec.next_stream += 1;
-            rec.inflight.insert(
-                s,
-                InflightCall {
-                    request_id: id.clone(),
-                    method: "tools/call".into(),
-                    params: params.clone(),
-                    replayable: def.replayable(),
-                },
-            );
+            rec.inflight.insert(s, call.clone());
             s
         };
         // Write-through before any work: if this node dies from here on, the next holder finds
         // the call and gives it an outcome.
-        if self.save().await.is_err() {
+        let begun = match self.ttl() {
+            Some(ttl) => self.node.store.begin_call(&self.fence, stream, &call, ttl).await,
+            None => Err(StoreError::Gone),
+        };
+        if let Err(e) = begun {
             self.rec.borrow_mut().inflight.remove(&stream);
-            return Reply::Rejected(Rejection::Unavailable);
+            return Reply::Rejected(match e {
+                StoreError::Fenced => {
+                    self.lose("write fenced");
+                    Rejection::Gone
+                }
+                StoreError::Gone => Rejection::Gone,
+                _ => Rejection::Unavailable,
+            });
         }
         let (tx, rx) = mpsc::channel(LIVE_BUFFER);
         self.streams.borrow_mut().insert(

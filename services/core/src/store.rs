@@ -73,9 +73,14 @@ pub struct SessionRecord {
     pub created_at_ms: u64,
     /// Absolute expiry (ms since the epoch), whatever the activity.
     pub expires_at_ms: u64,
-    /// Next POST stream number (stream 0 is the GET stream).
+    /// Next POST stream number (stream 0 is the GET stream). Persisted by
+    /// [`SessionStore::begin_call`]; loading merges it.
     pub next_stream: StreamId,
-    /// Requests in flight, by the stream that carries their response.
+    /// Requests in flight, by the stream that carries their response. Kept apart from the
+    /// record in the store (one field per call, written by [`SessionStore::begin_call`] and
+    /// cleared by [`SessionStore::complete_stream`]), so concurrent calls never rewrite each
+    /// other's state; loading merges them.
+    #[serde(skip)]
     pub inflight: BTreeMap<StreamId, InflightCall>,
     /// Write version; a save with a version not above the stored one is ignored, so writes that
     /// complete out of order never roll state back.
@@ -183,16 +188,24 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         cap: usize,
         ttl: Duration,
     ) -> Result<String, StoreError>;
-    /// Finish a stream atomically: append its final message (if any) and write the record through
-    /// (in which the stream is no longer in flight), fenced and versioned like
-    /// [`Self::append_event`] and [`Self::save_session`]. Returns the entry id of the message.
+    /// Record a call as in flight on `stream` (fenced) and advance the session's stream counter
+    /// past it, before any of the call's work starts: if the node dies, the next holder finds the
+    /// call and gives it an outcome.
+    async fn begin_call(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        call: &InflightCall,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Finish a stream atomically (fenced): append its final message (if any — a cancelled call
+    /// has none) and clear its in-flight entry. Returns the entry id of the message.
     async fn complete_stream(
         &self,
         fence: &Fence,
         stream: StreamId,
         data: Option<&str>,
         cap: usize,
-        rec: &SessionRecord,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError>;
     /// Events of a stream strictly after `after` (an entry id), oldest first, at most `limit`.

@@ -1,15 +1,15 @@
 //! In-memory session store for the single-node embedded default. Same semantics as Redis —
 //! TTLs, fencing, capped streams — so the shared suite holds for both.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{
-    Fence, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError, StoredEvent,
-    decode_record, encode_record,
+    Fence, InflightCall, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError,
+    StoredEvent, decode_record, encode_record,
 };
 use crate::domain::{StreamId, entry_key};
 
@@ -45,6 +45,8 @@ struct Inner {
     sessions: HashMap<SessionId, Expiring<(u64, String)>>,
     leases: HashMap<SessionId, (String, u64)>,
     fences: HashMap<SessionId, u64>,
+    /// In-flight calls and the stream counter, per session.
+    calls: HashMap<SessionId, (StreamId, BTreeMap<StreamId, String>)>,
     events: HashMap<(SessionId, StreamId), Expiring<EventLog>>,
     nodes: HashMap<String, Expiring<NodeInfo>>,
     ops: u64,
@@ -60,6 +62,7 @@ impl Inner {
             let sessions = &self.sessions;
             self.fences.retain(|k, _| sessions.contains_key(k));
             self.leases.retain(|k, _| sessions.contains_key(k));
+            self.calls.retain(|k, _| sessions.contains_key(k));
         }
     }
 
@@ -147,9 +150,22 @@ impl SessionStore for MemoryStore {
             s.sessions
                 .get(id)
                 .filter(|e| e.live())
-                .map(|e| (e.value.0, e.value.1.clone()))
+                .map(|e| (e.value.0, e.value.1.clone(), s.calls.get(id).cloned()))
         });
-        found.map(|(v, json)| decode_record(v, &json)).transpose()
+        let Some((v, json, calls)) = found else {
+            return Ok(None);
+        };
+        let mut rec = decode_record(v, &json)?;
+        if let Some((next, calls)) = calls {
+            rec.next_stream = rec.next_stream.max(next);
+            for (stream, call) in calls {
+                rec.inflight.insert(
+                    stream,
+                    serde_json::from_str(&call).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+        }
+        Ok(Some(rec))
     }
 
     async fn save_session(
@@ -178,6 +194,7 @@ impl SessionStore for MemoryStore {
             let existed = s.sessions.remove(id).is_some_and(|e| e.live());
             s.leases.remove(id);
             s.fences.remove(id);
+            s.calls.remove(id);
             for n in 0..streams.max(1) {
                 s.events.remove(&(id.clone(), n));
             }
@@ -236,16 +253,33 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    async fn begin_call(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        call: &InflightCall,
+        _ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(call).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(|s| {
+            if !s.holds(fence) {
+                return Err(StoreError::Fenced);
+            }
+            let (next, calls) = s.calls.entry(fence.session.clone()).or_default();
+            *next = (*next).max(stream + 1);
+            calls.insert(stream, json);
+            Ok(())
+        })
+    }
+
     async fn complete_stream(
         &self,
         fence: &Fence,
         stream: StreamId,
         data: Option<&str>,
         cap: usize,
-        rec: &SessionRecord,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let json = encode_record(rec)?;
         self.with(|s| {
             if !s.holds(fence) {
                 return Err(StoreError::Fenced);
@@ -254,11 +288,8 @@ impl SessionStore for MemoryStore {
                 return Err(StoreError::Gone);
             }
             let entry = data.map(|d| s.append(&fence.session, stream, d, cap, ttl));
-            if let Some(cur) = s.sessions.get_mut(&fence.session) {
-                if cur.value.0 < rec.version {
-                    cur.value = (rec.version, json);
-                }
-                cur.expires = Instant::now() + ttl;
+            if let Some((_, calls)) = s.calls.get_mut(&fence.session) {
+                calls.remove(&stream);
             }
             Ok(entry)
         })

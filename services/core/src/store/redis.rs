@@ -6,6 +6,7 @@
 //! | `<p>:{<sid>}:s` | hash | `v` write version, `d` session record JSON | idle TTL, capped by the absolute maximum |
 //! | `<p>:{<sid>}:f` | string | fencing counter (INCR per lease) | as the session |
 //! | `<p>:{<sid>}:l` | string | lease `<instance>\|<token>`, valid while the node key lives | as the session |
+//! | `<p>:{<sid>}:i` | hash | in-flight calls (`<stream>` → call JSON) and `next` stream number | as the session |
 //! | `<p>:{<sid>}:e:<n>` | stream | events of stream `n` (`d` = JSON-RPC message) | as the session; MAXLEN ~cap |
 //! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
 
@@ -21,8 +22,8 @@ use redis::io::tcp::TcpSettings;
 use redis::{IntoConnectionInfo as _, Script, Value as RValue};
 
 use super::{
-    Fence, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError, StoredEvent,
-    decode_record, encode_record, parse_lease,
+    Fence, InflightCall, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError,
+    StoredEvent, decode_record, encode_record, parse_lease,
 };
 use crate::domain::StreamId;
 
@@ -34,7 +35,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
 return 1";
 
-/// KEYS s, l, f; ARGV lease value, version, json, ttl. Fenced, versioned write-through.
+/// KEYS s, l, f, i; ARGV lease value, version, json, ttl. Fenced, versioned write-through.
 const SAVE: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
@@ -44,7 +45,8 @@ if cur < tonumber(ARGV[2]) then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
 return 1";
 
 /// KEYS s, l, f; ARGV holder, stale lease value ('' = none). Takes the lease with a fresh fencing
@@ -75,23 +77,30 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2]
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return id";
 
-/// KEYS e, l, s, f; ARGV lease value, data ('' = none), cap, ttl, version, json. Fenced append
-/// of a stream's final message and write-through of the record, in one step.
+/// KEYS l, i, s; ARGV lease value, stream, call json, ttl. Fenced: records a call in flight and
+/// advances the stream counter.
+const BEGIN: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local next = tonumber(ARGV[2]) + 1
+if tonumber(redis.call('HGET', KEYS[2], 'next') or '0') < next then
+  redis.call('HSET', KEYS[2], 'next', next)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1";
+
+/// KEYS e, l, i, s; ARGV lease value, data ('' = none), cap, ttl, stream. Fenced: appends a
+/// stream's final message and clears its in-flight entry, in one step.
 const COMPLETE: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1} end
-if redis.call('EXISTS', KEYS[3]) == 0 then return {-2} end
+if redis.call('EXISTS', KEYS[4]) == 0 then return {-2} end
 local id = ''
 if ARGV[2] ~= '' then
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-local cur = tonumber(redis.call('HGET', KEYS[3], 'v') or '0')
-if cur < tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[3], 'v', ARGV[5], 'd', ARGV[6])
-end
-redis.call('PEXPIRE', KEYS[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
+redis.call('HDEL', KEYS[3], ARGV[5])
 return {1, id}";
 
 /// Redis-backed store.
@@ -114,6 +123,7 @@ pub struct RedisStore {
     release: Script,
     append: Script,
     complete: Script,
+    begin: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -149,6 +159,7 @@ impl RedisStore {
             release: Script::new(RELEASE),
             append: Script::new(APPEND),
             complete: Script::new(COMPLETE),
+            begin: Script::new(BEGIN),
         })
     }
 
@@ -286,16 +297,35 @@ impl SessionStore for RedisStore {
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let s = self.key(id, "s");
-        let (v, d): (Option<u64>, Option<String>) = self
+        let (s, i) = (self.key(id, "s"), self.key(id, "i"));
+        let ((v, d), calls): ((Option<u64>, Option<String>), HashMap<String, String>) = self
             .run(move |c| {
-                Box::pin(async move { redis::cmd("HMGET").arg(s).arg("v").arg("d").query_async(c).await })
+                Box::pin(async move {
+                    redis::pipe()
+                        .cmd("HMGET")
+                        .arg(s)
+                        .arg("v")
+                        .arg("d")
+                        .cmd("HGETALL")
+                        .arg(i)
+                        .query_async(c)
+                        .await
+                })
             })
             .await?;
-        match (v, d) {
-            (Some(v), Some(d)) => decode_record(v, &d).map(Some),
-            _ => Ok(None),
+        let (Some(v), Some(d)) = (v, d) else {
+            return Ok(None);
+        };
+        let mut rec = decode_record(v, &d)?;
+        for (field, value) in calls {
+            if field == "next" {
+                rec.next_stream = rec.next_stream.max(value.parse().unwrap_or(0));
+            } else if let Ok(stream) = field.parse::<StreamId>() {
+                let call = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                rec.inflight.insert(stream, call);
+            }
         }
+        Ok(Some(rec))
     }
 
     async fn save_session(
@@ -306,7 +336,12 @@ impl SessionStore for RedisStore {
     ) -> Result<(), StoreError> {
         let json = encode_record(rec)?;
         let id = &fence.session;
-        let (s, l, f) = (self.key(id, "s"), self.key(id, "l"), self.key(id, "f"));
+        let (s, l, f, i) = (
+            self.key(id, "s"),
+            self.key(id, "l"),
+            self.key(id, "f"),
+            self.key(id, "i"),
+        );
         let (lease, version, script) = (fence.lease_value(), rec.version, self.save.clone());
         let r: i64 = self
             .run(move |c| {
@@ -315,6 +350,7 @@ impl SessionStore for RedisStore {
                         .key(s)
                         .key(l)
                         .key(f)
+                        .key(i)
                         .arg(lease)
                         .arg(version)
                         .arg(json)
@@ -332,7 +368,12 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError> {
-        let mut keys = vec![self.key(id, "s"), self.key(id, "l"), self.key(id, "f")];
+        let mut keys = vec![
+            self.key(id, "s"),
+            self.key(id, "l"),
+            self.key(id, "f"),
+            self.key(id, "i"),
+        ];
         keys.extend((0..streams.max(1)).map(|n| self.stream_key(id, n)));
         let s_key = keys[0].clone();
         let (existed, _): (i64, i64) = self
@@ -465,27 +506,58 @@ impl SessionStore for RedisStore {
         }
     }
 
+    async fn begin_call(
+        &self,
+        fence: &Fence,
+        stream: StreamId,
+        call: &InflightCall,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(call).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = &fence.session;
+        let (l, i, s) = (self.key(id, "l"), self.key(id, "i"), self.key(id, "s"));
+        let (lease, script) = (fence.lease_value(), self.begin.clone());
+        let r: i64 = self
+            .run(move |c| {
+                Box::pin(async move {
+                    script
+                        .key(l)
+                        .key(i)
+                        .key(s)
+                        .arg(lease)
+                        .arg(stream)
+                        .arg(json)
+                        .arg(ms(ttl))
+                        .invoke_async(c)
+                        .await
+                })
+            })
+            .await?;
+        match r {
+            -1 => Err(StoreError::Fenced),
+            -2 => Err(StoreError::Gone),
+            _ => Ok(()),
+        }
+    }
+
     async fn complete_stream(
         &self,
         fence: &Fence,
         stream: StreamId,
         data: Option<&str>,
         cap: usize,
-        rec: &SessionRecord,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let json = encode_record(rec)?;
         let id = &fence.session;
         let keys = [
             self.stream_key(id, stream),
             self.key(id, "l"),
+            self.key(id, "i"),
             self.key(id, "s"),
-            self.key(id, "f"),
         ];
-        let (lease, data, version, script) = (
+        let (lease, data, script) = (
             fence.lease_value(),
             data.unwrap_or_default().to_owned(),
-            rec.version,
             self.complete.clone(),
         );
         let reply: Vec<RValue> = self
@@ -499,8 +571,7 @@ impl SessionStore for RedisStore {
                         .arg(data)
                         .arg(cap)
                         .arg(ms(ttl))
-                        .arg(version)
-                        .arg(json)
+                        .arg(stream)
                         .invoke_async(c)
                         .await
                 })

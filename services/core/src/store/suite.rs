@@ -50,7 +50,7 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     records_round_trip_and_writes_are_fenced_and_versioned(s).await;
     leases_are_exclusive_and_expire(s).await;
     events_append_read_trim_and_fence(s).await;
-    completing_a_stream_is_atomic_and_fenced(s).await;
+    calls_begin_and_complete_atomically_and_fenced(s).await;
     delete_removes_everything(s).await;
     sessions_expire_by_ttl(s).await;
     nodes_register_and_expire(s).await;
@@ -70,15 +70,6 @@ async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionS
     let fence = acquire(s, &id, "node-a/1").await;
     rec.version = 3;
     rec.log_level = Some("error".into());
-    rec.inflight.insert(
-        1,
-        InflightCall {
-            request_id: json!(7),
-            method: "tools/call".into(),
-            params: json!({"name": "echo"}),
-            replayable: true,
-        },
-    );
     s.save_session(&fence, &rec, TTL).await.unwrap();
     // A write with an older version (completing late) does not roll state back.
     let mut stale = rec.clone();
@@ -88,7 +79,6 @@ async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionS
     let loaded = s.load_session(&id).await.unwrap().unwrap();
     assert_eq!(loaded.version, 3);
     assert_eq!(loaded.log_level.as_deref(), Some("error"));
-    assert_eq!(loaded.inflight.len(), 1);
 
     // A holder whose lease was taken over cannot write any more.
     s.release_lease(&fence).await.unwrap();
@@ -205,25 +195,32 @@ async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {
     ));
 }
 
-async fn completing_a_stream_is_atomic_and_fenced(s: &dyn SessionStore) {
+async fn calls_begin_and_complete_atomically_and_fenced(s: &dyn SessionStore) {
     let id = SessionId::generate();
     let mut rec = record();
-    rec.inflight.insert(
-        4,
-        InflightCall {
-            request_id: json!(1),
-            method: "tools/call".into(),
-            params: json!({}),
-            replayable: false,
-        },
-    );
     s.create_session(&id, &rec, TTL).await.unwrap();
     let f = acquire(s, &id, "a/1").await;
-    s.append_event(&f, 4, "progress", 1000, TTL).await.unwrap();
-    rec.inflight.clear();
+    let call = |n: i64| InflightCall {
+        request_id: json!(n),
+        method: "tools/call".into(),
+        params: json!({"name": "echo", "arguments": {"text": n}}),
+        replayable: n % 2 == 0,
+    };
+    s.begin_call(&f, 4, &call(1), TTL).await.unwrap();
+    s.begin_call(&f, 6, &call(2), TTL).await.unwrap();
+    // A record save (another concern, e.g. the log level) leaves the calls alone.
     rec.version = 2;
+    rec.log_level = Some("info".into());
+    s.save_session(&f, &rec, TTL).await.unwrap();
+    let loaded = s.load_session(&id).await.unwrap().unwrap();
+    assert_eq!(loaded.inflight.keys().copied().collect::<Vec<_>>(), [4, 6]);
+    assert_eq!(loaded.inflight[&6], call(2));
+    assert_eq!(loaded.next_stream, 7, "the stream counter moved past the calls");
+    assert_eq!(loaded.log_level.as_deref(), Some("info"));
+
+    s.append_event(&f, 4, "progress", 1000, TTL).await.unwrap();
     let entry = s
-        .complete_stream(&f, 4, Some("response"), 1000, &rec, TTL)
+        .complete_stream(&f, 4, Some("response"), 1000, TTL)
         .await
         .unwrap()
         .unwrap();
@@ -233,29 +230,25 @@ async fn completing_a_stream_is_atomic_and_fenced(s: &dyn SessionStore) {
         ["progress", "response"]
     );
     assert_eq!(events[1].entry, entry);
+    // Without a message (a cancelled call) only the in-flight entry goes.
+    assert_eq!(s.complete_stream(&f, 6, None, 1000, TTL).await.unwrap(), None);
+    assert!(s.read_events(&id, 6, "0-0", 10).await.unwrap().is_empty());
     let loaded = s.load_session(&id).await.unwrap().unwrap();
-    assert!(loaded.inflight.is_empty() && loaded.version == 2);
-    // Without a message (a cancelled call) only the record changes.
-    rec.version = 3;
-    rec.log_level = Some("info".into());
-    assert_eq!(
-        s.complete_stream(&f, 5, None, 1000, &rec, TTL).await.unwrap(),
-        None
-    );
-    assert!(s.read_events(&id, 5, "0-0", 10).await.unwrap().is_empty());
-    assert_eq!(
-        s.load_session(&id).await.unwrap().unwrap().log_level.as_deref(),
-        Some("info")
-    );
+    assert!(loaded.inflight.is_empty());
+    assert_eq!(loaded.next_stream, 7);
     // A stale holder can do neither.
     s.release_lease(&f).await.unwrap();
     let _g = acquire(s, &id, "b/1").await;
-    rec.version = 4;
     assert!(matches!(
-        s.complete_stream(&f, 4, Some("late"), 1000, &rec, TTL).await,
+        s.begin_call(&f, 8, &call(3), TTL).await,
+        Err(StoreError::Fenced)
+    ));
+    assert!(matches!(
+        s.complete_stream(&f, 4, Some("late"), 1000, TTL).await,
         Err(StoreError::Fenced)
     ));
     assert_eq!(s.read_events(&id, 4, "0-0", 10).await.unwrap().len(), 2);
+    assert!(s.load_session(&id).await.unwrap().unwrap().inflight.is_empty());
 }
 
 async fn delete_removes_everything(s: &dyn SessionStore) {
