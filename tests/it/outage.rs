@@ -11,10 +11,16 @@ async fn redis_down_gives_503_and_the_node_recovers() {
     let mut redis = RedisServer::start();
     let port = redis.port;
     let url = redis.url();
-    let app = spawn_app(&[("store.redis_url", &url), ("store.timeout_ms", "500")]).await;
+    let app = spawn_app(&[
+        ("store.redis_url", &url),
+        ("store.timeout_ms", "500"),
+        ("sessions.lease_ttl_ms", "1000"),
+    ])
+    .await;
     let endpoint = app.endpoint("demo");
     let s = Mcp::connect(&endpoint, "2025-11-25", json!({})).await;
     assert_eq!(s.call_text(1, "echo", json!({"text": "up"})).await, "up");
+    assert_eq!(app.node.live_sessions(), 1);
 
     redis.stop();
     let r = s.post(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"down"}}})).await;
@@ -39,6 +45,15 @@ async fn redis_down_gives_503_and_the_node_recovers() {
             .unwrap()
             .status(),
         StatusCode::OK
+    );
+
+    // The node could not renew its liveness for a whole lease TTL: another node may have taken its
+    // sessions over, so it has stopped every local actor.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.node.live_sessions(),
+        0,
+        "actors stopped once the node's liveness lapsed"
     );
 
     let _back = RedisServer::start_on(port);
