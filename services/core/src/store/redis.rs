@@ -19,7 +19,7 @@ use std::thread::ThreadId;
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{IntoConnectionInfo as _, Script, Value as RValue};
+use redis::{FromRedisValue, IntoConnectionInfo as _, Script, Value as RValue};
 
 use super::{
     Fence, InflightCall, LeaseOutcome, NodeInfo, SessionId, SessionRecord, SessionStore, StoreError,
@@ -225,8 +225,9 @@ impl RedisStore {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
+/// A duration as the millisecond argument of `PX` / `PEXPIRE` (at least 1).
+fn ms(d: Duration) -> String {
+    (d.as_millis() as u64).max(1).to_string()
 }
 
 fn events_from(reply: RValue) -> Result<Vec<StoredEvent>, StoreError> {
@@ -267,12 +268,82 @@ fn events_from(reply: RValue) -> Result<Vec<StoredEvent>, StoreError> {
     Ok(out)
 }
 
+/// A script's `-1` / `-2` status codes: the caller's lease is gone, or the session is.
+fn check_status(code: i64) -> Result<(), StoreError> {
+    match code {
+        -1 => Err(StoreError::Fenced),
+        -2 => Err(StoreError::Gone),
+        _ => Ok(()),
+    }
+}
+
+/// A script's `{status, detail}` reply.
+fn status_and_detail(reply: Vec<RValue>) -> Result<(i64, Option<String>), StoreError> {
+    let corrupt = |e: redis::ParsingError| StoreError::Corrupt(e.to_string());
+    let mut it = reply.into_iter();
+    let status: i64 = it
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(corrupt)?
+        .unwrap_or(0);
+    let detail: Option<String> = it
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(corrupt)?;
+    Ok((status, detail))
+}
+
+impl RedisStore {
+    /// The keys `<p>:{<sid>}:<name>` of a session, in order.
+    fn keys(&self, id: &SessionId, names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| self.key(id, n)).collect()
+    }
+
+    /// Run one command.
+    async fn query<T: FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        self.run(move |c| Box::pin(async move { cmd.query_async(c).await }))
+            .await
+    }
+
+    /// Run a pipeline (one round trip).
+    async fn query_pipe<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.run(move |c| Box::pin(async move { pipe.query_async(c).await }))
+            .await
+    }
+
+    /// Run a script (`EVALSHA`, loading it on first use).
+    async fn eval<T: FromRedisValue + Send + 'static>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, StoreError> {
+        let script = script.clone();
+        self.run(move |c| {
+            Box::pin(async move {
+                let mut inv = script.prepare_invoke();
+                for k in keys {
+                    inv.key(k);
+                }
+                for a in args {
+                    inv.arg(a);
+                }
+                inv.invoke_async(c).await
+            })
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|c| Box::pin(async move { redis::cmd("PING").query_async::<String>(c).await }))
-            .await
-            .map(|_| ())
+        self.query::<String>(redis::cmd("PING")).await.map(|_| ())
     }
 
     async fn create_session(
@@ -281,38 +352,26 @@ impl SessionStore for RedisStore {
         rec: &SessionRecord,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let json = encode_record(rec)?;
-        let (s, f) = (self.key(id, "s"), self.key(id, "f"));
-        let script = self.create.clone();
-        let created: i64 = self
-            .run(move |c| {
-                Box::pin(async move { script.key(s).key(f).arg(json).arg(ms(ttl)).invoke_async(c).await })
-            })
-            .await?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt("session id collision".into()))
+        let args = vec![encode_record(rec)?, ms(ttl)];
+        match self
+            .eval::<i64>(&self.create, self.keys(id, &["s", "f"]), args)
+            .await?
+        {
+            1 => Ok(()),
+            _ => Err(StoreError::Corrupt("session id collision".into())),
         }
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let (s, i) = (self.key(id, "s"), self.key(id, "i"));
-        let ((v, d), calls): ((Option<u64>, Option<String>), HashMap<String, String>) = self
-            .run(move |c| {
-                Box::pin(async move {
-                    redis::pipe()
-                        .cmd("HMGET")
-                        .arg(s)
-                        .arg("v")
-                        .arg("d")
-                        .cmd("HGETALL")
-                        .arg(i)
-                        .query_async(c)
-                        .await
-                })
-            })
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.key(id, "s"))
+            .arg("v")
+            .arg("d")
+            .cmd("HGETALL")
+            .arg(self.key(id, "i"));
+        let ((v, d), calls): ((Option<u64>, Option<String>), HashMap<String, String>) =
+            self.query_pipe(pipe).await?;
         let (Some(v), Some(d)) = (v, d) else {
             return Ok(None);
         };
@@ -334,61 +393,22 @@ impl SessionStore for RedisStore {
         rec: &SessionRecord,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let json = encode_record(rec)?;
-        let id = &fence.session;
-        let (s, l, f, i) = (
-            self.key(id, "s"),
-            self.key(id, "l"),
-            self.key(id, "f"),
-            self.key(id, "i"),
-        );
-        let (lease, version, script) = (fence.lease_value(), rec.version, self.save.clone());
-        let r: i64 = self
-            .run(move |c| {
-                Box::pin(async move {
-                    script
-                        .key(s)
-                        .key(l)
-                        .key(f)
-                        .key(i)
-                        .arg(lease)
-                        .arg(version)
-                        .arg(json)
-                        .arg(ms(ttl))
-                        .invoke_async(c)
-                        .await
-                })
-            })
-            .await?;
-        match r {
-            -1 => Err(StoreError::Fenced),
-            -2 => Err(StoreError::Gone),
-            _ => Ok(()),
-        }
+        let keys = self.keys(&fence.session, &["s", "l", "f", "i"]);
+        let args = vec![
+            fence.lease_value(),
+            rec.version.to_string(),
+            encode_record(rec)?,
+            ms(ttl),
+        ];
+        check_status(self.eval(&self.save, keys, args).await?)
     }
 
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError> {
-        let mut keys = vec![
-            self.key(id, "s"),
-            self.key(id, "l"),
-            self.key(id, "f"),
-            self.key(id, "i"),
-        ];
+        let mut keys = self.keys(id, &["s", "l", "f", "i"]);
         keys.extend((0..streams.max(1)).map(|n| self.stream_key(id, n)));
-        let s_key = keys[0].clone();
-        let (existed, _): (i64, i64) = self
-            .run(move |c| {
-                Box::pin(async move {
-                    redis::pipe()
-                        .cmd("EXISTS")
-                        .arg(s_key)
-                        .cmd("DEL")
-                        .arg(keys)
-                        .query_async(c)
-                        .await
-                })
-            })
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(&keys[0]).cmd("DEL").arg(keys);
+        let (existed, _): (i64, i64) = self.query_pipe(pipe).await?;
         Ok(existed == 1)
     }
 
@@ -396,42 +416,22 @@ impl SessionStore for RedisStore {
         let mut stale = String::new();
         // At most two rounds: find the holder; if its node is gone, take over exactly that lease.
         for _ in 0..2 {
-            let (s, l, f) = (self.key(id, "s"), self.key(id, "l"), self.key(id, "f"));
-            let (h, expect, script) = (holder.to_owned(), stale.clone(), self.acquire.clone());
-            let reply: Vec<RValue> = self
-                .run(move |c| {
-                    Box::pin(async move {
-                        script
-                            .key(s)
-                            .key(l)
-                            .key(f)
-                            .arg(h)
-                            .arg(expect)
-                            .invoke_async(c)
-                            .await
-                    })
-                })
+            let reply = self
+                .eval(
+                    &self.acquire,
+                    self.keys(id, &["s", "l", "f"]),
+                    vec![holder.to_owned(), stale],
+                )
                 .await?;
-            let mut it = reply.into_iter();
-            let status: i64 = it
-                .next()
-                .map(redis::from_redis_value)
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                .unwrap_or(0);
-            let detail: Option<String> = it
-                .next()
-                .map(redis::from_redis_value)
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            match (status, detail) {
+            match status_and_detail(reply)? {
                 (1, Some(t)) => {
+                    let token = t
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?;
                     return Ok(LeaseOutcome::Acquired(Fence {
                         session: id.clone(),
                         holder: holder.to_owned(),
-                        token: t
-                            .parse()
-                            .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?,
+                        token,
                     }));
                 }
                 (2, Some(v)) => {
@@ -452,21 +452,15 @@ impl SessionStore for RedisStore {
     }
 
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
-        let (l, v, script) = (
-            self.key(&fence.session, "l"),
-            fence.lease_value(),
-            self.release.clone(),
-        );
-        let _: i64 = self
-            .run(move |c| Box::pin(async move { script.key(l).arg(v).invoke_async(c).await }))
-            .await?;
-        Ok(())
+        let keys = self.keys(&fence.session, &["l"]);
+        self.eval::<i64>(&self.release, keys, vec![fence.lease_value()])
+            .await
+            .map(|_| ())
     }
 
     async fn lease_holder(&self, id: &SessionId) -> Result<Option<String>, StoreError> {
-        let l = self.key(id, "l");
         let v: Option<String> = self
-            .run(move |c| Box::pin(async move { redis::cmd("GET").arg(l).query_async(c).await }))
+            .query(redis::cmd("GET").arg(self.key(id, "l")).clone())
             .await?;
         Ok(v.map(|v| parse_lease(&v).0))
     }
@@ -479,26 +473,12 @@ impl SessionStore for RedisStore {
         cap: usize,
         ttl: Duration,
     ) -> Result<String, StoreError> {
-        let (e, l) = (
+        let keys = vec![
             self.stream_key(&fence.session, stream),
             self.key(&fence.session, "l"),
-        );
-        let (lease, data, script) = (fence.lease_value(), data.to_owned(), self.append.clone());
-        let id: String = self
-            .run(move |c| {
-                Box::pin(async move {
-                    script
-                        .key(e)
-                        .key(l)
-                        .arg(lease)
-                        .arg(data)
-                        .arg(cap)
-                        .arg(ms(ttl))
-                        .invoke_async(c)
-                        .await
-                })
-            })
-            .await?;
+        ];
+        let args = vec![fence.lease_value(), data.to_owned(), cap.to_string(), ms(ttl)];
+        let id: String = self.eval(&self.append, keys, args).await?;
         if id.is_empty() {
             Err(StoreError::Fenced)
         } else {
@@ -514,30 +494,9 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(call).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id = &fence.session;
-        let (l, i, s) = (self.key(id, "l"), self.key(id, "i"), self.key(id, "s"));
-        let (lease, script) = (fence.lease_value(), self.begin.clone());
-        let r: i64 = self
-            .run(move |c| {
-                Box::pin(async move {
-                    script
-                        .key(l)
-                        .key(i)
-                        .key(s)
-                        .arg(lease)
-                        .arg(stream)
-                        .arg(json)
-                        .arg(ms(ttl))
-                        .invoke_async(c)
-                        .await
-                })
-            })
-            .await?;
-        match r {
-            -1 => Err(StoreError::Fenced),
-            -2 => Err(StoreError::Gone),
-            _ => Ok(()),
-        }
+        let keys = self.keys(&fence.session, &["l", "i", "s"]);
+        let args = vec![fence.lease_value(), stream.to_string(), json, ms(ttl)];
+        check_status(self.eval(&self.begin, keys, args).await?)
     }
 
     async fn complete_stream(
@@ -549,53 +508,22 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
         let id = &fence.session;
-        let keys = [
+        let keys = vec![
             self.stream_key(id, stream),
             self.key(id, "l"),
             self.key(id, "i"),
             self.key(id, "s"),
         ];
-        let (lease, data, script) = (
+        let args = vec![
             fence.lease_value(),
             data.unwrap_or_default().to_owned(),
-            self.complete.clone(),
-        );
-        let reply: Vec<RValue> = self
-            .run(move |c| {
-                Box::pin(async move {
-                    let mut inv = script.prepare_invoke();
-                    for k in keys {
-                        inv.key(k);
-                    }
-                    inv.arg(lease)
-                        .arg(data)
-                        .arg(cap)
-                        .arg(ms(ttl))
-                        .arg(stream)
-                        .invoke_async(c)
-                        .await
-                })
-            })
-            .await?;
-        let mut it = reply.into_iter();
-        let status: i64 = it
-            .next()
-            .map(redis::from_redis_value)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-            .unwrap_or(0);
-        match status {
-            -1 => Err(StoreError::Fenced),
-            -2 => Err(StoreError::Gone),
-            _ => {
-                let id: Option<String> = it
-                    .next()
-                    .map(redis::from_redis_value)
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok(id.filter(|i| !i.is_empty()))
-            }
-        }
+            cap.to_string(),
+            ms(ttl),
+            stream.to_string(),
+        ];
+        let (status, entry) = status_and_detail(self.eval(&self.complete, keys, args).await?)?;
+        check_status(status)?;
+        Ok(entry.filter(|e| !e.is_empty()))
     }
 
     async fn read_events(
@@ -605,78 +533,54 @@ impl SessionStore for RedisStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let (e, start) = (self.stream_key(id, stream), format!("({after}"));
-        let reply: RValue = self
-            .run(move |c| {
-                Box::pin(async move {
-                    redis::cmd("XRANGE")
-                        .arg(e)
-                        .arg(start)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .query_async(c)
-                        .await
-                })
-            })
-            .await?;
-        events_from(reply)
+        let cmd = redis::cmd("XRANGE")
+            .arg(self.stream_key(id, stream))
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .clone();
+        events_from(self.query(cmd).await?)
     }
 
     async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError> {
-        let e = self.stream_key(id, stream);
-        let reply: RValue = self
-            .run(move |c| {
-                Box::pin(async move {
-                    redis::cmd("XREVRANGE")
-                        .arg(e)
-                        .arg("+")
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(1)
-                        .query_async(c)
-                        .await
-                })
-            })
-            .await?;
-        Ok(events_from(reply)?.into_iter().next().map(|e| e.entry))
+        let cmd = redis::cmd("XREVRANGE")
+            .arg(self.stream_key(id, stream))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .clone();
+        Ok(events_from(self.query(cmd).await?)?
+            .into_iter()
+            .next()
+            .map(|e| e.entry))
     }
 
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
-        let (k, v) = (
-            self.node_key(&node.instance),
-            serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        );
-        let _: () = self
-            .run(move |c| {
-                Box::pin(async move {
-                    redis::cmd("SET")
-                        .arg(k)
-                        .arg(v)
-                        .arg("PX")
-                        .arg(ms(ttl))
-                        .query_async(c)
-                        .await
-                })
-            })
-            .await?;
-        Ok(())
+        let v = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.node_key(&node.instance))
+                .arg(v)
+                .arg("PX")
+                .arg(ms(ttl))
+                .clone(),
+        )
+        .await
     }
 
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {
-        let k = self.node_key(instance);
         let v: Option<String> = self
-            .run(move |c| Box::pin(async move { redis::cmd("GET").arg(k).query_async(c).await }))
+            .query(redis::cmd("GET").arg(self.node_key(instance)).clone())
             .await?;
         v.map(|v| serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
 
     async fn unregister_node(&self, instance: &str) -> Result<(), StoreError> {
-        let k = self.node_key(instance);
-        let _: i64 = self
-            .run(move |c| Box::pin(async move { redis::cmd("DEL").arg(k).query_async(c).await }))
-            .await?;
-        Ok(())
+        self.query::<i64>(redis::cmd("DEL").arg(self.node_key(instance)).clone())
+            .await
+            .map(|_| ())
     }
 }
