@@ -175,20 +175,10 @@ async fn confirm_asked_on_one_node_is_answered_on_another() {
     let reader = tokio::spawn(read_events(resp, Duration::from_secs(15), |ev| {
         messages(ev).iter().any(|m| m["id"] == 1)
     }));
-    let mut ask = None;
-    for _ in 0..50 {
-        let (ev, _) = read_events(on_a.get(Some("1_0-0")).await, Duration::from_millis(200), |ev| {
-            !ev.is_empty()
-        })
-        .await;
-        ask = messages(&ev)
-            .into_iter()
-            .find(|m| m["method"] == "elicitation/create");
-        if ask.is_some() {
-            break;
-        }
-    }
-    let ask = ask.expect("elicitation request");
+    let ask = on_a
+        .wait_for_message("1_0-0", |m| m["method"] == "elicitation/create")
+        .await
+        .expect("elicitation request");
     let on_b = on_a.at(&b.endpoint());
     let r = on_b.post(&json!({"jsonrpc":"2.0","id":ask["id"],"result":{"action":"accept","content":{"answer":"yes, from B"}}})).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);

@@ -340,20 +340,10 @@ async fn confirm_elicits_and_returns_the_answer() {
     let resp = s.post(&json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"confirm","arguments":{"question":"Deploy?"}}})).await;
     let reader = tokio::spawn(read_events(resp, Duration::from_secs(10), |_| false));
     // Find the elicitation request by resuming the stream from its start.
-    let mut ask = None;
-    for _ in 0..50 {
-        let (ev, _) = read_events(s.get(Some("1_0-0")).await, Duration::from_millis(200), |ev| {
-            !ev.is_empty()
-        })
-        .await;
-        ask = messages(&ev)
-            .into_iter()
-            .find(|m| m["method"] == "elicitation/create");
-        if ask.is_some() {
-            break;
-        }
-    }
-    let ask = ask.expect("elicitation request");
+    let ask = s
+        .wait_for_message("1_0-0", |m| m["method"] == "elicitation/create")
+        .await
+        .expect("elicitation request");
     assert_eq!(ask["params"]["message"], "Deploy?");
     assert_eq!(
         ask["params"]["requestedSchema"]["properties"]["answer"]["type"],

@@ -223,6 +223,27 @@ impl Mcp {
         r.send().await.expect("GET")
     }
 
+    /// Resume the stream after `last_event_id` repeatedly (bounded: ~10 s) until a message
+    /// matching `pred` has been persisted on it; return that message.
+    pub async fn wait_for_message(
+        &self,
+        last_event_id: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        for _ in 0..50 {
+            let (events, _) = read_events(
+                self.get(Some(last_event_id)).await,
+                Duration::from_millis(200),
+                |ev| ev.iter().filter_map(SseEvent::json).any(|m| pred(&m)),
+            )
+            .await;
+            if let Some(m) = events.iter().filter_map(SseEvent::json).find(|m| pred(m)) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
     /// DELETE the session.
     pub async fn delete(&self) -> Response {
         self.request(Method::DELETE).send().await.expect("DELETE")

@@ -501,15 +501,15 @@ impl Shared {
             ));
         }
         let cancel = self.stopping.child_token();
+        self.calls.borrow_mut().insert(
+            key.clone(),
+            Call {
+                cancel: cancel.clone(),
+            },
+        );
         let sse = !force_json && self.node.sessions().tools_call_response == CallResponseMode::Sse;
         if !sse {
             let (tx, rx) = oneshot::channel();
-            self.calls.borrow_mut().insert(
-                key,
-                Call {
-                    cancel: cancel.clone(),
-                },
-            );
             actix::spawn(
                 self.clone()
                     .run_call(None, id, params, cancel, f64::NEG_INFINITY, Some(tx)),
@@ -537,6 +537,7 @@ impl Shared {
         };
         if let Err(e) = begun {
             self.rec.borrow_mut().inflight.remove(&stream);
+            self.calls.borrow_mut().remove(&key);
             return Reply::Rejected(match e {
                 StoreError::Fenced => {
                     self.lose("write fenced");
@@ -552,12 +553,6 @@ impl Shared {
             Slot {
                 lock: Rc::new(tokio::sync::Mutex::new(())),
                 live: Some(tx),
-            },
-        );
-        self.calls.borrow_mut().insert(
-            key,
-            Call {
-                cancel: cancel.clone(),
             },
         );
         actix::spawn(
