@@ -3,15 +3,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::Bytes;
-use marina_actors::{OpenStream, Rejection};
+use marina_actors::OpenStream;
 use marina_core::domain::{EventId, GET_STREAM};
 use marina_core::protocol::code;
 
-use super::{
-    MOVE_ATTEMPTS, Target, accepts, actor_gone, header, preflight, protocol_header, rejection, route,
-    session_header,
-};
+use super::{Answer, accepts, ask, header, preflight, protocol_header, session_header};
 use crate::reply::Refusal;
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
@@ -40,22 +36,15 @@ pub async fn get(
                 .ok_or_else(|| Refusal::bad_request(code::INVALID_REQUEST, "malformed Last-Event-ID"))?,
         ),
     };
+    let resumed = last_event_id.is_some();
     let open = OpenStream {
         last_event_id,
         protocol_version: version,
     };
-    let mut attempts = 0;
-    let handle = loop {
-        let addr = match route(&state, &req, &t.id, &id, Bytes::new()).await {
-            Target::Local(a) => a,
-            Target::Done(resp) => return Ok(resp),
-        };
-        match addr.send(open.clone()).await.map_err(|_| actor_gone())? {
-            Err(Rejection::Moved) if attempts < MOVE_ATTEMPTS => attempts += 1,
-            other => break other.map_err(rejection)?,
-        }
+    let handle = match ask(&state, &req, &t.id, &id, open).await? {
+        Answer::Local(h) => h,
+        Answer::Done(resp) => return Ok(resp),
     };
-    let resumed = open.last_event_id.is_some();
     let s = state.node.sessions();
     // A resumed POST stream keeps the POST-stream duration limit; the GET stream has none.
     let max = (resumed && handle.stream != GET_STREAM)

@@ -130,6 +130,41 @@ fn actor_gone() -> Refusal {
     Refusal::unavailable("session actor stopped; retry")
 }
 
+/// The outcome of [`ask`]: the actor's answer, or the peer's response to a forwarded request.
+enum Answer<T> {
+    /// The local actor answered.
+    Local(T),
+    /// Another node served the request (or resolving failed); send this as is.
+    Done(HttpResponse),
+}
+
+/// Send `msg` to the session's actor — here, or by forwarding the request to its holder — and
+/// follow the session when its actor passivates under us.
+async fn ask<M, T>(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+    id: &SessionId,
+    msg: M,
+) -> Result<Answer<T>, Refusal>
+where
+    M: actix::Message<Result = Result<T, Rejection>> + Clone + Send + 'static,
+    T: Send + 'static,
+    marina_actors::SessionActor: actix::Handler<M>,
+{
+    for _ in 0..=MOVE_ATTEMPTS {
+        let addr = match route(state, req, tenant, id, Bytes::new()).await {
+            Target::Local(a) => a,
+            Target::Done(resp) => return Ok(Answer::Done(resp)),
+        };
+        match addr.send(msg.clone()).await.map_err(|_| actor_gone())? {
+            Err(Rejection::Moved) => continue,
+            other => return other.map(Answer::Local).map_err(rejection),
+        }
+    }
+    Err(rejection(Rejection::Moved))
+}
+
 /// Where the request is served.
 enum Target {
     /// By the local actor.
