@@ -11,6 +11,7 @@ fn the_documented_example_loads() {
     assert_eq!(s.tenants.len(), 2);
     assert_eq!(s.tenants["acme"].allowed_origins, ["https://app.acme.example"]);
     assert_eq!(s.tenants["acme"].limits.max_body_bytes, 262_144);
+    assert_eq!(s.tenants["acme"].upstreams.len(), 2);
     assert_eq!(s.sessions.lease_ttl_ms, 3000);
     let doc =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"))
@@ -20,4 +21,61 @@ fn the_documented_example_loads() {
         doc.contains(&example),
         "docs/configuration.md and docs/examples/marina.yaml differ"
     );
+}
+
+#[test]
+fn upstream_typos_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("m.yaml");
+    std::fs::write(
+        &f,
+        "tenants:\n  a:\n    upstreams:\n      - {kind: http, name: t, url: 'http://x.example', input_schema: {type: object}, timout_ms: 5}\n",
+    )
+    .unwrap();
+    let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
+    assert!(err.to_string().contains("timout_ms"), "{err}");
+}
+
+#[actix_rt::test]
+async fn invalid_upstreams_stop_the_node_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, yaml) in [
+        (
+            "duplicate names",
+            "- {kind: builtin, tools: [echo]}\n      - {kind: http, name: echo, url: 'http://x.example', input_schema: {type: object}}",
+        ),
+        (
+            "bad tool name",
+            "- {kind: http, name: 'has space', url: 'http://x.example', input_schema: {type: object}}",
+        ),
+        (
+            "schema not an object",
+            "- {kind: http, name: t, url: 'http://x.example', input_schema: {type: string}}",
+        ),
+        (
+            "invalid schema",
+            "- {kind: http, name: t, url: 'http://x.example', input_schema: {type: object, minProperties: -1}}",
+        ),
+        (
+            "bad url",
+            "- {kind: http, name: t, url: 'ftp://x.example', input_schema: {type: object}}",
+        ),
+        (
+            "missing secret",
+            "- {kind: http, name: t, url: 'http://x.example', input_schema: {type: object}, bearer_file: /nonexistent/token}",
+        ),
+    ] {
+        let f = dir.path().join("m.yaml");
+        std::fs::write(&f, format!("tenants:\n  a:\n    upstreams:\n      {yaml}\n")).unwrap();
+        let s = marina_core::settings::load(
+            Some(&f),
+            Some(HashMap::new()),
+            &[("server.bind", "127.0.0.1:0".into())],
+        )
+        .unwrap();
+        assert!(
+            marina_gateway::Application::build(s).await.is_err(),
+            "{case} must be refused"
+        );
+    }
 }

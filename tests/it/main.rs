@@ -3,6 +3,7 @@
 mod cluster;
 mod config_examples;
 mod errors;
+mod http_tool;
 mod logs;
 mod outage;
 mod protocol;

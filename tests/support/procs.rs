@@ -133,12 +133,17 @@ impl Drop for TestApp {
 /// Build and start Marina in-process on a free port. `overrides` are `section.key` settings
 /// (e.g. `("sessions.retry_ms", "50")`); must run inside an actix System (`#[actix_rt::test]`).
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(None, overrides).await
+}
+
+/// Like [`spawn_app`], with a configuration file under the overrides.
+pub async fn spawn_app_with(file: Option<&std::path::Path>, overrides: &[(&str, &str)]) -> TestApp {
     let mut all: Vec<(&str, String)> = vec![
         ("server.bind", "127.0.0.1:0".into()),
         ("server.drain_timeout_ms", "5000".into()),
     ];
     all.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    let settings = marina_core::settings::load(None, Some(HashMap::new()), &all).expect("test settings");
+    let settings = marina_core::settings::load(file, Some(HashMap::new()), &all).expect("test settings");
     let app = Application::build(settings).await.expect("build app");
     let base = app.base_url();
     let node = app.node();

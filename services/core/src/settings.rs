@@ -20,6 +20,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Session lifecycle and streams.
     pub sessions: SessionSettings,
+    /// Outbound requests to tenants' services (SSRF guard).
+    pub egress: EgressSettings,
     /// Tenants by id (static configuration until the control plane exists).
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
@@ -65,6 +67,20 @@ pub struct StoreSettings {
     pub key_prefix: String,
     /// Per-command timeout.
     pub timeout_ms: u64,
+}
+
+/// `[egress]`: which addresses tenants' upstreams may reach. Private, loopback, link-local
+/// (including the cloud metadata address), unique-local, CGNAT, multicast and unspecified addresses
+/// are refused unless allowed here; the check runs on every resolved address at connect time, so
+/// DNS answers cannot slip past it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSettings {
+    /// Allow 127.0.0.0/8 and ::1 (tests, sidecars).
+    pub allow_loopback: bool,
+    /// Allow private networks (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10) — never the
+    /// link-local / metadata ranges.
+    pub allow_private: bool,
 }
 
 /// How `tools/call` responses are delivered.
@@ -184,6 +200,59 @@ pub enum UpstreamSettings {
         #[serde(default)]
         tools: Option<Vec<String>>,
     },
+    /// One tool backed by an HTTP endpoint.
+    Http(Box<HttpToolSettings>),
+}
+
+/// An HTTP tool: a JSON Schema for its arguments and the endpoint that runs it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToolSettings {
+    /// Tool name (`[A-Za-z0-9_.-]{1,128}`).
+    pub name: String,
+    /// Human title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// What the tool does (shown to the model).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema (2020-12 unless `$schema` says otherwise) of the arguments; root type object.
+    pub input_schema: serde_json::Value,
+    /// Optional JSON Schema of the structured result.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// Tool annotations (hints), passed through.
+    #[serde(default)]
+    pub annotations: Option<serde_json::Value>,
+    /// HTTP method: GET and DELETE send the arguments as query parameters, others as a JSON body.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Endpoint URL (http or https).
+    pub url: String,
+    /// Static headers sent with every call.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Name of an environment variable holding a bearer token for the endpoint (the tenant's
+    /// credential — never the client's).
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+    /// Path of a file holding a bearer token for the endpoint.
+    #[serde(default)]
+    pub bearer_file: Option<std::path::PathBuf>,
+    /// Per-call timeout.
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_ms: u64,
+    /// Largest accepted response body.
+    #[serde(default = "default_max_body")]
+    pub max_response_bytes: usize,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+fn default_tool_timeout() -> u64 {
+    10_000
 }
 
 fn default_upstreams() -> Vec<UpstreamSettings> {

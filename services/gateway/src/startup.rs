@@ -50,12 +50,25 @@ fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SessionStore>> {
 }
 
 fn build_tenants(settings: &Settings) -> anyhow::Result<Vec<Arc<Tenant>>> {
+    let policy = upstream::egress::Policy::new(&settings.egress);
+    let shared = upstream::Upstreams {
+        policy,
+        client: upstream::egress::client(policy).context("cannot build the upstream HTTP client")?,
+    };
     settings
         .tenants
         .iter()
         .map(|(id, ts)| {
-            let providers =
-                upstream::providers(&ts.upstreams).map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
+            let providers = upstream::providers(&ts.upstreams, &shared)
+                .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
+            let mut names = std::collections::HashSet::new();
+            for tool in providers.iter().flat_map(|p| p.tools()) {
+                anyhow::ensure!(
+                    names.insert(tool.name.clone()),
+                    "tenant {id}: two tools are named {:?}",
+                    tool.name
+                );
+            }
             Ok(Arc::new(Tenant {
                 id: id.clone(),
                 settings: ts.clone(),

@@ -1,0 +1,279 @@
+//! Upstream kind `http`: one tool defined by a JSON Schema and run by an HTTP endpoint.
+//!
+//! Arguments are validated against the tool's `inputSchema` (JSON Schema 2020-12 unless the
+//! schema names another dialect; `jsonschema` crate, no remote `$ref` resolution) before anything
+//! is sent. GET and DELETE carry the arguments as query parameters (scalars only), other methods
+//! as a JSON body. A 2xx JSON answer becomes `structuredContent` (when it is an object, checked
+//! against `outputSchema` when there is one) plus the same JSON as text; every other outcome — a
+//! non-2xx status, a non-JSON body, a body over the size limit, a timeout, an unreachable or
+//! forbidden address — is a tool error (`isError`) with a short message that reveals nothing of the
+//! upstream's answer. The endpoint's credentials come from the tenant's configuration; nothing of
+//! the client's request (and never its token) is forwarded.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use marina_core::protocol::RpcError;
+use marina_core::settings::HttpToolSettings;
+use marina_core::tools::{CallContext, ToolDef, ToolProvider};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+
+use super::egress::{self, Policy};
+
+/// Validation messages reported back to the model, at most.
+const MAX_SCHEMA_ERRORS: usize = 5;
+
+/// An HTTP tool, ready to call.
+pub struct HttpTool {
+    def: ToolDef,
+    input: jsonschema::Validator,
+    output: Option<jsonschema::Validator>,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    timeout: Duration,
+    max_bytes: usize,
+    client: reqwest::Client,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for HttpTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Headers may hold credentials: never print them.
+        f.debug_struct("HttpTool")
+            .field("name", &self.def.name)
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Is `name` a valid MCP tool name (SEP-986)?
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+fn compile(schema: &Value, what: &str) -> Result<jsonschema::Validator, String> {
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(format!(
+            "{what} must be a JSON Schema whose root type is \"object\""
+        ));
+    }
+    jsonschema::validator_for(schema).map_err(|e| format!("{what} is not a valid JSON Schema: {e}"))
+}
+
+impl HttpTool {
+    /// Build a tool from its settings; every problem is a configuration error.
+    pub fn new(s: &HttpToolSettings, client: reqwest::Client, policy: Policy) -> Result<Self, String> {
+        let name = &s.name;
+        if !valid_tool_name(name) {
+            return Err(format!(
+                "http tool {name:?}: names are 1-128 characters of A-Z a-z 0-9 _ - ."
+            ));
+        }
+        let input = compile(&s.input_schema, &format!("http tool {name}: input_schema"))?;
+        let output = s
+            .output_schema
+            .as_ref()
+            .map(|o| compile(o, &format!("http tool {name}: output_schema")))
+            .transpose()?;
+        let method = reqwest::Method::from_bytes(s.method.to_ascii_uppercase().as_bytes())
+            .ok()
+            .filter(|m| ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()))
+            .ok_or_else(|| format!("http tool {name}: method must be GET, POST, PUT, PATCH or DELETE"))?;
+        let url = reqwest::Url::parse(&s.url).map_err(|e| format!("http tool {name}: invalid url: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("http tool {name}: the url must be http or https"));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in &s.headers {
+            let k = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("http tool {name}: invalid header name {k:?}"))?;
+            let v = HeaderValue::from_str(v)
+                .map_err(|_| format!("http tool {name}: invalid value for header {k}"))?;
+            headers.insert(k, v);
+        }
+        let token = match (&s.bearer_env, &s.bearer_file) {
+            (Some(var), None) => Some(
+                std::env::var(var)
+                    .map_err(|_| format!("http tool {name}: environment variable {var} is not set"))?,
+            ),
+            (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "http tool {name}: cannot read bearer_file {}: {e}",
+                    path.display()
+                )
+            })?),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "http tool {name}: give bearer_env or bearer_file, not both"
+                ));
+            }
+        };
+        if let Some(t) = token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| format!("http tool {name}: the bearer token is not a valid header value"))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let mut definition = json!({"name": name, "inputSchema": s.input_schema});
+        for (key, value) in [
+            ("title", s.title.clone().map(Value::String)),
+            ("description", s.description.clone().map(Value::String)),
+            ("outputSchema", s.output_schema.clone()),
+            ("annotations", s.annotations.clone()),
+        ] {
+            if let Some(v) = value {
+                definition[key] = v;
+            }
+        }
+        Ok(Self {
+            def: ToolDef {
+                name: name.clone(),
+                definition,
+            },
+            input,
+            output,
+            method,
+            url,
+            headers,
+            timeout: Duration::from_millis(s.timeout_ms),
+            max_bytes: s.max_response_bytes,
+            client,
+            policy,
+        })
+    }
+
+    fn request(&self, args: &Map<String, Value>) -> Result<reqwest::RequestBuilder, String> {
+        let mut req = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(self.timeout);
+        if matches!(self.method, reqwest::Method::GET | reqwest::Method::DELETE) {
+            let mut url = self.url.clone();
+            {
+                let mut q = url.query_pairs_mut();
+                for (k, v) in args {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => continue,
+                        _ => return Err(format!("argument {k:?} cannot be sent as a query parameter")),
+                    };
+                    q.append_pair(k, &v);
+                }
+            }
+            req = self
+                .client
+                .request(self.method.clone(), url)
+                .headers(self.headers.clone())
+                .timeout(self.timeout);
+        } else {
+            req = req.json(args);
+        }
+        Ok(req)
+    }
+
+    /// Call the endpoint; `Err` is the tool error's message.
+    async fn invoke(&self, args: &Map<String, Value>) -> Result<Value, String> {
+        egress::check_url(&self.policy, &self.url).map_err(str::to_owned)?;
+        let resp = self.request(args)?.send().await.map_err(|e| {
+            if e.is_timeout() {
+                format!(
+                    "the tool's service did not answer within {} ms",
+                    self.timeout.as_millis()
+                )
+            } else {
+                tracing::info!(tool = %self.def.name, error = %e, "http tool unreachable");
+                "the tool's service could not be reached".to_owned()
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!(
+                "the tool's service answered with HTTP {}",
+                status.as_u16()
+            ));
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                if e.is_timeout() {
+                    format!(
+                        "the tool's service did not answer within {} ms",
+                        self.timeout.as_millis()
+                    )
+                } else {
+                    "the tool's service broke off its answer".to_owned()
+                }
+            })?;
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(format!(
+                    "the tool's service answered with more than {} bytes",
+                    self.max_bytes
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|_| "the tool's service did not answer with JSON".to_owned())
+    }
+}
+
+fn text_result(text: String, is_error: bool) -> Value {
+    json!({"content": [{"type": "text", "text": text}], "isError": is_error})
+}
+
+#[async_trait(?Send)]
+impl ToolProvider for HttpTool {
+    fn tools(&self) -> Vec<ToolDef> {
+        vec![self.def.clone()]
+    }
+
+    async fn call(&self, _name: &str, arguments: Value, _ctx: &dyn CallContext) -> Result<Value, RpcError> {
+        let problems: Vec<String> = self
+            .input
+            .iter_errors(&arguments)
+            .take(MAX_SCHEMA_ERRORS)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Ok(text_result(
+                format!("invalid arguments: {}", problems.join("; ")),
+                true,
+            ));
+        }
+        let args = arguments.as_object().cloned().unwrap_or_default();
+        let answer = match self.invoke(&args).await {
+            Ok(v) => v,
+            Err(message) => return Ok(text_result(message, true)),
+        };
+        let text = answer.to_string();
+        if let Some(out) = &self.output
+            && !out.is_valid(&answer)
+        {
+            let message =
+                "the tool's service answered with data that does not match the tool's output schema";
+            return Ok(text_result(message.into(), true));
+        }
+        let mut result = text_result(text, false);
+        if answer.is_object() {
+            result["structuredContent"] = answer;
+        }
+        Ok(result)
+    }
+}
