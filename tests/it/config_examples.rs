@@ -79,3 +79,26 @@ async fn invalid_upstreams_stop_the_node_before_it_binds() {
         );
     }
 }
+
+#[test]
+fn the_binary_exits_64_on_invalid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, "tenants:\n  a:\n    upstreams:\n      - {kind: http, name: 'bad name', url: 'http://x.example', input_schema: {type: object}}\n").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(marina_tests::marina_bin())
+            .args(args)
+            .output()
+            .expect("run marina")
+    };
+    let out = run(&["serve", "--bind", "127.0.0.1:0", "--config", f.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad name"));
+    let out = run(&["serve", "--bind", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(64));
+}

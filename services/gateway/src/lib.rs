@@ -11,4 +11,4 @@ pub mod startup;
 mod state;
 pub mod upstream;
 
-pub use startup::Application;
+pub use startup::{Application, ConfigError};

@@ -22,6 +22,12 @@ use crate::routes::{health, mcp};
 use crate::state::AppState;
 use crate::upstream;
 
+/// The configuration cannot be served (invalid upstreams, store URL): the process should exit with
+/// status 64 before binding anything.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0:#}")]
+pub struct ConfigError(anyhow::Error);
+
 /// A built, bound application.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -82,8 +88,8 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let store = build_store(&settings)?;
-        let tenants = build_tenants(&settings)?;
+        let store = build_store(&settings).map_err(ConfigError)?;
+        let tenants = build_tenants(&settings).map_err(ConfigError)?;
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;

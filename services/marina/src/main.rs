@@ -77,6 +77,10 @@ fn main() -> ExitCode {
     let result = actix_rt::System::new().block_on(serve(settings));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<marina_gateway::ConfigError>() => {
+            eprintln!("marina: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "marina failed");
             eprintln!("marina: {e:#}");
