@@ -7,7 +7,7 @@ use std::rc::Rc;
 use async_trait::async_trait;
 use marina_core::domain::{GET_STREAM, StreamId};
 use marina_core::protocol::{self, RpcError, code, notification, result_response};
-use marina_core::tools::CallContext;
+use marina_core::tools::{CallContext, SessionContext, UpstreamSession};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -50,15 +50,74 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// What a tool source sees of the session outside a call (listing tools).
+pub(crate) struct SessionCtx(pub(crate) Rc<Shared>);
+
+impl Shared {
+    fn client_capabilities(&self) -> Value {
+        self.rec.borrow().client_capabilities.clone()
+    }
+
+    fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
+        self.rec.borrow().upstreams.get(upstream).cloned()
+    }
+
+    async fn set_upstream_session(
+        &self,
+        upstream: &str,
+        session: Option<UpstreamSession>,
+    ) -> Result<(), RpcError> {
+        {
+            let mut rec = self.rec.borrow_mut();
+            match session {
+                Some(s) => rec.upstreams.insert(upstream.to_owned(), s),
+                None => rec.upstreams.remove(upstream),
+            };
+        }
+        self.save()
+            .await
+            .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))
+    }
+}
+
+#[async_trait(?Send)]
+impl SessionContext for SessionCtx {
+    fn client_capabilities(&self) -> Value {
+        self.0.client_capabilities()
+    }
+    fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
+        self.0.upstream_session(upstream)
+    }
+    async fn set_upstream_session(
+        &self,
+        upstream: &str,
+        session: Option<UpstreamSession>,
+    ) -> Result<(), RpcError> {
+        self.0.set_upstream_session(upstream, session).await
+    }
+}
+
+#[async_trait(?Send)]
+impl SessionContext for CallCtx {
+    fn client_capabilities(&self) -> Value {
+        self.shared.client_capabilities()
+    }
+    fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
+        self.shared.upstream_session(upstream)
+    }
+    async fn set_upstream_session(
+        &self,
+        upstream: &str,
+        session: Option<UpstreamSession>,
+    ) -> Result<(), RpcError> {
+        self.shared.set_upstream_session(upstream, session).await
+    }
+}
+
 #[async_trait(?Send)]
 impl CallContext for CallCtx {
-    fn client_supports(&self, capability: &str) -> bool {
-        self.shared
-            .rec
-            .borrow()
-            .client_capabilities
-            .get(capability)
-            .is_some_and(|v| !v.is_null())
+    fn progress_token(&self) -> Option<Value> {
+        self.progress_token.clone()
     }
 
     async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
@@ -153,7 +212,11 @@ impl Shared {
             progress_floor,
             cancel: cancel.clone(),
         };
-        let provider = self.tenant.catalog.get(&name).map(|(_, p)| p.clone());
+        let provider = self
+            .tool_index()
+            .await
+            .get(&name)
+            .map(|(_, p)| self.tenant.providers[p].clone());
         let outcome = match provider {
             None => Some(Err(RpcError::invalid_params(format!(
                 "unknown tool: {}",
@@ -196,12 +259,12 @@ impl Shared {
     pub(crate) async fn recover_inflight(self: Rc<Self>) {
         let inflight: Vec<_> = self.rec.borrow().inflight.clone().into_iter().collect();
         for (stream, call) in inflight {
-            let replayable = call.replayable
-                && self
-                    .tenant
-                    .catalog
-                    .get(call.params["name"].as_str().unwrap_or_default())
-                    .is_some();
+            let known = self
+                .tool_index()
+                .await
+                .get(call.params["name"].as_str().unwrap_or_default())
+                .is_some();
+            let replayable = call.replayable && known;
             if replayable {
                 let floor = self.sent_progress(stream).await;
                 let cancel = self.stopping.child_token();

@@ -17,6 +17,7 @@ use marina_core::settings::CallResponseMode;
 use marina_core::store::{Fence, InflightCall, SessionRecord, StoreError, now_ms};
 use marina_core::telemetry::session_tag;
 use marina_core::tenant::Tenant;
+use marina_core::tools::ToolIndex;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     streams: RefCell<HashMap<StreamId, Slot>>,
     pub(crate) calls: RefCell<HashMap<String, Call>>,
     pub(crate) pending: RefCell<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
+    /// The session's tool index (see [`Self::tool_index`]).
+    index: RefCell<Option<Rc<ToolIndex>>>,
     next_client_request: Cell<u64>,
     /// Cancelled when the actor stops: every call ends, nothing more is written.
     pub(crate) stopping: CancellationToken,
@@ -90,6 +93,7 @@ impl Shared {
             streams: RefCell::new(HashMap::new()),
             calls: RefCell::new(HashMap::new()),
             pending: RefCell::new(HashMap::new()),
+            index: RefCell::new(None),
             next_client_request: Cell::new(0),
             stopping: CancellationToken::new(),
             last_activity: Cell::new(now),
@@ -436,7 +440,7 @@ impl Shared {
                 code::INVALID_REQUEST,
                 "this session is already initialized; send initialize without MCP-Session-Id to start a new one",
             ))),
-            "tools/list" => answer(self.list_tools(&params)),
+            "tools/list" => answer(self.list_tools(&params).await),
             "logging/setLevel" => {
                 let Some(level) = params
                     .get("level")
@@ -459,8 +463,37 @@ impl Shared {
         }
     }
 
-    fn list_tools(&self, params: &Value) -> Result<Value, RpcError> {
-        let tools = self.tenant.catalog.tools();
+    /// This session's tool index: every provider's list, built on first need and kept until an
+    /// upstream's list changes. A provider that cannot list (an upstream down) contributes nothing
+    /// this time, and the index is not kept, so the next request asks again.
+    pub(crate) async fn tool_index(self: &Rc<Self>) -> Rc<ToolIndex> {
+        if let Some(index) = self.index.borrow().clone() {
+            return index;
+        }
+        let ctx = super::call::SessionCtx(self.clone());
+        let lists =
+            futures_util::future::join_all(self.tenant.providers.iter().map(|p| p.list_tools(&ctx))).await;
+        let mut complete = true;
+        let lists = lists
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    tracing::warn!(session = self.tag(), error = %e.message, "a tool source could not list its tools");
+                    complete = false;
+                    Vec::new()
+                })
+            })
+            .collect();
+        let index = Rc::new(ToolIndex::new(lists));
+        if complete {
+            *self.index.borrow_mut() = Some(index.clone());
+        }
+        index
+    }
+
+    async fn list_tools(self: &Rc<Self>, params: &Value) -> Result<Value, RpcError> {
+        let index = self.tool_index().await;
+        let tools = index.tools();
         let page = self.node.sessions().page_size;
         let start = match params.get("cursor") {
             None | Some(Value::Null) => 0,
@@ -483,7 +516,8 @@ impl Shared {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return err(RpcError::invalid_params("tools/call needs a string name"));
         };
-        let Some((def, _)) = self.tenant.catalog.get(name) else {
+        let index = self.tool_index().await;
+        let Some((def, _)) = index.get(name) else {
             return err(RpcError::invalid_params(format!(
                 "unknown tool: {}",
                 protocol::truncate(name, 128)

@@ -65,6 +65,9 @@ pub struct SessionRecord {
     pub client_capabilities: Value,
     /// Client info from `initialize`.
     pub client_info: Value,
+    /// Sessions with upstream MCP servers, by upstream name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, crate::tools::UpstreamSession>,
     /// Minimum level of `notifications/message` (set by `logging/setLevel`).
     pub log_level: Option<String>,
     /// `notifications/initialized` received.

@@ -1,7 +1,7 @@
-//! A tenant at run time: its settings and its tool catalog.
+//! A tenant at run time: its settings and its tool providers.
 
 use crate::settings::TenantSettings;
-use crate::tools::Catalog;
+use crate::tools::Providers;
 
 /// One tenant, ready to serve.
 #[derive(Debug)]
@@ -10,6 +10,6 @@ pub struct Tenant {
     pub id: String,
     /// Origins, hosts, limits.
     pub settings: TenantSettings,
-    /// Its tools.
-    pub catalog: Catalog,
+    /// Its tool sources, in configuration order.
+    pub providers: Providers,
 }

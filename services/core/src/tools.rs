@@ -1,10 +1,12 @@
-//! The tool interface: what every upstream kind (built-in, later MCP servers and HTTP tools)
-//! implements, and the per-tenant catalog the session actor dispatches through.
+//! The tool interface: what every upstream kind (built-in, HTTP tools, MCP servers) implements, the
+//! session context a provider sees, and the per-session tool index the session actor dispatches
+//! through.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -29,11 +31,42 @@ impl ToolDef {
     }
 }
 
+/// A session with an upstream MCP server, owned by the downstream session and kept in its record
+/// so that any node continues it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamSession {
+    /// `MCP-Session-Id` the upstream issued (`None` for a stateless upstream).
+    pub id: Option<String>,
+    /// Protocol version negotiated with the upstream.
+    pub protocol_version: String,
+}
+
+/// What a provider sees of the session it serves.
+#[async_trait(?Send)]
+pub trait SessionContext {
+    /// The capabilities the client declared in `initialize`.
+    fn client_capabilities(&self) -> Value;
+    /// Did the client declare this capability (top-level key of its `capabilities`)?
+    fn client_supports(&self, capability: &str) -> bool {
+        self.client_capabilities()
+            .get(capability)
+            .is_some_and(|v| !v.is_null())
+    }
+    /// This session's session with upstream `upstream`, if one was established.
+    fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession>;
+    /// Remember (or forget, with `None`) the session with `upstream`; written through.
+    async fn set_upstream_session(
+        &self,
+        upstream: &str,
+        session: Option<UpstreamSession>,
+    ) -> Result<(), RpcError>;
+}
+
 /// What a running tool call can do towards its client. Messages go on the call's own stream.
 #[async_trait(?Send)]
-pub trait CallContext {
-    /// Did the client declare this capability (top-level key of its `capabilities`)?
-    fn client_supports(&self, capability: &str) -> bool;
+pub trait CallContext: SessionContext {
+    /// The progress token of the call, if the client asked for progress.
+    fn progress_token(&self) -> Option<Value>;
     /// Send `notifications/progress` if the request carried a progress token.
     async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>);
     /// Send `notifications/message` if `level` is at or above the session's log level.
@@ -47,28 +80,34 @@ pub trait CallContext {
 /// A source of tools.
 #[async_trait(?Send)]
 pub trait ToolProvider: Send + Sync + std::fmt::Debug {
-    /// The tools it offers.
+    /// The tools known from configuration (used to check names at start; an upstream whose tools
+    /// are discovered at run time returns none here).
     fn tools(&self) -> Vec<ToolDef>;
+    /// The tools offered to this session.
+    async fn list_tools(&self, _ctx: &dyn SessionContext) -> Result<Vec<ToolDef>, RpcError> {
+        Ok(self.tools())
+    }
     /// Run one tool. Returns a `CallToolResult`; tool failures (including invalid arguments) are
     /// results with `isError: true`, protocol failures are `Err`.
     async fn call(&self, name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError>;
 }
 
-/// A tenant's tools, in deterministic (name) order, with the provider of each.
+/// A session's view of its tenant's tools, in deterministic (name) order, with the provider of
+/// each (an index into the tenant's providers). A later provider cannot shadow an earlier tool.
 #[derive(Debug, Clone, Default)]
-pub struct Catalog {
+pub struct ToolIndex {
     tools: Vec<ToolDef>,
-    owners: HashMap<String, (usize, Arc<dyn ToolProvider>)>,
+    owners: HashMap<String, (usize, usize)>,
 }
 
-impl Catalog {
-    /// Build a catalog from providers; a later provider cannot shadow an earlier tool's name.
-    pub fn new(providers: Vec<Arc<dyn ToolProvider>>) -> Self {
-        let mut tools: Vec<(ToolDef, Arc<dyn ToolProvider>)> = Vec::new();
-        for p in providers {
-            for t in p.tools() {
+impl ToolIndex {
+    /// Index the lists of `providers` (position = provider index).
+    pub fn new(lists: Vec<Vec<ToolDef>>) -> Self {
+        let mut tools: Vec<(ToolDef, usize)> = Vec::new();
+        for (p, list) in lists.into_iter().enumerate() {
+            for t in list {
                 if !tools.iter().any(|(d, _)| d.name == t.name) {
-                    tools.push((t, p.clone()));
+                    tools.push((t, p));
                 }
             }
         }
@@ -76,7 +115,7 @@ impl Catalog {
         let owners = tools
             .iter()
             .enumerate()
-            .map(|(i, (d, p))| (d.name.clone(), (i, p.clone())))
+            .map(|(i, (d, p))| (d.name.clone(), (i, *p)))
             .collect();
         Self {
             tools: tools.into_iter().map(|(d, _)| d).collect(),
@@ -89,8 +128,11 @@ impl Catalog {
         &self.tools
     }
 
-    /// Look a tool up by name.
-    pub fn get(&self, name: &str) -> Option<(&ToolDef, &Arc<dyn ToolProvider>)> {
-        self.owners.get(name).map(|(i, p)| (&self.tools[*i], p))
+    /// A tool and the index of its provider.
+    pub fn get(&self, name: &str) -> Option<(&ToolDef, usize)> {
+        self.owners.get(name).map(|(i, p)| (&self.tools[*i], *p))
     }
 }
+
+/// The providers of a tenant.
+pub type Providers = Vec<Arc<dyn ToolProvider>>;

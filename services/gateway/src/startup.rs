@@ -14,7 +14,6 @@ use marina_actors::{Node, NodeConfig};
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
 use marina_core::tenant::Tenant;
-use marina_core::tools::Catalog;
 use rand::RngExt as _;
 use tracing::Instrument as _;
 
@@ -78,7 +77,7 @@ fn build_tenants(settings: &Settings) -> anyhow::Result<Vec<Arc<Tenant>>> {
             Ok(Arc::new(Tenant {
                 id: id.clone(),
                 settings: ts.clone(),
-                catalog: Catalog::new(providers),
+                providers,
             }))
         })
         .collect()

@@ -20,6 +20,7 @@ fn record() -> SessionRecord {
         client_capabilities: json!({"elicitation": {}}),
         client_info: json!({"name": "t", "version": "1"}),
         log_level: None,
+        upstreams: Default::default(),
         initialized: false,
         created_at_ms: now_ms(),
         expires_at_ms: now_ms() + 3_600_000,

@@ -148,6 +148,7 @@ async fn initialize(
         client_capabilities: caps.clone(),
         client_info: info.clone(),
         log_level: None,
+        upstreams: Default::default(),
         initialized: false,
         created_at_ms: now,
         expires_at_ms: now + s.max_lifetime_secs * 1000,
