@@ -5,6 +5,7 @@ mod config_examples;
 mod errors;
 mod http_tool;
 mod logs;
+mod mcp_upstream;
 mod outage;
 mod protocol;
 mod store_redis;

@@ -7,4 +7,6 @@ pub mod client;
 pub mod procs;
 
 pub use client::{Mcp, SseEvent, read_events};
-pub use procs::{MarinaProc, RedisServer, TestApp, free_port, marina_bin, spawn_app, spawn_app_with};
+pub use procs::{
+    MarinaProc, RedisServer, TestApp, UpstreamPeer, free_port, marina_bin, spawn_app, spawn_app_with,
+};

@@ -279,3 +279,62 @@ impl Drop for MarinaProc {
         self.kill9();
     }
 }
+
+/// The upstream MCP server of `tests/peers/upstream` (TypeScript SDK, conformance naming contract),
+/// on a free loopback port. Needs `scripts/install-test-deps.sh` (its node_modules).
+#[derive(Debug)]
+pub struct UpstreamPeer {
+    child: Option<Child>,
+    /// Its MCP endpoint.
+    pub url: String,
+}
+
+impl UpstreamPeer {
+    /// Start it and wait (bounded) for its "listening" line.
+    pub fn start() -> Self {
+        use std::io::BufRead as _;
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream");
+        assert!(
+            dir.join("node_modules").exists(),
+            "tests/peers/upstream/node_modules is missing: run scripts/install-test-deps.sh"
+        );
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node not found");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("upstream listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the upstream peer did not start");
+        Self {
+            child: Some(child),
+            url,
+        }
+    }
+
+    /// Kill it now (a dead upstream).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for UpstreamPeer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -202,6 +202,42 @@ pub enum UpstreamSettings {
     },
     /// One tool backed by an HTTP endpoint.
     Http(Box<HttpToolSettings>),
+    /// A remote MCP server over Streamable HTTP; its tools are published under a prefix.
+    Mcp(Box<McpUpstreamSettings>),
+}
+
+/// A remote MCP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpUpstreamSettings {
+    /// Upstream name, unique within the tenant (`[A-Za-z0-9_-]{1,64}`).
+    pub name: String,
+    /// Streamable HTTP endpoint (http or https).
+    pub url: String,
+    /// Tools are published as `<prefix>.<tool>`; defaults to the upstream's name, `""` for none.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Only these upstream tool names (exact, or ending in `*` for a prefix); all when empty.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never these upstream tool names (same patterns).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Static headers sent with every request (the tenant's credentials).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Environment variable holding a bearer token for the upstream.
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+    /// File holding a bearer token for the upstream.
+    #[serde(default)]
+    pub bearer_file: Option<std::path::PathBuf>,
+    /// Per-request timeout (a tool call's whole stream).
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_ms: u64,
+    /// Largest accepted response (JSON body, or each SSE event).
+    #[serde(default = "default_max_body")]
+    pub max_response_bytes: usize,
 }
 
 /// An HTTP tool: a JSON Schema for its arguments and the endpoint that runs it.

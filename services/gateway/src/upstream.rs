@@ -4,6 +4,7 @@
 pub mod builtin;
 pub mod egress;
 pub mod http_tool;
+pub mod mcp;
 
 use std::sync::Arc;
 
@@ -19,6 +20,43 @@ pub struct Upstreams {
     pub client: reqwest::Client,
 }
 
+/// The headers an upstream gets on every request: its static headers and its bearer token (from an
+/// environment variable or a file) — the tenant's credentials, never the client's. `what` names the
+/// upstream in error messages.
+pub fn credential_headers(
+    what: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    bearer_env: Option<&str>,
+    bearer_file: Option<&std::path::Path>,
+) -> Result<reqwest::header::HeaderMap, String> {
+    use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+    let mut out = HeaderMap::new();
+    for (k, v) in headers {
+        let k =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{what}: invalid header name {k:?}"))?;
+        let v = HeaderValue::from_str(v).map_err(|_| format!("{what}: invalid value for header {k}"))?;
+        out.insert(k, v);
+    }
+    let token = match (bearer_env, bearer_file) {
+        (Some(var), None) => {
+            Some(std::env::var(var).map_err(|_| format!("{what}: environment variable {var} is not set"))?)
+        }
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("{what}: cannot read bearer_file {}: {e}", path.display()))?,
+        ),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(format!("{what}: give bearer_env or bearer_file, not both")),
+    };
+    if let Some(t) = token {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+            .map_err(|_| format!("{what}: the bearer token is not a valid header value"))?;
+        v.set_sensitive(true);
+        out.insert(AUTHORIZATION, v);
+    }
+    Ok(out)
+}
+
 /// Build the providers configured for a tenant.
 pub fn providers(
     upstreams: &[UpstreamSettings],
@@ -31,6 +69,8 @@ pub fn providers(
                 builtin::Builtin::new(tools.as_deref()).map(|b| Arc::new(b) as Arc<dyn ToolProvider>)
             }
             UpstreamSettings::Http(s) => http_tool::HttpTool::new(s, shared.client.clone(), shared.policy)
+                .map(|t| Arc::new(t) as Arc<dyn ToolProvider>),
+            UpstreamSettings::Mcp(s) => mcp::McpUpstream::new(s, shared.client.clone(), shared.policy)
                 .map(|t| Arc::new(t) as Arc<dyn ToolProvider>),
         })
         .collect()

@@ -17,7 +17,7 @@ use futures_util::StreamExt as _;
 use marina_core::protocol::RpcError;
 use marina_core::settings::HttpToolSettings;
 use marina_core::tools::{CallContext, ToolDef, ToolProvider};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::egress::{self, Policy};
@@ -89,38 +89,12 @@ impl HttpTool {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("http tool {name}: the url must be http or https"));
         }
-        let mut headers = HeaderMap::new();
-        for (k, v) in &s.headers {
-            let k = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("http tool {name}: invalid header name {k:?}"))?;
-            let v = HeaderValue::from_str(v)
-                .map_err(|_| format!("http tool {name}: invalid value for header {k}"))?;
-            headers.insert(k, v);
-        }
-        let token = match (&s.bearer_env, &s.bearer_file) {
-            (Some(var), None) => Some(
-                std::env::var(var)
-                    .map_err(|_| format!("http tool {name}: environment variable {var} is not set"))?,
-            ),
-            (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "http tool {name}: cannot read bearer_file {}: {e}",
-                    path.display()
-                )
-            })?),
-            (None, None) => None,
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "http tool {name}: give bearer_env or bearer_file, not both"
-                ));
-            }
-        };
-        if let Some(t) = token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-                .map_err(|_| format!("http tool {name}: the bearer token is not a valid header value"))?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        }
+        let headers = super::credential_headers(
+            &format!("http tool {name}"),
+            &s.headers,
+            s.bearer_env.as_deref(),
+            s.bearer_file.as_deref(),
+        )?;
         let mut definition = json!({"name": name, "inputSchema": s.input_schema});
         for (key, value) in [
             ("title", s.title.clone().map(Value::String)),

@@ -1,0 +1,562 @@
+//! Upstream kind `mcp`: a remote MCP server over Streamable HTTP.
+//!
+//! Each downstream session has its own upstream session, initialized lazily (on the first list or
+//! call that needs it) and kept in the downstream session's record, so whichever node holds the
+//! session continues it; when the upstream answers 404 (it forgot the session) a new one is
+//! initialized and the request retried once. The client's token never goes upstream: requests
+//! carry only the tenant's configured headers and bearer token.
+//!
+//! Tools are published as `<prefix>.<name>` (see [`McpUpstream::publish`]), filtered by the
+//! `include`/`exclude` patterns. A call's upstream answer — one JSON body or an SSE stream — is read
+//! to its response; on the way, progress and log notifications are relayed onto the call's own
+//! downstream stream, and the upstream's requests to the client (sampling, elicitation, roots) are
+//! relayed only if the client declared the capability (otherwise the upstream gets -32601), the
+//! client's answer going back to the upstream. A call the client cancels is cancelled upstream.
+//! Upstream failures (unreachable, timeout, HTTP errors, malformed answers, a stream that breaks
+//! off) are tool errors with a short message; upstream JSON-RPC errors are relayed as they are.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventsource_stream::Eventsource as _;
+use futures_util::StreamExt as _;
+use marina_core::protocol::{self, RpcError, code, result_response};
+use marina_core::settings::McpUpstreamSettings;
+use marina_core::tools::{CallContext, SessionContext, ToolDef, ToolProvider, UpstreamSession};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
+use serde_json::{Value, json};
+
+use super::egress::{self, Policy};
+use super::http_tool::valid_tool_name;
+
+/// Most pages of `tools/list` read from one upstream.
+const MAX_PAGES: usize = 100;
+/// Server→client requests relayed, with the capability the client must have declared.
+const RELAYED_REQUESTS: [(&str, &str); 3] = [
+    ("sampling/createMessage", "sampling"),
+    ("elicitation/create", "elicitation"),
+    ("roots/list", "roots"),
+];
+
+/// A remote MCP server.
+pub struct McpUpstream {
+    name: String,
+    prefix: String,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    timeout: Duration,
+    max_bytes: usize,
+    client: reqwest::Client,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for McpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Headers may hold credentials: never print them.
+        f.debug_struct("McpUpstream")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug)]
+enum Failure {
+    /// The upstream no longer knows our session (404): initialize a new one.
+    SessionGone,
+    /// Anything else, as a message safe to show the client.
+    Upstream(String),
+}
+
+impl Failure {
+    fn into_rpc(self) -> RpcError {
+        match self {
+            Failure::SessionGone => RpcError::new(code::INTERNAL_ERROR, "the upstream lost its session"),
+            Failure::Upstream(m) => RpcError::new(code::INTERNAL_ERROR, m),
+        }
+    }
+}
+
+fn tool_error(message: String) -> Value {
+    json!({"content": [{"type": "text", "text": message}], "isError": true})
+}
+
+/// `name` matches `pattern`: equal, or starting with what precedes a final `*`.
+fn matches(pattern: &str, name: &str) -> bool {
+    pattern
+        .strip_suffix('*')
+        .map_or(pattern == name, |p| name.starts_with(p))
+}
+
+/// Sends `notifications/cancelled` upstream if the call is dropped (cancelled by the client)
+/// before its answer arrived.
+struct CancelOnDrop<'a> {
+    upstream: &'a McpUpstream,
+    session: UpstreamSession,
+    request_id: Value,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let note = protocol::notification(
+            "notifications/cancelled",
+            json!({"requestId": self.request_id, "reason": "cancelled by the client"}),
+        );
+        let request = self.upstream.post_request(Some(&self.session), &note);
+        actix_rt::spawn(async move {
+            let _ = request.send().await;
+        });
+    }
+}
+
+impl McpUpstream {
+    /// Build from settings; every problem is a configuration error.
+    pub fn new(s: &McpUpstreamSettings, client: reqwest::Client, policy: Policy) -> Result<Self, String> {
+        let name = &s.name;
+        let ok_name = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        if !ok_name {
+            return Err(format!(
+                "mcp upstream {name:?}: names are 1-64 characters of A-Z a-z 0-9 _ -"
+            ));
+        }
+        let prefix = s.prefix.clone().unwrap_or_else(|| name.clone());
+        let ok_prefix = prefix.is_empty() || (prefix.len() <= 64 && valid_tool_name(&prefix));
+        if !ok_prefix {
+            return Err(format!(
+                "mcp upstream {name}: the prefix must be 1-64 characters of A-Z a-z 0-9 _ - ."
+            ));
+        }
+        let url =
+            reqwest::Url::parse(&s.url).map_err(|e| format!("mcp upstream {name}: invalid url: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("mcp upstream {name}: the url must be http or https"));
+        }
+        let headers = super::credential_headers(
+            &format!("mcp upstream {name}"),
+            &s.headers,
+            s.bearer_env.as_deref(),
+            s.bearer_file.as_deref(),
+        )?;
+        Ok(Self {
+            name: name.clone(),
+            prefix,
+            url,
+            headers,
+            include: s.include.clone(),
+            exclude: s.exclude.clone(),
+            timeout: Duration::from_millis(s.timeout_ms),
+            max_bytes: s.max_response_bytes,
+            client,
+            policy,
+        })
+    }
+
+    fn wanted(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| matches(p, name)))
+            && !self.exclude.iter().any(|p| matches(p, name))
+    }
+
+    /// The published name of upstream tool `name`: `<prefix>.<name>` (just `name` with an empty
+    /// prefix); `None` when that is not a valid tool name (e.g. longer than 128 characters) —
+    /// such a tool is not published rather than published under a name that breaks clients.
+    fn publish(&self, name: &str) -> Option<String> {
+        let published = if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        valid_tool_name(&published).then_some(published)
+    }
+
+    /// The upstream name of published tool `published` (inverse of [`Self::publish`]).
+    fn unpublish<'a>(&self, published: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(published)
+        } else {
+            published.strip_prefix(self.prefix.as_str())?.strip_prefix('.')
+        }
+    }
+
+    fn post_request(&self, session: Option<&UpstreamSession>, body: &Value) -> reqwest::RequestBuilder {
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(self.timeout)
+            .body(body.to_string());
+        if let Some(s) = session {
+            if let Some(id) = &s.id {
+                req = req.header("mcp-session-id", id);
+            }
+            req = req.header("mcp-protocol-version", &s.protocol_version);
+        }
+        req
+    }
+
+    async fn post(
+        &self,
+        session: Option<&UpstreamSession>,
+        body: &Value,
+    ) -> Result<reqwest::Response, Failure> {
+        egress::check_url(&self.policy, &self.url).map_err(|e| Failure::Upstream(e.to_owned()))?;
+        let resp = self.post_request(session, body).send().await.map_err(|e| {
+            Failure::Upstream(if e.is_timeout() {
+                format!(
+                    "the upstream {} did not answer within {} ms",
+                    self.name,
+                    self.timeout.as_millis()
+                )
+            } else {
+                tracing::info!(upstream = %self.name, error = %e, "mcp upstream unreachable");
+                format!("the upstream {} could not be reached", self.name)
+            })
+        })?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND && session.is_some_and(|s| s.id.is_some()) {
+            return Err(Failure::SessionGone);
+        }
+        Ok(resp)
+    }
+
+    /// Send request `method` with id `id` and read its answer — one JSON body or an SSE stream —
+    /// handing every other message on the stream to `relay` (when given). Returns the response
+    /// message and the `MCP-Session-Id` the upstream set, if any.
+    async fn request(
+        &self,
+        session: Option<&UpstreamSession>,
+        id: &Value,
+        method: &str,
+        params: Value,
+        relay: Option<&dyn CallContext>,
+    ) -> Result<(Value, Option<String>), Failure> {
+        let resp = self.post(session, &protocol::request(id, method, params)).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(Failure::Upstream(format!(
+                "the upstream {} answered {method} with HTTP {}",
+                self.name,
+                status.as_u16()
+            )));
+        }
+        let sid = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let sse = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let malformed = || Failure::Upstream(format!("the upstream {} sent a malformed answer", self.name));
+        let is_answer =
+            |m: &Value| m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some());
+        if !sse {
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|_| {
+                    Failure::Upstream(format!("the upstream {} broke off its answer", self.name))
+                })?;
+                if body.len() + chunk.len() > self.max_bytes {
+                    return Err(Failure::Upstream(format!(
+                        "the upstream {} answered with too much data",
+                        self.name
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let msg: Value = serde_json::from_slice(&body).map_err(|_| malformed())?;
+            return if is_answer(&msg) {
+                Ok((msg, sid))
+            } else {
+                Err(malformed())
+            };
+        }
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            let event = event
+                .map_err(|_| Failure::Upstream(format!("the upstream {}'s stream broke off", self.name)))?;
+            if event.data.is_empty() {
+                continue; // priming event
+            }
+            if event.data.len() > self.max_bytes {
+                return Err(Failure::Upstream(format!(
+                    "the upstream {} answered with too much data",
+                    self.name
+                )));
+            }
+            let msg: Value = serde_json::from_str(&event.data).map_err(|_| malformed())?;
+            if is_answer(&msg) {
+                return Ok((msg, sid));
+            }
+            if let Some(ctx) = relay {
+                self.relay(session, ctx, msg).await;
+            }
+        }
+        Err(Failure::Upstream(format!(
+            "the upstream {}'s stream ended without an answer",
+            self.name
+        )))
+    }
+
+    /// Relay one message the upstream sent while answering a call.
+    async fn relay(&self, session: Option<&UpstreamSession>, ctx: &dyn CallContext, msg: Value) {
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or_default();
+        let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        match msg.get("id") {
+            None if method == "notifications/progress" => {
+                let p = &params;
+                ctx.progress(
+                    p["progress"].as_f64().unwrap_or(0.0),
+                    p["total"].as_f64(),
+                    p["message"].as_str(),
+                )
+                .await;
+            }
+            None if method == "notifications/message" => {
+                let level = params["level"].as_str().unwrap_or("info");
+                let logger = params["logger"].as_str().unwrap_or(&self.name);
+                ctx.log(level, logger, params["data"].clone()).await;
+            }
+            // Other notifications (list changes, resource updates) are the GET stream's business.
+            None => {}
+            Some(id) => {
+                let answer = match RELAYED_REQUESTS.iter().find(|(m, _)| *m == method) {
+                    Some((_, capability)) if ctx.client_supports(capability) => {
+                        ctx.request_client(method, params).await
+                    }
+                    _ if method == "ping" => Ok(json!({})),
+                    _ => Err(RpcError::method_not_found(method)),
+                };
+                let reply = match answer {
+                    Ok(result) => result_response(id, result),
+                    Err(e) => e.to_response(Some(id)),
+                };
+                if let Err(Failure::Upstream(m)) = self.post(session, &reply).await.map(drop) {
+                    tracing::info!(upstream = %self.name, error = %m, "could not answer an upstream request");
+                }
+            }
+        }
+    }
+
+    /// This session's upstream session, initialized now if there is none yet.
+    async fn session(&self, ctx: &dyn SessionContext) -> Result<UpstreamSession, Failure> {
+        match ctx.upstream_session(&self.name) {
+            Some(s) => Ok(s),
+            None => self.initialize(ctx).await,
+        }
+    }
+
+    async fn initialize(&self, ctx: &dyn SessionContext) -> Result<UpstreamSession, Failure> {
+        // Declare upstream only what the client declared and Marina relays.
+        let client = ctx.client_capabilities();
+        let mut capabilities = json!({});
+        for (_, capability) in RELAYED_REQUESTS {
+            if let Some(v) = client.get(capability).filter(|v| v.is_object()) {
+                capabilities[capability] = v.clone();
+            }
+        }
+        if let Some(roots) = capabilities.get_mut("roots") {
+            // Root-list changes are not relayed (yet): do not promise them.
+            roots.as_object_mut().map(|r| r.remove("listChanged"));
+        }
+        let params = json!({
+            "protocolVersion": protocol::LATEST_VERSION,
+            "capabilities": capabilities,
+            "clientInfo": {"name": "marina", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let id = json!(format!("marina-init-{}", uuid::Uuid::new_v4().simple()));
+        let (msg, sid) = self.request(None, &id, "initialize", params, None).await?;
+        let version = msg
+            .pointer("/result/protocolVersion")
+            .and_then(Value::as_str)
+            .filter(|v| protocol::is_supported_version(v))
+            .ok_or_else(|| {
+                Failure::Upstream(format!(
+                    "the upstream {} could not agree on a protocol version",
+                    self.name
+                ))
+            })?;
+        let session = UpstreamSession {
+            id: sid,
+            protocol_version: version.to_owned(),
+        };
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let resp = self.post(Some(&session), &initialized).await?;
+        if !resp.status().is_success() {
+            return Err(Failure::Upstream(format!(
+                "the upstream {} refused to start a session",
+                self.name
+            )));
+        }
+        ctx.set_upstream_session(&self.name, Some(session.clone()))
+            .await
+            .map_err(|e| Failure::Upstream(e.message))?;
+        Ok(session)
+    }
+
+    async fn list_all(&self, session: &UpstreamSession) -> Result<Vec<ToolDef>, Failure> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = cursor.take().map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let id = json!(format!("marina-list-{}", uuid::Uuid::new_v4().simple()));
+            let (msg, _) = self
+                .request(Some(session), &id, "tools/list", params, None)
+                .await?;
+            let result = msg.get("result").ok_or_else(|| {
+                Failure::Upstream(format!("the upstream {} refused to list its tools", self.name))
+            })?;
+            for tool in result["tools"].as_array().into_iter().flatten() {
+                let Some(name) = tool
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| self.wanted(n))
+                else {
+                    continue;
+                };
+                let Some(published) = self.publish(name) else {
+                    tracing::info!(upstream = %self.name, tool = name, "tool not published: its name would be invalid");
+                    continue;
+                };
+                let mut definition = tool.clone();
+                definition["name"] = json!(published);
+                tools.push(ToolDef {
+                    name: published,
+                    definition,
+                });
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => return Ok(tools),
+            }
+        }
+        Ok(tools)
+    }
+
+    /// Forget this session's upstream session (the upstream dropped it).
+    async fn forget(&self, ctx: &dyn SessionContext) -> Result<(), RpcError> {
+        ctx.set_upstream_session(&self.name, None).await
+    }
+}
+
+#[async_trait(?Send)]
+impl ToolProvider for McpUpstream {
+    fn tools(&self) -> Vec<ToolDef> {
+        Vec::new()
+    }
+
+    async fn list_tools(&self, ctx: &dyn SessionContext) -> Result<Vec<ToolDef>, RpcError> {
+        let mut result = Err(Failure::SessionGone);
+        for _ in 0..2 {
+            let session = self.session(ctx).await.map_err(Failure::into_rpc)?;
+            result = self.list_all(&session).await;
+            if !matches!(result, Err(Failure::SessionGone)) {
+                break;
+            }
+            self.forget(ctx).await?;
+        }
+        result.map_err(Failure::into_rpc)
+    }
+
+    async fn call(&self, name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError> {
+        let Some(upstream_name) = self.unpublish(name) else {
+            return Err(RpcError::invalid_params(format!(
+                "unknown tool: {}",
+                protocol::truncate(name, 128)
+            )));
+        };
+        let mut params = json!({"name": upstream_name, "arguments": arguments});
+        if let Some(token) = ctx.progress_token() {
+            // The upstream session belongs to this downstream session alone, so the client's
+            // token is unique there too and needs no remapping.
+            params["_meta"] = json!({"progressToken": token});
+        }
+        for _ in 0..2 {
+            let session = match self.session(ctx).await {
+                Ok(s) => s,
+                Err(f) => return Ok(tool_error(f.into_rpc().message)),
+            };
+            let id = json!(format!("marina-call-{}", uuid::Uuid::new_v4().simple()));
+            let mut guard = CancelOnDrop {
+                upstream: self,
+                session: session.clone(),
+                request_id: id.clone(),
+                armed: true,
+            };
+            let outcome = self
+                .request(Some(&session), &id, "tools/call", params.clone(), Some(ctx))
+                .await;
+            guard.armed = false;
+            match outcome {
+                Ok((msg, _)) => {
+                    return match (msg.get("result"), msg.get("error")) {
+                        (Some(result), _) => Ok(result.clone()),
+                        (None, Some(e)) => Err(RpcError::new(
+                            e["code"].as_i64().unwrap_or(code::INTERNAL_ERROR),
+                            e["message"].as_str().unwrap_or("upstream error"),
+                        )
+                        .with_data(e.get("data").cloned().unwrap_or(Value::Null))),
+                        (None, None) => Ok(tool_error(format!(
+                            "the upstream {} sent a malformed answer",
+                            self.name
+                        ))),
+                    };
+                }
+                Err(Failure::SessionGone) => self.forget(ctx).await?,
+                Err(Failure::Upstream(m)) => return Ok(tool_error(m)),
+            }
+        }
+        Ok(tool_error(format!(
+            "the upstream {} keeps losing its session",
+            self.name
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(prefix: Option<&str>, include: &[&str], exclude: &[&str]) -> McpUpstream {
+        let s: McpUpstreamSettings = serde_json::from_value(json!({
+            "name": "files", "url": "http://127.0.0.1:1/mcp", "prefix": prefix,
+            "include": include, "exclude": exclude,
+        }))
+        .unwrap();
+        McpUpstream::new(
+            &s,
+            reqwest::Client::new(),
+            Policy::new(
+                &serde_json::from_value(json!({"allow_loopback": true, "allow_private": false})).unwrap(),
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_are_prefixed_filtered_and_reversible() {
+        let u = upstream(None, &[], &["danger*"]);
+        assert_eq!(u.publish("read").as_deref(), Some("files.read"));
+        assert_eq!(u.unpublish("files.read"), Some("read"));
+        assert_eq!(u.unpublish("other.read"), None);
+        assert_eq!(u.unpublish("filesread"), None);
+        assert!(u.wanted("read") && !u.wanted("danger_delete"));
+        assert_eq!(u.publish(&"x".repeat(130)), None);
+        let bare = upstream(Some(""), &["get_*", "list"], &[]);
+        assert_eq!(bare.publish("get_a").as_deref(), Some("get_a"));
+        assert!(bare.wanted("get_a") && bare.wanted("list") && !bare.wanted("put"));
+    }
+}

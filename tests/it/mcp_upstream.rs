@@ -1,0 +1,196 @@
+//! Upstream kind `mcp`: a real MCP server (TypeScript SDK, tests/peers/upstream) behind a tenant's
+//! endpoint — tools published under a prefix, calls relayed with their progress, logs and
+//! elicitations, failures turned into clear errors.
+
+use std::time::Duration;
+
+use marina_tests::{Mcp, SseEvent, UpstreamPeer, read_events, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn config(url: &str, allow_loopback: bool) -> String {
+    format!(
+        "egress:\n  allow_loopback: {allow_loopback}\ntenants:\n  acme:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: conf, url: \"{url}\", exclude: [json_schema_*], timeout_ms: 10000}}\n"
+    )
+}
+
+async fn start_app(url: &str, allow_loopback: bool) -> (marina_tests::TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    std::fs::write(&file, config(url, allow_loopback)).unwrap();
+    (spawn_app_with(Some(&file), &[]).await, dir)
+}
+
+fn messages(events: &[SseEvent]) -> Vec<Value> {
+    events.iter().filter_map(SseEvent::json).collect()
+}
+
+#[actix_rt::test]
+async fn upstream_tools_are_published_called_and_relayed() {
+    let upstream = UpstreamPeer::start();
+    let (app, _dir) = start_app(&upstream.url, true).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({"elicitation": {}})).await;
+
+    let list = s.rpc(1, "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && names.contains(&"conf.test_simple_text"),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().filter(|n| n.starts_with("conf.")).count() >= 10,
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("json_schema")),
+        "exclude filter: {names:?}"
+    );
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "deterministic order");
+
+    assert_eq!(
+        s.call_text(2, "conf.test_simple_text", json!({})).await,
+        "This is a simple text response for testing."
+    );
+    assert_eq!(
+        s.call_text(3, "echo", json!({"text": "built-ins still work"}))
+            .await,
+        "built-ins still work"
+    );
+
+    // Progress: relayed on the call's own stream, with the client's token, before the result.
+    let (_, msgs) = s
+        .exchange(&json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"conf.test_tool_with_progress","arguments":{},"_meta":{"progressToken":"up-1"}}}))
+        .await;
+    let progress: Vec<(Value, f64)> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| {
+            (
+                m["params"]["progressToken"].clone(),
+                m["params"]["progress"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (json!("up-1"), 0.0),
+            (json!("up-1"), 50.0),
+            (json!("up-1"), 100.0)
+        ]
+    );
+    assert_eq!(msgs.last().unwrap()["id"], 4);
+
+    // Logs: relayed as notifications/message.
+    let (_, msgs) = s.exchange(&json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"conf.test_tool_with_logging","arguments":{}}})).await;
+    let logs: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .map(|m| &m["params"]["data"])
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            &json!("Tool execution started"),
+            &json!("Tool processing data"),
+            &json!("Tool execution completed")
+        ]
+    );
+
+    // An upstream tool error stays a tool error.
+    let r = s
+        .rpc(
+            6,
+            "tools/call",
+            json!({"name": "conf.test_error_handling", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+
+    // Elicitation: the upstream's request reaches the client; the client's answer reaches the upstream.
+    let resp = s.post(&json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"conf.test_elicitation","arguments":{"message":"Who are you?"}}})).await;
+    let reader = tokio::spawn(read_events(resp, Duration::from_secs(15), |ev| {
+        messages(ev).iter().any(|m| m["id"] == 7)
+    }));
+    let ask = s
+        .wait_for_message("6_0-0", |m| m["method"] == "elicitation/create")
+        .await
+        .expect("relayed elicitation");
+    assert_eq!(ask["params"]["message"], "Who are you?");
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],"result":{"action":"accept","content":{"username":"ada","email":"ada@example.com"}}});
+    assert_eq!(s.post(&answer).await.status(), StatusCode::ACCEPTED);
+    let _ = reader.await;
+    let result = s
+        .wait_for_message("6_0-0", |m| m["id"] == 7)
+        .await
+        .expect("result");
+    let text = result["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("accept") && text.contains("ada@example.com"),
+        "{text}"
+    );
+
+    let r = s
+        .rpc(
+            8,
+            "tools/call",
+            json!({"name": "conf.no_such_tool", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32602);
+}
+
+#[actix_rt::test]
+async fn a_dead_or_forbidden_upstream_is_a_clear_error_and_hides_nothing_else() {
+    let mut upstream = UpstreamPeer::start();
+    let (app, _dir) = start_app(&upstream.url, true).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    assert_eq!(
+        s.call_text(1, "conf.test_simple_text", json!({})).await,
+        "This is a simple text response for testing."
+    );
+    upstream.stop();
+    let r = s
+        .rpc(
+            2,
+            "tools/call",
+            json!({"name": "conf.test_simple_text", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"),
+        "{r}"
+    );
+    assert_eq!(s.call_text(3, "echo", json!({"text": "ok"})).await, "ok");
+
+    // An upstream that is down from the start contributes no tools; the others are listed.
+    let fresh = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    let started = std::time::Instant::now();
+    let list = fresh.rpc(1, "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The SSRF guard applies to MCP upstreams too.
+    let upstream = UpstreamPeer::start();
+    let (app, _dir2) = start_app(&upstream.url, false).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    let list = s.rpc(1, "tools/list", json!({})).await;
+    assert_eq!(list["result"]["tools"].as_array().unwrap().len(), 1, "{list}");
+}
