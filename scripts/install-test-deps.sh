@@ -4,6 +4,7 @@
 #
 #   - redis-server (apt, needs root) for the Redis-backed store tests
 #   - tests/peers/node/node_modules  (npm ci from the lockfile; includes a local Node 22)
+#   - tests/peers/upstream/node_modules (npm ci from the lockfile; the test upstream MCP server)
 #   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
 #
 # node_modules and .venv each carry a .deps-stamp with the hash of the files they were
@@ -13,6 +14,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NODE_DIR=$REPO/tests/peers/node
+UPSTREAM_DIR=$REPO/tests/peers/upstream
 PY_DIR=$REPO/tests/peers/python
 VENV=$PY_DIR/.venv
 
@@ -62,6 +64,14 @@ if ! "$NODE_DIR/node_modules/.bin/node" --version 2>/dev/null | grep -q '^v22\.'
   echo "install-test-deps: tests/peers/node/node_modules/.bin/node is not Node 22 (conformance needs it)" >&2
   rm -f "$node_stamp"
   exit 1
+fi
+
+# --- node: test upstream MCP server (TS SDK, conformance naming contract) -------------------
+upstream_want=$( (cat "$UPSTREAM_DIR/package.json" "$UPSTREAM_DIR/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)
+upstream_stamp=$UPSTREAM_DIR/node_modules/.deps-stamp
+if [[ ! -f $upstream_stamp || $(cat "$upstream_stamp") != "$upstream_want" ]]; then
+  quiet npm ci --prefix "$UPSTREAM_DIR" --no-audit --no-fund
+  echo "$upstream_want" >"$upstream_stamp"
 fi
 
 # --- python: official MCP SDK client + pytest ----------------------------------------------

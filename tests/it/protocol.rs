@@ -105,6 +105,12 @@ async fn tools_list_paginates_deterministically() {
         }
     }
     assert_eq!(names, ["add", "confirm", "countdown", "echo", "log"]);
+    // Cursors belong to their session.
+    let first = s.rpc(20, "tools/list", json!({})).await;
+    let cursor = first["result"]["nextCursor"].as_str().unwrap().to_owned();
+    let other = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    let r = other.rpc(21, "tools/list", json!({"cursor": cursor})).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
 }
 
 fn messages(events: &[SseEvent]) -> Vec<Value> {

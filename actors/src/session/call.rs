@@ -54,6 +54,10 @@ impl Drop for PendingGuard<'_> {
 pub(crate) struct SessionCtx(pub(crate) Rc<Shared>);
 
 impl Shared {
+    fn log_level(&self) -> Option<String> {
+        self.rec.borrow().log_level.clone()
+    }
+
     fn client_capabilities(&self) -> Value {
         self.rec.borrow().client_capabilities.clone()
     }
@@ -85,6 +89,9 @@ impl SessionContext for SessionCtx {
     fn client_capabilities(&self) -> Value {
         self.0.client_capabilities()
     }
+    fn log_level(&self) -> Option<String> {
+        self.0.log_level()
+    }
     fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
         self.0.upstream_session(upstream)
     }
@@ -101,6 +108,9 @@ impl SessionContext for SessionCtx {
 impl SessionContext for CallCtx {
     fn client_capabilities(&self) -> Value {
         self.shared.client_capabilities()
+    }
+    fn log_level(&self) -> Option<String> {
+        self.shared.log_level()
     }
     fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
         self.shared.upstream_session(upstream)

@@ -453,10 +453,13 @@ impl Shared {
                     ))));
                 };
                 self.rec.borrow_mut().log_level = Some(level.to_owned());
-                match self.save().await {
-                    Ok(()) => answer(Ok(json!({}))),
-                    Err(_) => Reply::Rejected(Rejection::Unavailable),
+                if self.save().await.is_err() {
+                    return Reply::Rejected(Rejection::Unavailable);
                 }
+                let ctx = super::call::SessionCtx(self.clone());
+                let fan_out = self.tenant.providers.iter().map(|p| p.set_log_level(level, &ctx));
+                futures_util::future::join_all(fan_out).await;
+                answer(Ok(json!({})))
             }
             "tools/call" => self.call_tool(id, params, force_json).await,
             _ => answer(Err(RpcError::method_not_found(method))),
@@ -497,7 +500,7 @@ impl Shared {
         let page = self.node.sessions().page_size;
         let start = match params.get("cursor") {
             None | Some(Value::Null) => 0,
-            Some(Value::String(c)) => decode_cursor(c)
+            Some(Value::String(c)) => decode_cursor(&self.id, c)
                 .filter(|o| *o <= tools.len())
                 .ok_or_else(|| RpcError::invalid_params("invalid cursor"))?,
             Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
@@ -506,7 +509,7 @@ impl Shared {
         let mut result =
             json!({"tools": tools[start..end].iter().map(|t| t.definition.clone()).collect::<Vec<_>>()});
         if end < tools.len() {
-            result["nextCursor"] = json!(encode_cursor(end));
+            result["nextCursor"] = json!(encode_cursor(&self.id, end));
         }
         Ok(result)
     }
@@ -729,15 +732,27 @@ impl Shared {
     }
 }
 
-fn encode_cursor(offset: usize) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("tools:{offset}"))
+/// A stable 32-bit tag of the session (FNV-1a): it binds cursors to their session, the same on
+/// every node and every version.
+fn session_tag32(id: &SessionId) -> u32 {
+    id.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
-fn decode_cursor(c: &str) -> Option<usize> {
+/// Gateway-owned `tools/list` cursor: `tools:<offset>:<session tag>`, base64url. A cursor from
+/// another session (or made up) is refused with -32602.
+fn encode_cursor(id: &SessionId, offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("tools:{offset}:{:08x}", session_tag32(id)))
+}
+
+fn decode_cursor(id: &SessionId, c: &str) -> Option<usize> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
-    std::str::from_utf8(&raw)
+    let (offset, tag) = std::str::from_utf8(&raw)
         .ok()?
         .strip_prefix("tools:")?
-        .parse()
-        .ok()
+        .split_once(':')?;
+    (tag == format!("{:08x}", session_tag32(id))).then_some(())?;
+    offset.parse().ok()
 }

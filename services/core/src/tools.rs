@@ -52,6 +52,8 @@ pub trait SessionContext {
             .get(capability)
             .is_some_and(|v| !v.is_null())
     }
+    /// The log level the client set with `logging/setLevel`, if any.
+    fn log_level(&self) -> Option<String>;
     /// This session's session with upstream `upstream`, if one was established.
     fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession>;
     /// Remember (or forget, with `None`) the session with `upstream`; written through.
@@ -87,6 +89,8 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     async fn list_tools(&self, _ctx: &dyn SessionContext) -> Result<Vec<ToolDef>, RpcError> {
         Ok(self.tools())
     }
+    /// The client set its log level: pass it on (upstream MCP servers filter at the source).
+    async fn set_log_level(&self, _level: &str, _ctx: &dyn SessionContext) {}
     /// Run one tool. Returns a `CallToolResult`; tool failures (including invalid arguments) are
     /// results with `isError: true`, protocol failures are `Err`.
     async fn call(&self, name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError>;

@@ -446,6 +446,24 @@ impl McpUpstream {
         Ok(tools)
     }
 
+    /// Tell the upstream session the client's log level (best effort: logs are filtered again
+    /// downstream anyway).
+    async fn send_log_level(&self, session: &UpstreamSession, level: &str) {
+        let id = json!(format!("marina-level-{}", uuid::Uuid::new_v4().simple()));
+        if let Err(Failure::Upstream(m)) = self
+            .request(
+                Some(session),
+                &id,
+                "logging/setLevel",
+                json!({"level": level}),
+                None,
+            )
+            .await
+        {
+            tracing::debug!(upstream = %self.name, error = %m, "logging/setLevel not passed on");
+        }
+    }
+
     /// Forget this session's upstream session (the upstream dropped it).
     async fn forget(&self, ctx: &dyn SessionContext) -> Result<(), RpcError> {
         ctx.set_upstream_session(&self.name, None).await
@@ -469,6 +487,13 @@ impl ToolProvider for McpUpstream {
             self.forget(ctx).await?;
         }
         result.map_err(Failure::into_rpc)
+    }
+
+    async fn set_log_level(&self, level: &str, ctx: &dyn SessionContext) {
+        // Only sessions already started: a new one gets the level when it starts.
+        if let Some(session) = ctx.upstream_session(&self.name) {
+            self.send_log_level(&session, level).await;
+        }
     }
 
     async fn call(&self, name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError> {
