@@ -172,6 +172,24 @@ async fn a_dead_or_forbidden_upstream_is_a_clear_error_and_hides_nothing_else() 
             .contains("could not be reached"),
         "{r}"
     );
+    // After repeated failures the upstream is given a rest: calls fail at once, saying so.
+    for id in 20..22 {
+        s.rpc(
+            id,
+            "tools/call",
+            json!({"name": "conf.test_simple_text", "arguments": {}}),
+        )
+        .await;
+    }
+    let r = s
+        .rpc(
+            22,
+            "tools/call",
+            json!({"name": "conf.test_simple_text", "arguments": {}}),
+        )
+        .await;
+    let text = r["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("keeps failing"), "{r}");
     assert_eq!(s.call_text(3, "echo", json!({"text": "ok"})).await, "ok");
 
     // An upstream that is down from the start contributes no tools; the others are listed.

@@ -31,6 +31,44 @@ use super::http_tool::valid_tool_name;
 
 /// Most pages of `tools/list` read from one upstream.
 const MAX_PAGES: usize = 100;
+/// Consecutive transport failures after which an upstream is given a rest.
+const TRIP_AFTER: u32 = 3;
+/// Longest rest between attempts at a failing upstream.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Listing tools never waits longer than this, whatever the call timeout: a slow upstream must
+/// not hold up every session's `tools/list`.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Backs off an upstream that keeps failing: after [`TRIP_AFTER`] consecutive transport failures
+/// (unreachable, timeout, HTTP 5xx) requests fail at once for 1 s, doubling up to [`MAX_BACKOFF`];
+/// one success closes it again. Node-local on purpose: each node learns for itself.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: std::sync::atomic::AtomicU32,
+    open_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Breaker {
+    fn rest_left(&self) -> Option<Duration> {
+        let until = *self.open_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.and_then(|u| u.checked_duration_since(std::time::Instant::now()))
+    }
+
+    fn failed(&self) {
+        use std::sync::atomic::Ordering;
+        let n = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= TRIP_AFTER {
+            let rest = Duration::from_secs(1 << (n - TRIP_AFTER).min(5)).min(MAX_BACKOFF);
+            *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(std::time::Instant::now() + rest);
+        }
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, std::sync::atomic::Ordering::SeqCst);
+        *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
 /// Server→client requests relayed, with the capability the client must have declared.
 const RELAYED_REQUESTS: [(&str, &str); 3] = [
     ("sampling/createMessage", "sampling"),
@@ -50,6 +88,7 @@ pub struct McpUpstream {
     max_bytes: usize,
     client: reqwest::Client,
     policy: Policy,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for McpUpstream {
@@ -82,6 +121,19 @@ impl Failure {
 
 fn tool_error(message: String) -> Value {
     json!({"content": [{"type": "text", "text": message}], "isError": true})
+}
+
+/// Keep only icons clients may fetch safely (https or data URIs); spec: consumers must reject
+/// other schemes (`javascript:`, `file:`, …), and Marina re-publishes what upstreams declare.
+fn safe_icons(definition: &mut Value) {
+    if let Some(icons) = definition.get_mut("icons").and_then(Value::as_array_mut) {
+        icons.retain(|i| {
+            i.get("src").and_then(Value::as_str).is_some_and(|s| {
+                let s = s.trim_start().to_ascii_lowercase();
+                s.starts_with("https://") || s.starts_with("data:")
+            })
+        });
+    }
 }
 
 /// `name` matches `pattern`: equal, or starting with what precedes a final `*`.
@@ -158,6 +210,7 @@ impl McpUpstream {
             max_bytes: s.max_response_bytes,
             client,
             policy,
+            breaker: Breaker::default(),
         })
     }
 
@@ -210,19 +263,42 @@ impl McpUpstream {
         session: Option<&UpstreamSession>,
         body: &Value,
     ) -> Result<reqwest::Response, Failure> {
+        self.post_within(session, body, self.timeout).await
+    }
+
+    async fn post_within(
+        &self,
+        session: Option<&UpstreamSession>,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Failure> {
         egress::check_url(&self.policy, &self.url).map_err(|e| Failure::Upstream(e.to_owned()))?;
-        let resp = self.post_request(session, body).send().await.map_err(|e| {
+        if let Some(rest) = self.breaker.rest_left() {
+            return Err(Failure::Upstream(format!(
+                "the upstream {} keeps failing; next attempt in {} s",
+                self.name,
+                rest.as_secs() + 1
+            )));
+        }
+        let sent = self.post_request(session, body).timeout(timeout).send().await;
+        let resp = sent.map_err(|e| {
+            self.breaker.failed();
             Failure::Upstream(if e.is_timeout() {
                 format!(
                     "the upstream {} did not answer within {} ms",
                     self.name,
-                    self.timeout.as_millis()
+                    timeout.as_millis()
                 )
             } else {
                 tracing::info!(upstream = %self.name, error = %e, "mcp upstream unreachable");
                 format!("the upstream {} could not be reached", self.name)
             })
         })?;
+        if resp.status().is_server_error() {
+            self.breaker.failed();
+        } else {
+            self.breaker.succeeded();
+        }
         if resp.status() == reqwest::StatusCode::NOT_FOUND && session.is_some_and(|s| s.id.is_some()) {
             return Err(Failure::SessionGone);
         }
@@ -240,7 +316,15 @@ impl McpUpstream {
         params: Value,
         relay: Option<&dyn CallContext>,
     ) -> Result<(Value, Option<String>), Failure> {
-        let resp = self.post(session, &protocol::request(id, method, params)).await?;
+        // Only calls (which relay) get the full timeout; everything else is a quick exchange.
+        let timeout = if relay.is_some() {
+            self.timeout
+        } else {
+            self.timeout.min(LIST_TIMEOUT)
+        };
+        let resp = self
+            .post_within(session, &protocol::request(id, method, params), timeout)
+            .await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(Failure::Upstream(format!(
@@ -433,6 +517,7 @@ impl McpUpstream {
                 };
                 let mut definition = tool.clone();
                 definition["name"] = json!(published);
+                safe_icons(&mut definition);
                 tools.push(ToolDef {
                     name: published,
                     definition,
@@ -569,6 +654,34 @@ mod tests {
             ),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn unsafe_icons_are_dropped() {
+        let mut d = json!({"icons": [
+            {"src": "https://a.example/i.png"}, {"src": "javascript:alert(1)"},
+            {"src": "data:image/png;base64,AA"}, {"src": "file:///etc/passwd"}, {"src": "HTTP://plain.example/i.png"}
+        ]});
+        safe_icons(&mut d);
+        let srcs: Vec<&str> = d["icons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["src"].as_str().unwrap())
+            .collect();
+        assert_eq!(srcs, ["https://a.example/i.png", "data:image/png;base64,AA"]);
+    }
+
+    #[test]
+    fn a_failing_upstream_is_given_a_rest() {
+        let b = Breaker::default();
+        b.failed();
+        b.failed();
+        assert!(b.rest_left().is_none(), "not before {TRIP_AFTER} failures");
+        b.failed();
+        assert!(b.rest_left().is_some_and(|r| r <= Duration::from_secs(1)));
+        b.succeeded();
+        assert!(b.rest_left().is_none());
     }
 
     #[test]
