@@ -12,6 +12,7 @@
 //! session's other requests.
 
 mod call;
+mod features;
 mod state;
 
 use std::rc::Rc;

@@ -462,6 +462,18 @@ impl Shared {
                 answer(Ok(json!({})))
             }
             "tools/call" => self.call_tool(id, params, force_json).await,
+            "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete"
+                if self.tenant.providers.iter().any(|p| p.serves_features()) =>
+            {
+                answer(self.clone().feature_request(method, params).await)
+            }
             _ => answer(Err(RpcError::method_not_found(method))),
         }
     }
@@ -496,22 +508,15 @@ impl Shared {
 
     async fn list_tools(self: &Rc<Self>, params: &Value) -> Result<Value, RpcError> {
         let index = self.tool_index().await;
-        let tools = index.tools();
-        let page = self.node.sessions().page_size;
-        let start = match params.get("cursor") {
-            None | Some(Value::Null) => 0,
-            Some(Value::String(c)) => decode_cursor(&self.id, c)
-                .filter(|o| *o <= tools.len())
-                .ok_or_else(|| RpcError::invalid_params("invalid cursor"))?,
-            Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
-        };
-        let end = (start + page).min(tools.len());
-        let mut result =
-            json!({"tools": tools[start..end].iter().map(|t| t.definition.clone()).collect::<Vec<_>>()});
-        if end < tools.len() {
-            result["nextCursor"] = json!(encode_cursor(&self.id, end));
-        }
-        Ok(result)
+        let tools: Vec<Value> = index.tools().iter().map(|t| t.definition.clone()).collect();
+        page(
+            "tools",
+            "tools",
+            &self.id,
+            &tools,
+            params.get("cursor"),
+            self.node.sessions().page_size,
+        )
     }
 
     async fn call_tool(self: Rc<Self>, id: Value, params: Value, force_json: bool) -> Reply {
@@ -740,19 +745,44 @@ fn session_tag32(id: &SessionId) -> u32 {
     })
 }
 
-/// Gateway-owned `tools/list` cursor: `tools:<offset>:<session tag>`, base64url. A cursor from
-/// another session (or made up) is refused with -32602.
-fn encode_cursor(id: &SessionId, offset: usize) -> String {
+/// Gateway-owned list cursor: `<list>:<offset>:<session tag>`, base64url. A cursor of another
+/// list or session (or made up) is refused with -32602.
+pub(crate) fn encode_cursor(list: &str, id: &SessionId, offset: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("tools:{offset}:{:08x}", session_tag32(id)))
+        .encode(format!("{list}:{offset}:{:08x}", session_tag32(id)))
 }
 
-fn decode_cursor(id: &SessionId, c: &str) -> Option<usize> {
+pub(crate) fn decode_cursor(list: &str, id: &SessionId, c: &str) -> Option<usize> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
-    let (offset, tag) = std::str::from_utf8(&raw)
+    let rest = std::str::from_utf8(&raw)
         .ok()?
-        .strip_prefix("tools:")?
-        .split_once(':')?;
+        .strip_prefix(list)?
+        .strip_prefix(':')?;
+    let (offset, tag) = rest.split_once(':')?;
     (tag == format!("{:08x}", session_tag32(id))).then_some(())?;
     offset.parse().ok()
+}
+
+/// One page of `items` (already in order) after `cursor`, as `{<key>: [...], nextCursor?}`.
+pub(crate) fn page(
+    list: &str,
+    key: &str,
+    id: &SessionId,
+    items: &[Value],
+    cursor: Option<&Value>,
+    size: usize,
+) -> Result<Value, RpcError> {
+    let start = match cursor {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(c)) => decode_cursor(list, id, c)
+            .filter(|o| *o <= items.len())
+            .ok_or_else(|| RpcError::invalid_params("invalid cursor"))?,
+        Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
+    };
+    let end = (start + size).min(items.len());
+    let mut result = json!({ key: items[start..end] });
+    if end < items.len() {
+        result["nextCursor"] = json!(encode_cursor(list, id, end));
+    }
+    Ok(result)
 }

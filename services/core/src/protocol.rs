@@ -50,6 +50,8 @@ pub mod code {
     pub const INVALID_PARAMS: i64 = -32602;
     /// Internal error.
     pub const INTERNAL_ERROR: i64 = -32603;
+    /// MCP: resource not found.
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// Implementation-defined server error range: the session store is unavailable.
     pub const SERVICE_UNAVAILABLE: i64 = -32000;
     /// Implementation-defined: the request was interrupted by a node failure.

@@ -89,6 +89,26 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     async fn list_tools(&self, _ctx: &dyn SessionContext) -> Result<Vec<ToolDef>, RpcError> {
         Ok(self.tools())
     }
+    /// Does this source serve resources, prompts and completion (an upstream MCP server)?
+    fn serves_features(&self) -> bool {
+        false
+    }
+    /// Every item of a list of resources, resource templates or prompts (`method` is
+    /// `resources/list`, `resources/templates/list` or `prompts/list`), all pages read, prompts
+    /// under their published names.
+    async fn list_feature(&self, _method: &str, _ctx: &dyn SessionContext) -> Result<Vec<Value>, RpcError> {
+        Ok(Vec::new())
+    }
+    /// Relay a resources/prompts/completion request (`params` already carrying published names)
+    /// and return its result.
+    async fn request_feature(
+        &self,
+        method: &str,
+        _params: Value,
+        _ctx: &dyn SessionContext,
+    ) -> Result<Value, RpcError> {
+        Err(RpcError::method_not_found(method))
+    }
     /// The client set its log level: pass it on (upstream MCP servers filter at the source).
     async fn set_log_level(&self, _level: &str, _ctx: &dyn SessionContext) {}
     /// Run one tool. Returns a `CallToolResult`; tool failures (including invalid arguments) are

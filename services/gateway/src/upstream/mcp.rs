@@ -119,6 +119,22 @@ impl Failure {
     }
 }
 
+/// The result of an upstream response, or its error relayed as it is.
+fn relayed_result(msg: &Value) -> Result<Value, RpcError> {
+    match (msg.get("result"), msg.get("error")) {
+        (Some(result), _) => Ok(result.clone()),
+        (None, Some(e)) => Err(RpcError::new(
+            e["code"].as_i64().unwrap_or(code::INTERNAL_ERROR),
+            e["message"].as_str().unwrap_or("upstream error"),
+        )
+        .with_data(e.get("data").cloned().unwrap_or(Value::Null))),
+        (None, None) => Err(RpcError::new(
+            code::INTERNAL_ERROR,
+            "the upstream sent a malformed answer",
+        )),
+    }
+}
+
 fn tool_error(message: String) -> Value {
     json!({"content": [{"type": "text", "text": message}], "isError": true})
 }
@@ -549,6 +565,30 @@ impl McpUpstream {
         }
     }
 
+    /// One request outside a call (lists, reads, prompts, completion): with this session's
+    /// upstream session, once more with a new one if the upstream forgot it. Upstream JSON-RPC
+    /// errors come back as they are; transport failures as -32603 with a short message.
+    async fn exchange(
+        &self,
+        ctx: &dyn SessionContext,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, RpcError> {
+        for _ in 0..2 {
+            let session = self.session(ctx).await.map_err(Failure::into_rpc)?;
+            let id = json!(format!("marina-req-{}", uuid::Uuid::new_v4().simple()));
+            match self
+                .request(Some(&session), &id, method, params.clone(), None)
+                .await
+            {
+                Ok((msg, _)) => return relayed_result(&msg),
+                Err(Failure::SessionGone) => self.forget(ctx).await?,
+                Err(f) => return Err(f.into_rpc()),
+            }
+        }
+        Err(Failure::SessionGone.into_rpc())
+    }
+
     /// Forget this session's upstream session (the upstream dropped it).
     async fn forget(&self, ctx: &dyn SessionContext) -> Result<(), RpcError> {
         ctx.set_upstream_session(&self.name, None).await
@@ -572,6 +612,63 @@ impl ToolProvider for McpUpstream {
             self.forget(ctx).await?;
         }
         result.map_err(Failure::into_rpc)
+    }
+
+    fn serves_features(&self) -> bool {
+        true
+    }
+
+    async fn list_feature(&self, method: &str, ctx: &dyn SessionContext) -> Result<Vec<Value>, RpcError> {
+        let key = match method {
+            "resources/list" => "resources",
+            "resources/templates/list" => "resourceTemplates",
+            "prompts/list" => "prompts",
+            _ => return Err(RpcError::method_not_found(method)),
+        };
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = cursor.take().map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let result = self.exchange(ctx, method, params).await?;
+            for item in result[key].as_array().into_iter().flatten() {
+                let mut item = item.clone();
+                if key == "prompts" {
+                    let Some(published) = item["name"].as_str().and_then(|n| self.publish(n)) else {
+                        continue;
+                    };
+                    item["name"] = json!(published);
+                }
+                safe_icons(&mut item);
+                items.push(item);
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
+    async fn request_feature(
+        &self,
+        method: &str,
+        mut params: Value,
+        ctx: &dyn SessionContext,
+    ) -> Result<Value, RpcError> {
+        // Prompt names are published under the prefix: map them back.
+        let prompt = match method {
+            "prompts/get" => params.get_mut("name"),
+            "completion/complete" if params["ref"]["type"] == "ref/prompt" => params["ref"].get_mut("name"),
+            _ => None,
+        };
+        if let Some(name) = prompt {
+            let published = name.as_str().unwrap_or_default().to_owned();
+            let upstream = self.unpublish(&published).ok_or_else(|| {
+                RpcError::invalid_params(format!("unknown prompt: {}", protocol::truncate(&published, 128)))
+            })?;
+            *name = json!(upstream);
+        }
+        self.exchange(ctx, method, params).await
     }
 
     async fn set_log_level(&self, level: &str, ctx: &dyn SessionContext) {

@@ -165,7 +165,7 @@ async fn initialize(
     tracing::info!(version, "session created");
     let result = json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}, "logging": {}},
+        "capabilities": capabilities(t),
         "serverInfo": {"name": "marina", "title": "Marina", "version": env!("CARGO_PKG_VERSION")},
         "instructions": format!("Tools of tenant {}, hosted by Marina.", t.id),
     });
@@ -173,6 +173,18 @@ async fn initialize(
         .content_type("application/json")
         .insert_header(("MCP-Session-Id", sid.as_str()))
         .body(result_response(id, result).to_string()))
+}
+
+/// What the tenant's endpoint can do: tools and logging always; resources (with subscriptions),
+/// prompts and completion when an upstream MCP server provides them.
+fn capabilities(t: &Tenant) -> Value {
+    let mut caps = json!({"tools": {"listChanged": false}, "logging": {}});
+    if t.providers.iter().any(|p| p.serves_features()) {
+        caps["resources"] = json!({"subscribe": true, "listChanged": false});
+        caps["prompts"] = json!({"listChanged": false});
+        caps["completions"] = json!({});
+    }
+    caps
 }
 
 /// Turn the actor's reply into the HTTP answer.

@@ -1,0 +1,210 @@
+//! Resources, resource templates, prompts and completion of the tenant's upstream MCP servers,
+//! aggregated under the session: lists merged in a deterministic order with gateway-owned cursors,
+//! and every other request routed to the upstream that owns the resource or prompt.
+//!
+//! Resources keep their URIs; their owner is found in the upstreams' resource lists, then by their
+//! templates (RFC 6570 level-1 matching, see [`template_matches`]). Prompts are published under the
+//! same prefix scheme as tools. Lists are read from the upstreams on each request (not cached yet).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use marina_core::protocol::{RpcError, code};
+use marina_core::tools::ToolProvider;
+use serde_json::{Value, json};
+
+use super::call::SessionCtx;
+use super::state::{Shared, page};
+
+/// Does `uri` match the URI template `template`? Level-1 templates only: every `{var}` matches a
+/// non-empty run of characters other than `/`, `?` and `#`; literal text must match exactly. (A
+/// matcher is all routing needs — no expansion — so a 20-line function instead of a crate.)
+pub(crate) fn template_matches(template: &str, uri: &str) -> bool {
+    fn go(t: &str, u: &str) -> bool {
+        match t.find('{') {
+            None => t == u,
+            Some(open) => {
+                let Some(close) = t[open..].find('}').map(|c| open + c) else {
+                    return t == u;
+                };
+                let (literal, rest) = (&t[..open], &t[close + 1..]);
+                let Some(u) = u.strip_prefix(literal) else {
+                    return false;
+                };
+                let run = u.find(['/', '?', '#']).unwrap_or(u.len());
+                // The variable takes 1..=run characters; try each split (templates are short).
+                (1..=run).any(|n| go(rest, &u[n..]))
+            }
+        }
+    }
+    go(template, uri)
+}
+
+impl Shared {
+    fn feature_providers(&self) -> Vec<Arc<dyn ToolProvider>> {
+        self.tenant
+            .providers
+            .iter()
+            .filter(|p| p.serves_features())
+            .cloned()
+            .collect()
+    }
+
+    /// Every item of `method`'s list across upstreams (an upstream that fails contributes nothing),
+    /// each with the index of its provider in `providers`.
+    async fn gather(
+        &self,
+        ctx: &SessionCtx,
+        providers: &[Arc<dyn ToolProvider>],
+        method: &str,
+    ) -> Vec<(Value, usize)> {
+        let lists =
+            futures_util::future::join_all(providers.iter().map(|p| p.list_feature(method, ctx))).await;
+        let mut items = Vec::new();
+        for (i, list) in lists.into_iter().enumerate() {
+            match list {
+                Ok(list) => items.extend(list.into_iter().map(|item| (item, i))),
+                Err(e) => {
+                    tracing::warn!(session = self.tag(), method, error = %e.message, "an upstream could not list")
+                }
+            }
+        }
+        items
+    }
+
+    /// The provider owning resource `uri`: listed by exactly that URI, else matched by a template,
+    /// else — with a single upstream — that one.
+    async fn resource_owner(
+        &self,
+        ctx: &SessionCtx,
+        providers: &[Arc<dyn ToolProvider>],
+        uri: &str,
+    ) -> Option<usize> {
+        if providers.len() == 1 {
+            return Some(0);
+        }
+        let listed = self.gather(ctx, providers, "resources/list").await;
+        if let Some((_, i)) = listed.iter().find(|(r, _)| r["uri"] == uri) {
+            return Some(*i);
+        }
+        let templates = self.gather(ctx, providers, "resources/templates/list").await;
+        templates
+            .iter()
+            .find(|(t, _)| {
+                t["uriTemplate"]
+                    .as_str()
+                    .is_some_and(|tpl| tpl == uri || template_matches(tpl, uri))
+            })
+            .map(|(_, i)| *i)
+    }
+
+    async fn prompt_owner(
+        &self,
+        ctx: &SessionCtx,
+        providers: &[Arc<dyn ToolProvider>],
+        name: &str,
+    ) -> Option<usize> {
+        let prompts = self.gather(ctx, providers, "prompts/list").await;
+        prompts.iter().find(|(p, _)| p["name"] == name).map(|(_, i)| *i)
+    }
+
+    /// Serve a resources/prompts/completion request from the tenant's upstreams.
+    pub(crate) async fn feature_request(
+        self: Rc<Self>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, RpcError> {
+        let providers = self.feature_providers();
+        let ctx = SessionCtx(self.clone());
+        let page_size = self.node.sessions().page_size;
+        let list = |key: &'static str, sort_by: &'static str| (key, sort_by);
+        let listing = match method {
+            "resources/list" => Some(list("resources", "uri")),
+            "resources/templates/list" => Some(list("resourceTemplates", "uriTemplate")),
+            "prompts/list" => Some(list("prompts", "name")),
+            _ => None,
+        };
+        if let Some((key, sort_by)) = listing {
+            let mut items: Vec<Value> = self
+                .gather(&ctx, &providers, method)
+                .await
+                .into_iter()
+                .map(|(v, _)| v)
+                .collect();
+            items.sort_by(|a, b| {
+                a[sort_by]
+                    .as_str()
+                    .unwrap_or_default()
+                    .cmp(b[sort_by].as_str().unwrap_or_default())
+            });
+            return page(key, key, &self.id, &items, params.get("cursor"), page_size);
+        }
+        let owner = match method {
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = params
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| RpcError::invalid_params("uri must be a string"))?;
+                self.resource_owner(&ctx, &providers, uri).await.ok_or_else(|| {
+                    RpcError::new(code::RESOURCE_NOT_FOUND, "resource not found")
+                        .with_data(json!({"uri": uri}))
+                })?
+            }
+            "prompts/get" => {
+                let name = params
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| RpcError::invalid_params("name must be a string"))?;
+                self.prompt_owner(&ctx, &providers, name)
+                    .await
+                    .ok_or_else(|| RpcError::invalid_params("unknown prompt"))?
+            }
+            "completion/complete" => {
+                let reference = &params["ref"];
+                let found = match reference["type"].as_str() {
+                    Some("ref/prompt") => match reference["name"].as_str() {
+                        Some(name) => self.prompt_owner(&ctx, &providers, name).await,
+                        None => None,
+                    },
+                    Some("ref/resource") => match reference["uri"].as_str() {
+                        Some(uri) => self.resource_owner(&ctx, &providers, uri).await,
+                        None => None,
+                    },
+                    _ => None,
+                };
+                found.ok_or_else(|| {
+                    RpcError::invalid_params("completion reference names no known prompt or resource")
+                })?
+            }
+            _ => return Err(RpcError::method_not_found(method)),
+        };
+        providers[owner].request_feature(method, params, &ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::template_matches;
+
+    #[test]
+    fn level_one_templates_match_uris() {
+        assert!(template_matches(
+            "test://template/{id}/data",
+            "test://template/123/data"
+        ));
+        assert!(!template_matches(
+            "test://template/{id}/data",
+            "test://template//data"
+        ));
+        assert!(!template_matches(
+            "test://template/{id}/data",
+            "test://template/1/2/data"
+        ));
+        assert!(template_matches("file:///{path}", "file:///readme"));
+        assert!(template_matches("db://{table}/{row}", "db://users/42"));
+        assert!(!template_matches("db://{table}/{row}", "db://users"));
+        assert!(
+            template_matches("static://a", "static://a") && !template_matches("static://a", "static://b")
+        );
+    }
+}
