@@ -2,6 +2,7 @@
 
 mod cluster;
 mod config_examples;
+mod conformance_cluster;
 mod errors;
 mod http_tool;
 mod logs;

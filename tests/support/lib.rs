@@ -3,9 +3,11 @@
 //!
 //! Everything binds to loopback, every wait is bounded, and every process is killed on drop.
 
+pub mod balancer;
 pub mod client;
 pub mod procs;
 
+pub use balancer::start_balancer;
 pub use client::{Mcp, SseEvent, read_events};
 pub use procs::{
     MarinaProc, RedisServer, TestApp, UpstreamPeer, free_port, marina_bin, spawn_app, spawn_app_with,

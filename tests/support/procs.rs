@@ -196,6 +196,16 @@ impl MarinaProc {
         Self::spawn(redis_url, node_id, env, Stdio::inherit())
     }
 
+    /// Like [`Self::start`], with a configuration file.
+    pub fn start_with_config(
+        redis_url: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+        config: &std::path::Path,
+    ) -> Self {
+        Self::spawn_with(redis_url, node_id, env, Stdio::inherit(), Some(config))
+    }
+
     /// Like [`Self::start`], with the node's log (stderr) written to `log`.
     pub fn start_logged(redis_url: &str, node_id: &str, env: &[(&str, &str)], log: &std::path::Path) -> Self {
         let file = std::fs::File::create(log).expect("log file");
@@ -203,6 +213,16 @@ impl MarinaProc {
     }
 
     fn spawn(redis_url: &str, node_id: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
+        Self::spawn_with(redis_url, node_id, env, stderr, None)
+    }
+
+    fn spawn_with(
+        redis_url: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        config: Option<&std::path::Path>,
+    ) -> Self {
         let port = free_port();
         let mut cmd = Command::new(marina_bin());
         cmd.args([
@@ -214,6 +234,9 @@ impl MarinaProc {
         ]);
         if !redis_url.is_empty() {
             cmd.args(["--redis-url", redis_url]);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
         }
         cmd.env("MARINA__SERVER__LOG_FILTER", "warn");
         for (k, v) in env {
