@@ -145,6 +145,24 @@ async fn upstream_tools_are_published_called_and_relayed() {
         )
         .await;
     assert_eq!(r["error"]["code"], -32602);
+
+    // An upstream that closes its answer stream mid-call (SEP-1699) is resumed with Last-Event-ID.
+    let text = s.call_text(11, "conf.test_reconnection", json!({})).await;
+    assert!(text.contains("closed mid-call"), "{text}");
+
+    // logging/setLevel applies to upstream logs too (passed on to the upstream session).
+    assert_eq!(
+        s.rpc(9, "logging/setLevel", json!({"level": "error"})).await["result"],
+        json!({})
+    );
+    let call = json!({"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"conf.test_tool_with_logging","arguments":{}}});
+    let (_, msgs) = s.exchange(&call).await;
+    assert!(
+        msgs.iter().all(|m| m["method"] != "notifications/message"),
+        "{msgs:?}"
+    );
+    let last = msgs.last().unwrap();
+    assert!(last["id"] == 10 && last["result"]["content"].is_array(), "{last}");
 }
 
 #[actix_rt::test]

@@ -31,6 +31,10 @@ use super::http_tool::valid_tool_name;
 
 /// Most pages of `tools/list` read from one upstream.
 const MAX_PAGES: usize = 100;
+/// How often an interrupted upstream answer stream is resumed before giving up.
+const MAX_RESUMES: usize = 5;
+/// The longest `retry` hint of an upstream that Marina honours before resuming.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// Consecutive transport failures after which an upstream is given a rest.
 const TRIP_AFTER: u32 = 3;
 /// Longest rest between attempts at a failing upstream.
@@ -384,31 +388,96 @@ impl McpUpstream {
                 Err(malformed())
             };
         }
-        let mut events = resp.bytes_stream().eventsource();
-        while let Some(event) = events.next().await {
-            let event = event
-                .map_err(|_| Failure::Upstream(format!("the upstream {}'s stream broke off", self.name)))?;
-            if event.data.is_empty() {
-                continue; // priming event
+        // An SSE answer. The upstream may close the stream before the answer (SEP-1699 polling,
+        // or a broken connection): resume it with GET + Last-Event-ID, waiting its `retry` hint
+        // (bounded), a few times.
+        let mut resp = resp;
+        let mut last_id: Option<String> = None;
+        let mut retry = Duration::from_millis(500);
+        for attempt in 0..=MAX_RESUMES {
+            let mut events = resp.bytes_stream().eventsource();
+            let mut broke = false;
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else {
+                    broke = true;
+                    break;
+                };
+                if !event.id.is_empty() {
+                    last_id = Some(event.id.clone());
+                }
+                if let Some(r) = event.retry {
+                    retry = r.min(MAX_RETRY_WAIT);
+                }
+                if event.data.is_empty() {
+                    continue; // priming event
+                }
+                if event.data.len() > self.max_bytes {
+                    return Err(Failure::Upstream(format!(
+                        "the upstream {} answered with too much data",
+                        self.name
+                    )));
+                }
+                let msg: Value = serde_json::from_str(&event.data).map_err(|_| malformed())?;
+                if is_answer(&msg) {
+                    return Ok((msg, sid));
+                }
+                if let Some(ctx) = relay {
+                    self.relay(session, ctx, msg).await;
+                }
             }
-            if event.data.len() > self.max_bytes {
+            let (Some(last), true) = (last_id.clone(), attempt < MAX_RESUMES) else {
+                let how = if broke {
+                    "broke off"
+                } else {
+                    "ended without an answer"
+                };
                 return Err(Failure::Upstream(format!(
-                    "the upstream {} answered with too much data",
+                    "the upstream {}'s stream {how}",
                     self.name
                 )));
-            }
-            let msg: Value = serde_json::from_str(&event.data).map_err(|_| malformed())?;
-            if is_answer(&msg) {
-                return Ok((msg, sid));
-            }
-            if let Some(ctx) = relay {
-                self.relay(session, ctx, msg).await;
-            }
+            };
+            tokio::time::sleep(retry).await;
+            resp = self.resume(session, &last).await?;
         }
         Err(Failure::Upstream(format!(
             "the upstream {}'s stream ended without an answer",
             self.name
         )))
+    }
+
+    /// Reopen an interrupted answer stream: GET + `Last-Event-ID` on the upstream session.
+    async fn resume(
+        &self,
+        session: Option<&UpstreamSession>,
+        last_event_id: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut req = self
+            .client
+            .get(self.url.clone())
+            .headers(self.headers.clone())
+            .header(ACCEPT, "text/event-stream")
+            .header("last-event-id", last_event_id)
+            .timeout(self.timeout);
+        if let Some(s) = session {
+            if let Some(id) = &s.id {
+                req = req.header("mcp-session-id", id);
+            }
+            req = req.header("mcp-protocol-version", &s.protocol_version);
+        }
+        let resp = req.send().await.map_err(|_| {
+            Failure::Upstream(format!(
+                "the upstream {} could not be reached to resume its answer",
+                self.name
+            ))
+        })?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            s => Err(Failure::Upstream(format!(
+                "the upstream {} refused to resume its answer (HTTP {})",
+                self.name,
+                s.as_u16()
+            ))),
+        }
     }
 
     /// Relay one message the upstream sent while answering a call.
