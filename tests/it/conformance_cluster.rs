@@ -1,7 +1,6 @@
 //! The official conformance suite (all 32 server scenarios: 30 active, 2 pending; no baseline)
-//! against a tenant
-//! whose tools, resources and prompts live in an upstream MCP server (tests/peers/upstream), served
-//! by two Marina nodes sharing one Redis behind a round-robin balancer — so consecutive requests
+//! against a tenant whose tools, resources and prompts live in an upstream MCP server
+//! (tests/peers/upstream), served by two Marina nodes sharing one Redis behind a round-robin balancer — so consecutive requests
 //! of every session land on different nodes and are forwarded to the session's holder.
 
 use std::path::PathBuf;
