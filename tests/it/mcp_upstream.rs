@@ -230,3 +230,95 @@ async fn a_dead_or_forbidden_upstream_is_a_clear_error_and_hides_nothing_else() 
     let list = s.rpc(1, "tools/list", json!({})).await;
     assert_eq!(list["result"]["tools"].as_array().unwrap().len(), 1, "{list}");
 }
+
+/// Two upstreams of one tenant (the conformance peer and `server-everything`) on a two-node
+/// cluster: the upstreams' sampling and elicitation requests reach the client through node A,
+/// the client answers through node B, and the answers reach the right upstream.
+#[tokio::test]
+async fn server_requests_are_relayed_and_answered_through_another_node() {
+    let redis = marina_tests::RedisServer::start();
+    let conf = UpstreamPeer::start();
+    let everything = UpstreamPeer::start_everything();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: conf, url: \"{}\"}}\n      - {{kind: mcp, name: ev, url: \"{}\"}}\n",
+            conf.url, everything.url
+        ),
+    )
+    .unwrap();
+    let a = marina_tests::MarinaProc::start_with_config(&redis.url(), "A", &[], &config);
+    let b = marina_tests::MarinaProc::start_with_config(&redis.url(), "B", &[], &config);
+    let caps = json!({"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}});
+    let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", caps).await;
+    let on_b = on_a.at(&b.endpoint());
+
+    let list = on_b.rpc(1, "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"conf.test_sampling") && names.contains(&"ev.echo"),
+        "{names:?}"
+    );
+    assert_eq!(
+        on_a.rpc(
+            2,
+            "tools/call",
+            json!({"name": "ev.echo", "arguments": {"message": "hi"}})
+        )
+        .await["result"]["content"][0]["text"],
+        "Echo: hi"
+    );
+
+    // Each upstream asks the client something during a call; the client answers through node B.
+    let cases = [
+        (
+            "conf.test_sampling",
+            json!({"prompt": "2+2?"}),
+            "sampling/createMessage",
+            json!({"role": "assistant", "content": {"type": "text", "text": "four"}, "model": "test-model", "stopReason": "endTurn"}),
+            "four",
+        ),
+        (
+            "conf.test_elicitation",
+            json!({"message": "Name?"}),
+            "elicitation/create",
+            json!({"action": "accept", "content": {"username": "ada", "email": "ada@example.com"}}),
+            "ada@example.com",
+        ),
+        (
+            "ev.trigger-elicitation-request",
+            json!({}),
+            "elicitation/create",
+            json!({"action": "decline"}),
+            "declined",
+        ),
+    ];
+    for (i, (tool, args, method, answer, expect)) in cases.into_iter().enumerate() {
+        let id = 10 + i as i64;
+        let stream = format!("{}_0-0", i + 2); // streams 1 (ev.echo) and up
+        let resp = on_a.post(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})).await;
+        let reader = tokio::spawn(read_events(resp, Duration::from_secs(20), move |ev| {
+            messages(ev).iter().any(|m| m["id"] == id)
+        }));
+        let ask = on_a
+            .wait_for_message(&stream, |m| m["method"] == method)
+            .await
+            .unwrap_or_else(|| panic!("{tool}: no {method}"));
+        let reply = json!({"jsonrpc":"2.0","id":ask["id"],"result":answer});
+        assert_eq!(on_b.post(&reply).await.status(), StatusCode::ACCEPTED);
+        let _ = reader.await;
+        let result = on_b
+            .wait_for_message(&stream, |m| m["id"] == id)
+            .await
+            .unwrap_or_else(|| panic!("{tool}: no result"));
+        let text = result["result"]["content"].to_string();
+        assert!(text.contains(expect), "{tool}: {result}");
+    }
+}

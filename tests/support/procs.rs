@@ -347,6 +347,35 @@ impl UpstreamPeer {
         }
     }
 
+    /// `@modelcontextprotocol/server-everything` (npm, installed next to the peer) instead: a
+    /// second, independent upstream implementation.
+    pub fn start_everything() -> Self {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream");
+        let entry = dir.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+        assert!(
+            entry.exists(),
+            "server-everything is missing: run scripts/install-test-deps.sh"
+        );
+        let port = free_port();
+        let child = Command::new("node")
+            .arg(entry)
+            .arg("streamableHttp")
+            .current_dir(&dir)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node not found");
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "server-everything did not start"
+        );
+        Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+
     /// Kill it now (a dead upstream).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
