@@ -322,3 +322,52 @@ async fn server_requests_are_relayed_and_answered_through_another_node() {
         assert!(text.contains(expect), "{tool}: {result}");
     }
 }
+
+/// Server-initiated messages of an upstream (its GET stream, held by the session's node) reach the
+/// client's GET stream: resource updates after `resources/subscribe`.
+#[actix_rt::test]
+async fn subscribed_resource_updates_reach_the_client() {
+    let upstream = UpstreamPeer::start();
+    let (app, _dir) = start_app(&upstream.url, true).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    let stream = s.get(None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reader = tokio::spawn(read_events(stream, Duration::from_secs(15), |ev| {
+        messages(ev)
+            .iter()
+            .any(|m| m["method"] == "notifications/resources/updated")
+    }));
+    let r = s
+        .rpc(
+            1,
+            "resources/subscribe",
+            json!({"uri": "test://watched-resource"}),
+        )
+        .await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    let (events, _) = reader.await.unwrap();
+    let update = messages(&events)
+        .into_iter()
+        .find(|m| m["method"] == "notifications/resources/updated")
+        .expect("an update");
+    assert_eq!(update["params"]["uri"], "test://watched-resource");
+    let read = s
+        .rpc(2, "resources/read", json!({"uri": "test://watched-resource"}))
+        .await;
+    assert!(
+        read["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("version"),
+        "{read}"
+    );
+    assert_eq!(
+        s.rpc(
+            3,
+            "resources/unsubscribe",
+            json!({"uri": "test://watched-resource"})
+        )
+        .await["result"],
+        json!({})
+    );
+}

@@ -86,6 +86,9 @@ impl Shared {
 
 #[async_trait(?Send)]
 impl SessionContext for SessionCtx {
+    fn session_key(&self) -> String {
+        self.0.tag().to_owned() + &self.0.fence.token.to_string()
+    }
     fn client_capabilities(&self) -> Value {
         self.0.client_capabilities()
     }
@@ -106,6 +109,9 @@ impl SessionContext for SessionCtx {
 
 #[async_trait(?Send)]
 impl SessionContext for CallCtx {
+    fn session_key(&self) -> String {
+        self.shared.tag().to_owned() + &self.shared.fence.token.to_string()
+    }
     fn client_capabilities(&self) -> Value {
         self.shared.client_capabilities()
     }
@@ -187,6 +193,44 @@ impl CallContext for CallCtx {
 
     fn cancellation(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    async fn notify(&self, method: &str, params: Value) {
+        let _ = self
+            .shared
+            .emit(self.target(), &notification(method, params))
+            .await;
+    }
+
+    fn tools_changed(&self) {
+        self.shared.invalidate_tools();
+    }
+}
+
+impl Shared {
+    /// Start following every upstream's server-initiated messages for this session (once per
+    /// upstream while the actor lives): they go to the session's GET stream.
+    pub(crate) fn ensure_followers(self: &Rc<Self>) {
+        for (i, provider) in self.tenant.providers.iter().enumerate() {
+            if !provider.serves_features() || !self.followers.borrow_mut().insert(i) {
+                continue;
+            }
+            let (shared, provider, cancel) = (self.clone(), provider.clone(), self.stopping.child_token());
+            actix::spawn(async move {
+                let ctx = CallCtx {
+                    shared: shared.clone(),
+                    stream: None,
+                    progress_token: None,
+                    progress_floor: f64::NEG_INFINITY,
+                    cancel: cancel.clone(),
+                };
+                tokio::select! {
+                    () = provider.follow(&ctx) => {}
+                    () = cancel.cancelled() => {}
+                }
+                shared.followers.borrow_mut().remove(&i);
+            });
+        }
     }
 }
 

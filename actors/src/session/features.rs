@@ -114,6 +114,7 @@ impl Shared {
         method: &str,
         params: Value,
     ) -> Result<Value, RpcError> {
+        self.ensure_followers();
         let providers = self.feature_providers();
         let ctx = SessionCtx(self.clone());
         let page_size = self.node.sessions().page_size;

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) pending: RefCell<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
     /// The session's tool index (see [`Self::tool_index`]).
     index: RefCell<Option<Rc<ToolIndex>>>,
+    /// Providers whose server-initiated messages are being followed (see `ensure_followers`).
+    pub(crate) followers: RefCell<std::collections::HashSet<usize>>,
     next_client_request: Cell<u64>,
     /// Cancelled when the actor stops: every call ends, nothing more is written.
     pub(crate) stopping: CancellationToken,
@@ -94,6 +96,7 @@ impl Shared {
             calls: RefCell::new(HashMap::new()),
             pending: RefCell::new(HashMap::new()),
             index: RefCell::new(None),
+            followers: RefCell::new(std::collections::HashSet::new()),
             next_client_request: Cell::new(0),
             stopping: CancellationToken::new(),
             last_activity: Cell::new(now),
@@ -481,10 +484,15 @@ impl Shared {
     /// This session's tool index: every provider's list, built on first need and kept until an
     /// upstream's list changes. A provider that cannot list (an upstream down) contributes nothing
     /// this time, and the index is not kept, so the next request asks again.
+    pub(crate) fn invalidate_tools(&self) {
+        self.index.borrow_mut().take();
+    }
+
     pub(crate) async fn tool_index(self: &Rc<Self>) -> Rc<ToolIndex> {
         if let Some(index) = self.index.borrow().clone() {
             return index;
         }
+        self.ensure_followers();
         let ctx = super::call::SessionCtx(self.clone());
         let lists =
             futures_util::future::join_all(self.tenant.providers.iter().map(|p| p.list_tools(&ctx))).await;

@@ -44,6 +44,8 @@ pub struct UpstreamSession {
 /// What a provider sees of the session it serves.
 #[async_trait(?Send)]
 pub trait SessionContext {
+    /// A key naming this session (to serialize per-session work; not the session id itself).
+    fn session_key(&self) -> String;
     /// The capabilities the client declared in `initialize`.
     fn client_capabilities(&self) -> Value;
     /// Did the client declare this capability (top-level key of its `capabilities`)?
@@ -77,6 +79,10 @@ pub trait CallContext: SessionContext {
     async fn request_client(&self, method: &str, params: Value) -> Result<Value, RpcError>;
     /// Fires when the client cancels the request.
     fn cancellation(&self) -> CancellationToken;
+    /// Send a notification on this context's stream (the GET stream outside a call).
+    async fn notify(&self, method: &str, params: Value);
+    /// The session's tool list changed upstream: rebuild it on next use.
+    fn tools_changed(&self);
 }
 
 /// A source of tools.
@@ -109,6 +115,9 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     ) -> Result<Value, RpcError> {
         Err(RpcError::method_not_found(method))
     }
+    /// Follow the source's server-initiated messages for this session (an upstream's GET stream)
+    /// until the future is dropped; `ctx` targets the session's GET stream.
+    async fn follow(&self, _ctx: &dyn CallContext) {}
     /// The client set its log level: pass it on (upstream MCP servers filter at the source).
     async fn set_log_level(&self, _level: &str, _ctx: &dyn SessionContext) {}
     /// Run one tool. Returns a `CallToolResult`; tool failures (including invalid arguments) are

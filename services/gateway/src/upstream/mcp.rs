@@ -93,6 +93,9 @@ pub struct McpUpstream {
     client: reqwest::Client,
     policy: Policy,
     breaker: Breaker,
+    /// One upstream-session initialization at a time per downstream session (two concurrent
+    /// first requests must not start two upstream sessions).
+    starting: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for McpUpstream {
@@ -103,6 +106,18 @@ impl std::fmt::Debug for McpUpstream {
             .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
+}
+
+/// How one connection of an upstream's GET stream ended.
+enum Follow {
+    /// The upstream has no GET stream.
+    Unsupported,
+    /// It ended normally (reconnect soon).
+    Ended,
+    /// It could not be opened (reconnect with back-off).
+    Failed,
+    /// The session has no upstream session yet (look again soon).
+    NotYet,
 }
 
 /// Why an exchange with the upstream failed.
@@ -231,6 +246,7 @@ impl McpUpstream {
             client,
             policy,
             breaker: Breaker::default(),
+            starting: Default::default(),
         })
     }
 
@@ -522,10 +538,29 @@ impl McpUpstream {
 
     /// This session's upstream session, initialized now if there is none yet.
     async fn session(&self, ctx: &dyn SessionContext) -> Result<UpstreamSession, Failure> {
-        match ctx.upstream_session(&self.name) {
-            Some(s) => Ok(s),
-            None => self.initialize(ctx).await,
+        if let Some(s) = ctx.upstream_session(&self.name) {
+            return Ok(s);
         }
+        let key = ctx.session_key();
+        let lock = self
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _one_at_a_time = lock.lock().await;
+            match ctx.upstream_session(&self.name) {
+                Some(s) => Ok(s),
+                None => self.initialize(ctx).await,
+            }
+        };
+        let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if std::sync::Arc::strong_count(&lock) <= 2 {
+            starting.remove(&key);
+        }
+        result
     }
 
     async fn initialize(&self, ctx: &dyn SessionContext) -> Result<UpstreamSession, Failure> {
@@ -658,6 +693,66 @@ impl McpUpstream {
         Err(Failure::SessionGone.into_rpc())
     }
 
+    /// One connection of the upstream's GET stream: relay what arrives until it ends.
+    async fn follow_once(&self, ctx: &dyn CallContext) -> Follow {
+        // Follow the session the session's requests use; never start one just to follow it.
+        let Some(session) = ctx.upstream_session(&self.name) else {
+            return Follow::NotYet;
+        };
+        let mut req = self
+            .client
+            .get(self.url.clone())
+            .headers(self.headers.clone())
+            .header(ACCEPT, "text/event-stream");
+        if let Some(id) = &session.id {
+            req = req.header("mcp-session-id", id);
+        }
+        req = req.header("mcp-protocol-version", &session.protocol_version);
+        if egress::check_url(&self.policy, &self.url).is_err() {
+            return Follow::Unsupported;
+        }
+        let Ok(resp) = req.send().await else {
+            return Follow::Failed;
+        };
+        match resp.status() {
+            reqwest::StatusCode::METHOD_NOT_ALLOWED => return Follow::Unsupported,
+            reqwest::StatusCode::NOT_FOUND => {
+                let _ = self.forget(ctx).await;
+                return Follow::Failed;
+            }
+            s if !s.is_success() => return Follow::Failed,
+            _ => {}
+        }
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(Ok(event)) = events.next().await {
+            if event.data.is_empty() || event.data.len() > self.max_bytes {
+                continue;
+            }
+            let Ok(msg) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            let method = msg
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            match method.as_str() {
+                "notifications/tools/list_changed" => {
+                    ctx.tools_changed();
+                    ctx.notify(&method, json!({})).await;
+                }
+                "notifications/resources/updated"
+                | "notifications/resources/list_changed"
+                | "notifications/prompts/list_changed" => {
+                    ctx.notify(&method, msg.get("params").cloned().unwrap_or_else(|| json!({})))
+                        .await;
+                }
+                _ => self.relay(Some(&session), ctx, msg).await,
+            }
+        }
+        Follow::Ended
+    }
+
     /// Forget this session's upstream session (the upstream dropped it).
     async fn forget(&self, ctx: &dyn SessionContext) -> Result<(), RpcError> {
         ctx.set_upstream_session(&self.name, None).await
@@ -738,6 +833,20 @@ impl ToolProvider for McpUpstream {
             *name = json!(upstream);
         }
         self.exchange(ctx, method, params).await
+    }
+
+    async fn follow(&self, ctx: &dyn CallContext) {
+        // Held by the node that holds the session (this actor), reconnecting with back-off; an
+        // upstream without a GET stream (405) is not asked again.
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.follow_once(ctx).await {
+                Follow::Unsupported => return,
+                Follow::Ended | Follow::NotYet => delay = Duration::from_millis(500),
+                Follow::Failed => delay = (delay * 2).min(MAX_BACKOFF),
+            }
+            tokio::time::sleep(delay).await;
+        }
     }
 
     async fn set_log_level(&self, level: &str, ctx: &dyn SessionContext) {

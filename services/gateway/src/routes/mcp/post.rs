@@ -178,10 +178,12 @@ async fn initialize(
 /// What the tenant's endpoint can do: tools and logging always; resources (with subscriptions),
 /// prompts and completion when an upstream MCP server provides them.
 fn capabilities(t: &Tenant) -> Value {
-    let mut caps = json!({"tools": {"listChanged": false}, "logging": {}});
-    if t.providers.iter().any(|p| p.serves_features()) {
-        caps["resources"] = json!({"subscribe": true, "listChanged": false});
-        caps["prompts"] = json!({"listChanged": false});
+    // Upstreams' list changes are relayed on the GET stream.
+    let upstreams = t.providers.iter().any(|p| p.serves_features());
+    let mut caps = json!({"tools": {"listChanged": upstreams}, "logging": {}});
+    if upstreams {
+        caps["resources"] = json!({"subscribe": true, "listChanged": true});
+        caps["prompts"] = json!({"listChanged": true});
         caps["completions"] = json!({});
     }
     caps
