@@ -7,6 +7,7 @@ mod errors;
 mod http_tool;
 mod logs;
 mod mcp_upstream;
+mod mcp_upstream_failures;
 mod outage;
 mod protocol;
 mod store_redis;
