@@ -26,7 +26,9 @@ function init(args)
   headers["Accept"] = "application/json, text/event-stream"
   if mode == "call" then
     headers["MCP-Protocol-Version"] = os.getenv("MCP_PROTO") or "2025-11-25"
-    headers["MCP-Session-Id"] = sessions[((tid - 1) % #sessions) + 1]
+    if #sessions > 0 then  -- none: a stateless server
+      headers["MCP-Session-Id"] = sessions[((tid - 1) % #sessions) + 1]
+    end
   end
   local tool = os.getenv("MCP_TOOL") or "echo"
   local targs = os.getenv("MCP_ARGS") or '{"text":"hello"}'

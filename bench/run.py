@@ -52,11 +52,12 @@ class Redis:
 
 
 class Marina:
-    def __init__(self, binary, redis_url, env):
+    def __init__(self, binary, redis_url, env, config=None):
         self.port = free_port()
         e = dict(os.environ, MARINA__SERVER__WORKERS="1", MARINA__SERVER__LOG_FILTER="warn", **env)
+        extra = ["--config", config] if config else []
         self.p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--bind", f"127.0.0.1:{self.port}",
-                                   "--redis-url", redis_url], env=e, stdout=subprocess.DEVNULL)
+                                   "--redis-url", redis_url, *extra], env=e, stdout=subprocess.DEVNULL)
         wait_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}/t/demo/mcp"
 
@@ -77,15 +78,15 @@ class Marina:
             self.p.kill()
 
 
-def open_sessions(port, n, version="2025-11-25"):
+def open_sessions(port, n, version="2025-11-25", path="/t/demo/mcp"):
     conn = http.client.HTTPConnection("127.0.0.1", port)
     sids = []
     for i in range(n):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}})
-        conn.request("POST", "/t/demo/mcp", body, H); r = conn.getresponse(); r.read()
+        conn.request("POST", path, body, H); r = conn.getresponse(); r.read()
         sid = r.getheader("mcp-session-id"); sids.append(sid)
-        conn.request("POST", "/t/demo/mcp", json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        conn.request("POST", path, json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
                      dict(H, **{"MCP-Session-Id": sid, "MCP-Protocol-Version": version}))
         r = conn.getresponse(); r.read()
     conn.close()
@@ -135,13 +136,84 @@ def resume_latency(m, samples):
     return {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1]}
 
 
+class Proc:
+    """A process pinned to `cpu`, waited for on `port`."""
+    def __init__(self, args, cpu, port, env=None):
+        self.p = subprocess.Popen(["taskset", "-c", str(cpu), *args], env=dict(os.environ, **(env or {})),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+
+    def cpu_s(self):
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def overhead(args):
+    """Gateway overhead: tools/call echo straight to rmcp-echo vs through Marina (JSON mode)."""
+    echo_args = {"MCP_TOOL": "echo", "MCP_ARGS": '{"message":"hello"}'}
+    rows = []
+    up_port = free_port()
+    url = f"http://127.0.0.1:{up_port}/mcp"
+    up_env = {"ADDR": f"127.0.0.1:{up_port}", "THREADS": "1"}
+    # direct: upstream alone on CPU 0 (wrk on CPU 1)
+    up = Proc([args.echo], 0, up_port, up_env)
+    r = measured_proc(up, url, 8, args, echo_args); rows.append(("direct: rmcp-echo on CPU 0", 8, r))
+    up.stop()
+    # ceiling: upstream shares CPU 1 with wrk — exactly its placement in the gateway run
+    up = Proc([args.echo], 1, up_port, up_env)
+    r = measured_proc(up, url, 8, args, echo_args); rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", 8, r))
+    redis = Redis()
+    d = tempfile.mkdtemp()
+    cfg = os.path.join(d, "marina.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"egress:\n  allow_loopback: true\ntenants:\n  bench:\n    upstreams:\n"
+                f"      - {{kind: mcp, name: up, prefix: \"\", url: \"{url}\"}}\n")
+    try:
+        m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}, cfg)
+        sids = ",".join(open_sessions(m.port, 8, path="/t/bench/mcp"))
+        murl = f"http://127.0.0.1:{m.port}/t/bench/mcp"
+        for c in (1, 8, 32):
+            r = measured(m, murl, c, args, dict(echo_args, MCP_SESSIONS=sids))
+            rows.append(("through Marina (CPU 0) to rmcp-echo (CPU 1)", c, r))
+        m.stop()
+    finally:
+        redis.stop()
+        up.stop()
+    print("| measurement | C | calls/s (median) | runs | p50 ms | p99 ms | CPU of the measured process |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for name, c, r in rows:
+        print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} |")
+
+
+def measured_proc(proc, url, conns, args, env):
+    wrk(url, conns, 2, env)
+    runs = []
+    for _ in range(args.repeats):
+        c0 = proc.cpu_s(); runs.append(wrk(url, conns, args.duration, env)); runs[-1]["cpu"] = (proc.cpu_s() - c0) / args.duration
+    med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+    med["runs"] = [r["rate"] for r in runs]
+    return med
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--marina", default="target/release/marina")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=10000)
+    ap.add_argument("--overhead", action="store_true", help="measure gateway overhead against rmcp-echo instead")
+    ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
     args = ap.parse_args()
+    if args.overhead:
+        return overhead(args)
     rows = []
     redis = Redis()
     url = f"redis://127.0.0.1:{redis.port}/"

@@ -41,10 +41,11 @@ class Marina:
     store: str  # "memory" or "redis"
     log_path: Path
     proc: subprocess.Popen[bytes]
+    tenant: str = TENANT
 
     @property
     def mcp_url(self) -> str:
-        return f"{self.base_url}/t/{TENANT}/mcp"
+        return f"{self.base_url}/t/{self.tenant}/mcp"
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -144,7 +145,14 @@ def redis_url(tmp_root: Path) -> Iterator[str]:
     pytest.fail(f"could not start redis-server: {last_err}")
 
 
-def _start_marina(tmp_root: Path, store: str, redis: str | None, node_id: str) -> Marina:
+def _start_marina(
+    tmp_root: Path,
+    store: str,
+    redis: str | None,
+    node_id: str,
+    config: Path | None = None,
+    tenant: str = TENANT,
+) -> Marina:
     exe = _marina_bin()
     last_err = ""
     for attempt in range(3):  # bounded retry only for the free-port race
@@ -154,6 +162,8 @@ def _start_marina(tmp_root: Path, store: str, redis: str | None, node_id: str) -
         args = [str(exe), "serve", "--bind", f"127.0.0.1:{port}", "--node-id", node_id]
         if redis is not None:
             args += ["--redis-url", redis]
+        if config is not None:
+            args += ["--config", str(config)]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 args,
@@ -163,7 +173,7 @@ def _start_marina(tmp_root: Path, store: str, redis: str | None, node_id: str) -
                 start_new_session=True,
                 env={**os.environ, "RUST_BACKTRACE": "1"},
             )
-        marina = Marina(base_url=base, store=store, log_path=log_path, proc=proc)
+        marina = Marina(base_url=base, store=store, log_path=log_path, proc=proc, tenant=tenant)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
