@@ -272,13 +272,15 @@ async fn another_session_cannot_replay_these_events() {
 async fn get_stream_carries_server_messages_one_at_a_time() {
     let app = spawn_app(&[("sessions.tools_call_response", "json")]).await;
     let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    // A second standalone GET replaces the first, which ends with a retry hint: one stream.
+    let first = s.get(None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first = tokio::spawn(read_events(first, Duration::from_secs(5), |_| false));
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let stream = s.get(None).await;
     assert_eq!(stream.status(), StatusCode::OK);
-    assert_eq!(
-        s.get(None).await.status(),
-        StatusCode::CONFLICT,
-        "one standalone GET stream per session"
-    );
+    let (old, ended) = first.await.unwrap();
+    assert!(ended && old.last().unwrap().retry.is_some(), "{old:?}");
     let reader = tokio::spawn(read_events(stream, Duration::from_secs(10), |ev| {
         ev.iter().any(|e| e.data.contains("via-get"))
     }));
@@ -458,4 +460,41 @@ async fn sessions_expire_by_idle_ttl_and_by_absolute_maximum() {
         StatusCode::NOT_FOUND,
         "session ended at its absolute maximum"
     );
+}
+
+#[actix_rt::test]
+async fn messages_sent_before_the_get_stream_opens_are_not_lost() {
+    let app = spawn_app(&[("sessions.tools_call_response", "json")]).await;
+    let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    // JSON mode: the log notification goes to the GET stream, which is not open yet.
+    let r = s
+        .rpc(
+            1,
+            "tools/call",
+            json!({"name": "log", "arguments": {"level": "info", "message": "early bird"}}),
+        )
+        .await;
+    assert_eq!(r["result"]["isError"], false);
+    let (events, _) = read_events(s.get(None).await, Duration::from_secs(5), |ev| {
+        ev.iter().any(|e| e.data.contains("early bird"))
+    })
+    .await;
+    assert!(
+        messages(&events)
+            .iter()
+            .any(|m| m["params"]["data"] == "early bird"),
+        "{events:?}"
+    );
+    // Delivered once: a second GET (after the first closes) does not repeat it.
+    let mut second = s.get(None).await;
+    for _ in 0..20 {
+        if second.status() == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // the first connection is closing
+        second = s.get(None).await;
+    }
+    assert_eq!(second.status(), StatusCode::OK);
+    let (again, _) = read_events(second, Duration::from_millis(500), |_| false).await;
+    assert!(messages(&again).is_empty(), "{again:?}");
 }

