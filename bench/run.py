@@ -169,7 +169,8 @@ def overhead(args):
     up.stop()
     # ceiling: upstream shares CPU 1 with wrk — exactly its placement in the gateway run
     up = Proc([args.echo], 1, up_port, up_env)
-    r = measured_proc(up, url, 8, args, echo_args); rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", 8, r))
+    for c in (1, 8, 32):
+        r = measured_proc(up, url, c, args, echo_args); rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", c, r))
     redis = Redis()
     d = tempfile.mkdtemp()
     cfg = os.path.join(d, "marina.yaml")
