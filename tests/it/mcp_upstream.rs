@@ -31,15 +31,9 @@ async fn upstream_tools_are_published_called_and_relayed() {
     let (app, _dir) = start_app(&upstream.url, true).await;
     let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({"elicitation": {}})).await;
 
-    let list = s.rpc(1, "tools/list", json!({})).await;
-    let names: Vec<&str> = list["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = s.tool_names(1).await;
     assert!(
-        names.contains(&"echo") && names.contains(&"conf.test_simple_text"),
+        names.iter().any(|n| n == "echo") && names.iter().any(|n| n == "conf.test_simple_text"),
         "{names:?}"
     );
     assert!(
@@ -213,13 +207,7 @@ async fn a_dead_or_forbidden_upstream_is_a_clear_error_and_hides_nothing_else() 
     // An upstream that is down from the start contributes no tools; the others are listed.
     let fresh = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
     let started = std::time::Instant::now();
-    let list = fresh.rpc(1, "tools/list", json!({})).await;
-    let names: Vec<&str> = list["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = fresh.tool_names(1).await;
     assert_eq!(names, ["echo"]);
     assert!(started.elapsed() < Duration::from_secs(5));
 
@@ -255,15 +243,9 @@ async fn server_requests_are_relayed_and_answered_through_another_node() {
     let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", caps).await;
     let on_b = on_a.at(&b.endpoint());
 
-    let list = on_b.rpc(1, "tools/list", json!({})).await;
-    let names: Vec<&str> = list["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = on_b.tool_names(1).await;
     assert!(
-        names.contains(&"conf.test_sampling") && names.contains(&"ev.echo"),
+        names.iter().any(|n| n == "conf.test_sampling") && names.iter().any(|n| n == "ev.echo"),
         "{names:?}"
     );
     assert_eq!(

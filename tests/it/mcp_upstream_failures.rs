@@ -80,12 +80,7 @@ async fn misbehaving_upstreams_give_clear_tool_errors_and_block_nothing() {
     std::fs::write(&file, yaml).unwrap();
     let app = spawn_app_with(Some(&file), &[]).await;
     let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
-    let names: Vec<String> = s.rpc(1, "tools/list", json!({})).await["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_owned())
-        .collect();
+    let names = s.tool_names(1).await;
     for expected in [
         "good.test_simple_text",
         "slow.t",

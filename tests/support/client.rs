@@ -203,6 +203,18 @@ impl Mcp {
             .unwrap_or_else(|| panic!("no response to {method}"))
     }
 
+    /// `tools/list` (first page) → the tool names, in the order listed.
+    pub async fn tool_names(&self, id: i64) -> Vec<String> {
+        let list = self.rpc(id, "tools/list", json!({})).await;
+        let tools = list["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools in {list}"));
+        tools
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// `tools/call` → the result's first text.
     pub async fn call_text(&self, id: i64, tool: &str, args: Value) -> String {
         let r = self

@@ -207,6 +207,10 @@ pub enum UpstreamSettings {
 }
 
 /// A remote MCP server.
+///
+/// Its credential, timeout and size fields repeat those of [`HttpToolSettings`] on purpose: a
+/// shared struct would need `#[serde(flatten)]`, which silently disables `deny_unknown_fields`
+/// (a typo such as `timout_ms` would then be ignored instead of refused).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpUpstreamSettings {
