@@ -141,7 +141,7 @@ impl Application {
                             !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
                         })
                         .map(str::to_owned)
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
                     let tenant = req
                         .path()
                         .strip_prefix("/t/")
@@ -160,7 +160,10 @@ impl Application {
                     let fut = srv.call(req);
                     async move {
                         let mut res: ServiceResponse = fut.await?;
+                        // The access log has its own target so operators can turn it off
+                        // (`log_filter = "info,marina::access=off"`) without losing other logs.
                         tracing::info!(
+                            target: "marina::access",
                             status = res.status().as_u16(),
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "request done"

@@ -141,6 +141,18 @@ impl Failure {
 }
 
 /// The result of an upstream response, or its error relayed as it is.
+/// A request id for an upstream: `marina-<kind>-<process nonce>-<counter>`. Unique within an
+/// upstream session even when the session moves to another node (each process has its own random
+/// nonce), and far cheaper than a random UUID per request (no `getrandom` system call).
+fn upstream_request_id(kind: &str) -> Value {
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NONCE: LazyLock<u64> = LazyLock::new(rand::random);
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Value::String(format!("marina-{kind}-{:016x}-{n}", *NONCE))
+}
+
 fn relayed_result(msg: &Value) -> Result<Value, RpcError> {
     match (msg.get("result"), msg.get("error")) {
         (Some(result), _) => Ok(result.clone()),
@@ -286,7 +298,7 @@ impl McpUpstream {
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .timeout(self.timeout)
-            .body(body.to_string());
+            .body(serde_json::to_vec(body).unwrap_or_default());
         if let Some(s) = session {
             if let Some(id) = &s.id {
                 req = req.header("mcp-session-id", id);
@@ -583,7 +595,7 @@ impl McpUpstream {
             "capabilities": capabilities,
             "clientInfo": {"name": "marina", "version": env!("CARGO_PKG_VERSION")},
         });
-        let id = json!(format!("marina-init-{}", uuid::Uuid::new_v4().simple()));
+        let id = upstream_request_id("init");
         let (msg, sid) = self.request(None, &id, "initialize", params, None).await?;
         let version = msg
             .pointer("/result/protocolVersion")
@@ -618,7 +630,7 @@ impl McpUpstream {
         let mut cursor: Option<Value> = None;
         for _ in 0..MAX_PAGES {
             let params = cursor.take().map_or_else(|| json!({}), |c| json!({"cursor": c}));
-            let id = json!(format!("marina-list-{}", uuid::Uuid::new_v4().simple()));
+            let id = upstream_request_id("list");
             let (msg, _) = self
                 .request(Some(session), &id, "tools/list", params, None)
                 .await?;
@@ -656,7 +668,7 @@ impl McpUpstream {
     /// Tell the upstream session the client's log level (best effort: logs are filtered again
     /// downstream anyway).
     async fn send_log_level(&self, session: &UpstreamSession, level: &str) {
-        let id = json!(format!("marina-level-{}", uuid::Uuid::new_v4().simple()));
+        let id = upstream_request_id("level");
         if let Err(Failure::Upstream(m)) = self
             .request(
                 Some(session),
@@ -682,7 +694,7 @@ impl McpUpstream {
     ) -> Result<Value, RpcError> {
         for _ in 0..2 {
             let session = self.session(ctx).await.map_err(Failure::into_rpc)?;
-            let id = json!(format!("marina-req-{}", uuid::Uuid::new_v4().simple()));
+            let id = upstream_request_id("req");
             match self
                 .request(Some(&session), &id, method, params.clone(), None)
                 .await
@@ -903,7 +915,7 @@ impl ToolProvider for McpUpstream {
                 Ok(s) => s,
                 Err(f) => return Ok(tool_error(f.into_rpc().message)),
             };
-            let id = json!(format!("marina-call-{}", uuid::Uuid::new_v4().simple()));
+            let id = upstream_request_id("call");
             let mut guard = CancelOnDrop {
                 upstream: self,
                 session: session.clone(),
@@ -915,15 +927,18 @@ impl ToolProvider for McpUpstream {
                 .await;
             guard.armed = false;
             match outcome {
-                Ok((msg, _)) => {
-                    return match (msg.get("result"), msg.get("error")) {
-                        (Some(result), _) => Ok(result.clone()),
-                        (None, Some(e)) => Err(RpcError::new(
+                Ok((mut msg, _)) => {
+                    // Moved, not cloned: the result is the bulk of the message.
+                    if let Some(result) = msg.get_mut("result") {
+                        return Ok(result.take());
+                    }
+                    return match msg.get("error") {
+                        Some(e) => Err(RpcError::new(
                             e["code"].as_i64().unwrap_or(code::INTERNAL_ERROR),
                             e["message"].as_str().unwrap_or("upstream error"),
                         )
                         .with_data(e.get("data").cloned().unwrap_or(Value::Null))),
-                        (None, None) => Ok(tool_error(format!(
+                        None => Ok(tool_error(format!(
                             "the upstream {} sent a malformed answer",
                             self.name
                         ))),
