@@ -353,3 +353,156 @@ async fn subscribed_resource_updates_reach_the_client() {
         json!({})
     );
 }
+
+/// Two upstreams publishing the same resource URIs: the first (in configuration order) keeps them,
+/// the other's are listed as `marina://<upstream>/<uri>`; everything listed is readable, reads
+/// reach the upstream named, and results carry the URI the client used.
+#[actix_rt::test]
+async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
+    let upstream = UpstreamPeer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    let url = &upstream.url;
+    std::fs::write(
+        &file,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  acme:\n    upstreams:\n      - {{kind: mcp, name: conf, url: \"{url}\"}}\n      - {{kind: mcp, name: twin, url: \"{url}\"}}\n      - {{kind: mcp, name: gone, url: \"http://127.0.0.1:1/mcp\", timeout_ms: 2000}}\n"
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(Some(&file), &[]).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+
+    let listed = s.rpc(1, "resources/list", json!({})).await;
+    let uris: Vec<&str> = listed["result"]["resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert!(uris.contains(&"test://static-text"), "{uris:?}");
+    assert!(uris.contains(&"marina://twin/test://static-text"), "{uris:?}");
+    let mut unique = uris.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), uris.len(), "no URI listed twice: {uris:?}");
+
+    // Every listed URI is readable, and the contents name it as listed.
+    for (i, uri) in uris.iter().enumerate() {
+        let r = s.rpc(10 + i as i64, "resources/read", json!({"uri": uri})).await;
+        let contents = r["result"]["contents"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{uri}: {r}"));
+        assert!(contents.iter().all(|c| c["uri"] == *uri), "{uri}: {r}");
+    }
+    let r = s
+        .rpc(
+            2,
+            "resources/read",
+            json!({"uri": "marina://twin/test://static-text"}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["contents"][0]["text"], "This is the content of the static text resource.",
+        "{r}"
+    );
+
+    // Templates collide the same way; a namespaced template still matches its URIs.
+    let templates = s.rpc(3, "resources/templates/list", json!({})).await;
+    let names: Vec<&str> = templates["result"]["resourceTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uriTemplate"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"test://template/{id}/data")
+            && names.contains(&"marina://twin/test://template/{id}/data"),
+        "{names:?}"
+    );
+    let r = s
+        .rpc(
+            4,
+            "resources/read",
+            json!({"uri": "marina://twin/test://template/7/data"}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["contents"][0]["uri"], "marina://twin/test://template/7/data",
+        "{r}"
+    );
+
+    // An explicit `marina://<upstream>/` address goes to that upstream, even one that is down.
+    let r = s
+        .rpc(
+            5,
+            "resources/read",
+            json!({"uri": "marina://gone/test://static-text"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32603, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("gone"), "{r}");
+    // An unknown upstream name is just an unknown URI.
+    let r = s
+        .rpc(
+            6,
+            "resources/read",
+            json!({"uri": "marina://nobody/test://static-text"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+    app.shutdown().await;
+}
+
+/// `notifications/roots/list_changed` from the client reaches the upstream, which asks for the
+/// roots again; the new list is what its tool then reports.
+#[actix_rt::test]
+async fn root_list_changes_reach_the_upstream() {
+    let everything = UpstreamPeer::start_everything();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  acme:\n    upstreams:\n      - {{kind: mcp, name: ev, url: \"{}\"}}\n",
+            everything.url
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(Some(&file), &[]).await;
+    let s = Mcp::connect(
+        &app.endpoint("acme"),
+        "2025-11-25",
+        json!({"roots": {"listChanged": true}}),
+    )
+    .await;
+    // Listing tools starts the upstream session; the upstream then asks for the roots.
+    assert!(s.tool_names(1).await.iter().any(|n| n == "ev.get-roots-list"));
+    let answer = |ask: &Value, roots: Value| json!({"jsonrpc":"2.0","id":ask["id"],"result":{"roots":roots}});
+    let first = s
+        .wait_for_message("0_0-0", |m| m["method"] == "roots/list")
+        .await
+        .expect("the upstream asks for the roots");
+    let one = json!([{"uri": "file:///work/one", "name": "one"}]);
+    assert_eq!(s.post(&answer(&first, one)).await.status(), StatusCode::ACCEPTED);
+
+    let note = json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed"});
+    assert_eq!(s.post(&note).await.status(), StatusCode::ACCEPTED);
+    let second = s
+        .wait_for_message("0_0-0", |m| m["method"] == "roots/list" && m["id"] != first["id"])
+        .await
+        .expect("the upstream asks again after roots/list_changed");
+    let two = json!([{"uri": "file:///work/one", "name": "one"}, {"uri": "file:///work/two", "name": "two"}]);
+    assert_eq!(s.post(&answer(&second, two)).await.status(), StatusCode::ACCEPTED);
+
+    // The upstream now knows both roots (it stores them once the answer arrives).
+    let mut text = String::new();
+    for attempt in 0..20 {
+        text = s.call_text(20 + attempt, "ev.get-roots-list", json!({})).await;
+        if text.contains("file:///work/two") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("file:///work/two"), "{text}");
+    app.shutdown().await;
+}

@@ -24,6 +24,9 @@ struct CallCtx {
     /// re-run): progress must keep increasing, so those are not sent again.
     progress_floor: f64,
     cancel: CancellationToken,
+    /// Index of the provider whose messages this context relays (resource URIs it publishes may
+    /// be namespaced in this session).
+    provider: Option<usize>,
 }
 
 impl CallCtx {
@@ -196,6 +199,10 @@ impl CallContext for CallCtx {
     }
 
     async fn notify(&self, method: &str, params: Value) {
+        let params = match (method, self.provider) {
+            ("notifications/resources/updated", Some(p)) => self.shared.published_update(p, params),
+            _ => params,
+        };
         let _ = self
             .shared
             .emit(self.target(), &notification(method, params))
@@ -223,6 +230,7 @@ impl Shared {
                     progress_token: None,
                     progress_floor: f64::NEG_INFINITY,
                     cancel: cancel.clone(),
+                    provider: Some(i),
                 };
                 tokio::select! {
                     () = provider.follow(&ctx) => {}
@@ -256,6 +264,7 @@ impl Shared {
             .filter(|a| a.is_object())
             .cloned()
             .unwrap_or_else(|| json!({}));
+        let index = self.tool_index().await.get(&name).map(|(_, p)| p);
         let ctx = CallCtx {
             shared: self.clone(),
             stream,
@@ -265,12 +274,9 @@ impl Shared {
                 .cloned(),
             progress_floor,
             cancel: cancel.clone(),
+            provider: index,
         };
-        let provider = self
-            .tool_index()
-            .await
-            .get(&name)
-            .map(|(_, p)| self.tenant.providers[p].clone());
+        let provider = index.map(|p| self.tenant.providers[p].clone());
         let outcome = match provider {
             None => Some(Err(RpcError::invalid_params(format!(
                 "unknown tool: {}",

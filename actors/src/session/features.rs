@@ -2,9 +2,16 @@
 //! aggregated under the session: lists merged in a deterministic order with gateway-owned cursors,
 //! and every other request routed to the upstream that owns the resource or prompt.
 //!
-//! Resources keep their URIs; their owner is found in the upstreams' resource lists, then by their
-//! templates (RFC 6570 level-1 matching, see [`template_matches`]). Prompts are published under the
-//! same prefix scheme as tools. Lists are read from the upstreams on each request (not cached yet).
+//! Resources keep their URIs — links in tool results and the upstreams' own documentation stay
+//! valid — unless two upstreams publish the same URI (or URI template): the first in configuration
+//! order keeps it, every later one's copy is published as `marina://<upstream>/<uri>`, so that
+//! everything listed is readable and reaches its owner. `marina://<upstream>/<uri>` addresses any
+//! upstream's resource explicitly. A plain URI's owner is found in the upstreams' resource lists,
+//! then by their templates (RFC 6570 level-1 matching, see [`template_matches`]). Prompts are
+//! published under the same prefix scheme as tools. Lists are read from the upstreams on each
+//! request (not cached yet).
+
+use std::collections::HashMap;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,7 +47,62 @@ pub(crate) fn template_matches(template: &str, uri: &str) -> bool {
     go(template, uri)
 }
 
+/// Scheme of namespaced resource URIs.
+const NAMESPACE: &str = "marina://";
+
+/// `uri` of upstream `upstream` as published when another upstream already publishes it.
+fn namespaced(upstream: &str, uri: &str) -> String {
+    format!("{NAMESPACE}{upstream}/{uri}")
+}
+
+/// The upstream name and original URI of a namespaced URI.
+fn split_namespaced(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix(NAMESPACE)?.split_once('/')
+}
+
+/// Where a resource request goes: the provider index and the URI that upstream knows, and the
+/// URI the client used when it was namespaced (results are rewritten back to it).
+struct Route {
+    owner: usize,
+    uri: String,
+    published: Option<String>,
+}
+
 impl Shared {
+    /// Rewrite the URIs (field `key`) of a merged resource or template list: the first provider to
+    /// publish a URI keeps it; later providers' copies are namespaced and remembered.
+    fn namespace_duplicates(
+        &self,
+        providers: &[Arc<dyn ToolProvider>],
+        items: &mut [(Value, usize)],
+        key: &str,
+    ) {
+        let mut first: HashMap<String, usize> = HashMap::new();
+        for (item, i) in items.iter_mut() {
+            let Some(uri) = item[key].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let owner = *first.entry(uri.clone()).or_insert(*i);
+            if owner != *i {
+                item[key] = Value::String(namespaced(providers[*i].name(), &uri));
+                self.namespaced.borrow_mut().insert((*i, uri));
+            }
+        }
+    }
+
+    /// A `notifications/resources/updated` from provider `provider`: name the resource as this
+    /// session was shown it.
+    pub(crate) fn published_update(&self, provider: usize, mut params: Value) -> Value {
+        let Some(uri) = params["uri"].as_str().map(str::to_owned) else {
+            return params;
+        };
+        if self.namespaced.borrow().contains(&(provider, uri.clone())) {
+            let name = self.tenant.providers[provider].name().to_owned();
+            params["uri"] = Value::String(namespaced(&name, &uri));
+        }
+        params
+    }
+
     fn feature_providers(&self) -> Vec<Arc<dyn ToolProvider>> {
         self.tenant
             .providers
@@ -72,20 +134,35 @@ impl Shared {
         items
     }
 
-    /// The provider owning resource `uri`: listed by exactly that URI, else matched by a template,
-    /// else — with a single upstream — that one.
-    async fn resource_owner(
+    /// Where a request for resource `uri` goes: a namespaced URI to the upstream it names;
+    /// otherwise the first upstream listing exactly that URI, else the first whose template
+    /// matches it, else — with a single upstream — that one.
+    async fn resource_route(
         &self,
         ctx: &SessionCtx,
         providers: &[Arc<dyn ToolProvider>],
         uri: &str,
-    ) -> Option<usize> {
+    ) -> Option<Route> {
+        if let Some((name, original)) = split_namespaced(uri)
+            && let Some(owner) = providers.iter().position(|p| p.name() == name)
+        {
+            return Some(Route {
+                owner,
+                uri: original.to_owned(),
+                published: Some(uri.to_owned()),
+            });
+        }
+        let plain = |owner| Route {
+            owner,
+            uri: uri.to_owned(),
+            published: None,
+        };
         if providers.len() == 1 {
-            return Some(0);
+            return Some(plain(0));
         }
         let listed = self.gather(ctx, providers, "resources/list").await;
         if let Some((_, i)) = listed.iter().find(|(r, _)| r["uri"] == uri) {
-            return Some(*i);
+            return Some(plain(*i));
         }
         let templates = self.gather(ctx, providers, "resources/templates/list").await;
         templates
@@ -95,7 +172,7 @@ impl Shared {
                     .as_str()
                     .is_some_and(|tpl| tpl == uri || template_matches(tpl, uri))
             })
-            .map(|(_, i)| *i)
+            .map(|(_, i)| plain(*i))
     }
 
     async fn prompt_owner(
@@ -126,12 +203,11 @@ impl Shared {
             _ => None,
         };
         if let Some((key, sort_by)) = listing {
-            let mut items: Vec<Value> = self
-                .gather(&ctx, &providers, method)
-                .await
-                .into_iter()
-                .map(|(v, _)| v)
-                .collect();
+            let mut gathered = self.gather(&ctx, &providers, method).await;
+            if sort_by != "name" {
+                self.namespace_duplicates(&providers, &mut gathered, sort_by);
+            }
+            let mut items: Vec<Value> = gathered.into_iter().map(|(v, _)| v).collect();
             items.sort_by(|a, b| {
                 a[sort_by]
                     .as_str()
@@ -140,46 +216,72 @@ impl Shared {
             });
             return page(key, key, &self.id, &items, params.get("cursor"), page_size);
         }
-        let owner = match method {
+        let mut params = params;
+        let (owner, published) = match method {
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = params
                     .get("uri")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| RpcError::invalid_params("uri must be a string"))?;
-                self.resource_owner(&ctx, &providers, uri).await.ok_or_else(|| {
+                    .ok_or_else(|| RpcError::invalid_params("uri must be a string"))?
+                    .to_owned();
+                let route = self.resource_route(&ctx, &providers, &uri).await.ok_or_else(|| {
                     RpcError::new(code::RESOURCE_NOT_FOUND, "resource not found")
                         .with_data(json!({"uri": uri}))
-                })?
+                })?;
+                if route.published.is_some() && method == "resources/subscribe" {
+                    // Its updates must carry the URI the client subscribed to.
+                    self.namespaced
+                        .borrow_mut()
+                        .insert((route.owner, route.uri.clone()));
+                }
+                params["uri"] = Value::String(route.uri.clone());
+                (route.owner, route.published.map(|p| (route.uri, p)))
             }
             "prompts/get" => {
                 let name = params
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| RpcError::invalid_params("name must be a string"))?;
-                self.prompt_owner(&ctx, &providers, name)
+                let owner = self
+                    .prompt_owner(&ctx, &providers, name)
                     .await
-                    .ok_or_else(|| RpcError::invalid_params("unknown prompt"))?
+                    .ok_or_else(|| RpcError::invalid_params("unknown prompt"))?;
+                (owner, None)
             }
             "completion/complete" => {
-                let reference = &params["ref"];
+                let reference = params["ref"].clone();
                 let found = match reference["type"].as_str() {
                     Some("ref/prompt") => match reference["name"].as_str() {
                         Some(name) => self.prompt_owner(&ctx, &providers, name).await,
                         None => None,
                     },
                     Some("ref/resource") => match reference["uri"].as_str() {
-                        Some(uri) => self.resource_owner(&ctx, &providers, uri).await,
+                        Some(uri) => self.resource_route(&ctx, &providers, uri).await.map(|r| {
+                            params["ref"]["uri"] = Value::String(r.uri);
+                            r.owner
+                        }),
                         None => None,
                     },
                     _ => None,
                 };
-                found.ok_or_else(|| {
+                let owner = found.ok_or_else(|| {
                     RpcError::invalid_params("completion reference names no known prompt or resource")
-                })?
+                })?;
+                (owner, None)
             }
             _ => return Err(RpcError::method_not_found(method)),
         };
-        providers[owner].request_feature(method, params, &ctx).await
+        let mut result = providers[owner].request_feature(method, params, &ctx).await?;
+        if let (Some((original, published)), Some(contents)) = (
+            published,
+            result.get_mut("contents").and_then(Value::as_array_mut),
+        ) {
+            // The contents name the resource as the client asked for it.
+            for content in contents.iter_mut().filter(|c| c["uri"] == original.as_str()) {
+                content["uri"] = Value::String(published.clone());
+            }
+        }
+        Ok(result)
     }
 }
 

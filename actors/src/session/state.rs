@@ -56,6 +56,10 @@ pub(crate) struct Shared {
     index: RefCell<Option<Rc<ToolIndex>>>,
     /// Providers whose server-initiated messages are being followed (see `ensure_followers`).
     pub(crate) followers: RefCell<std::collections::HashSet<usize>>,
+    /// Resource URIs this session was shown namespaced (`marina://<upstream>/<uri>`, because an
+    /// earlier upstream publishes the same URI), by provider index: their update notifications
+    /// are rewritten to match (see `features.rs`).
+    pub(crate) namespaced: RefCell<std::collections::HashSet<(usize, String)>>,
     next_client_request: Cell<u64>,
     /// Cancelled when the actor stops: every call ends, nothing more is written.
     pub(crate) stopping: CancellationToken,
@@ -101,6 +105,7 @@ impl Shared {
             pending: RefCell::new(HashMap::new()),
             index: RefCell::new(None),
             followers: RefCell::new(std::collections::HashSet::new()),
+            namespaced: RefCell::new(std::collections::HashSet::new()),
             next_client_request: Cell::new(0),
             stopping: CancellationToken::new(),
             last_activity: Cell::new(now),
@@ -421,7 +426,7 @@ impl Shared {
         }
     }
 
-    async fn notification(&self, method: &str, msg: &Value) -> Reply {
+    async fn notification(self: &Rc<Self>, method: &str, msg: &Value) -> Reply {
         match method {
             "notifications/initialized" if !self.rec.borrow().initialized => {
                 self.rec.borrow_mut().initialized = true;
@@ -436,7 +441,13 @@ impl Shared {
                     call.cancel.cancel();
                 }
             }
-            // Other notifications (roots/list_changed, progress for nothing we asked) need nothing.
+            "notifications/roots/list_changed" => {
+                let ctx = super::call::SessionCtx(self.clone());
+                for provider in &self.tenant.providers {
+                    provider.roots_changed(&ctx).await;
+                }
+            }
+            // Other notifications (progress for nothing we asked, unknown ones) need nothing.
             _ => {}
         }
         Reply::Accepted

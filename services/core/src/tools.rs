@@ -95,6 +95,11 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     async fn list_tools(&self, _ctx: &dyn SessionContext) -> Result<Vec<ToolDef>, RpcError> {
         Ok(self.tools())
     }
+    /// The source's configured name (upstream MCP servers: the name namespaced resource URIs
+    /// carry, `marina://<name>/<uri>`).
+    fn name(&self) -> &str {
+        ""
+    }
     /// Does this source serve resources, prompts and completion (an upstream MCP server)?
     fn serves_features(&self) -> bool {
         false
@@ -120,6 +125,9 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     async fn follow(&self, _ctx: &dyn CallContext) {}
     /// The client set its log level: pass it on (upstream MCP servers filter at the source).
     async fn set_log_level(&self, _level: &str, _ctx: &dyn SessionContext) {}
+    /// The client's roots changed (`notifications/roots/list_changed`): tell the source, so an
+    /// upstream that cached them asks again. Sources without a session ignore it.
+    async fn roots_changed(&self, _ctx: &dyn SessionContext) {}
     /// Run one tool. Returns a `CallToolResult`; tool failures (including invalid arguments) are
     /// results with `isError: true`, protocol failures are `Err`.
     async fn call(&self, name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError>;

@@ -586,10 +586,6 @@ impl McpUpstream {
                 capabilities[capability] = v.clone();
             }
         }
-        if let Some(roots) = capabilities.get_mut("roots") {
-            // Root-list changes are not relayed (yet): do not promise them.
-            roots.as_object_mut().map(|r| r.remove("listChanged"));
-        }
         let params = json!({
             "protocolVersion": protocol::LATEST_VERSION,
             "capabilities": capabilities,
@@ -791,6 +787,10 @@ impl McpUpstream {
 
 #[async_trait(?Send)]
 impl ToolProvider for McpUpstream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn tools(&self) -> Vec<ToolDef> {
         Vec::new()
     }
@@ -888,6 +888,19 @@ impl ToolProvider for McpUpstream {
             };
             tokio::time::sleep(pause).await;
         }
+    }
+
+    async fn roots_changed(&self, ctx: &dyn SessionContext) {
+        // Only an upstream session that exists can have asked for the roots; a new one asks
+        // afresh. Sent in the background: the client's POST does not wait on upstreams.
+        let Some(session) = ctx.upstream_session(&self.name) else {
+            return;
+        };
+        let note = protocol::notification("notifications/roots/list_changed", json!({}));
+        let request = self.post_request(Some(&session), &note);
+        actix_rt::spawn(async move {
+            let _ = request.send().await;
+        });
     }
 
     async fn set_log_level(&self, level: &str, ctx: &dyn SessionContext) {
