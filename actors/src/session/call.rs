@@ -199,6 +199,9 @@ impl CallContext for CallCtx {
     }
 
     async fn notify(&self, method: &str, params: Value) {
+        if method.ends_with("/list_changed") {
+            self.shared.forget_listings();
+        }
         let params = match (method, self.provider) {
             ("notifications/resources/updated", Some(p)) => self.shared.published_update(p, params),
             _ => params,

@@ -12,6 +12,7 @@
 //! request (not cached yet).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -46,6 +47,10 @@ pub(crate) fn template_matches(template: &str, uri: &str) -> bool {
     }
     go(template, uri)
 }
+
+/// How long routing trusts a session's last listing of an upstream's resources, templates or
+/// prompts (an upstream without `listChanged` notifications is re-read at least this often).
+const LISTING_TTL: Duration = Duration::from_secs(30);
 
 /// Scheme of namespaced resource URIs.
 const NAMESPACE: &str = "marina://";
@@ -160,19 +165,59 @@ impl Shared {
         if providers.len() == 1 {
             return Some(plain(0));
         }
-        let listed = self.gather(ctx, providers, "resources/list").await;
-        if let Some((_, i)) = listed.iter().find(|(r, _)| r["uri"] == uri) {
-            return Some(plain(*i));
+        if let Some(i) = self
+            .find_listed(ctx, providers, "resources/list", &|r| r["uri"] == uri)
+            .await
+        {
+            return Some(plain(i));
         }
-        let templates = self.gather(ctx, providers, "resources/templates/list").await;
-        templates
-            .iter()
-            .find(|(t, _)| {
-                t["uriTemplate"]
-                    .as_str()
-                    .is_some_and(|tpl| tpl == uri || template_matches(tpl, uri))
-            })
-            .map(|(_, i)| plain(*i))
+        let by_template = |t: &Value| {
+            t["uriTemplate"]
+                .as_str()
+                .is_some_and(|tpl| tpl == uri || template_matches(tpl, uri))
+        };
+        self.find_listed(ctx, providers, "resources/templates/list", &by_template)
+            .await
+            .map(plain)
+    }
+
+    /// The provider of the first item of `method`'s merged list that satisfies `wanted`. Routing
+    /// reads the session's last listing (at most [`LISTING_TTL`] old, dropped when an upstream
+    /// says its list changed) and lists afresh only when that finds nothing — so a read or a
+    /// prompt costs one upstream round trip, not three, yet new items are found at once.
+    async fn find_listed(
+        &self,
+        ctx: &SessionCtx,
+        providers: &[Arc<dyn ToolProvider>],
+        method: &str,
+        wanted: &dyn Fn(&Value) -> bool,
+    ) -> Option<usize> {
+        let cached = self
+            .listings
+            .borrow()
+            .get(method)
+            .filter(|(at, _)| at.elapsed() < LISTING_TTL)
+            .map(|(_, items)| items.clone());
+        if let Some(items) = cached
+            && let Some((_, i)) = items.iter().find(|(item, _)| wanted(item))
+        {
+            return Some(*i);
+        }
+        let items = self.gather(ctx, providers, method).await;
+        let found = items.iter().find(|(item, _)| wanted(item)).map(|(_, i)| *i);
+        self.remember_listing(method, items);
+        found
+    }
+
+    fn remember_listing(&self, method: &str, items: Vec<(Value, usize)>) {
+        self.listings
+            .borrow_mut()
+            .insert(method.to_owned(), (Instant::now(), Rc::new(items)));
+    }
+
+    /// An upstream's list changed: routing must not trust the session's last listing.
+    pub(crate) fn forget_listings(&self) {
+        self.listings.borrow_mut().clear();
     }
 
     async fn prompt_owner(
@@ -181,8 +226,8 @@ impl Shared {
         providers: &[Arc<dyn ToolProvider>],
         name: &str,
     ) -> Option<usize> {
-        let prompts = self.gather(ctx, providers, "prompts/list").await;
-        prompts.iter().find(|(p, _)| p["name"] == name).map(|(_, i)| *i)
+        self.find_listed(ctx, providers, "prompts/list", &|p| p["name"] == name)
+            .await
     }
 
     /// Serve a resources/prompts/completion request from the tenant's upstreams.
@@ -204,6 +249,7 @@ impl Shared {
         };
         if let Some((key, sort_by)) = listing {
             let mut gathered = self.gather(&ctx, &providers, method).await;
+            self.remember_listing(method, gathered.clone());
             if sort_by != "name" {
                 self.namespace_duplicates(&providers, &mut gathered, sort_by);
             }

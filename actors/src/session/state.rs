@@ -42,6 +42,9 @@ pub(crate) struct Call {
     pub(crate) cancel: CancellationToken,
 }
 
+/// A merged list of resources, templates or prompts: each item with its provider's index.
+pub(crate) type Listing = Rc<Vec<(Value, usize)>>;
+
 /// Shared state of one live session.
 pub(crate) struct Shared {
     pub(crate) node: Arc<Node>,
@@ -60,6 +63,8 @@ pub(crate) struct Shared {
     /// earlier upstream publishes the same URI), by provider index: their update notifications
     /// are rewritten to match (see `features.rs`).
     pub(crate) namespaced: RefCell<std::collections::HashSet<(usize, String)>>,
+    /// The session's last merged listing per list method, for routing (see `features.rs`).
+    pub(crate) listings: RefCell<HashMap<String, (Instant, Listing)>>,
     next_client_request: Cell<u64>,
     /// Cancelled when the actor stops: every call ends, nothing more is written.
     pub(crate) stopping: CancellationToken,
@@ -106,6 +111,7 @@ impl Shared {
             index: RefCell::new(None),
             followers: RefCell::new(std::collections::HashSet::new()),
             namespaced: RefCell::new(std::collections::HashSet::new()),
+            listings: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
             stopping: CancellationToken::new(),
             last_activity: Cell::new(now),
