@@ -292,7 +292,12 @@ impl Shared {
         };
         drop(ctx);
         let response = outcome.map(|r| match r {
-            Ok(result) => result_response(&id, result),
+            Ok(mut result) => {
+                if let Some(i) = index {
+                    self.publish_links(i, &mut result);
+                }
+                result_response(&id, result)
+            }
             Err(e) => e.to_response(Some(&id)),
         });
         self.calls.borrow_mut().remove(&id_key(&id));

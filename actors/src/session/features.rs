@@ -65,6 +65,27 @@ fn split_namespaced(uri: &str) -> Option<(&str, &str)> {
     uri.strip_prefix(NAMESPACE)?.split_once('/')
 }
 
+/// Namespace the URIs of `resource_link` and embedded `resource` items of a tool result's
+/// content that `is_namespaced`, as published by upstream `upstream`.
+fn rewrite_links(result: &mut Value, upstream: &str, is_namespaced: impl Fn(&str) -> bool) {
+    let Some(content) = result.get_mut("content").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for item in content {
+        // `pointer_mut`, not indexing: an upstream's malformed item must not panic.
+        let pointer = match item["type"].as_str() {
+            Some("resource_link") => "/uri",
+            Some("resource") => "/resource/uri",
+            _ => continue,
+        };
+        if let Some(uri) = item.pointer_mut(pointer)
+            && let Some(plain) = uri.as_str().filter(|u| is_namespaced(u)).map(str::to_owned)
+        {
+            *uri = Value::String(namespaced(upstream, &plain));
+        }
+    }
+}
+
 /// Where a resource request goes: the provider index and the URI that upstream knows, and the
 /// URI the client used when it was namespaced (results are rewritten back to it).
 struct Route {
@@ -106,6 +127,19 @@ impl Shared {
             params["uri"] = Value::String(namespaced(&name, &uri));
         }
         params
+    }
+
+    /// Resource links and embedded resources in a tool result of provider `provider` name the
+    /// resource as this session was shown it (namespaced when another upstream has the URI).
+    pub(crate) fn publish_links(&self, provider: usize, result: &mut Value) {
+        let namespaced = self.namespaced.borrow();
+        if namespaced.is_empty() {
+            return;
+        }
+        let name = self.tenant.providers[provider].name();
+        rewrite_links(result, name, |uri| {
+            namespaced.contains(&(provider, uri.to_owned()))
+        });
     }
 
     fn feature_providers(&self) -> Vec<Arc<dyn ToolProvider>> {
@@ -333,7 +367,27 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use super::template_matches;
+    use super::{rewrite_links, template_matches};
+    use serde_json::json;
+
+    #[test]
+    fn links_to_namespaced_resources_are_rewritten() {
+        let mut result = json!({"content": [
+            {"type": "resource_link", "uri": "file:///a", "name": "a"},
+            {"type": "resource", "resource": {"uri": "file:///a", "text": "x"}},
+            {"type": "resource_link", "uri": "file:///b", "name": "b"},
+            {"type": "resource", "resource": "malformed"},
+            {"type": "resource_link"},
+            {"type": "text", "text": "file:///a"},
+        ]});
+        rewrite_links(&mut result, "twin", |u| u == "file:///a");
+        let c = &result["content"];
+        assert_eq!(c[0]["uri"], "marina://twin/file:///a");
+        assert_eq!(c[1]["resource"]["uri"], "marina://twin/file:///a");
+        assert_eq!(c[2]["uri"], "file:///b");
+        assert_eq!(c[3]["resource"], "malformed");
+        assert_eq!(c[5]["text"], "file:///a");
+    }
 
     #[test]
     fn level_one_templates_match_uris() {
