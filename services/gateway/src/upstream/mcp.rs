@@ -33,6 +33,8 @@ use super::http_tool::valid_tool_name;
 const MAX_PAGES: usize = 100;
 /// How often a session's follower looks whether its upstream session has started.
 const FOLLOW_POLL: Duration = Duration::from_millis(25);
+/// How long a new upstream session waits for its GET stream to be opened before it is used.
+const GET_OPEN_WAIT: Duration = Duration::from_secs(2);
 /// How often an interrupted upstream answer stream is resumed before giving up.
 const MAX_RESUMES: usize = 5;
 /// The longest `retry` hint of an upstream that Marina honours before resuming.
@@ -98,6 +100,47 @@ pub struct McpUpstream {
     /// One upstream-session initialization at a time per downstream session (two concurrent
     /// first requests must not start two upstream sessions).
     starting: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// The running follower of each downstream session (see [`FollowerLink`]).
+    followers: std::sync::Mutex<std::collections::HashMap<String, FollowerLink>>,
+}
+
+/// How a new upstream session reaches its downstream session's follower (which lives as long as
+/// the session's actor on this node).
+///
+/// A new upstream session is not used before the follower has opened its GET stream (or failed
+/// to), because an upstream may send a request there in answer to our very next request, and a
+/// message sent on the GET stream while no GET stream is open is lost: the Streamable HTTP server
+/// of the official TypeScript SDK stores it but replays it only to a GET that carries a
+/// `Last-Event-ID`, which a first GET cannot have. server-everything's `get-roots-list`, as the
+/// session's first call, sends `roots/list` that way at once (not on the call's stream), and the
+/// call then waits for an answer forever.
+#[derive(Clone)]
+struct FollowerLink {
+    /// Wakes the follower when an upstream session starts (rather than at its next look).
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    /// The upstream session (its id) whose GET stream the follower last tried to open, set once
+    /// the upstream has answered the attempt. Closed when the follower stops.
+    tried: tokio::sync::watch::Receiver<Option<Option<String>>>,
+}
+
+/// Removes a follower's [`FollowerLink`] when the follower stops (returns or is dropped).
+struct Unlink<'a> {
+    upstream: &'a McpUpstream,
+    key: String,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Unlink<'_> {
+    fn drop(&mut self) {
+        let mut followers = self.upstream.followers.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this follower's own link: a successor may have replaced it.
+        if followers
+            .get(&self.key)
+            .is_some_and(|l| std::sync::Arc::ptr_eq(&l.wake, &self.wake))
+        {
+            followers.remove(&self.key);
+        }
+    }
 }
 
 impl std::fmt::Debug for McpUpstream {
@@ -261,6 +304,7 @@ impl McpUpstream {
             policy,
             breaker: Breaker::default(),
             starting: Default::default(),
+            followers: Default::default(),
         })
     }
 
@@ -618,7 +662,28 @@ impl McpUpstream {
         ctx.set_upstream_session(&self.name, Some(session.clone()))
             .await
             .map_err(|e| Failure::Upstream(e.message))?;
+        self.await_get_stream(&ctx.session_key(), &session).await;
         Ok(session)
+    }
+
+    /// Wait (at most [`GET_OPEN_WAIT`]) until this session's follower has opened the new upstream
+    /// session's GET stream, or failed to, so that what the upstream sends there in answer to our
+    /// next request is not lost (see [`FollowerLink`]). No wait without a follower.
+    async fn await_get_stream(&self, key: &str, session: &UpstreamSession) {
+        let link = self
+            .followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        let Some(FollowerLink { wake, mut tried }) = link else {
+            return;
+        };
+        wake.notify_one();
+        let opened = tried.wait_for(|t| t.as_ref() == Some(&session.id));
+        if tokio::time::timeout(GET_OPEN_WAIT, opened).await.is_err() {
+            tracing::info!(upstream = %self.name, "the upstream session's GET stream is not open yet");
+        }
     }
 
     async fn list_all(&self, session: &UpstreamSession) -> Result<Vec<ToolDef>, Failure> {
@@ -709,6 +774,7 @@ impl McpUpstream {
         ctx: &dyn CallContext,
         last_event_id: &mut Option<String>,
         followed: &mut Option<Option<String>>,
+        tried: &tokio::sync::watch::Sender<Option<Option<String>>>,
     ) -> Follow {
         // Follow the session the session's requests use; never start one just to follow it.
         let Some(session) = ctx.upstream_session(&self.name) else {
@@ -734,7 +800,11 @@ impl McpUpstream {
         if egress::check_url(&self.policy, &self.url).is_err() {
             return Follow::Unsupported;
         }
-        let Ok(resp) = req.send().await else {
+        let sent = req.send().await;
+        // The upstream has answered (with a 2xx, its GET stream is open): a new upstream session
+        // waiting for this may now be used.
+        tried.send_replace(Some(session.id.clone()));
+        let Ok(resp) = sent else {
             return Follow::Failed;
         };
         match resp.status() {
@@ -872,8 +942,27 @@ impl ToolProvider for McpUpstream {
         let mut delay = Duration::from_millis(500);
         let mut last_event_id: Option<String> = None;
         let mut session_id: Option<Option<String>> = None;
+        // Let new upstream sessions of this session wake us and wait for their GET stream.
+        let key = ctx.session_key();
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (tried, rx) = tokio::sync::watch::channel(None);
+        self.followers.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key.clone(),
+            FollowerLink {
+                wake: wake.clone(),
+                tried: rx,
+            },
+        );
+        let _unlink = Unlink {
+            upstream: self,
+            key,
+            wake: wake.clone(),
+        };
         loop {
-            let pause = match self.follow_once(ctx, &mut last_event_id, &mut session_id).await {
+            let outcome = self
+                .follow_once(ctx, &mut last_event_id, &mut session_id, &tried)
+                .await;
+            let pause = match outcome {
                 Follow::Unsupported => return,
                 // Look often: an upstream may send requests right after its session starts.
                 Follow::NotYet => FOLLOW_POLL,
@@ -886,7 +975,11 @@ impl ToolProvider for McpUpstream {
                     delay
                 }
             };
-            tokio::time::sleep(pause).await;
+            // A new upstream session is followed at once, whatever the pause.
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = wake.notified() => {}
+            }
         }
     }
 
