@@ -659,6 +659,12 @@ impl McpUpstream {
                 self.name
             )));
         }
+        // A level the client set before this upstream session existed applies to it too.
+        if let Some(level) = ctx.log_level()
+            && msg.pointer("/result/capabilities/logging").is_some()
+        {
+            self.send_log_level(&session, &level).await;
+        }
         ctx.set_upstream_session(&self.name, Some(session.clone()))
             .await
             .map_err(|e| Failure::Upstream(e.message))?;
