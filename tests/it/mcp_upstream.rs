@@ -506,3 +506,39 @@ async fn root_list_changes_reach_the_upstream() {
     assert!(text.contains("file:///work/two"), "{text}");
     app.shutdown().await;
 }
+
+/// An upstream that withdraws its own request to the client (`notifications/cancelled`, here on a
+/// timeout) has it withdrawn from the client too, under the id the client knows; the call goes on
+/// while the client has not answered, and ends with the upstream's result.
+#[actix_rt::test]
+async fn an_upstream_withdrawing_its_request_withdraws_it_from_the_client() {
+    let upstream = UpstreamPeer::start();
+    let (app, _dir) = start_app(&upstream.url, true).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({"elicitation": {}})).await;
+    let (_, msgs) = s
+        .exchange(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"conf.marina_elicitation_withdrawn","arguments":{"timeout_ms":300}}}))
+        .await;
+    let ask = msgs
+        .iter()
+        .position(|m| m["method"] == "elicitation/create")
+        .unwrap_or_else(|| panic!("{msgs:?}"));
+    let withdrawn = msgs
+        .iter()
+        .position(|m| m["method"] == "notifications/cancelled")
+        .unwrap_or_else(|| panic!("{msgs:?}"));
+    assert_eq!(
+        msgs[withdrawn]["params"]["requestId"], msgs[ask]["id"],
+        "{msgs:?}"
+    );
+    let result = msgs.len() - 1;
+    assert!(ask < withdrawn && withdrawn < result, "{msgs:?}");
+    assert_eq!(msgs[result]["id"], 1);
+    let text = msgs[result]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("withdrawn"), "{msgs:?}");
+    // The client's late answer is accepted and goes nowhere.
+    let late = json!({"jsonrpc":"2.0","id":msgs[ask]["id"],"result":{"action":"decline"}});
+    assert_eq!(s.post(&late).await.status(), StatusCode::ACCEPTED);
+    app.shutdown().await;
+}

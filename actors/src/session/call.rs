@@ -44,12 +44,28 @@ fn number(v: f64) -> Value {
     }
 }
 
-/// Removes a pending server→client request when its waiter goes away (answered, cancelled).
-struct PendingGuard<'a>(&'a Shared, String);
+/// Removes a pending server→client request when its waiter goes away. Unanswered (the upstream
+/// cancelled it, or the call it served ended), the client is told with `notifications/cancelled`
+/// so it can stop asking its user.
+struct PendingGuard {
+    shared: Rc<Shared>,
+    id: String,
+    stream: StreamId,
+}
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.0.pending.borrow_mut().remove(&self.1);
+        let unanswered = self.shared.pending.borrow_mut().remove(&self.id).is_some();
+        if unanswered && !self.shared.stopping.is_cancelled() {
+            let (shared, stream) = (self.shared.clone(), self.stream);
+            let note = notification(
+                "notifications/cancelled",
+                json!({"requestId": self.id, "reason": "the server no longer needs the answer"}),
+            );
+            actix::spawn(async move {
+                let _ = shared.emit(stream, &note).await;
+            });
+        }
     }
 }
 
@@ -181,7 +197,11 @@ impl CallContext for CallCtx {
         let id = self.shared.next_client_request_id();
         let (tx, rx) = oneshot::channel();
         self.shared.pending.borrow_mut().insert(id.clone(), tx);
-        let _guard = PendingGuard(&self.shared, id.clone());
+        let _guard = PendingGuard {
+            shared: self.shared.clone(),
+            id: id.clone(),
+            stream: self.target(),
+        };
         self.shared
             .emit(self.target(), &protocol::request(&json!(id), method, params))
             .await

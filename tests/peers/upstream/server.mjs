@@ -427,6 +427,26 @@ const TOOLS = [
       .strict(),
     run: async args => ({ content: [text(`Received: ${JSON.stringify(args)}`)] }),
   },
+  {
+    // Not part of the conformance contract: lets Marina's tests see an upstream withdraw its own
+    // request (the SDK sends notifications/cancelled when a request times out).
+    name: 'marina_elicitation_withdrawn',
+    description: 'Asks the user something, gives up after timeout_ms and withdraws the question.',
+    inputSchema: { type: 'object', properties: { timeout_ms: { type: 'integer', minimum: 1 } } },
+    args: z.object({ timeout_ms: z.number().int().positive().optional() }),
+    run: async ({ timeout_ms = 300 }, extra) => {
+      const request = {
+        method: 'elicitation/create',
+        params: { message: 'Still there?', requestedSchema: { type: 'object', properties: {} } },
+      };
+      try {
+        await extra.sendRequest(request, ElicitResultSchema, { timeout: timeout_ms });
+        return { content: [text('answered')] };
+      } catch (e) {
+        return { content: [text(`withdrawn: ${e.message}`)] };
+      }
+    },
+  },
 ];
 const TOOLS_BY_NAME = new Map(TOOLS.map(t => [t.name, t]));
 

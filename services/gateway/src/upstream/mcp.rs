@@ -235,6 +235,80 @@ fn matches(pattern: &str, name: &str) -> bool {
         .map_or(pattern == name, |p| name.starts_with(p))
 }
 
+/// The messages an upstream sends on a stream Marina reads (a call's answer stream, the session's
+/// GET stream). Its requests to the client are relayed concurrently — reading goes on, so
+/// progress, logs and the upstream's own `notifications/cancelled` still flow while the client
+/// thinks — and the upstream can cancel each of them (the client is then told, see the session's
+/// pending-request guard). Notifications are relayed in order.
+struct Relays<'a> {
+    upstream: &'a McpUpstream,
+    session: Option<&'a UpstreamSession>,
+    ctx: &'a dyn CallContext,
+    /// Each resolves to its request's key in `cancels` when done (answered or cancelled).
+    running: futures_util::stream::FuturesUnordered<futures_util::future::LocalBoxFuture<'a, String>>,
+    /// Cancellation of each relayed request, by the upstream's request id (its JSON text).
+    cancels: std::collections::HashMap<String, tokio_util::sync::CancellationToken>,
+}
+
+impl<'a> Relays<'a> {
+    fn new(
+        upstream: &'a McpUpstream,
+        session: Option<&'a UpstreamSession>,
+        ctx: &'a dyn CallContext,
+    ) -> Self {
+        Self {
+            upstream,
+            session,
+            ctx,
+            running: Default::default(),
+            cancels: Default::default(),
+        }
+    }
+
+    /// Make progress on the running relays; pending forever when there are none (for `select!`).
+    async fn drive(&mut self) {
+        if self.running.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        if let Some(done) = self.running.next().await {
+            self.cancels.remove(&done);
+        }
+    }
+
+    async fn handle(&mut self, msg: Value) {
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or_default();
+        if method == "notifications/cancelled" {
+            let key = msg.pointer("/params/requestId").map(Value::to_string);
+            if let Some(token) = key.as_ref().and_then(|k| self.cancels.remove(k)) {
+                token.cancel();
+                // Let the cancelled relay end now, and its notice to the client go out, before
+                // anything the upstream sends next (the call's result, typically).
+                while let Some(done) = self.running.next().await {
+                    if Some(&done) == key.as_ref() {
+                        break;
+                    }
+                    self.cancels.remove(&done);
+                }
+                tokio::task::yield_now().await;
+            }
+            return;
+        }
+        let Some(id) = msg.get("id").filter(|_| !method.is_empty()).map(Value::to_string) else {
+            return self.upstream.relay(self.session, self.ctx, msg).await;
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        self.cancels.insert(id.clone(), token.clone());
+        let (upstream, session, ctx) = (self.upstream, self.session, self.ctx);
+        self.running.push(Box::pin(async move {
+            tokio::select! {
+                () = upstream.relay(session, ctx, msg) => {}
+                () = token.cancelled() => {}
+            }
+            id
+        }));
+    }
+}
+
 /// Sends `notifications/cancelled` upstream if the call is dropped (cancelled by the client)
 /// before its answer arrived.
 struct CancelOnDrop<'a> {
@@ -468,10 +542,24 @@ impl McpUpstream {
         let mut resp = resp;
         let mut last_id: Option<String> = None;
         let mut retry = Duration::from_millis(500);
+        let mut relays = relay.map(|ctx| Relays::new(self, session, ctx));
         for attempt in 0..=MAX_RESUMES {
             let mut events = resp.bytes_stream().eventsource();
             let mut broke = false;
-            while let Some(event) = events.next().await {
+            loop {
+                let next = match relays.as_mut() {
+                    Some(relays) => tokio::select! {
+                        event = events.next() => Some(event),
+                        () = relays.drive() => None,
+                    },
+                    None => Some(events.next().await),
+                };
+                let Some(next) = next else {
+                    continue;
+                };
+                let Some(event) = next else {
+                    break;
+                };
                 let Ok(event) = event else {
                     broke = true;
                     break;
@@ -495,8 +583,8 @@ impl McpUpstream {
                 if is_answer(&msg) {
                     return Ok((msg, sid));
                 }
-                if let Some(ctx) = relay {
-                    self.relay(session, ctx, msg).await;
+                if let Some(relays) = relays.as_mut() {
+                    relays.handle(msg).await;
                 }
             }
             let (Some(last), true) = (last_id.clone(), attempt < MAX_RESUMES) else {
@@ -510,7 +598,19 @@ impl McpUpstream {
                     self.name
                 )));
             };
-            tokio::time::sleep(retry).await;
+            // Relayed requests go on while we wait: the upstream may have closed its stream
+            // precisely to wait for the client's answer to one of them.
+            let wait = tokio::time::sleep(retry);
+            tokio::pin!(wait);
+            loop {
+                match relays.as_mut() {
+                    Some(relays) => tokio::select! {
+                        () = &mut wait => break,
+                        () = relays.drive() => {}
+                    },
+                    None => break wait.as_mut().await,
+                }
+            }
             resp = self.resume(session, &last).await?;
         }
         Err(Failure::Upstream(format!(
@@ -823,7 +923,15 @@ impl McpUpstream {
             _ => {}
         }
         let mut events = resp.bytes_stream().eventsource();
-        while let Some(Ok(event)) = events.next().await {
+        let mut relays = Relays::new(self, Some(&session), ctx);
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = relays.drive() => continue,
+            };
+            let Some(Ok(event)) = event else {
+                break;
+            };
             if !event.id.is_empty() {
                 *last_event_id = Some(event.id.clone());
             }
@@ -849,7 +957,7 @@ impl McpUpstream {
                     ctx.notify(&method, msg.get("params").cloned().unwrap_or_else(|| json!({})))
                         .await;
                 }
-                _ => self.relay(Some(&session), ctx, msg).await,
+                _ => relays.handle(msg).await,
             }
         }
         Follow::Ended
