@@ -542,3 +542,53 @@ async fn an_upstream_withdrawing_its_request_withdraws_it_from_the_client() {
     assert_eq!(s.post(&late).await.status(), StatusCode::ACCEPTED);
     app.shutdown().await;
 }
+
+/// An upstream's `tools/list_changed` and `prompts/list_changed` (sent on its GET stream) reach
+/// the client, and the aggregated lists — and what is callable — follow the change.
+#[actix_rt::test]
+async fn upstream_list_changes_reach_the_client_and_the_lists_follow() {
+    let upstream = UpstreamPeer::start();
+    let (app, _dir) = start_app(&upstream.url, true).await;
+    let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    let prompts = |r: Value| -> Vec<String> {
+        r["result"]["prompts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!s.tool_names(1).await.iter().any(|n| n == "conf.marina_extra"));
+    assert!(!prompts(s.rpc(2, "prompts/list", json!({})).await).contains(&"conf.marina_extra_prompt".into()));
+
+    let stream = s.get(None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reader = tokio::spawn(read_events(stream, Duration::from_secs(15), |ev| {
+        let got = messages(ev);
+        [
+            "notifications/tools/list_changed",
+            "notifications/prompts/list_changed",
+        ]
+        .iter()
+        .all(|method| got.iter().any(|m| m["method"] == *method))
+    }));
+    assert_eq!(
+        s.call_text(3, "conf.marina_toggle_extra", json!({})).await,
+        "extra on"
+    );
+    let (events, _) = reader.await.unwrap();
+    let got = messages(&events);
+    assert!(
+        got.iter()
+            .any(|m| m["method"] == "notifications/tools/list_changed")
+            && got
+                .iter()
+                .any(|m| m["method"] == "notifications/prompts/list_changed"),
+        "{got:?}"
+    );
+
+    assert!(s.tool_names(4).await.iter().any(|n| n == "conf.marina_extra"));
+    assert_eq!(s.call_text(5, "conf.marina_extra", json!({})).await, "extra");
+    assert!(prompts(s.rpc(6, "prompts/list", json!({})).await).contains(&"conf.marina_extra_prompt".into()));
+    app.shutdown().await;
+}

@@ -428,6 +428,14 @@ const TOOLS = [
     run: async args => ({ content: [text(`Received: ${JSON.stringify(args)}`)] }),
   },
   {
+    // Not part of the conformance contract (handled in the tools/call handler, which has the
+    // session's state): adds or removes the tool `marina_extra` and the prompt
+    // `marina_extra_prompt` for this session and says so with tools/ and prompts/list_changed.
+    name: 'marina_toggle_extra',
+    description: 'Adds or removes the tool marina_extra and the prompt marina_extra_prompt.',
+    inputSchema: EMPTY_OBJECT_SCHEMA,
+  },
+  {
     // Not part of the conformance contract: lets Marina's tests see an upstream withdraw its own
     // request (the SDK sends notifications/cancelled when a request times out).
     name: 'marina_elicitation_withdrawn',
@@ -555,20 +563,34 @@ const COMPLETIONS = {
 function createMcpServer(ctx) {
   const server = new Server(SERVER_INFO, {
     capabilities: {
-      tools: {},
+      tools: { listChanged: true },
       resources: { subscribe: true },
-      prompts: {},
+      prompts: { listChanged: true },
       logging: {},
       completions: {},
     },
     instructions: 'Test MCP server implementing the MCP conformance suite naming contract.',
   });
 
+  const EXTRA_TOOL = { name: 'marina_extra', description: 'Present while toggled on.', inputSchema: EMPTY_OBJECT_SCHEMA };
+  const EXTRA_PROMPT = { name: 'marina_extra_prompt', description: 'Present while toggled on.' };
+
   server.setRequestHandler(ListToolsRequestSchema, async () => ({
-    tools: TOOLS.map(({ name, description, inputSchema }) => ({ name, description, inputSchema })),
+    tools: [
+      ...TOOLS.map(({ name, description, inputSchema }) => ({ name, description, inputSchema })),
+      ...(ctx.extra ? [EXTRA_TOOL] : []),
+    ],
   }));
 
   server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
+    if (request.params.name === 'marina_toggle_extra') {
+      ctx.extra = !ctx.extra;
+      // No related request: both go to the standalone GET stream.
+      await server.sendToolListChanged();
+      await server.sendPromptListChanged();
+      return { content: [text(ctx.extra ? 'extra on' : 'extra off')] };
+    }
+    if (request.params.name === EXTRA_TOOL.name && ctx.extra) return { content: [text('extra')] };
     const tool = TOOLS_BY_NAME.get(request.params.name);
     if (!tool) throw rpcError(ErrorCode.InvalidParams, `Unknown tool: ${request.params.name}`);
     let args = request.params.arguments ?? {};
@@ -624,11 +646,14 @@ function createMcpServer(ctx) {
   });
 
   server.setRequestHandler(ListPromptsRequestSchema, async () => ({
-    prompts: PROMPTS.map(({ name, description, arguments: a }) => ({
-      name,
-      description,
-      ...(a ? { arguments: a } : {}),
-    })),
+    prompts: [
+      ...PROMPTS.map(({ name, description, arguments: a }) => ({
+        name,
+        description,
+        ...(a ? { arguments: a } : {}),
+      })),
+      ...(ctx.extra ? [EXTRA_PROMPT] : []),
+    ],
   }));
 
   server.setRequestHandler(GetPromptRequestSchema, async request => {
@@ -663,6 +688,7 @@ function createSessionContext() {
   const ctx = {
     server: undefined,
     subscriptions: new Set(),
+    extra: false, // marina_toggle_extra
     watchedVersion: 1,
     timer: undefined,
     lastSeen: Date.now(),
