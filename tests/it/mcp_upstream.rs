@@ -8,16 +8,21 @@ use marina_tests::{Mcp, SseEvent, UpstreamPeer, read_events, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn config(url: &str, allow_loopback: bool) -> String {
-    format!(
-        "egress:\n  allow_loopback: {allow_loopback}\ntenants:\n  acme:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: conf, url: \"{url}\", exclude: [json_schema_*], timeout_ms: 10000}}\n"
-    )
+async fn start_app(url: &str, allow_loopback: bool) -> (marina_tests::TestApp, tempfile::TempDir) {
+    let upstreams = format!(
+        "      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: conf, url: \"{url}\", exclude: [json_schema_*], timeout_ms: 10000}}\n"
+    );
+    start_tenant(&upstreams, allow_loopback).await
 }
 
-async fn start_app(url: &str, allow_loopback: bool) -> (marina_tests::TestApp, tempfile::TempDir) {
+/// An in-process app with tenant `acme` and these `upstreams` (YAML list items, 6-space indent).
+async fn start_tenant(upstreams: &str, allow_loopback: bool) -> (marina_tests::TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("marina.yaml");
-    std::fs::write(&file, config(url, allow_loopback)).unwrap();
+    let config = format!(
+        "egress:\n  allow_loopback: {allow_loopback}\ntenants:\n  acme:\n    upstreams:\n{upstreams}"
+    );
+    std::fs::write(&file, config).unwrap();
     (spawn_app_with(Some(&file), &[]).await, dir)
 }
 
@@ -360,17 +365,14 @@ async fn subscribed_resource_updates_reach_the_client() {
 #[actix_rt::test]
 async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
     let upstream = UpstreamPeer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("marina.yaml");
     let url = &upstream.url;
-    std::fs::write(
-        &file,
-        format!(
-            "egress:\n  allow_loopback: true\ntenants:\n  acme:\n    upstreams:\n      - {{kind: mcp, name: conf, url: \"{url}\"}}\n      - {{kind: mcp, name: twin, url: \"{url}\"}}\n      - {{kind: mcp, name: gone, url: \"http://127.0.0.1:1/mcp\", timeout_ms: 2000}}\n"
+    let (app, _dir) = start_tenant(
+        &format!(
+            "      - {{kind: mcp, name: conf, url: \"{url}\"}}\n      - {{kind: mcp, name: twin, url: \"{url}\"}}\n      - {{kind: mcp, name: gone, url: \"http://127.0.0.1:1/mcp\", timeout_ms: 2000}}\n"
         ),
+        true,
     )
-    .unwrap();
-    let app = spawn_app_with(Some(&file), &[]).await;
+    .await;
     let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
 
     let listed = s.rpc(1, "resources/list", json!({})).await;
@@ -458,17 +460,11 @@ async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
 #[actix_rt::test]
 async fn root_list_changes_reach_the_upstream() {
     let everything = UpstreamPeer::start_everything();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("marina.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "egress:\n  allow_loopback: true\ntenants:\n  acme:\n    upstreams:\n      - {{kind: mcp, name: ev, url: \"{}\"}}\n",
-            everything.url
-        ),
+    let (app, _dir) = start_tenant(
+        &format!("      - {{kind: mcp, name: ev, url: \"{}\"}}\n", everything.url),
+        true,
     )
-    .unwrap();
-    let app = spawn_app_with(Some(&file), &[]).await;
+    .await;
     let s = Mcp::connect(
         &app.endpoint("acme"),
         "2025-11-25",
