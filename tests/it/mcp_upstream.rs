@@ -368,7 +368,7 @@ async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
     let url = &upstream.url;
     let (app, _dir) = start_tenant(
         &format!(
-            "      - {{kind: mcp, name: conf, url: \"{url}\"}}\n      - {{kind: mcp, name: twin, url: \"{url}\"}}\n      - {{kind: mcp, name: gone, url: \"http://127.0.0.1:1/mcp\", timeout_ms: 2000}}\n"
+            "      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: conf, url: \"{url}\"}}\n      - {{kind: mcp, name: twin, url: \"{url}\"}}\n      - {{kind: mcp, name: gone, url: \"http://127.0.0.1:1/mcp\", timeout_ms: 2000}}\n"
         ),
         true,
     )
@@ -432,6 +432,25 @@ async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
         r["result"]["contents"][0]["uri"], "marina://twin/test://template/7/data",
         "{r}"
     );
+
+    // Updates of a resource subscribed to under its namespaced URI carry that URI.
+    let watched = "marina://twin/test://watched-resource";
+    let stream = s.get(None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reader = tokio::spawn(read_events(stream, Duration::from_secs(15), |ev| {
+        messages(ev)
+            .iter()
+            .any(|m| m["method"] == "notifications/resources/updated")
+    }));
+    let r = s.rpc(7, "resources/subscribe", json!({"uri": watched})).await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    let (events, _) = reader.await.unwrap();
+    let update = messages(&events)
+        .into_iter()
+        .find(|m| m["method"] == "notifications/resources/updated")
+        .expect("an update");
+    assert_eq!(update["params"]["uri"], watched);
+    s.rpc(8, "resources/unsubscribe", json!({"uri": watched})).await;
 
     // An explicit `marina://<upstream>/` address goes to that upstream, even one that is down.
     let r = s

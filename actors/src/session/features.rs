@@ -111,7 +111,9 @@ impl Shared {
             let owner = *first.entry(uri.clone()).or_insert(*i);
             if owner != *i {
                 item[key] = Value::String(namespaced(providers[*i].name(), &uri));
-                self.namespaced.borrow_mut().insert((*i, uri));
+                self.namespaced
+                    .borrow_mut()
+                    .insert((providers[*i].name().to_owned(), uri));
             }
         }
     }
@@ -122,8 +124,8 @@ impl Shared {
         let Some(uri) = params["uri"].as_str().map(str::to_owned) else {
             return params;
         };
-        if self.namespaced.borrow().contains(&(provider, uri.clone())) {
-            let name = self.tenant.providers[provider].name().to_owned();
+        let name = self.tenant.providers[provider].name().to_owned();
+        if self.namespaced.borrow().contains(&(name.clone(), uri.clone())) {
             params["uri"] = Value::String(namespaced(&name, &uri));
         }
         params
@@ -138,7 +140,7 @@ impl Shared {
         }
         let name = self.tenant.providers[provider].name();
         rewrite_links(result, name, |uri| {
-            namespaced.contains(&(provider, uri.to_owned()))
+            namespaced.contains(&(name.to_owned(), uri.to_owned()))
         });
     }
 
@@ -312,7 +314,7 @@ impl Shared {
                     // Its updates must carry the URI the client subscribed to.
                     self.namespaced
                         .borrow_mut()
-                        .insert((route.owner, route.uri.clone()));
+                        .insert((providers[route.owner].name().to_owned(), route.uri.clone()));
                 }
                 params["uri"] = Value::String(route.uri.clone());
                 (route.owner, route.published.map(|p| (route.uri, p)))

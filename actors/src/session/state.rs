@@ -60,9 +60,9 @@ pub(crate) struct Shared {
     /// Providers whose server-initiated messages are being followed (see `ensure_followers`).
     pub(crate) followers: RefCell<std::collections::HashSet<usize>>,
     /// Resource URIs this session was shown namespaced (`marina://<upstream>/<uri>`, because an
-    /// earlier upstream publishes the same URI), by provider index: their update notifications
-    /// are rewritten to match (see `features.rs`).
-    pub(crate) namespaced: RefCell<std::collections::HashSet<(usize, String)>>,
+    /// earlier upstream publishes the same URI), as (upstream name, original URI): their update
+    /// notifications and links are rewritten to match (see `features.rs`).
+    pub(crate) namespaced: RefCell<std::collections::HashSet<(String, String)>>,
     /// The session's last merged listing per list method, for routing (see `features.rs`).
     pub(crate) listings: RefCell<HashMap<String, (Instant, Listing)>>,
     next_client_request: Cell<u64>,
