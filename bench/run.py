@@ -104,6 +104,7 @@ def wrk(url, conns, duration, env):
 
 
 def measured(m, url, conns, args, env):
+    """Warm up, then `args.repeats` wrk runs; the median run, with the CPU of process `m` (any object with cpu_s())."""
     wrk(url, conns, 2, env)  # warm-up
     runs = []
     for _ in range(args.repeats):
@@ -165,12 +166,12 @@ def overhead(args):
     up_env = {"ADDR": f"127.0.0.1:{up_port}", "THREADS": "1"}
     # direct: upstream alone on CPU 0 (wrk on CPU 1)
     up = Proc([args.echo], 0, up_port, up_env)
-    r = measured_proc(up, url, 8, args, echo_args); rows.append(("direct: rmcp-echo on CPU 0", 8, r))
+    r = measured(up, url, 8, args, echo_args); rows.append(("direct: rmcp-echo on CPU 0", 8, r))
     up.stop()
     # ceiling: upstream shares CPU 1 with wrk — exactly its placement in the gateway run
     up = Proc([args.echo], 1, up_port, up_env)
     for c in (1, 8, 32):
-        r = measured_proc(up, url, c, args, echo_args); rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", c, r))
+        r = measured(up, url, c, args, echo_args); rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", c, r))
     redis = Redis()
     d = tempfile.mkdtemp()
     cfg = os.path.join(d, "marina.yaml")
@@ -192,16 +193,6 @@ def overhead(args):
     print("|---|---:|---:|---|---:|---:|---:|")
     for name, c, r in rows:
         print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} |")
-
-
-def measured_proc(proc, url, conns, args, env):
-    wrk(url, conns, 2, env)
-    runs = []
-    for _ in range(args.repeats):
-        c0 = proc.cpu_s(); runs.append(wrk(url, conns, args.duration, env)); runs[-1]["cpu"] = (proc.cpu_s() - c0) / args.duration
-    med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
-    med["runs"] = [r["rate"] for r in runs]
-    return med
 
 
 def main():

@@ -30,6 +30,35 @@ fn messages(events: &[SseEvent]) -> Vec<Value> {
     events.iter().filter_map(SseEvent::json).collect()
 }
 
+/// Field `field` of every item of list `key` (`resources`, `prompts`, ...) in a list response.
+fn listed(response: &Value, key: &str, field: &str) -> Vec<String> {
+    response["result"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{response}"))
+        .iter()
+        .map(|item| item[field].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Subscribe to `uri` (request id `id`) with the session's GET stream open; the first
+/// `notifications/resources/updated` that arrives there.
+async fn first_update(s: &Mcp, id: i64, uri: &str) -> Value {
+    let stream = s.get(None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reader = tokio::spawn(read_events(stream, Duration::from_secs(15), |ev| {
+        messages(ev)
+            .iter()
+            .any(|m| m["method"] == "notifications/resources/updated")
+    }));
+    let r = s.rpc(id, "resources/subscribe", json!({"uri": uri})).await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    let (events, _) = reader.await.unwrap();
+    messages(&events)
+        .into_iter()
+        .find(|m| m["method"] == "notifications/resources/updated")
+        .expect("an update")
+}
+
 #[actix_rt::test]
 async fn upstream_tools_are_published_called_and_relayed() {
     let upstream = UpstreamPeer::start();
@@ -317,26 +346,7 @@ async fn subscribed_resource_updates_reach_the_client() {
     let upstream = UpstreamPeer::start();
     let (app, _dir) = start_app(&upstream.url, true).await;
     let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
-    let stream = s.get(None).await;
-    assert_eq!(stream.status(), StatusCode::OK);
-    let reader = tokio::spawn(read_events(stream, Duration::from_secs(15), |ev| {
-        messages(ev)
-            .iter()
-            .any(|m| m["method"] == "notifications/resources/updated")
-    }));
-    let r = s
-        .rpc(
-            1,
-            "resources/subscribe",
-            json!({"uri": "test://watched-resource"}),
-        )
-        .await;
-    assert_eq!(r["result"], json!({}), "{r}");
-    let (events, _) = reader.await.unwrap();
-    let update = messages(&events)
-        .into_iter()
-        .find(|m| m["method"] == "notifications/resources/updated")
-        .expect("an update");
+    let update = first_update(&s, 1, "test://watched-resource").await;
     assert_eq!(update["params"]["uri"], "test://watched-resource");
     let read = s
         .rpc(2, "resources/read", json!({"uri": "test://watched-resource"}))
@@ -375,15 +385,12 @@ async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
     .await;
     let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
 
-    let listed = s.rpc(1, "resources/list", json!({})).await;
-    let uris: Vec<&str> = listed["result"]["resources"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{listed}"))
-        .iter()
-        .map(|r| r["uri"].as_str().unwrap())
-        .collect();
-    assert!(uris.contains(&"test://static-text"), "{uris:?}");
-    assert!(uris.contains(&"marina://twin/test://static-text"), "{uris:?}");
+    let uris = listed(&s.rpc(1, "resources/list", json!({})).await, "resources", "uri");
+    assert!(uris.contains(&"test://static-text".to_owned()), "{uris:?}");
+    assert!(
+        uris.contains(&"marina://twin/test://static-text".to_owned()),
+        "{uris:?}"
+    );
     let mut unique = uris.clone();
     unique.dedup();
     assert_eq!(unique.len(), uris.len(), "no URI listed twice: {uris:?}");
@@ -410,15 +417,10 @@ async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
 
     // Templates collide the same way; a namespaced template still matches its URIs.
     let templates = s.rpc(3, "resources/templates/list", json!({})).await;
-    let names: Vec<&str> = templates["result"]["resourceTemplates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["uriTemplate"].as_str().unwrap())
-        .collect();
+    let names = listed(&templates, "resourceTemplates", "uriTemplate");
     assert!(
-        names.contains(&"test://template/{id}/data")
-            && names.contains(&"marina://twin/test://template/{id}/data"),
+        names.contains(&"test://template/{id}/data".to_owned())
+            && names.contains(&"marina://twin/test://template/{id}/data".to_owned()),
         "{names:?}"
     );
     let r = s
@@ -435,20 +437,7 @@ async fn colliding_resource_uris_are_namespaced_and_reach_their_owner() {
 
     // Updates of a resource subscribed to under its namespaced URI carry that URI.
     let watched = "marina://twin/test://watched-resource";
-    let stream = s.get(None).await;
-    assert_eq!(stream.status(), StatusCode::OK);
-    let reader = tokio::spawn(read_events(stream, Duration::from_secs(15), |ev| {
-        messages(ev)
-            .iter()
-            .any(|m| m["method"] == "notifications/resources/updated")
-    }));
-    let r = s.rpc(7, "resources/subscribe", json!({"uri": watched})).await;
-    assert_eq!(r["result"], json!({}), "{r}");
-    let (events, _) = reader.await.unwrap();
-    let update = messages(&events)
-        .into_iter()
-        .find(|m| m["method"] == "notifications/resources/updated")
-        .expect("an update");
+    let update = first_update(&s, 7, watched).await;
     assert_eq!(update["params"]["uri"], watched);
     s.rpc(8, "resources/unsubscribe", json!({"uri": watched})).await;
 
@@ -565,14 +554,7 @@ async fn upstream_list_changes_reach_the_client_and_the_lists_follow() {
     let upstream = UpstreamPeer::start();
     let (app, _dir) = start_app(&upstream.url, true).await;
     let s = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
-    let prompts = |r: Value| -> Vec<String> {
-        r["result"]["prompts"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{r}"))
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let prompts = |r: Value| listed(&r, "prompts", "name");
     assert!(!s.tool_names(1).await.iter().any(|n| n == "conf.marina_extra"));
     assert!(!prompts(s.rpc(2, "prompts/list", json!({})).await).contains(&"conf.marina_extra_prompt".into()));
 

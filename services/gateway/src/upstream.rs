@@ -20,6 +20,16 @@ pub struct Upstreams {
     pub client: reqwest::Client,
 }
 
+/// An upstream's configured URL: it must parse and be http or https (configuration errors name
+/// `what`, e.g. `mcp upstream files`).
+pub fn http_url(what: &str, url: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(url).map_err(|e| format!("{what}: invalid url: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{what}: the url must be http or https"));
+    }
+    Ok(url)
+}
+
 /// The headers an upstream gets on every request: its static headers and its bearer token (from an
 /// environment variable or a file) — the tenant's credentials, never the client's. `what` names the
 /// upstream in error messages.

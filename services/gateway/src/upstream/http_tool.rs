@@ -85,10 +85,7 @@ impl HttpTool {
             .ok()
             .filter(|m| ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()))
             .ok_or_else(|| format!("http tool {name}: method must be GET, POST, PUT, PATCH or DELETE"))?;
-        let url = reqwest::Url::parse(&s.url).map_err(|e| format!("http tool {name}: invalid url: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("http tool {name}: the url must be http or https"));
-        }
+        let url = super::http_url(&format!("http tool {name}"), &s.url)?;
         let headers = super::credential_headers(
             &format!("http tool {name}"),
             &s.headers,

@@ -323,18 +323,24 @@ impl Drop for CancelOnDrop<'_> {
         if !self.armed {
             return;
         }
-        let note = protocol::notification(
+        self.upstream.notify_in_background(
+            &self.session,
             "notifications/cancelled",
             json!({"requestId": self.request_id, "reason": "cancelled by the client"}),
         );
-        let request = self.upstream.post_request(Some(&self.session), &note);
-        actix_rt::spawn(async move {
-            let _ = request.send().await;
-        });
     }
 }
 
 impl McpUpstream {
+    /// Send a notification to an upstream session without waiting for it (nothing answers a
+    /// notification, and neither a dropped call nor a client's POST should wait on upstreams).
+    fn notify_in_background(&self, session: &UpstreamSession, method: &str, params: Value) {
+        let request = self.post_request(Some(session), &protocol::notification(method, params));
+        actix_rt::spawn(async move {
+            let _ = request.send().await;
+        });
+    }
+
     /// Build from settings; every problem is a configuration error.
     pub fn new(s: &McpUpstreamSettings, client: reqwest::Client, policy: Policy) -> Result<Self, String> {
         let name = &s.name;
@@ -354,11 +360,7 @@ impl McpUpstream {
                 "mcp upstream {name}: the prefix must be 1-64 characters of A-Z a-z 0-9 _ - ."
             ));
         }
-        let url =
-            reqwest::Url::parse(&s.url).map_err(|e| format!("mcp upstream {name}: invalid url: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("mcp upstream {name}: the url must be http or https"));
-        }
+        let url = super::http_url(&format!("mcp upstream {name}"), &s.url)?;
         let headers = super::credential_headers(
             &format!("mcp upstream {name}"),
             &s.headers,
@@ -1099,15 +1101,10 @@ impl ToolProvider for McpUpstream {
 
     async fn roots_changed(&self, ctx: &dyn SessionContext) {
         // Only an upstream session that exists can have asked for the roots; a new one asks
-        // afresh. Sent in the background: the client's POST does not wait on upstreams.
-        let Some(session) = ctx.upstream_session(&self.name) else {
-            return;
-        };
-        let note = protocol::notification("notifications/roots/list_changed", json!({}));
-        let request = self.post_request(Some(&session), &note);
-        actix_rt::spawn(async move {
-            let _ = request.send().await;
-        });
+        // afresh.
+        if let Some(session) = ctx.upstream_session(&self.name) {
+            self.notify_in_background(&session, "notifications/roots/list_changed", json!({}));
+        }
     }
 
     async fn set_log_level(&self, level: &str, ctx: &dyn SessionContext) {
