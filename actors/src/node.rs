@@ -58,6 +58,65 @@ pub enum ResolveError {
     /// This node is draining and does not activate sessions.
     #[error("node draining")]
     Draining,
+    /// This node's record in the store may have expired (it could not announce itself for a
+    /// whole lease TTL, or has not yet since it started): until it has announced itself again it
+    /// runs no session, since a peer may have taken its sessions over.
+    #[error("node not announced in the cluster")]
+    Rejoining,
+}
+
+/// One session in this node's registry.
+#[derive(Debug)]
+enum Slot {
+    /// A worker of this node holds the right to activate it and is doing so.
+    Activating,
+    /// Its actor runs here.
+    Live {
+        generation: u64,
+        addr: Addr<SessionActor>,
+    },
+}
+
+/// This node's standing in the cluster. Its record in the store is what keeps its leases valid;
+/// once the record may have expired, a peer may take any of its sessions over.
+#[derive(Debug)]
+struct Liveness {
+    /// The record surely lives in the store until then: the start of the last successful
+    /// announcement plus the lease TTL (the write landed after that start). `None`: never
+    /// announced.
+    valid_until: Option<Instant>,
+    /// Bumped at every lapse. An activation completes only in the epoch it began in.
+    epoch: u64,
+    /// The current lapse has been handled (every local actor stopped). True until the first
+    /// announcement.
+    lapsed: bool,
+}
+
+/// What the registry says about a session, for one worker resolving it.
+enum Found<'a> {
+    /// Its actor runs here.
+    Live(Addr<SessionActor>),
+    /// Another worker of this node is activating it.
+    Activating,
+    /// This worker may activate it.
+    Claimed(Claim<'a>),
+}
+
+/// One worker's exclusive right to activate a session on this node, in one liveness epoch.
+/// Dropped without activating, it frees the session's slot.
+struct Claim<'a> {
+    node: &'a Node,
+    id: SessionId,
+    epoch: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut reg = self.node.lock();
+        if matches!(reg.get(&self.id), Some(Slot::Activating)) {
+            reg.remove(&self.id);
+        }
+    }
 }
 
 /// This node.
@@ -69,17 +128,18 @@ pub struct Node {
     pub config: NodeConfig,
     tenants: HashMap<String, Arc<Tenant>>,
     draining: AtomicBool,
-    registry: Mutex<HashMap<SessionId, (u64, Addr<SessionActor>)>>,
+    registry: Mutex<HashMap<SessionId, Slot>>,
     generation: AtomicU64,
-    /// When this node last announced itself successfully.
-    last_heartbeat: Mutex<Option<Instant>>,
+    /// Lock order: `liveness` before `registry`.
+    liveness: Mutex<Liveness>,
     /// Actors started and not yet stopped (a retiring actor has left the registry but may still
     /// be releasing its lease; shutdown waits for it).
     running: AtomicUsize,
 }
 
 impl Node {
-    /// A node serving `tenants` from `store`.
+    /// A node serving `tenants` from `store`. It runs no session until its first successful
+    /// [`Self::heartbeat`].
     pub fn new(store: Arc<dyn SessionStore>, config: NodeConfig, tenants: Vec<Arc<Tenant>>) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -89,7 +149,11 @@ impl Node {
             registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             running: AtomicUsize::new(0),
-            last_heartbeat: Mutex::new(None),
+            liveness: Mutex::new(Liveness {
+                valid_until: None,
+                epoch: 0,
+                lapsed: true,
+            }),
         })
     }
 
@@ -108,9 +172,18 @@ impl Node {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Is this node's record in the store surely alive, so that it may run sessions? (Handles a
+    /// lapse that has not been handled yet: see [`Self::heartbeat`].)
+    pub fn is_live(&self) -> bool {
+        self.live_epoch().is_some()
+    }
+
     /// Number of live (registered) actors on this node.
     pub fn live_sessions(&self) -> usize {
-        self.lock().len()
+        self.lock()
+            .values()
+            .filter(|s| matches!(s, Slot::Live { .. }))
+            .count()
     }
 
     /// Number of actors not yet stopped, including retiring ones.
@@ -122,20 +195,56 @@ impl Node {
         self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (u64, Addr<SessionActor>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Slot>> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn local(&self, id: &SessionId) -> Option<Addr<SessionActor>> {
-        self.lock()
-            .get(id)
-            .filter(|(_, a)| a.connected())
-            .map(|(_, a)| a.clone())
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current liveness epoch, or `None` while the node's record may have expired.
+    fn live_epoch(&self) -> Option<u64> {
+        let mut l = self.liveness();
+        self.check_liveness(&mut l, Instant::now())
+    }
+
+    /// The lapse is handled the first time anyone looks after it happened — a request, the
+    /// readiness probe or the heartbeat, whichever comes first: every local actor stops at once.
+    fn check_liveness(&self, l: &mut Liveness, now: Instant) -> Option<u64> {
+        if l.valid_until.is_some_and(|t| now < t) {
+            return Some(l.epoch);
+        }
+        if !l.lapsed {
+            l.lapsed = true;
+            l.epoch += 1;
+            self.stop_all();
+        }
+        None
+    }
+
+    /// The session's actor if it runs here; else the right to activate it, unless another worker
+    /// of this node has it.
+    fn find_or_claim(&self, id: &SessionId, epoch: u64) -> Found<'_> {
+        let mut reg = self.lock();
+        match reg.get(id) {
+            Some(Slot::Live { addr, .. }) if addr.connected() => return Found::Live(addr.clone()),
+            Some(Slot::Activating) => return Found::Activating,
+            // Nothing, or an actor that has stopped (it unregisters itself by generation, so
+            // overwriting its slot is safe).
+            _ => {}
+        }
+        reg.insert(id.clone(), Slot::Activating);
+        Found::Claimed(Claim {
+            node: self,
+            id: id.clone(),
+            epoch,
+        })
     }
 
     pub(crate) fn unregister(&self, id: &SessionId, generation: u64) {
         let mut reg = self.lock();
-        if reg.get(id).is_some_and(|(g, _)| *g == generation) {
+        if matches!(reg.get(id), Some(Slot::Live { generation: g, .. }) if *g == generation) {
             reg.remove(id);
         }
     }
@@ -149,17 +258,29 @@ impl Node {
         if self.is_draining() {
             return Err(ResolveError::Draining);
         }
+        let epoch = self.live_epoch().ok_or(ResolveError::Rejoining)?;
         let id = SessionId::generate();
         let ttl = rec
             .ttl(self.sessions().idle_ttl())
             .ok_or(ResolveError::NotFound)?;
+        // A fresh 256-bit id is in nobody's registry; the claim only ties this activation to
+        // the liveness epoch.
+        let Found::Claimed(claim) = self.find_or_claim(&id, epoch) else {
+            return Err(ResolveError::Busy);
+        };
         self.store.create_session(&id, &rec, ttl).await?;
-        match self.store.acquire_lease(&id, &self.config.instance).await? {
-            LeaseOutcome::Acquired(fence) => {
-                self.activate(tenant, fence, rec);
-                Ok(id)
+        let outcome = self.store.acquire_lease(&id, &self.config.instance).await?;
+        let LeaseOutcome::Acquired(fence) = outcome else {
+            return Err(ResolveError::Busy);
+        };
+        match self.activate(claim, tenant, fence, rec) {
+            Ok(_) => Ok(id),
+            Err(fence) => {
+                // Nobody has seen the id yet: remove the session rather than leave it to expire.
+                let _ = self.store.release_lease(&fence).await;
+                let _ = self.store.delete_session(&id, 1).await;
+                Err(ResolveError::Rejoining)
             }
-            _ => Err(ResolveError::Busy),
         }
     }
 
@@ -175,9 +296,19 @@ impl Node {
     ) -> Result<Resolved, ResolveError> {
         let deadline = Instant::now() + self.sessions().lease_ttl() + RESOLVE_SLACK;
         loop {
-            if let Some(addr) = self.local(id) {
-                return Ok(Resolved::Local(addr));
-            }
+            let epoch = self.live_epoch().ok_or(ResolveError::Rejoining)?;
+            let claim = match self.find_or_claim(id, epoch) {
+                Found::Live(addr) => return Ok(Resolved::Local(addr)),
+                Found::Activating => {
+                    // Another worker of this node is activating it right now.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if Instant::now() > deadline {
+                        return Err(ResolveError::Busy);
+                    }
+                    continue;
+                }
+                Found::Claimed(claim) => claim,
+            };
             let outcome = if self.is_draining() {
                 // A draining node never takes new leases; it only says who holds the session.
                 match self.store.lease_holder(id).await? {
@@ -185,7 +316,22 @@ impl Node {
                     None => return Err(ResolveError::Draining),
                 }
             } else {
-                self.store.acquire_lease(id, &self.config.instance).await?
+                match self.store.acquire_lease(id, &self.config.instance).await? {
+                    // The lease names this node, yet no actor of ours runs the session and no
+                    // other worker is activating it (we hold the claim): its actor stopped
+                    // without releasing — its node's liveness lapsed while the store was
+                    // unreachable, or the release failed — or is retiring and releasing now.
+                    // Take it over with a fresh fencing token rather than wait for a release
+                    // that may never come.
+                    LeaseOutcome::Held { holder } if holder == self.config.instance => {
+                        tracing::info!(
+                            session = marina_core::telemetry::session_tag(id.as_str()),
+                            "reclaiming a lease this node holds without an actor"
+                        );
+                        self.store.reclaim_lease(id, &self.config.instance).await?
+                    }
+                    other => other,
+                }
             };
             match outcome {
                 LeaseOutcome::NoSession => return Err(ResolveError::NotFound),
@@ -202,13 +348,21 @@ impl Node {
                         self.store.delete_session(id, rec.next_stream).await?;
                         return Err(ResolveError::NotFound);
                     }
-                    return Ok(Resolved::Local(self.activate(t, fence, rec)));
+                    return match self.activate(claim, t, fence, rec) {
+                        Ok(addr) => Ok(Resolved::Local(addr)),
+                        Err(fence) => {
+                            let _ = self.store.release_lease(&fence).await;
+                            Err(ResolveError::Rejoining)
+                        }
+                    };
                 }
                 LeaseOutcome::Held { holder } if holder == self.config.instance => {
-                    // Another worker of this node is activating it right now.
+                    // Draining: a retiring actor of ours is releasing it.
+                    drop(claim);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 LeaseOutcome::Held { holder } => {
+                    drop(claim);
                     if may_forward
                         && avoid != Some(holder.as_str())
                         && let Some(node) = self.store.node(&holder).await?
@@ -227,24 +381,43 @@ impl Node {
         }
     }
 
+    /// Start the session's actor under `claim` — unless the node's liveness lapsed since the claim
+    /// was made (a peer may own the session now): then the fence comes back, for the caller to
+    /// release. Checked and registered under the liveness lock, so no lapse slips in between.
     fn activate(
         self: &Arc<Self>,
+        claim: Claim<'_>,
         tenant: Arc<Tenant>,
         fence: Fence,
         rec: SessionRecord,
-    ) -> Addr<SessionActor> {
+    ) -> Result<Addr<SessionActor>, Fence> {
+        let mut l = self.liveness();
+        if self.check_liveness(&mut l, Instant::now()) != Some(claim.epoch) {
+            return Err(fence);
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         self.running.fetch_add(1, Ordering::SeqCst);
         let id = fence.session.clone();
         let addr = SessionActor::new(self.clone(), tenant, fence, rec, generation).start();
-        self.lock().insert(id, (generation, addr.clone()));
-        addr
+        self.lock().insert(
+            id,
+            Slot::Live {
+                generation,
+                addr: addr.clone(),
+            },
+        );
+        drop(l);
+        Ok(addr)
     }
 
     /// Announce this node to its peers — its liveness, which keeps every lease it holds valid,
-    /// and its address for forwarding. Call every third of the lease TTL. If the node could not
-    /// announce itself for a whole lease TTL (store unreachable, process paused), another node may
-    /// have taken its sessions over: every local actor is stopped before serving again.
+    /// and its address for forwarding. Call every third of the lease TTL.
+    ///
+    /// If the node could not announce itself for a whole lease TTL (store unreachable, process
+    /// paused), its record may have expired and a peer may have taken its sessions over: every
+    /// local actor is stopped the moment that is noticed, and until an announcement succeeds again
+    /// the node activates nothing (requests get [`ResolveError::Rejoining`], readiness is false).
+    /// So no actor activated after recovery is ever stopped for the earlier lapse.
     pub async fn heartbeat(&self, url: &str) -> Result<(), StoreError> {
         let ttl = self.sessions().lease_ttl();
         let info = NodeInfo {
@@ -252,22 +425,52 @@ impl Node {
             url: url.to_owned(),
             draining: self.is_draining(),
         };
-        let res = self.store.register_node(&info, ttl).await;
-        let mut last = self.last_heartbeat.lock().unwrap_or_else(|p| p.into_inner());
-        let lapsed = last.is_some_and(|t| t.elapsed() >= ttl);
+        // A lapse since the last tick is handled before waiting on the store.
+        self.live_epoch();
+        let started = Instant::now();
+        // An announcement slower than half the TTL counts as failed (whatever the store's own
+        // timeout), so a slow store cannot keep the node believing in a record that has expired.
+        let res = tokio::time::timeout(ttl / 2, self.store.register_node(&info, ttl))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("node announcement timed out".into())));
         if res.is_ok() {
-            *last = Some(Instant::now());
-        }
-        drop(last);
-        if lapsed {
-            self.stop_all();
+            let mut l = self.liveness();
+            let now = Instant::now();
+            // The record was written somewhere between `started` and now. If the old one may
+            // have expired before that, handle the lapse first (its actors all predate it:
+            // activations need liveness), then count the new one from `started`.
+            let was_live = self.check_liveness(&mut l, now).is_some();
+            let until = started + ttl;
+            if l.valid_until.is_none_or(|t| t < until) {
+                l.valid_until = Some(until);
+            }
+            if !was_live && now < until {
+                l.lapsed = false;
+                if l.epoch > 0 {
+                    tracing::info!("node announced again after its liveness lapsed; serving");
+                }
+            }
         }
         res
     }
 
-    /// Stop every local actor at once (their leases may have been taken over).
+    /// Stop every local actor at once (their leases may have been taken over). Claims in progress
+    /// stay: their activations fail on the epoch check.
     fn stop_all(&self) {
-        let actors: Vec<_> = self.lock().drain().map(|(_, (_, a))| a).collect();
+        let actors: Vec<_> = {
+            let mut reg = self.lock();
+            let live: Vec<SessionId> = reg
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Live { .. }))
+                .map(|(id, _)| id.clone())
+                .collect();
+            live.iter()
+                .filter_map(|id| match reg.remove(id) {
+                    Some(Slot::Live { addr, .. }) => Some(addr),
+                    _ => None,
+                })
+                .collect()
+        };
         if !actors.is_empty() {
             tracing::warn!(
                 count = actors.len(),
@@ -279,22 +482,30 @@ impl Node {
         }
     }
 
+    fn live_actors(&self) -> Vec<Addr<SessionActor>> {
+        self.lock()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Live { addr, .. } => Some(addr.clone()),
+                Slot::Activating => None,
+            })
+            .collect()
+    }
+
     /// Start draining: no new sessions or activations; every local actor closes its streams with a
     /// retry hint, finishes its calls, releases its lease and stops. Resolves when all are gone or
     /// `timeout` passed; then the remaining actors are stopped (their leases released, so a peer
     /// re-activates them and gives their calls a definite outcome).
     pub async fn drain(&self, timeout: Duration) {
         self.draining.store(true, Ordering::SeqCst);
-        let actors: Vec<_> = self.lock().values().map(|(_, a)| a.clone()).collect();
-        for a in &actors {
+        for a in &self.live_actors() {
             let _ = a.send(crate::session::Drain { force: false }).await;
         }
         let deadline = Instant::now() + timeout;
         while self.running_actors() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let rest: Vec<_> = self.lock().values().map(|(_, a)| a.clone()).collect();
-        for a in &rest {
+        for a in &self.live_actors() {
             let _ = a.send(crate::session::Drain { force: true }).await;
         }
         let deadline = Instant::now() + Duration::from_secs(2);

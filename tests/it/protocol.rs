@@ -412,8 +412,14 @@ async fn idle_actors_passivate_and_reactivate_on_demand() {
     // Wait for the housekeeping tick to passivate the idle actor, then use the session again:
     // the state written through before passivation (the log level) is still there.
     assert_eq!(app.node.live_sessions(), 1);
-    tokio::time::sleep(Duration::from_millis(2600)).await;
-    assert_eq!(app.node.live_sessions(), 0, "the idle actor was passivated");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while app.node.live_sessions() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle actor was never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, msgs) = s
         .exchange(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"log","arguments":{"level":"error","message":"filtered"}}}))
         .await;

@@ -28,6 +28,32 @@ fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Does the Marina node on loopback `port` answer `GET /readyz` with 200 — bound, announced in
+/// the cluster, store reachable? (An open port only says the socket is bound.)
+fn is_ready(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut status = [0u8; 12];
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_exact(&mut status).is_ok()
+        && &status == b"HTTP/1.1 200"
+}
+
+fn wait_for_ready(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if is_ready(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// A throwaway `redis-server` (no persistence) on a free port.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -147,6 +173,7 @@ pub async fn spawn_app_with(file: Option<&std::path::Path>, overrides: &[(&str, 
     let app = Application::build(settings).await.expect("build app");
     let base = app.base_url();
     let node = app.node();
+    let port = app.port();
     let (tx, rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel::<()>();
     actix_rt::spawn(async move {
@@ -157,12 +184,24 @@ pub async fn spawn_app_with(file: Option<&std::path::Path>, overrides: &[(&str, 
             .await;
         let _ = done_tx.send(());
     });
+    // Ready, not just bound: announced in the cluster with its store reachable.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_ready_async(port).await {
+        assert!(Instant::now() < deadline, "marina did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     TestApp {
         base,
         node,
         shutdown: Some(tx),
         done: Some(done_rx),
     }
+}
+
+async fn is_ready_async(port: u16) -> bool {
+    reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
 }
 
 /// Where the `marina` binary is: `$MARINA_BIN`, else `<target dir>/debug/marina`.
@@ -248,8 +287,8 @@ impl MarinaProc {
             .spawn()
             .expect("spawn marina");
         assert!(
-            wait_for_port(port, Duration::from_secs(20)),
-            "marina did not start"
+            wait_for_ready(port, Duration::from_secs(20)),
+            "marina did not become ready"
         );
         Self {
             child: Some(child),

@@ -187,7 +187,7 @@ impl Shared {
 
     pub(crate) async fn release(&self) {
         if let Err(e) = self.node.store.release_lease(&self.fence).await {
-            tracing::warn!(session = self.tag(), error = %e, "could not release lease; it will expire");
+            tracing::warn!(session = self.tag(), error = %e, "could not release lease; this node reclaims it on the session's next request");
         }
     }
 

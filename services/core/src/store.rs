@@ -177,6 +177,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// node renews its record ([`Self::register_node`]), so liveness costs one write per node,
     /// not one per session. Taking over bumps the fencing token, which fences the old holder.
     async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError>;
+    /// Like [`Self::acquire_lease`], and also take over a lease that names `holder` itself, with
+    /// a fresh fencing token. Only for a holder that knows it runs no actor for the session (an
+    /// actor stopped while the store was unreachable, so it could not release): the new token
+    /// fences anything the old actor might still try to write.
+    async fn reclaim_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError>;
     /// Give the lease up (only if it is still ours).
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError>;
     /// Who holds the lease now, if anyone.

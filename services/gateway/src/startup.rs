@@ -21,6 +21,9 @@ use crate::routes::{health, mcp};
 use crate::state::AppState;
 use crate::upstream;
 
+/// Pause before the next announcement after a failed one.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(200);
+
 /// The configuration cannot be served (invalid upstreams, store URL): the process should exit with
 /// status 64 before binding anything.
 #[derive(Debug, thiserror::Error)]
@@ -253,12 +256,18 @@ impl Application {
         let (node, url) = (self.node.clone(), self.url.clone());
         let heartbeat = actix_rt::spawn(async move {
             // Every third of the lease TTL: the node's liveness is what keeps its leases valid.
-            let mut tick = tokio::time::interval(node.sessions().lease_ttl() / 3);
+            // After a failure, retry sooner: a node whose liveness lapsed serves nothing until an
+            // announcement succeeds, so it should notice the store's return quickly.
+            let period = node.sessions().lease_ttl() / 3;
             loop {
-                tick.tick().await;
-                if let Err(e) = node.heartbeat(&url).await {
-                    tracing::debug!(error = %e, "heartbeat failed");
-                }
+                let pause = match node.heartbeat(&url).await {
+                    Ok(()) => period,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "heartbeat failed");
+                        period.min(HEARTBEAT_RETRY)
+                    }
+                };
+                tokio::time::sleep(pause).await;
             }
         });
         shutdown.await;

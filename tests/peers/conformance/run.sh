@@ -63,14 +63,14 @@ for attempt in 1 2 3; do
   up=
   for _ in $(seq 200); do  # <= ~20 s
     kill -0 "$MARINA_PID" 2>/dev/null || break
-    if healthy "http://127.0.0.1:$PORT/healthz"; then up=1; break; fi
+    if healthy "http://127.0.0.1:$PORT/readyz"; then up=1; break; fi  # ready, not just alive
     sleep 0.1
   done
   [[ -n $up ]] && break
   kill -TERM "$MARINA_PID" 2>/dev/null || true
   wait "$MARINA_PID" 2>/dev/null || true
   MARINA_PID=
-  [[ $attempt -eq 3 ]] && { tail -n 40 "$OUT/marina.log" >&2; die "marina did not become healthy"; }
+  [[ $attempt -eq 3 ]] && { tail -n 40 "$OUT/marina.log" >&2; die "marina did not become ready"; }
 done
 
 URL="http://127.0.0.1:$PORT/t/demo/mcp"

@@ -68,14 +68,14 @@ async function startMarina() {
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline && !exited) {
       try {
-        const r = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(1000) });
+        const r = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(1000) }); // ready, not just alive
         if (r.status === 200) return { proc, base, url: new URL(`${base}/t/demo/mcp`), logPath };
       } catch {
         /* not up yet */
       }
       await sleep(50);
     }
-    lastErr = `marina did not become healthy on ${base} (exited=${exited})`;
+    lastErr = `marina did not become ready on ${base} (exited=${exited})`;
     await stopMarina({ proc });
   }
   throw new Error(lastErr);

@@ -213,7 +213,7 @@ async function startMarina(nodeId, redisUrl, config) {
       await waitFor(
         async () => {
           try {
-            return (await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(1000) })).status === 200;
+            return (await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(1000) })).status === 200; // ready, not just alive
           } catch {
             return false;
           }

@@ -179,14 +179,14 @@ def _start_marina(
             if proc.poll() is not None:
                 break
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as r:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as r:  # ready, not just alive
                     if r.status == 200:
                         return marina
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.05)
         rc = _stop(proc)
-        last_err = f"marina did not become healthy (exit code {rc}); log tail:\n{marina.log_tail()}"
+        last_err = f"marina did not become ready (exit code {rc}); log tail:\n{marina.log_tail()}"
     pytest.fail(last_err)
 
 

@@ -97,6 +97,28 @@ impl Inner {
         format!("{}-0", log.next)
     }
 
+    /// Take the lease if it is free, its holder's node is dead, or (`reclaim`) it names `holder`
+    /// itself; a fresh fencing token either way.
+    fn take_lease(&mut self, id: &SessionId, holder: &str, reclaim: bool) -> LeaseOutcome {
+        if !self.session_live(id) {
+            return LeaseOutcome::NoSession;
+        }
+        if let Some((h, _)) = self.lease(id)
+            && ((h == holder && !reclaim) || (h != holder && self.node_alive(h)))
+        {
+            return LeaseOutcome::Held { holder: h.clone() };
+        }
+        let token = self.fences.entry(id.clone()).or_insert(0);
+        *token += 1;
+        let token = *token;
+        self.leases.insert(id.clone(), (holder.to_owned(), token));
+        LeaseOutcome::Acquired(Fence {
+            session: id.clone(),
+            holder: holder.to_owned(),
+            token,
+        })
+    }
+
     fn holds(&self, fence: &Fence) -> bool {
         self.lease(&fence.session) == Some(&(fence.holder.clone(), fence.token))
     }
@@ -203,25 +225,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {
-        Ok(self.with(|s| {
-            if !s.session_live(id) {
-                return LeaseOutcome::NoSession;
-            }
-            if let Some((h, _)) = s.lease(id)
-                && (h == holder || s.node_alive(h))
-            {
-                return LeaseOutcome::Held { holder: h.clone() };
-            }
-            let token = s.fences.entry(id.clone()).or_insert(0);
-            *token += 1;
-            let token = *token;
-            s.leases.insert(id.clone(), (holder.to_owned(), token));
-            LeaseOutcome::Acquired(Fence {
-                session: id.clone(),
-                holder: holder.to_owned(),
-                token,
-            })
-        }))
+        Ok(self.with(|s| s.take_lease(id, holder, false)))
+    }
+
+    async fn reclaim_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {
+        Ok(self.with(|s| s.take_lease(id, holder, true)))
     }
 
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {

@@ -451,6 +451,36 @@ impl SessionStore for RedisStore {
             .map_or(LeaseOutcome::NoSession, |holder| LeaseOutcome::Held { holder }))
     }
 
+    async fn reclaim_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {
+        let current: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key(id, "l")).clone())
+            .await?;
+        let Some(stale) = current.filter(|v| parse_lease(v).0 == holder) else {
+            return self.acquire_lease(id, holder).await;
+        };
+        // Compare-and-set on exactly the value we found: if anything changed since, we lose.
+        let reply = self
+            .eval(
+                &self.acquire,
+                self.keys(id, &["s", "l", "f"]),
+                vec![holder.to_owned(), stale],
+            )
+            .await?;
+        Ok(match status_and_detail(reply)? {
+            (1, Some(t)) => LeaseOutcome::Acquired(Fence {
+                session: id.clone(),
+                holder: holder.to_owned(),
+                token: t
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?,
+            }),
+            (2, Some(v)) => LeaseOutcome::Held {
+                holder: parse_lease(&v).0,
+            },
+            _ => LeaseOutcome::NoSession,
+        })
+    }
+
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
         let keys = self.keys(&fence.session, &["l"]);
         self.eval::<i64>(&self.release, keys, vec![fence.lease_value()])

@@ -102,14 +102,15 @@ async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
 
     let id = SessionId::generate();
     s.create_session(&id, &record(), TTL).await.unwrap();
-    // Node a is alive for 300 ms (unless it heartbeats again).
     let a_node = format!("a/{}", SessionId::generate());
     let node = NodeInfo {
         instance: a_node.clone(),
         url: "http://127.0.0.1:1".into(),
         draining: false,
     };
-    s.register_node(&node, Duration::from_millis(300)).await.unwrap();
+    // Node a is alive for NODE_TTL unless it announces itself again.
+    const NODE_TTL: Duration = Duration::from_millis(1000);
+    s.register_node(&node, NODE_TTL).await.unwrap();
     let LeaseOutcome::Acquired(a) = s.acquire_lease(&id, &a_node).await.unwrap() else {
         panic!("a acquires")
     };
@@ -126,21 +127,58 @@ async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
         }
     );
     assert_eq!(s.lease_holder(&id).await.unwrap(), Some(a_node.clone()));
-    // A heartbeat keeps the lease valid past the first TTL.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.register_node(&node, Duration::from_millis(300)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another node cannot reclaim a's lease; a itself can (its actor is gone), with a new token
+    // that fences the old one.
+    assert_eq!(
+        s.reclaim_lease(&id, "b/1").await.unwrap(),
+        LeaseOutcome::Held {
+            holder: a_node.clone()
+        }
+    );
+    let LeaseOutcome::Acquired(a2) = s.reclaim_lease(&id, &a_node).await.unwrap() else {
+        panic!("a reclaims its own lease")
+    };
+    assert!(a2.token > a.token);
+    let mut rec = record();
+    rec.version = 5;
+    assert!(matches!(
+        s.save_session(&a, &rec, TTL).await,
+        Err(StoreError::Fenced)
+    ));
+    s.save_session(&a2, &rec, TTL).await.unwrap();
+    assert_eq!(
+        s.reclaim_lease(&missing, &a_node).await.unwrap(),
+        LeaseOutcome::NoSession
+    );
+    let a = a2;
+    // A heartbeat keeps the lease valid past the first TTL (the margins allow a loaded machine
+    // to oversleep by 40 % of the TTL).
+    tokio::time::sleep(NODE_TTL * 6 / 10).await;
+    s.register_node(&node, NODE_TTL).await.unwrap();
+    tokio::time::sleep(NODE_TTL * 6 / 10).await;
     assert_eq!(
         s.acquire_lease(&id, "b/1").await.unwrap(),
         LeaseOutcome::Held {
             holder: a_node.clone()
         }
     );
-    // Node a stops heartbeating: its lease is taken over, with a higher fencing token.
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let b = acquire(s, &id, "b/1").await;
+    // Node a stops heartbeating: once its record expires its lease is taken over, with a
+    // higher fencing token.
+    b_node_alive(s).await;
+    let deadline = std::time::Instant::now() + NODE_TTL * 5;
+    let b = loop {
+        match s.acquire_lease(&id, "b/1").await.unwrap() {
+            LeaseOutcome::Acquired(f) => break f,
+            LeaseOutcome::Held { holder } => assert_eq!(holder, a_node),
+            LeaseOutcome::NoSession => panic!("the session is still there"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's lease was never released by expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert!(b.token > a.token);
-    let mut rec = record();
     rec.version = 9;
     assert!(
         matches!(s.save_session(&a, &rec, TTL).await, Err(StoreError::Fenced)),
@@ -150,6 +188,16 @@ async fn leases_are_exclusive_and_expire(s: &dyn SessionStore) {
     assert_eq!(s.lease_holder(&id).await.unwrap().as_deref(), Some("b/1"));
     s.release_lease(&b).await.unwrap();
     assert_eq!(s.lease_holder(&id).await.unwrap(), None);
+}
+
+/// Node `b/1` is alive for the length of the suite.
+async fn b_node_alive(s: &dyn SessionStore) {
+    let node = NodeInfo {
+        instance: "b/1".into(),
+        url: "http://127.0.0.1:1".into(),
+        draining: false,
+    };
+    s.register_node(&node, TTL).await.unwrap();
 }
 
 async fn events_append_read_trim_and_fence(s: &dyn SessionStore) {

@@ -10,11 +10,16 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "alive"}))
 }
 
-/// `GET /readyz`: ready for new work — the store answers and the node is not draining. It turns
-/// 503 the moment SIGTERM arrives, so the balancer stops sending new work here.
+/// `GET /readyz`: ready for new work — not draining, announced in the cluster (after a store
+/// outage that lapsed the node's liveness, only once it has announced itself again and stopped
+/// the actors of before the outage, so it can serve new and existing sessions), and the store
+/// answers. It turns 503 the moment SIGTERM arrives, so the balancer stops sending new work here.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.node.is_draining() {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
+    }
+    if !state.node.is_live() {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "rejoining"}));
     }
     match state.node.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),

@@ -117,6 +117,7 @@ fn resolve_error(e: ResolveError) -> Refusal {
         }
         ResolveError::Busy => Refusal::unavailable("session temporarily unavailable; retry"),
         ResolveError::Draining => Refusal::unavailable("this node is shutting down; retry"),
+        ResolveError::Rejoining => Refusal::unavailable("this node is rejoining the cluster; retry shortly"),
     }
 }
 
