@@ -13,6 +13,17 @@ fn the_documented_example_loads() {
     assert_eq!(s.tenants["acme"].limits.max_body_bytes, 262_144);
     assert_eq!(s.tenants["acme"].upstreams.len(), 2);
     assert_eq!(s.sessions.lease_ttl_ms, 3000);
+    assert_eq!(s.server.public_url, "https://mcp.example.com");
+    let keys = &s.tenants["acme"]
+        .auth
+        .as_ref()
+        .expect("acme authenticates")
+        .api_keys;
+    assert_eq!(keys[0].subject, "ci-bot");
+    assert_eq!(keys[0].roles, ["operator"]);
+    assert!(keys[0].expires.is_some());
+    // Its bind is public, so every tenant must authenticate: the example must pass that check.
+    marina_gateway::startup::check_open_tenants(&s).expect("no open tenant on a public bind");
     let doc =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"))
             .unwrap();
@@ -21,6 +32,38 @@ fn the_documented_example_loads() {
         doc.contains(&example),
         "docs/configuration.md and docs/examples/marina.yaml differ"
     );
+}
+
+#[test]
+fn malformed_api_keys_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("m.yaml");
+    for (yaml, expect) in [
+        ("{subject: a, sha256: abc}", "64 hex digits"),
+        (
+            "{subject: '', sha256: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}",
+            "subject",
+        ),
+        (
+            "{subject: a, sha256: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', expires: tomorrow}",
+            "RFC 3339",
+        ),
+        (
+            "{subject: a, sha256: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', role: [x]}",
+            "role",
+        ),
+    ] {
+        std::fs::write(
+            &f,
+            format!("tenants:\n  a:\n    auth:\n      api_keys:\n        - {yaml}\n"),
+        )
+        .unwrap();
+        let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
+        assert!(err.to_string().contains(expect), "{yaml}: {err}");
+    }
+    std::fs::write(&f, "tenants:\n  a:\n    auth: {anonymus: true}\n").unwrap();
+    let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
+    assert!(err.to_string().contains("anonymus"), "typos are refused: {err}");
 }
 
 #[test]

@@ -84,7 +84,8 @@ async fn create(node: &Arc<Node>) -> Result<SessionId, ResolveError> {
 async fn served_locally(node: &Arc<Node>, id: &SessionId) -> actix::Addr<marina_actors::SessionActor> {
     match node.resolve("demo", id, false, None).await {
         Ok(Resolved::Local(addr)) => {
-            assert_eq!(addr.send(Describe).await.expect("actor answers"), "2025-11-25");
+            let version = addr.send(Describe { owner: None }).await.expect("actor answers");
+            assert_eq!(version.as_deref(), Ok("2025-11-25"));
             addr
         }
         other => panic!("expected the session to be served here, got {other:?}"),

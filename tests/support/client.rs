@@ -100,6 +100,8 @@ pub struct Mcp {
     pub session: Option<String>,
     /// Protocol version header to send (None: omit it).
     pub version: Option<String>,
+    /// Extra headers on every request (credentials).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Mcp {
@@ -110,6 +112,29 @@ impl Mcp {
             url: url.to_owned(),
             session: None,
             version: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same client with `Authorization: Bearer <token>` instead of its other credentials.
+    pub fn bearer(&self, token: &str) -> Self {
+        Self {
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            ..self.clone()
+        }
+    }
+
+    /// The same session and endpoint, without credentials.
+    pub fn anonymous(&self) -> Self {
+        Self {
+            headers: Vec::new(),
+            ..self.clone()
         }
     }
 
@@ -123,7 +148,12 @@ impl Mcp {
 
     /// Initialize a session at `version` with `capabilities`, then send `notifications/initialized`.
     pub async fn connect(url: &str, version: &str, capabilities: Value) -> Self {
-        let mut c = Self::new(url);
+        Self::new(url).open(version, capabilities).await
+    }
+
+    /// Like [`Self::connect`], with this client's headers (credentials).
+    pub async fn open(self, version: &str, capabilities: Value) -> Self {
+        let mut c = self;
         let resp = c
             .post(
                 &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -160,6 +190,9 @@ impl Mcp {
         }
         if let Some(v) = &self.version {
             r = r.header("MCP-Protocol-Version", v);
+        }
+        for (k, v) in &self.headers {
+            r = r.header(k, v);
         }
         r
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use marina_core::domain::{EventId, StreamId};
+use marina_core::domain::{EventId, Owner, StreamId};
 use marina_core::protocol::MessageKind;
 use marina_core::store::{Fence, SessionRecord};
 use marina_core::tenant::Tenant;
@@ -114,6 +114,8 @@ pub struct Dispatch {
     pub protocol_version: Option<String>,
     /// Answer with JSON even for tools/call (inside a 2025-03-26 batch).
     pub force_json: bool,
+    /// Who sent it (authenticated for this request); must be the session's owner.
+    pub owner: Option<Owner>,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.
@@ -124,6 +126,8 @@ pub struct OpenStream {
     pub last_event_id: Option<EventId>,
     /// The `MCP-Protocol-Version` header, if any.
     pub protocol_version: Option<String>,
+    /// Who asks; must be the session's owner.
+    pub owner: Option<Owner>,
 }
 
 /// End the session (DELETE).
@@ -132,6 +136,8 @@ pub struct OpenStream {
 pub struct Terminate {
     /// The `MCP-Protocol-Version` header, if any.
     pub protocol_version: Option<String>,
+    /// Who asks; must be the session's owner.
+    pub owner: Option<Owner>,
 }
 
 /// Node shutdown: close streams with a retry hint and stop once nothing is in flight
@@ -144,9 +150,12 @@ pub struct Drain {
 }
 
 /// Ask for the session's negotiated protocol version (to decide whether a batch is allowed).
-#[derive(Debug, Message)]
-#[rtype(result = "String")]
-pub struct Describe;
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<String, Rejection>")]
+pub struct Describe {
+    /// Who asks; must be the session's owner.
+    pub owner: Option<Owner>,
+}
 
 /// The node's liveness lapsed: another node may hold this session now. Stop at once, writing
 /// nothing (any write would be fenced anyway).
@@ -281,7 +290,9 @@ impl Handler<Terminate> for SessionActor {
         let early = if self.retiring {
             Err(Rejection::Moved)
         } else {
-            shared.check_version(msg.protocol_version.as_deref())
+            shared
+                .check_owner(msg.owner.as_ref())
+                .and_then(|()| shared.check_version(msg.protocol_version.as_deref()))
         };
         if let Err(r) = early {
             return Box::pin(async move { Err(r) }.into_actor(self));
@@ -317,10 +328,11 @@ impl Handler<Drain> for SessionActor {
 }
 
 impl Handler<Describe> for SessionActor {
-    type Result = MessageResult<Describe>;
+    type Result = Result<String, Rejection>;
 
-    fn handle(&mut self, _msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.shared.protocol_version())
+    fn handle(&mut self, msg: Describe, _ctx: &mut Self::Context) -> Self::Result {
+        self.shared.check_owner(msg.owner.as_ref())?;
+        Ok(self.shared.protocol_version())
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use marina_core::domain::{EventId, GET_STREAM, SessionId, StreamId};
+use marina_core::domain::{EventId, GET_STREAM, Owner, SessionId, StreamId};
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::settings::CallResponseMode;
 use marina_core::store::{Fence, InflightCall, SessionRecord, StoreError, now_ms};
@@ -390,6 +390,16 @@ impl Shared {
         }
     }
 
+    /// Only the principal that initialized the session may use it; anyone else is told it does
+    /// not exist (404), before anything else is checked or touched, so nothing leaks.
+    pub(crate) fn check_owner(&self, owner: Option<&Owner>) -> Result<(), Rejection> {
+        if self.rec.borrow().principal.as_ref() == owner {
+            Ok(())
+        } else {
+            Err(Rejection::Gone)
+        }
+    }
+
     pub(crate) fn protocol_version(&self) -> String {
         self.rec.borrow().protocol_version.clone()
     }
@@ -400,6 +410,9 @@ impl Shared {
         }
         if self.expired() {
             return Reply::Rejected(Rejection::Gone);
+        }
+        if let Err(r) = self.check_owner(d.owner.as_ref()) {
+            return Reply::Rejected(r);
         }
         self.touch();
         if let Err(r) = self.check_version(d.protocol_version.as_deref()) {
@@ -666,6 +679,7 @@ impl Shared {
         if self.expired() {
             return Err(Rejection::Gone);
         }
+        self.check_owner(req.owner.as_ref())?;
         self.touch();
         self.check_version(req.protocol_version.as_deref())?;
         if self.lost.get() {

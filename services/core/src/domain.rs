@@ -5,6 +5,16 @@ use std::fmt;
 use base64::Engine as _;
 use rand::Rng as _;
 
+/// Who a session belongs to: the principal that initialized it. Every later request of the
+/// session must come from the same one; anyone else is told the session does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    /// Who vouched for the subject: an OAuth issuer, `api-key` or `anonymous`.
+    pub issuer: String,
+    /// The subject within that issuer.
+    pub subject: String,
+}
+
 /// A session id: 32 random bytes, base64url without padding (43 visible-ASCII characters, 256
 /// bits of entropy). Never derived from anything guessable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

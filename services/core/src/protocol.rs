@@ -58,6 +58,8 @@ pub mod code {
     pub const INTERRUPTED: i64 = -32001;
     /// Implementation-defined: the request was cancelled.
     pub const CANCELLED: i64 = -32003;
+    /// Implementation-defined: the request is not authenticated (HTTP 401).
+    pub const UNAUTHORIZED: i64 = -32004;
 }
 
 /// A JSON-RPC request/notification id (string or integer, never null).

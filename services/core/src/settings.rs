@@ -45,6 +45,9 @@ pub struct ServerSettings {
     pub log_filter: String,
     /// Worker threads (0 = number of CPUs).
     pub workers: usize,
+    /// How clients reach the cluster (`https://mcp.example.com`); tenants' default OAuth
+    /// audiences and metadata URLs derive from it. Empty: `http://<bind address>`.
+    pub public_url: String,
 }
 
 /// Log output format.
@@ -149,6 +152,54 @@ pub struct TenantSettings {
     /// Tool sources.
     #[serde(default = "default_upstreams")]
     pub upstreams: Vec<UpstreamSettings>,
+    /// Who may connect. Absent: nobody is authenticated (loopback binds only, or the embedded
+    /// default tenant).
+    #[serde(default)]
+    pub auth: Option<AuthSettings>,
+    /// The embedded default tenant (no tenant configured): open, on any bind.
+    #[serde(skip)]
+    pub embedded_default: bool,
+}
+
+/// `tenants.<id>.auth`: the credentials a tenant accepts. A tenant may accept several kinds.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// API keys (`mk_…`), stored as SHA-256 digests.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySettings>,
+    /// Requests without credentials act as subject `anonymous` with role `anonymous`.
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+/// One API key of a tenant. The key itself is never stored: `marina keys new` prints it once,
+/// with the line to configure.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Who the key authenticates (the principal's subject).
+    pub subject: String,
+    /// SHA-256 of the whole key string, 64 hex digits.
+    pub sha256: String,
+    /// Roles the key carries.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Expiry (RFC 3339, e.g. `2027-06-30T00:00:00Z`); never when absent.
+    #[serde(default, deserialize_with = "rfc3339_opt")]
+    pub expires: Option<std::time::SystemTime>,
+}
+
+fn rfc3339_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::SystemTime>, D::Error> {
+    let raw: Option<String> = Option::deserialize(d)?;
+    raw.map(|s| {
+        humantime::parse_rfc3339_weak(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expires must be an RFC 3339 time such as 2027-06-30T00:00:00Z ({e})"
+            ))
+        })
+    })
+    .transpose()
 }
 
 fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -299,6 +350,26 @@ fn default_upstreams() -> Vec<UpstreamSettings> {
     vec![UpstreamSettings::Builtin { tools: None }]
 }
 
+impl AuthSettings {
+    fn validate(&self) -> Result<(), String> {
+        let mut digests = std::collections::HashSet::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if k.subject.trim().is_empty() || k.subject.len() > 256 {
+                return Err(format!("api_keys[{i}].subject must be 1-256 characters"));
+            }
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "api_keys[{i}].sha256 must be 64 hex digits (the SHA-256 of the key; `marina keys new` prints it)"
+                ));
+            }
+            if !digests.insert(k.sha256.to_ascii_lowercase()) {
+                return Err(format!("api_keys[{i}]: the same key is configured twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -338,6 +409,7 @@ pub fn load(
             "demo".into(),
             TenantSettings {
                 upstreams: default_upstreams(),
+                embedded_default: true,
                 ..Default::default()
             },
         );
@@ -360,6 +432,12 @@ impl Settings {
         }
         if self.sessions.page_size == 0 || self.sessions.max_events_per_stream == 0 {
             return bad("sessions.page_size and sessions.max_events_per_stream must be positive");
+        }
+        for (id, t) in &self.tenants {
+            if let Some(auth) = &t.auth {
+                auth.validate()
+                    .map_err(|e| SettingsError::Invalid(format!("tenants.{id}.auth: {e}")))?;
+            }
         }
         for id in self.tenants.keys() {
             let ok = !id.is_empty()

@@ -57,8 +57,8 @@ pub struct InflightCall {
 pub struct SessionRecord {
     /// Tenant the session belongs to.
     pub tenant: String,
-    /// Principal the session is bound to (`None` while authentication is `none`).
-    pub principal: Option<String>,
+    /// Principal the session is bound to (`None` on a tenant without authentication).
+    pub principal: Option<crate::domain::Owner>,
     /// Negotiated protocol version.
     pub protocol_version: String,
     /// Client capabilities from `initialize`.

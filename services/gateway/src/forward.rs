@@ -11,7 +11,7 @@ use futures_util::TryStreamExt as _;
 use crate::state::{AppState, FORWARDED};
 
 /// Request headers a forwarded request keeps.
-const PASS_REQUEST: [&str; 10] = [
+const PASS_REQUEST: [&str; 11] = [
     "accept",
     "content-type",
     "mcp-session-id",
@@ -19,17 +19,20 @@ const PASS_REQUEST: [&str; 10] = [
     "last-event-id",
     "origin",
     "host",
+    // The client's credentials: the holder authenticates the request itself.
     "authorization",
+    "x-api-key",
     "x-request-id",
     "user-agent",
 ];
 /// Response headers passed back.
-const PASS_RESPONSE: [&str; 5] = [
+const PASS_RESPONSE: [&str; 6] = [
     "content-type",
     "mcp-session-id",
     "retry-after",
     "cache-control",
     "allow",
+    "www-authenticate",
 ];
 
 /// Why forwarding failed.

@@ -2,6 +2,7 @@
 //! Content-Type, body limits, protocol-version header, Origin/Host), SSE delivery, forwarding to
 //! the node that holds a session, probes, and the tool sources (`upstream/`).
 
+mod authn;
 mod forward;
 mod origin;
 mod reply;

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use marina_core::protocol::{RequestId, RpcError, code};
 use serde_json::Value;
@@ -23,6 +23,8 @@ pub struct Refusal {
     id: Option<RequestId>,
     code: i64,
     message: String,
+    /// `WWW-Authenticate` challenge (401).
+    challenge: Option<String>,
 }
 
 impl Refusal {
@@ -33,6 +35,14 @@ impl Refusal {
             id: None,
             code,
             message: message.into(),
+            challenge: None,
+        }
+    }
+    /// 401 with a `WWW-Authenticate` challenge.
+    pub fn unauthorized(message: impl Into<String>, challenge: String) -> Self {
+        Self {
+            challenge: Some(challenge),
+            ..Self::new(StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, message)
         }
     }
     /// Attach the request id.
@@ -76,6 +86,13 @@ impl ResponseError for Refusal {
         );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(v) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            r.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
         r
     }

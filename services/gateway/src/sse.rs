@@ -24,6 +24,25 @@ pub struct SseOptions {
     /// Close the connection (with a retry hint) after this long (POST streams of ≥ 2025-11-25
     /// sessions only).
     pub max_duration: Option<Duration>,
+    /// Close the connection then, whatever the session's version: the credential that opened it
+    /// expires (a retry hint where the session speaks SEP-1699).
+    pub until: Option<std::time::SystemTime>,
+}
+
+impl SseOptions {
+    /// When this stream must end, if ever.
+    fn deadline(&self, polling: bool) -> Option<Instant> {
+        let by_duration = self.max_duration.filter(|_| polling).map(|d| Instant::now() + d);
+        let by_credential = self.until.map(|t| {
+            Instant::now()
+                + t.duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+        });
+        match (by_duration, by_credential) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// `id:` + `data:` event.
@@ -57,10 +76,7 @@ pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result
         queue: handle.backlog.into(),
         head,
         rx: handle.frames,
-        deadline: opts
-            .max_duration
-            .filter(|_| handle.polling)
-            .map(|d| Instant::now() + d),
+        deadline: opts.deadline(handle.polling),
         polling: handle.polling,
         retry_ms: opts.retry_ms,
         done: false,
@@ -106,7 +122,7 @@ pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result
             },
             () = sleep => {
                 st.done = true;
-                Some((Ok(retry_hint(st.retry_ms)), st))
+                st.polling.then(|| (Ok(retry_hint(st.retry_ms)), st))
             }
             _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
         }

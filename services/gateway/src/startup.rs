@@ -86,12 +86,37 @@ fn build_tenants(settings: &Settings) -> anyhow::Result<Vec<Arc<Tenant>>> {
         .collect()
 }
 
+/// A configured tenant without an `auth` section lets anyone who reaches the node in: allowed
+/// on a loopback bind (development, with a warning), refused on any other. The embedded default
+/// tenant (no tenant configured) stays open.
+pub fn check_open_tenants(settings: &Settings) -> anyhow::Result<()> {
+    let loopback = settings
+        .server
+        .bind
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    for (id, t) in &settings.tenants {
+        if t.auth.is_some() || t.embedded_default {
+            continue;
+        }
+        anyhow::ensure!(
+            loopback,
+            "tenant {id} has no `auth` section, so anyone could use it; on a non-loopback bind every \
+             tenant needs one (api_keys, or `anonymous: true` to serve it openly on purpose)"
+        );
+        tracing::warn!(tenant = %id, "tenant has no `auth` section: served without authentication (loopback only)");
+    }
+    Ok(())
+}
+
 impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let store = build_store(&settings).map_err(ConfigError)?;
         let tenants = build_tenants(&settings).map_err(ConfigError)?;
+        check_open_tenants(&settings).map_err(ConfigError)?;
+        let auth = Arc::new(crate::authn::Authenticators::new(&settings).map_err(ConfigError)?);
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;
@@ -127,6 +152,7 @@ impl Application {
         let state = AppState {
             node: node.clone(),
             http,
+            auth,
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

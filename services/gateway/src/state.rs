@@ -14,4 +14,6 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// HTTP client for forwarding to peers.
     pub http: reqwest::Client,
+    /// Every tenant's authentication.
+    pub auth: Arc<crate::authn::Authenticators>,
 }

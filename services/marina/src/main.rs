@@ -1,6 +1,6 @@
 //! `marina`: the multi-tenant MCP hosting platform, as one binary.
 //!
-//! `marina serve` runs a gateway node. With no configuration it listens on 127.0.0.1:8080 with an
+//! `marina serve` runs a gateway node; `marina keys new` makes an API key. With no configuration it listens on 127.0.0.1:8080 with an
 //! in-memory store and the tenant `demo` (built-in tools); with `--redis-url` any number of nodes
 //! share sessions through Redis.
 
@@ -33,6 +33,29 @@ enum Command {
     /// Settings are layered: built-in defaults < --config FILE < MARINA__SECTION__KEY environment
     /// variables < these flags. See docs/configuration.md for every setting.
     Serve(ServeArgs),
+    /// API keys of tenants.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new random API key. The key is printed once, with the entry to add under the
+    /// tenant's `auth.api_keys` (only its SHA-256 is stored; the key cannot be recovered).
+    New(NewKeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NewKeyArgs {
+    /// Who the key authenticates (the principal's subject).
+    #[arg(long)]
+    subject: String,
+    /// Roles the key carries, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Expiry, RFC 3339 (e.g. 2027-06-30T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    expires: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,8 +82,40 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    match Cli::parse().command {
+        Command::Serve(args) => serve_command(args),
+        Command::Keys(KeysCommand::New(args)) => new_key(args),
+    }
+}
+
+/// `marina keys new`: the key on the first line (for scripts), then the configuration entry.
+fn new_key(args: NewKeyArgs) -> ExitCode {
+    if args.subject.trim().is_empty() || args.subject.len() > 256 || args.subject.contains(['"', '\\', '\n'])
+    {
+        eprintln!("marina: --subject must be 1-256 characters without quotes, backslashes or newlines");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Some(e) = &args.expires
+        && humantime::parse_rfc3339_weak(e).is_err()
+    {
+        eprintln!("marina: --expires must be an RFC 3339 time such as 2027-06-30T00:00:00Z");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let key = marina_auth::generate_key();
+    println!("{key}");
+    println!();
+    println!("# Shown once; store it now. Add under tenants.<tenant>.auth.api_keys:");
+    println!("- subject: \"{}\"", args.subject);
+    println!("  sha256: {}", marina_auth::digest(&key));
+    let roles: Vec<String> = args.roles.iter().map(|r| format!("{:?}", r.trim())).collect();
+    println!("  roles: [{}]", roles.join(", "));
+    if let Some(e) = args.expires {
+        println!("  expires: {}", e.trim());
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve_command(args: ServeArgs) -> ExitCode {
     let overrides: Vec<(&str, String)> = [
         ("server.bind", args.bind),
         ("store.redis_url", args.redis_url),

@@ -15,7 +15,10 @@ const TTL: Duration = Duration::from_secs(60);
 fn record() -> SessionRecord {
     SessionRecord {
         tenant: "demo".into(),
-        principal: Some("alice".into()),
+        principal: Some(crate::domain::Owner {
+            issuer: "api-key".into(),
+            subject: "alice".into(),
+        }),
         protocol_version: "2025-11-25".into(),
         client_capabilities: json!({"elicitation": {}}),
         client_info: json!({"name": "t", "version": "1"}),

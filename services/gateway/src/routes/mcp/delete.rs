@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use marina_actors::Terminate;
 
-use super::{Answer, ask, preflight, protocol_header, session_header};
+use super::{Answer, admit, ask, protocol_header, session_header};
 use crate::reply::Refusal;
 use crate::state::AppState;
 
@@ -13,7 +13,7 @@ pub async fn delete(
     tenant: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let t = preflight(&state, &req, &tenant)?;
+    let (t, caller) = admit(&state, &req, &tenant).await?;
     let version = protocol_header(&req)?;
     let id = session_header(&req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
@@ -24,6 +24,7 @@ pub async fn delete(
         &id,
         Terminate {
             protocol_version: version,
+            owner: caller.owner(),
         },
     )
     .await?

@@ -7,7 +7,7 @@ use marina_actors::OpenStream;
 use marina_core::domain::{EventId, GET_STREAM};
 use marina_core::protocol::code;
 
-use super::{Answer, accepts, ask, header, preflight, protocol_header, session_header};
+use super::{Answer, accepts, admit, ask, header, protocol_header, session_header};
 use crate::reply::Refusal;
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
@@ -18,7 +18,7 @@ pub async fn get(
     tenant: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let t = preflight(&state, &req, &tenant)?;
+    let (t, caller) = admit(&state, &req, &tenant).await?;
     if !accepts(&req, "text/event-stream") {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -40,6 +40,7 @@ pub async fn get(
     let open = OpenStream {
         last_event_id,
         protocol_version: version,
+        owner: caller.owner(),
     };
     let handle = match ask(&state, &req, &t.id, &id, open).await? {
         Answer::Local(h) => h,
@@ -54,6 +55,7 @@ pub async fn get(
         SseOptions {
             retry_ms: s.retry_ms,
             max_duration: max,
+            until: caller.principal.as_ref().and_then(|p| p.expires_at),
         },
     ))
 }

@@ -19,9 +19,19 @@ pub use delete::delete;
 pub use get::get;
 pub use post::post;
 
+use crate::authn::{self, Caller};
 use crate::forward::{ForwardError, forward};
 use crate::reply::Refusal;
 use crate::state::{AppState, FORWARDED};
+
+/// The steps every request of the endpoint takes before its method's own: tenant → Host/Origin
+/// policy → credentials. The caller's principal then goes with the request to the session actor,
+/// which serves only its session's owner.
+async fn admit(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<(Arc<Tenant>, Caller), Refusal> {
+    let t = preflight(state, req, tenant)?;
+    let caller = authn::authenticate(&state.auth, req, &t.id).await?;
+    Ok((t, caller))
+}
 
 /// Tenant lookup, then Host/Origin policy.
 fn preflight(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<Arc<Tenant>, Refusal> {

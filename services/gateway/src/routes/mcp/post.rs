@@ -16,9 +16,10 @@ use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
 
 use super::{
-    MOVE_ATTEMPTS, Target, accepts, actor_gone, header, preflight, protocol_header, rejection, resolve_error,
+    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, header, protocol_header, rejection, resolve_error,
     route, session_header,
 };
+use crate::authn::Caller;
 use crate::reply::{self, Refusal};
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
@@ -30,7 +31,7 @@ pub async fn post(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let t = preflight(&state, &req, &tenant)?;
+    let (t, caller) = admit(&state, &req, &tenant).await?;
     if !(accepts(&req, "application/json") && accepts(&req, "text/event-stream")) {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -55,14 +56,14 @@ pub async fn post(
     let message: Value = serde_json::from_slice(&body)
         .map_err(|_| Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON"))?;
     if let Value::Array(items) = message {
-        return batch(&state, &req, &t, version, items, body).await;
+        return batch(&state, &req, &t, &caller, version, items, body).await;
     }
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
-            "initialize" => return initialize(&state, &t, id, &message).await,
+            "initialize" => return initialize(&state, &t, &caller, id, &message).await,
             // The 2026-07-28 probe of dual-era clients: a plain 4xx (not -32020..-32022) makes
             // them fall back to initialize.
             "server/discover" => {
@@ -82,6 +83,7 @@ pub async fn post(
         kind,
         protocol_version: version,
         force_json: false,
+        owner: caller.owner(),
     };
     let mut attempts = 0;
     let reply = loop {
@@ -97,7 +99,7 @@ pub async fn post(
             reply => break reply,
         }
     };
-    respond(&state, reply).await
+    respond(&state, &caller, reply).await
 }
 
 /// Read the body, refusing it (413) as soon as it passes `limit`.
@@ -122,6 +124,7 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Ref
 async fn initialize(
     state: &AppState,
     t: &Arc<Tenant>,
+    caller: &Caller,
     id: &Value,
     msg: &Value,
 ) -> Result<HttpResponse, Refusal> {
@@ -143,7 +146,7 @@ async fn initialize(
     let now = now_ms();
     let rec = SessionRecord {
         tenant: t.id.clone(),
-        principal: None,
+        principal: caller.owner(),
         protocol_version: version.to_owned(),
         client_capabilities: caps.clone(),
         client_info: info.clone(),
@@ -190,7 +193,7 @@ fn capabilities(t: &Tenant) -> Value {
 }
 
 /// Turn the actor's reply into the HTTP answer.
-async fn respond(state: &AppState, reply: Reply) -> Result<HttpResponse, Refusal> {
+async fn respond(state: &AppState, caller: &Caller, reply: Reply) -> Result<HttpResponse, Refusal> {
     Ok(match reply {
         Reply::Json(v) => reply::json(StatusCode::OK, &v),
         Reply::Accepted => HttpResponse::Accepted().finish(),
@@ -210,6 +213,7 @@ async fn respond(state: &AppState, reply: Reply) -> Result<HttpResponse, Refusal
                 SseOptions {
                     retry_ms: s.retry_ms,
                     max_duration: max,
+                    until: caller.principal.as_ref().and_then(|p| p.expires_at),
                 },
             )
         }
@@ -224,6 +228,7 @@ async fn batch(
     state: &AppState,
     req: &HttpRequest,
     t: &Arc<Tenant>,
+    caller: &Caller,
     version: Option<String>,
     items: Vec<Value>,
     body: Bytes,
@@ -242,7 +247,14 @@ async fn batch(
         Target::Local(a) => a,
         Target::Done(resp) => return Ok(resp),
     };
-    if !protocol::supports_batches(&addr.send(Describe).await.map_err(|_| actor_gone())?) {
+    let negotiated = addr
+        .send(Describe {
+            owner: caller.owner(),
+        })
+        .await
+        .map_err(|_| actor_gone())?
+        .map_err(rejection)?;
+    if !protocol::supports_batches(&negotiated) {
         return Err(refuse());
     }
     let mut responses = Vec::new();
@@ -268,6 +280,7 @@ async fn batch(
                 kind,
                 protocol_version: version.clone(),
                 force_json: true,
+                owner: caller.owner(),
             })
             .await
             .map_err(|_| actor_gone())?;

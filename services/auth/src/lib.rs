@@ -1,0 +1,300 @@
+//! Authentication: what a request presents (its [`Credentials`]) becomes a [`Principal`] of the
+//! tenant it addresses — or an [`AuthError`] that says, without revealing anything, why not.
+//!
+//! One [`TenantAuth`] per tenant, built from its `auth` settings. The HTTP layer extracts the
+//! credentials and turns errors into 401 answers with a `WWW-Authenticate` challenge
+//! ([`TenantAuth::challenge`]); nothing here knows about HTTP frameworks.
+
+mod api_key;
+
+use std::time::SystemTime;
+
+use marina_core::domain::Owner;
+use marina_core::settings::AuthSettings;
+
+pub use api_key::{KeyRing, digest, generate_key};
+
+/// Issuer of the principals authenticated by an API key.
+pub const API_KEY_ISSUER: &str = "api-key";
+/// Issuer, subject and role of requests without credentials on a tenant that allows them.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who is calling, as far as one request's credential says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Issuer and subject: what a session is bound to.
+    pub owner: Owner,
+    /// Roles the credential carries (policies may add more through role links).
+    pub roles: Vec<String>,
+    /// OAuth scopes granted (empty for API keys).
+    pub scopes: Vec<String>,
+    /// When the credential stops being valid; streams opened with it end then.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// What a request presented, as the HTTP layer found it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// The `X-API-Key` header.
+    pub api_key: Option<&'a str>,
+    /// The query string carries a credential (`access_token=`, `api_key=`): refused, since URLs
+    /// end up in logs and browser histories.
+    pub in_query: bool,
+}
+
+/// Why a request is not authenticated. Every variant is answered 401; [`Self::reason`] is the
+/// stable name audit events carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credential at all.
+    #[error("authentication required")]
+    Missing,
+    /// The request is malformed as far as credentials go (query-string token, several
+    /// credentials, a scheme other than Bearer).
+    #[error("invalid request: {1}")]
+    InvalidRequest(&'static str, &'static str),
+    /// The credential is not valid (unknown, expired, …).
+    #[error("invalid credential: {1}")]
+    InvalidToken(&'static str, &'static str),
+}
+
+impl AuthError {
+    /// Stable reason for audit events (`missing`, `unknown_key`, `expired`, …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::InvalidRequest(r, _) | Self::InvalidToken(r, _) => r,
+        }
+    }
+
+    /// A short, safe description for the client.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Self::Missing => "authentication required",
+            Self::InvalidRequest(_, d) | Self::InvalidToken(_, d) => d,
+        }
+    }
+}
+
+/// One tenant's authentication.
+#[derive(Debug)]
+pub struct TenantAuth {
+    /// `None`: the tenant authenticates nobody (development, or the embedded default tenant).
+    config: Option<Config>,
+}
+
+#[derive(Debug)]
+struct Config {
+    keys: KeyRing,
+    anonymous: bool,
+}
+
+impl TenantAuth {
+    /// From a tenant's `auth` settings (already validated when the settings were loaded).
+    pub fn new(settings: Option<&AuthSettings>) -> Result<Self, String> {
+        let config = settings
+            .map(|s| {
+                Ok::<_, String>(Config {
+                    keys: KeyRing::new(&s.api_keys)?,
+                    anonymous: s.anonymous,
+                })
+            })
+            .transpose()?;
+        Ok(Self { config })
+    }
+
+    /// Does this tenant authenticate its callers at all?
+    pub fn is_enabled(&self) -> bool {
+        self.config.is_some()
+    }
+
+    /// The principal behind `creds`: `Ok(None)` on a tenant without authentication.
+    pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Option<Principal>, AuthError> {
+        let Some(config) = &self.config else {
+            return Ok(None);
+        };
+        if creds.in_query {
+            return Err(AuthError::InvalidRequest(
+                "query_token",
+                "credentials are not accepted in the query string; use the Authorization header",
+            ));
+        }
+        let presented = match (creds.authorization, creds.api_key) {
+            (Some(_), Some(_)) => {
+                return Err(AuthError::InvalidRequest(
+                    "several_credentials",
+                    "send one credential, not several",
+                ));
+            }
+            (Some(header), None) => bearer(header)?,
+            (None, Some(key)) => key.trim(),
+            (None, None) if config.anonymous => return Ok(Some(anonymous())),
+            (None, None) => return Err(AuthError::Missing),
+        };
+        if presented.starts_with(api_key::PREFIX) {
+            return config.keys.verify(presented, SystemTime::now()).map(Some);
+        }
+        Err(AuthError::InvalidToken(
+            "unknown_credential",
+            "the credential is not valid",
+        ))
+    }
+
+    /// The `WWW-Authenticate` value answering `err`.
+    pub fn challenge(&self, err: &AuthError) -> String {
+        match err {
+            AuthError::Missing => "Bearer".to_owned(),
+            AuthError::InvalidRequest(..) => format!(
+                "Bearer error=\"invalid_request\", error_description=\"{}\"",
+                err.description()
+            ),
+            AuthError::InvalidToken(..) => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                err.description()
+            ),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(header: &str) -> Result<&str, AuthError> {
+    let (scheme, token) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::InvalidRequest(
+            "unsupported_scheme",
+            "use Authorization: Bearer <token>",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::InvalidRequest(
+            "malformed",
+            "the Bearer token is empty",
+        ));
+    }
+    Ok(token)
+}
+
+fn anonymous() -> Principal {
+    Principal {
+        owner: Owner {
+            issuer: ANONYMOUS.into(),
+            subject: ANONYMOUS.into(),
+        },
+        roles: vec![ANONYMOUS.into()],
+        scopes: Vec::new(),
+        expires_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use marina_core::settings::ApiKeySettings;
+
+    fn auth(keys: Vec<ApiKeySettings>, anonymous: bool) -> TenantAuth {
+        TenantAuth::new(Some(&AuthSettings {
+            api_keys: keys,
+            anonymous,
+        }))
+        .unwrap()
+    }
+
+    fn key_settings(key: &str, subject: &str, expires: Option<SystemTime>) -> ApiKeySettings {
+        ApiKeySettings {
+            subject: subject.into(),
+            sha256: digest(key),
+            roles: vec!["operator".into()],
+            expires,
+        }
+    }
+
+    fn creds<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Credentials<'a> {
+        Credentials {
+            authorization,
+            api_key,
+            in_query: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn api_keys_authenticate_by_header_and_refuse_everything_else() {
+        let key = generate_key();
+        let old = generate_key();
+        let past = SystemTime::now() - std::time::Duration::from_secs(1);
+        let a = auth(
+            vec![
+                key_settings(&key, "ci-bot", None),
+                key_settings(&old, "old-bot", Some(past)),
+            ],
+            false,
+        );
+        let bearer = format!("Bearer {key}");
+        let p = a
+            .authenticate(&creds(Some(&bearer), None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.owner.subject, "ci-bot");
+        assert_eq!(p.owner.issuer, API_KEY_ISSUER);
+        assert_eq!(p.roles, ["operator"]);
+        let p2 = a.authenticate(&creds(None, Some(&key))).await.unwrap().unwrap();
+        assert_eq!(p, p2, "X-API-Key is the same credential");
+        let lower = format!("bearer {key}");
+        assert!(a.authenticate(&creds(Some(&lower), None)).await.is_ok());
+
+        let reason = |r: Result<Option<Principal>, AuthError>| r.unwrap_err().reason();
+        assert_eq!(reason(a.authenticate(&creds(None, None)).await), "missing");
+        let unknown = generate_key();
+        assert_eq!(
+            reason(a.authenticate(&creds(None, Some(&unknown))).await),
+            "unknown_key"
+        );
+        assert_eq!(reason(a.authenticate(&creds(None, Some(&old))).await), "expired");
+        assert_eq!(
+            reason(a.authenticate(&creds(Some(&bearer), Some(&key))).await),
+            "several_credentials"
+        );
+        let basic = format!("Basic {key}");
+        assert_eq!(
+            reason(a.authenticate(&creds(Some(&basic), None)).await),
+            "unsupported_scheme"
+        );
+        assert_eq!(
+            reason(a.authenticate(&creds(Some("Bearer "), None)).await),
+            "malformed"
+        );
+        assert_eq!(
+            reason(a.authenticate(&creds(Some("Bearer eyJ.not.ours"), None)).await),
+            "unknown_credential"
+        );
+        let q = Credentials {
+            in_query: true,
+            ..creds(Some(&bearer), None)
+        };
+        assert_eq!(reason(a.authenticate(&q).await), "query_token");
+    }
+
+    #[tokio::test]
+    async fn anonymous_and_open_tenants() {
+        let a = auth(Vec::new(), true);
+        let p = a.authenticate(&creds(None, None)).await.unwrap().unwrap();
+        assert_eq!(p.owner.subject, ANONYMOUS);
+        assert_eq!(p.roles, [ANONYMOUS]);
+        // Anonymous access does not make a wrong credential acceptable.
+        assert!(a.authenticate(&creds(None, Some("mk_nope"))).await.is_err());
+        let open = TenantAuth::new(None).unwrap();
+        assert!(!open.is_enabled());
+        assert_eq!(open.authenticate(&creds(None, None)).await, Ok(None));
+    }
+
+    #[test]
+    fn challenges_name_the_error_only_when_a_credential_was_presented() {
+        let a = auth(Vec::new(), false);
+        assert_eq!(a.challenge(&AuthError::Missing), "Bearer");
+        let c = a.challenge(&AuthError::InvalidToken("expired", "the credential has expired"));
+        assert!(c.starts_with("Bearer error=\"invalid_token\""), "{c}");
+    }
+}
