@@ -5,6 +5,7 @@
 #   - redis-server (apt, needs root) for the Redis-backed store tests
 #   - tests/peers/node/node_modules  (npm ci from the lockfile; includes a local Node 22)
 #   - tests/peers/upstream/node_modules (npm ci from the lockfile; the test upstream MCP server)
+#   - tests/peers/oidc/node_modules     (npm ci from the lockfile; oidc-provider, a real OAuth issuer)
 #   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
 #
 # node_modules and .venv each carry a .deps-stamp with the hash of the files they were
@@ -15,6 +16,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NODE_DIR=$REPO/tests/peers/node
 UPSTREAM_DIR=$REPO/tests/peers/upstream
+OIDC_DIR=$REPO/tests/peers/oidc
 PY_DIR=$REPO/tests/peers/python
 VENV=$PY_DIR/.venv
 
@@ -72,6 +74,14 @@ upstream_stamp=$UPSTREAM_DIR/node_modules/.deps-stamp
 if [[ ! -f $upstream_stamp || $(cat "$upstream_stamp") != "$upstream_want" ]]; then
   quiet npm ci --prefix "$UPSTREAM_DIR" --no-audit --no-fund
   echo "$upstream_want" >"$upstream_stamp"
+fi
+
+# --- node: a real OAuth authorization server (oidc-provider) for the authentication tests ----
+oidc_want=$( (cat "$OIDC_DIR/package.json" "$OIDC_DIR/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)
+oidc_stamp=$OIDC_DIR/node_modules/.deps-stamp
+if [[ ! -f $oidc_stamp || $(cat "$oidc_stamp") != "$oidc_want" ]]; then
+  quiet npm ci --prefix "$OIDC_DIR" --no-audit --no-fund
+  echo "$oidc_want" >"$oidc_stamp"
 fi
 
 # --- python: official MCP SDK client + pytest ----------------------------------------------

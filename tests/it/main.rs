@@ -9,6 +9,7 @@ mod http_tool;
 mod logs;
 mod mcp_upstream;
 mod mcp_upstream_failures;
+mod oauth;
 mod outage;
 mod protocol;
 mod store_redis;

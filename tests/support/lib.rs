@@ -10,5 +10,6 @@ pub mod procs;
 pub use balancer::start_balancer;
 pub use client::{Mcp, SseEvent, read_events};
 pub use procs::{
-    MarinaProc, RedisServer, TestApp, UpstreamPeer, free_port, marina_bin, spawn_app, spawn_app_with,
+    MarinaProc, OidcIssuer, RedisServer, TestApp, UpstreamPeer, free_port, marina_bin, spawn_app,
+    spawn_app_with,
 };

@@ -429,3 +429,93 @@ impl Drop for UpstreamPeer {
         self.stop();
     }
 }
+
+/// A real OAuth authorization server: `tests/peers/oidc/issuer.mjs` (oidc-provider) on a free
+/// loopback port, issuing RS256 JWT access tokens for `resources`. Its signing key is written to a
+/// temporary directory so tests can forge tokens with it. Needs `scripts/install-test-deps.sh`.
+#[derive(Debug)]
+pub struct OidcIssuer {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>` — the issuer identifier.
+    pub url: String,
+    keys: tempfile::TempDir,
+}
+
+impl OidcIssuer {
+    /// Start one whose tokens may name any of `resources` as audience.
+    pub fn start(resources: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/oidc");
+        assert!(
+            dir.join("node_modules").exists(),
+            "tests/peers/oidc/node_modules is missing: run scripts/install-test-deps.sh"
+        );
+        let keys = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg("issuer.mjs")
+            .current_dir(&dir)
+            .env("PORT", port.to_string())
+            .env("RESOURCES", resources.join(","))
+            .env("KEYS_DIR", keys.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node not found");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.ends_with(" ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the OAuth issuer did not start");
+        Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            keys,
+        }
+    }
+
+    /// A client-credentials access token of `client` (`gw-test`: roles [operator]; `gw-other`:
+    /// roles [viewer]) for `resource` with `scope`.
+    pub async fn token(&self, client: &str, resource: &str, scope: &str) -> String {
+        let r = reqwest::Client::new()
+            .post(format!("{}/token", self.url))
+            .basic_auth(client, Some("gw-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "client_credentials")
+                    .append_pair("resource", resource)
+                    .append_pair("scope", scope)
+                    .finish(),
+            )
+            .send()
+            .await
+            .expect("token request");
+        assert!(r.status().is_success(), "token request: {}", r.status());
+        let body: serde_json::Value = r.json().await.expect("token JSON");
+        body["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// The issuer's signing key (PKCS#8 PEM) and its `kid`, to forge tokens in tests.
+    pub fn signing_key(&self) -> (Vec<u8>, String) {
+        (
+            std::fs::read(self.keys.path().join("private.pem")).expect("private.pem"),
+            std::fs::read_to_string(self.keys.path().join("kid")).expect("kid"),
+        )
+    }
+}
+
+impl Drop for OidcIssuer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -6,13 +6,16 @@
 //! ([`TenantAuth::challenge`]); nothing here knows about HTTP frameworks.
 
 mod api_key;
+mod oauth;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use marina_core::domain::Owner;
 use marina_core::settings::AuthSettings;
 
 pub use api_key::{KeyRing, digest, generate_key};
+pub use oauth::{Fetch, OAuth, REFETCH_MIN};
 
 /// Issuer of the principals authenticated by an API key.
 pub const API_KEY_ISSUER: &str = "api-key";
@@ -58,6 +61,12 @@ pub enum AuthError {
     /// The credential is not valid (unknown, expired, …).
     #[error("invalid credential: {1}")]
     InvalidToken(&'static str, &'static str),
+    /// A valid token without the tenant's required scopes (403).
+    #[error("insufficient scope")]
+    InsufficientScope,
+    /// The credential cannot be checked now: the issuer's keys are unreachable (503).
+    #[error("authentication unavailable")]
+    Unavailable,
 }
 
 impl AuthError {
@@ -66,6 +75,8 @@ impl AuthError {
         match self {
             Self::Missing => "missing",
             Self::InvalidRequest(r, _) | Self::InvalidToken(r, _) => r,
+            Self::InsufficientScope => "insufficient_scope",
+            Self::Unavailable => "issuer_unavailable",
         }
     }
 
@@ -74,6 +85,17 @@ impl AuthError {
         match self {
             Self::Missing => "authentication required",
             Self::InvalidRequest(_, d) | Self::InvalidToken(_, d) => d,
+            Self::InsufficientScope => "the access token lacks a required scope",
+            Self::Unavailable => "authentication is temporarily unavailable; retry",
+        }
+    }
+
+    /// The HTTP status answering it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InsufficientScope => 403,
+            Self::Unavailable => 503,
+            _ => 401,
         }
     }
 }
@@ -88,21 +110,67 @@ pub struct TenantAuth {
 #[derive(Debug)]
 struct Config {
     keys: KeyRing,
+    oauth: Option<OAuth>,
     anonymous: bool,
 }
 
+/// Where a tenant is reached, for its OAuth audience and metadata URL.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `<public_url>/t/<tenant>/mcp`: the default audience.
+    pub url: String,
+    /// `<public_url>/.well-known/oauth-protected-resource/t/<tenant>/mcp`.
+    pub metadata_url: String,
+}
+
+impl Endpoint {
+    /// Tenant `tenant` of a cluster reached at `public_url`.
+    pub fn new(public_url: &str, tenant: &str) -> Self {
+        let base = public_url.trim_end_matches('/');
+        Self {
+            url: format!("{base}/t/{tenant}/mcp"),
+            metadata_url: format!("{base}/.well-known/oauth-protected-resource/t/{tenant}/mcp"),
+        }
+    }
+}
+
 impl TenantAuth {
-    /// From a tenant's `auth` settings (already validated when the settings were loaded).
-    pub fn new(settings: Option<&AuthSettings>) -> Result<Self, String> {
+    /// From a tenant's `auth` settings (already validated when the settings were loaded);
+    /// `fetch` reaches its OAuth issuer.
+    pub fn new(
+        settings: Option<&AuthSettings>,
+        endpoint: &Endpoint,
+        fetch: Arc<dyn Fetch>,
+    ) -> Result<Self, String> {
         let config = settings
             .map(|s| {
                 Ok::<_, String>(Config {
                     keys: KeyRing::new(&s.api_keys)?,
+                    oauth: s
+                        .oauth
+                        .as_ref()
+                        .map(|o| OAuth::new(o, &endpoint.url, endpoint.metadata_url.clone(), fetch.clone())),
                     anonymous: s.anonymous,
                 })
             })
             .transpose()?;
         Ok(Self { config })
+    }
+
+    /// Its OAuth resource server, if it accepts OAuth tokens.
+    pub fn oauth(&self) -> Option<&OAuth> {
+        self.config.as_ref().and_then(|c| c.oauth.as_ref())
+    }
+
+    /// RFC 9728 protected-resource metadata, for a tenant that accepts OAuth tokens.
+    pub fn resource_metadata(&self) -> Option<serde_json::Value> {
+        let o = self.oauth()?;
+        Some(serde_json::json!({
+            "resource": o.audience(),
+            "authorization_servers": [o.issuer()],
+            "scopes_supported": o.required_scopes(),
+            "bearer_methods_supported": ["header"],
+        }))
     }
 
     /// Does this tenant authenticate its callers at all?
@@ -136,24 +204,40 @@ impl TenantAuth {
         if presented.starts_with(api_key::PREFIX) {
             return config.keys.verify(presented, SystemTime::now()).map(Some);
         }
-        Err(AuthError::InvalidToken(
-            "unknown_credential",
-            "the credential is not valid",
-        ))
+        match &config.oauth {
+            Some(o) => o.verify(presented).await.map(Some),
+            None => Err(AuthError::InvalidToken(
+                "unknown_credential",
+                "the credential is not valid",
+            )),
+        }
     }
 
-    /// The `WWW-Authenticate` value answering `err`.
+    /// The `WWW-Authenticate` value answering `err`: the error (RFC 6750 §3; none when no
+    /// credential was presented) and, for OAuth tenants, where the resource's metadata is and
+    /// which scopes to ask for (RFC 9728 §5.1).
     pub fn challenge(&self, err: &AuthError) -> String {
-        match err {
-            AuthError::Missing => "Bearer".to_owned(),
-            AuthError::InvalidRequest(..) => format!(
-                "Bearer error=\"invalid_request\", error_description=\"{}\"",
-                err.description()
-            ),
-            AuthError::InvalidToken(..) => format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                err.description()
-            ),
+        let mut params = Vec::new();
+        let error = match err {
+            AuthError::Missing | AuthError::Unavailable => None,
+            AuthError::InvalidRequest(..) => Some("invalid_request"),
+            AuthError::InvalidToken(..) => Some("invalid_token"),
+            AuthError::InsufficientScope => Some("insufficient_scope"),
+        };
+        if let Some(e) = error {
+            params.push(format!("error=\"{e}\""));
+            params.push(format!("error_description=\"{}\"", err.description()));
+        }
+        if let Some(o) = self.oauth() {
+            params.push(format!("resource_metadata=\"{}\"", o.metadata_url()));
+            if !o.required_scopes().is_empty() {
+                params.push(format!("scope=\"{}\"", o.required_scopes().join(" ")));
+            }
+        }
+        if params.is_empty() {
+            "Bearer".to_owned()
+        } else {
+            format!("Bearer {}", params.join(", "))
         }
     }
 }
@@ -194,12 +278,27 @@ mod tests {
     use super::*;
     use marina_core::settings::ApiKeySettings;
 
+    #[derive(Debug)]
+    struct NoFetch;
+
+    #[async_trait::async_trait]
+    impl Fetch for NoFetch {
+        async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+            Err(format!("no network in unit tests: {url}"))
+        }
+    }
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new("http://127.0.0.1:8080", "acme")
+    }
+
     fn auth(keys: Vec<ApiKeySettings>, anonymous: bool) -> TenantAuth {
-        TenantAuth::new(Some(&AuthSettings {
+        let s = AuthSettings {
+            oauth: None,
             api_keys: keys,
             anonymous,
-        }))
-        .unwrap()
+        };
+        TenantAuth::new(Some(&s), &endpoint(), Arc::new(NoFetch)).unwrap()
     }
 
     fn key_settings(key: &str, subject: &str, expires: Option<SystemTime>) -> ApiKeySettings {
@@ -285,7 +384,7 @@ mod tests {
         assert_eq!(p.roles, [ANONYMOUS]);
         // Anonymous access does not make a wrong credential acceptable.
         assert!(a.authenticate(&creds(None, Some("mk_nope"))).await.is_err());
-        let open = TenantAuth::new(None).unwrap();
+        let open = TenantAuth::new(None, &endpoint(), Arc::new(NoFetch)).unwrap();
         assert!(!open.is_enabled());
         assert_eq!(open.authenticate(&creds(None, None)).await, Ok(None));
     }

@@ -165,12 +165,37 @@ pub struct TenantSettings {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
+    /// OAuth 2.1: JWT access tokens of one issuer.
+    #[serde(default)]
+    pub oauth: Option<OAuthSettings>,
     /// API keys (`mk_…`), stored as SHA-256 digests.
     #[serde(default)]
     pub api_keys: Vec<ApiKeySettings>,
     /// Requests without credentials act as subject `anonymous` with role `anonymous`.
     #[serde(default)]
     pub anonymous: bool,
+}
+
+/// `tenants.<id>.auth.oauth`: Marina as an OAuth 2.1 resource server for one issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    /// The authorization server's issuer identifier (https; http only on loopback). Its metadata
+    /// is discovered (RFC 8414, then OpenID Connect Discovery) and must name the same issuer.
+    pub issuer: String,
+    /// The audience tokens must carry; default `<server.public_url>/t/<tenant>/mcp`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Scopes every token must have (403 `insufficient_scope` otherwise).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claim holding the principal's roles (a string or an array of strings).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
 }
 
 /// One API key of a tenant. The key itself is never stored: `marina keys new` prints it once,
@@ -352,6 +377,33 @@ fn default_upstreams() -> Vec<UpstreamSettings> {
 
 impl AuthSettings {
     fn validate(&self) -> Result<(), String> {
+        if let Some(o) = &self.oauth {
+            let issuer = url::Url::parse(&o.issuer).map_err(|e| format!("oauth.issuer: {e}"))?;
+            let loopback = matches!(issuer.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            if !(issuer.scheme() == "https" || issuer.scheme() == "http" && loopback)
+                || issuer.query().is_some()
+                || issuer.fragment().is_some()
+            {
+                return Err(
+                    "oauth.issuer must be an https URL without query or fragment (http only on loopback)"
+                        .into(),
+                );
+            }
+            if let Some(a) = &o.audience
+                && a.trim().is_empty()
+            {
+                return Err("oauth.audience must not be empty".into());
+            }
+            if o.roles_claim.trim().is_empty() {
+                return Err("oauth.roles_claim must not be empty".into());
+            }
+            if o.required_scopes
+                .iter()
+                .any(|s| s.is_empty() || s.contains([' ', '"', '\\']))
+            {
+                return Err("oauth.required_scopes must be scope tokens (no spaces or quotes)".into());
+            }
+        }
         let mut digests = std::collections::HashSet::new();
         for (i, k) in self.api_keys.iter().enumerate() {
             if k.subject.trim().is_empty() || k.subject.len() > 256 {

@@ -4,31 +4,84 @@
 //! credential itself.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::HttpRequest;
-use marina_auth::{Credentials, Principal, TenantAuth};
+use actix_web::http::StatusCode;
+use futures_util::StreamExt as _;
+use marina_auth::{Credentials, Endpoint, Fetch, Principal, TenantAuth};
 use marina_core::domain::Owner;
 use marina_core::settings::Settings;
 
 use crate::reply::Refusal;
+use crate::upstream::{Upstreams, egress};
+
+/// Largest issuer metadata or JWKS document accepted.
+const MAX_ISSUER_DOCUMENT: usize = 1024 * 1024;
+/// Whole-request timeout towards an issuer.
+const ISSUER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reaches OAuth issuers with the upstreams' egress client: the same SSRF guard (an issuer on a
+/// private or loopback address needs `egress.allow_private` / `allow_loopback`), no redirects,
+/// bounded size and time.
+#[derive(Debug)]
+pub struct IssuerFetch(Upstreams);
+
+#[async_trait::async_trait]
+impl Fetch for IssuerFetch {
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+        egress::check_url(&self.0.policy, &url)?;
+        let resp = self
+            .0
+            .client
+            .get(url)
+            .header("accept", "application/json")
+            .timeout(ISSUER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("read failed: {e}"))?;
+            if body.len() + chunk.len() > MAX_ISSUER_DOCUMENT {
+                return Err("document too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
+    }
+}
 
 /// Every tenant's authentication, by tenant id.
 #[derive(Debug, Default)]
 pub struct Authenticators(HashMap<String, TenantAuth>);
 
 impl Authenticators {
-    /// From the settings' tenants.
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+    /// From the settings' tenants, for a cluster reached at `public_url`.
+    pub fn new(settings: &Settings, public_url: &str, upstreams: &Upstreams) -> anyhow::Result<Self> {
+        let fetch: Arc<dyn Fetch> = Arc::new(IssuerFetch(upstreams.clone()));
         settings
             .tenants
             .iter()
             .map(|(id, t)| {
-                let auth =
-                    TenantAuth::new(t.auth.as_ref()).map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
+                let endpoint = Endpoint::new(public_url, id);
+                let auth = TenantAuth::new(t.auth.as_ref(), &endpoint, fetch.clone())
+                    .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
                 Ok((id.clone(), auth))
             })
             .collect::<anyhow::Result<_>>()
             .map(Self)
+    }
+
+    /// Tenant `id`'s authentication.
+    pub fn tenant(&self, id: &str) -> Option<&TenantAuth> {
+        self.0.get(id)
     }
 }
 
@@ -74,7 +127,8 @@ pub async fn authenticate(auth: &Authenticators, req: &HttpRequest, tenant: &str
                 tenant,
                 "authentication failed"
             );
-            Err(Refusal::unauthorized(e.description(), ta.challenge(&e)))
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            Err(Refusal::auth(status, e.description(), ta.challenge(&e)))
         }
     }
 }

@@ -38,11 +38,16 @@ impl Refusal {
             challenge: None,
         }
     }
-    /// 401 with a `WWW-Authenticate` challenge.
-    pub fn unauthorized(message: impl Into<String>, challenge: String) -> Self {
+    /// An authentication failure (401, 403 insufficient scope, 503 issuer unreachable) with its
+    /// `WWW-Authenticate` challenge.
+    pub fn auth(status: StatusCode, message: impl Into<String>, challenge: String) -> Self {
+        let code = match status {
+            StatusCode::SERVICE_UNAVAILABLE => code::SERVICE_UNAVAILABLE,
+            _ => code::UNAUTHORIZED,
+        };
         Self {
             challenge: Some(challenge),
-            ..Self::new(StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, message)
+            ..Self::new(status, code, message)
         }
     }
     /// Attach the request id.

@@ -1,4 +1,5 @@
-//! HTTP routes: the MCP endpoint and the probes.
+//! HTTP routes: the MCP endpoint, the OAuth protected-resource metadata, and the probes.
 
 pub mod health;
 pub mod mcp;
+pub mod well_known;

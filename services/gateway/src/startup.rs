@@ -17,7 +17,7 @@ use marina_core::tenant::Tenant;
 use rand::RngExt as _;
 use tracing::Instrument as _;
 
-use crate::routes::{health, mcp};
+use crate::routes::{health, mcp, well_known};
 use crate::state::AppState;
 use crate::upstream;
 
@@ -57,17 +57,21 @@ fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SessionStore>> {
     Ok(Arc::new(store))
 }
 
-fn build_tenants(settings: &Settings) -> anyhow::Result<Vec<Arc<Tenant>>> {
+/// The egress client every upstream (and OAuth issuer) of this node shares.
+fn build_egress(settings: &Settings) -> anyhow::Result<upstream::Upstreams> {
     let policy = upstream::egress::Policy::new(&settings.egress);
-    let shared = upstream::Upstreams {
+    Ok(upstream::Upstreams {
         policy,
         client: upstream::egress::client(policy).context("cannot build the upstream HTTP client")?,
-    };
+    })
+}
+
+fn build_tenants(settings: &Settings, shared: &upstream::Upstreams) -> anyhow::Result<Vec<Arc<Tenant>>> {
     settings
         .tenants
         .iter()
         .map(|(id, ts)| {
-            let providers = upstream::providers(&ts.upstreams, &shared)
+            let providers = upstream::providers(&ts.upstreams, shared)
                 .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
             let mut names = std::collections::HashSet::new();
             for tool in providers.iter().flat_map(|p| p.tools()) {
@@ -114,9 +118,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let store = build_store(&settings).map_err(ConfigError)?;
-        let tenants = build_tenants(&settings).map_err(ConfigError)?;
+        let egress = build_egress(&settings).map_err(ConfigError)?;
+        let tenants = build_tenants(&settings, &egress).map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
-        let auth = Arc::new(crate::authn::Authenticators::new(&settings).map_err(ConfigError)?);
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;
@@ -133,6 +137,14 @@ impl Application {
         } else {
             settings.server.advertise_url.clone()
         };
+        let public_url = if settings.server.public_url.is_empty() {
+            format!("http://{local_addr}")
+        } else {
+            settings.server.public_url.clone()
+        };
+        let auth = Arc::new(
+            crate::authn::Authenticators::new(&settings, &public_url, &egress).map_err(ConfigError)?,
+        );
         let node = Node::new(
             store,
             NodeConfig {
@@ -221,6 +233,10 @@ impl Application {
                                     .to_response(None),
                                 )
                         })),
+                )
+                .route(
+                    "/.well-known/oauth-protected-resource/t/{tenant}/mcp",
+                    web::get().to(well_known::protected_resource),
                 )
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
