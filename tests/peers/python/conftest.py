@@ -152,7 +152,9 @@ def _start_marina(
     node_id: str,
     config: Path | None = None,
     tenant: str = TENANT,
+    public_url: str | None = None,
 ) -> Marina:
+    """Start a node; `public_url` sets `server.public_url` ("self": the node's own base URL)."""
     exe = _marina_bin()
     last_err = ""
     for attempt in range(3):  # bounded retry only for the free-port race
@@ -171,7 +173,11 @@ def _start_marina(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "RUST_BACKTRACE": "1"},
+                env={
+                    **os.environ,
+                    "RUST_BACKTRACE": "1",
+                    **({"MARINA__SERVER__PUBLIC_URL": base if public_url == "self" else public_url} if public_url else {}),
+                },
             )
         marina = Marina(base_url=base, store=store, log_path=log_path, proc=proc, tenant=tenant)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
