@@ -12,4 +12,5 @@ mod mcp_upstream_failures;
 mod oauth;
 mod outage;
 mod protocol;
+mod rbac;
 mod store_redis;

@@ -42,6 +42,7 @@ fn node(store: Arc<dyn SessionStore>, name: &str) -> Arc<Node> {
         id: "demo".into(),
         settings: Default::default(),
         providers: Vec::new(),
+        authorizer: None,
     });
     Node::new(
         store,

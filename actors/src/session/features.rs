@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use marina_core::access::{Access, action};
 use marina_core::protocol::{RpcError, code};
 use marina_core::tools::ToolProvider;
 use serde_json::{Value, json};
@@ -271,6 +272,7 @@ impl Shared {
         self: Rc<Self>,
         method: &str,
         params: Value,
+        access: &Access,
     ) -> Result<Value, RpcError> {
         self.ensure_followers();
         let providers = self.feature_providers();
@@ -289,7 +291,20 @@ impl Shared {
             if sort_by != "name" {
                 self.namespace_duplicates(&providers, &mut gathered, sort_by);
             }
-            let mut items: Vec<Value> = gathered.into_iter().map(|(v, _)| v).collect();
+            // Only what the caller may use (pages are cut from the filtered list).
+            let (kind, act) = if key == "prompts" {
+                ("prompt", action::GET)
+            } else {
+                ("resource", action::READ)
+            };
+            let mut items: Vec<Value> = gathered
+                .into_iter()
+                .map(|(v, _)| v)
+                .filter(|v| {
+                    let id = v[sort_by].as_str().unwrap_or_default();
+                    self.permits(access, &format!("{kind}:{id}"), act)
+                })
+                .collect();
             items.sort_by(|a, b| {
                 a[sort_by]
                     .as_str()
@@ -306,10 +321,19 @@ impl Shared {
                     .and_then(Value::as_str)
                     .ok_or_else(|| RpcError::invalid_params("uri must be a string"))?
                     .to_owned();
-                let route = self.resource_route(&ctx, &providers, &uri).await.ok_or_else(|| {
+                let not_found = || {
                     RpcError::new(code::RESOURCE_NOT_FOUND, "resource not found")
                         .with_data(json!({"uri": uri}))
-                })?;
+                };
+                // A resource the caller may not read is answered exactly like a missing one,
+                // before any upstream is asked.
+                if !self.permits(access, &format!("resource:{uri}"), action::READ) {
+                    return Err(not_found());
+                }
+                let route = self
+                    .resource_route(&ctx, &providers, &uri)
+                    .await
+                    .ok_or_else(not_found)?;
                 if route.published.is_some() && method == "resources/subscribe" {
                     // Its updates must carry the URI the client subscribed to.
                     self.namespaced
@@ -324,20 +348,27 @@ impl Shared {
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| RpcError::invalid_params("name must be a string"))?;
+                let unknown = || RpcError::invalid_params("unknown prompt");
+                if !self.permits(access, &format!("prompt:{name}"), action::GET) {
+                    return Err(unknown());
+                }
                 let owner = self
                     .prompt_owner(&ctx, &providers, name)
                     .await
-                    .ok_or_else(|| RpcError::invalid_params("unknown prompt"))?;
+                    .ok_or_else(unknown)?;
                 (owner, None)
             }
             "completion/complete" => {
                 let reference = params["ref"].clone();
                 let found = match reference["type"].as_str() {
                     Some("ref/prompt") => match reference["name"].as_str() {
-                        Some(name) => self.prompt_owner(&ctx, &providers, name).await,
-                        None => None,
+                        Some(name) if self.permits(access, &format!("prompt:{name}"), action::GET) => {
+                            self.prompt_owner(&ctx, &providers, name).await
+                        }
+                        _ => None,
                     },
                     Some("ref/resource") => match reference["uri"].as_str() {
+                        Some(uri) if !self.permits(access, &format!("resource:{uri}"), action::READ) => None,
                         Some(uri) => self.resource_route(&ctx, &providers, uri).await.map(|r| {
                             params["ref"]["uri"] = Value::String(r.uri);
                             r.owner

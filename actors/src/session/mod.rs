@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use marina_core::access::Access;
 use marina_core::domain::{EventId, Owner, StreamId};
 use marina_core::protocol::MessageKind;
 use marina_core::store::{Fence, SessionRecord};
@@ -116,6 +117,9 @@ pub struct Dispatch {
     pub force_json: bool,
     /// Who sent it (authenticated for this request); must be the session's owner.
     pub owner: Option<Owner>,
+    /// What the sender's credential lets it do (its subject and roles, read from this request's
+    /// credential, so fewer roles in a refreshed token apply at once).
+    pub access: Access,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.

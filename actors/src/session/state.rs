@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use marina_core::access::{Access, action};
 use marina_core::domain::{EventId, GET_STREAM, Owner, SessionId, StreamId};
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::settings::CallResponseMode;
@@ -441,7 +442,10 @@ impl Shared {
                 // A response to nothing we asked (or asked before a failover) is ignored (202).
                 Reply::Accepted
             }
-            MessageKind::Request { id, method } => self.request(id, &method, d.message, d.force_json).await,
+            MessageKind::Request { id, method } => {
+                self.request(id, &method, d.message, d.force_json, &d.access)
+                    .await
+            }
         }
     }
 
@@ -472,7 +476,14 @@ impl Shared {
         Reply::Accepted
     }
 
-    async fn request(self: Rc<Self>, id: Value, method: &str, msg: Value, force_json: bool) -> Reply {
+    async fn request(
+        self: Rc<Self>,
+        id: Value,
+        method: &str,
+        msg: Value,
+        force_json: bool,
+        access: &Access,
+    ) -> Reply {
         let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
         let answer = |r: Result<Value, RpcError>| {
             Reply::Json(match r {
@@ -486,7 +497,7 @@ impl Shared {
                 code::INVALID_REQUEST,
                 "this session is already initialized; send initialize without MCP-Session-Id to start a new one",
             ))),
-            "tools/list" => answer(self.list_tools(&params).await),
+            "tools/list" => answer(self.list_tools(&params, access).await),
             "logging/setLevel" => {
                 let Some(level) = params
                     .get("level")
@@ -507,7 +518,7 @@ impl Shared {
                 futures_util::future::join_all(fan_out).await;
                 answer(Ok(json!({})))
             }
-            "tools/call" => self.call_tool(id, params, force_json).await,
+            "tools/call" => self.call_tool(id, params, force_json, access).await,
             "resources/list"
             | "resources/templates/list"
             | "resources/read"
@@ -518,7 +529,7 @@ impl Shared {
             | "completion/complete"
                 if self.tenant.providers.iter().any(|p| p.serves_features()) =>
             {
-                answer(self.clone().feature_request(method, params).await)
+                answer(self.clone().feature_request(method, params, access).await)
             }
             _ => answer(Err(RpcError::method_not_found(method))),
         }
@@ -557,9 +568,24 @@ impl Shared {
         index
     }
 
-    async fn list_tools(self: &Rc<Self>, params: &Value) -> Result<Value, RpcError> {
+    /// May `access` do `action` on `object`? Everything, on a tenant without a policy.
+    pub(crate) fn permits(&self, access: &Access, object: &str, action: &str) -> bool {
+        self.tenant
+            .authorizer
+            .as_ref()
+            .is_none_or(|a| a.allows(access, object, action))
+    }
+
+    async fn list_tools(self: &Rc<Self>, params: &Value, access: &Access) -> Result<Value, RpcError> {
         let index = self.tool_index().await;
-        let tools: Vec<Value> = index.tools().iter().map(|t| t.definition.clone()).collect();
+        // Only what the caller may call; pages are cut from the filtered list, so cursors stay
+        // consistent for this caller.
+        let tools: Vec<Value> = index
+            .tools()
+            .iter()
+            .filter(|t| self.permits(access, &format!("tool:{}", t.name), action::CALL))
+            .map(|t| t.definition.clone())
+            .collect();
         page(
             "tools",
             "tools",
@@ -570,13 +596,17 @@ impl Shared {
         )
     }
 
-    async fn call_tool(self: Rc<Self>, id: Value, params: Value, force_json: bool) -> Reply {
+    async fn call_tool(self: Rc<Self>, id: Value, params: Value, force_json: bool, access: &Access) -> Reply {
         let err = |e: RpcError| Reply::Json(e.to_response(Some(&id)));
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return err(RpcError::invalid_params("tools/call needs a string name"));
         };
         let index = self.tool_index().await;
-        let Some((def, _)) = index.get(name) else {
+        // A tool the caller may not call is answered exactly like one that does not exist.
+        let found = index
+            .get(name)
+            .filter(|_| self.permits(access, &format!("tool:{name}"), action::CALL));
+        let Some((def, _)) = found else {
             return err(RpcError::invalid_params(format!(
                 "unknown tool: {}",
                 protocol::truncate(name, 128)

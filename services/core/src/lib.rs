@@ -1,6 +1,7 @@
 //! Marina's core: configuration, domain types, the MCP/JSON-RPC envelope, the session store
 //! (in-memory and Redis), the tool interface every upstream kind implements, and telemetry.
 
+pub mod access;
 pub mod domain;
 pub mod protocol;
 pub mod settings;

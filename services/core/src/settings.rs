@@ -156,9 +156,21 @@ pub struct TenantSettings {
     /// default tenant).
     #[serde(default)]
     pub auth: Option<AuthSettings>,
+    /// What each role may see and use. Absent: every authenticated caller may use everything.
+    #[serde(default)]
+    pub rbac: Option<RbacSettings>,
     /// The embedded default tenant (no tenant configured): open, on any bind.
     #[serde(skip)]
     pub embedded_default: bool,
+}
+
+/// `tenants.<id>.rbac`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacSettings {
+    /// casbin policy lines (`p, sub, obj, act, allow|deny` and `g, sub, role`); the model is
+    /// `policies/model.conf`. Default deny: what no line allows is refused.
+    pub policy: String,
 }
 
 /// `tenants.<id>.auth`: the credentials a tenant accepts. A tenant may accept several kinds.

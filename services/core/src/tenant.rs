@@ -12,4 +12,6 @@ pub struct Tenant {
     pub settings: TenantSettings,
     /// Its tool sources, in configuration order.
     pub providers: Providers,
+    /// Its policy; `None`: every caller may use everything (a tenant without `rbac`).
+    pub authorizer: Option<std::sync::Arc<dyn crate::access::Authorizer>>,
 }

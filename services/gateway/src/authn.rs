@@ -11,6 +11,7 @@ use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
 use futures_util::StreamExt as _;
 use marina_auth::{Credentials, Endpoint, Fetch, Principal, TenantAuth};
+use marina_core::access::Access;
 use marina_core::domain::Owner;
 use marina_core::settings::Settings;
 
@@ -96,6 +97,15 @@ impl Caller {
     /// What a session of this caller is bound to.
     pub fn owner(&self) -> Option<Owner> {
         self.principal.as_ref().map(|p| p.owner.clone())
+    }
+
+    /// What the tenant's policy is asked about: the principal's subject and credential roles
+    /// (`anonymous` on a tenant without authentication).
+    pub fn access(&self) -> Access {
+        match &self.principal {
+            Some(p) => Access::new(p.owner.subject.clone(), p.roles.clone()),
+            None => Access::new(marina_auth::ANONYMOUS, vec![marina_auth::ANONYMOUS.to_owned()]),
+        }
     }
 }
 

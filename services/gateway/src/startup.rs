@@ -66,28 +66,47 @@ fn build_egress(settings: &Settings) -> anyhow::Result<upstream::Upstreams> {
     })
 }
 
-fn build_tenants(settings: &Settings, shared: &upstream::Upstreams) -> anyhow::Result<Vec<Arc<Tenant>>> {
-    settings
-        .tenants
-        .iter()
-        .map(|(id, ts)| {
-            let providers = upstream::providers(&ts.upstreams, shared)
-                .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
-            let mut names = std::collections::HashSet::new();
-            for tool in providers.iter().flat_map(|p| p.tools()) {
-                anyhow::ensure!(
-                    names.insert(tool.name.clone()),
-                    "tenant {id}: two tools are named {:?}",
-                    tool.name
-                );
-            }
-            Ok(Arc::new(Tenant {
-                id: id.clone(),
-                settings: ts.clone(),
-                providers,
-            }))
-        })
-        .collect()
+async fn build_tenants(
+    settings: &Settings,
+    shared: &upstream::Upstreams,
+) -> anyhow::Result<Vec<Arc<Tenant>>> {
+    let mut tenants = Vec::new();
+    for (id, ts) in &settings.tenants {
+        let authorizer: Option<Arc<dyn marina_core::access::Authorizer>> = match &ts.rbac {
+            Some(r) => Some(Arc::new(
+                marina_policy::TenantPolicy::new(&r.policy)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("tenant {id}: rbac: {e}"))?,
+            )),
+            None => None,
+        };
+        tenants.push(build_tenant(id, ts, shared, authorizer)?);
+    }
+    Ok(tenants)
+}
+
+fn build_tenant(
+    id: &str,
+    ts: &marina_core::settings::TenantSettings,
+    shared: &upstream::Upstreams,
+    authorizer: Option<Arc<dyn marina_core::access::Authorizer>>,
+) -> anyhow::Result<Arc<Tenant>> {
+    let providers =
+        upstream::providers(&ts.upstreams, shared).map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
+    let mut names = std::collections::HashSet::new();
+    for tool in providers.iter().flat_map(|p| p.tools()) {
+        anyhow::ensure!(
+            names.insert(tool.name.clone()),
+            "tenant {id}: two tools are named {:?}",
+            tool.name
+        );
+    }
+    Ok(Arc::new(Tenant {
+        id: id.to_owned(),
+        settings: ts.clone(),
+        providers,
+        authorizer,
+    }))
 }
 
 /// A configured tenant without an `auth` section lets anyone who reaches the node in: allowed
@@ -119,7 +138,7 @@ impl Application {
         let settings = Arc::new(settings);
         let store = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
-        let tenants = build_tenants(&settings, &egress).map_err(ConfigError)?;
+        let tenants = build_tenants(&settings, &egress).await.map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;

@@ -36,6 +36,53 @@ enum Command {
     /// API keys of tenants.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Tenants' authorization policies (casbin, policies/model.conf).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Decide one request against a tenant's policy and show why: the deciding rule and the role
+    /// chain that led to it.
+    Explain(ExplainArgs),
+    /// Check a decision table (YAML; see policies/README.md) against a policy. Exit status 1
+    /// when a row disagrees.
+    Test(TestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// Configuration file holding the tenant.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Tenant id.
+    #[arg(long)]
+    tenant: String,
+    /// The principal's subject.
+    #[arg(long)]
+    subject: String,
+    /// Roles its credential carries, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// tool:<name>, resource:<uri> or prompt:<name>.
+    #[arg(long)]
+    object: String,
+    /// call, read or get.
+    #[arg(long)]
+    action: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Configuration file (for tables without their own `policy`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Tenant whose policy to use (default: the table's `tenant`).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The decision table.
+    table: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +132,98 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve_command(args),
         Command::Keys(KeysCommand::New(args)) => new_key(args),
+        Command::Policy(cmd) => policy_command(cmd),
     }
+}
+
+/// A tenant's policy text from a configuration file.
+fn tenant_policy(config: &std::path::Path, tenant: &str) -> Result<String, String> {
+    let s = settings::load(Some(config), None, &[]).map_err(|e| e.to_string())?;
+    let t = s
+        .tenants
+        .get(tenant)
+        .ok_or_else(|| format!("no tenant {tenant:?} in {}", config.display()))?;
+    t.rbac.as_ref().map(|r| r.policy.clone()).ok_or_else(|| {
+        format!("tenant {tenant:?} has no rbac section: every authenticated caller may use everything")
+    })
+}
+
+fn policy_command(cmd: PolicyCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("marina: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cmd {
+            PolicyCommand::Explain(a) => {
+                let text = tenant_policy(&a.config, &a.tenant)?;
+                let p = marina_policy::TenantPolicy::new(&text)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let who = marina_core::access::Access::new(a.subject, a.roles);
+                let ex = p.explain(&who, &a.object, &a.action);
+                println!("decision: {}", if ex.allowed { "allow" } else { "deny" });
+                match ex.rule {
+                    Some(rule) => {
+                        println!("rule: {rule}");
+                        println!("chain: {}", ex.chain.join(" -> "));
+                    }
+                    None => println!("rule: none matched (default deny)"),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            PolicyCommand::Test(a) => {
+                let raw =
+                    std::fs::read_to_string(&a.table).map_err(|e| format!("{}: {e}", a.table.display()))?;
+                let table = marina_policy::table::Table::from_yaml(&raw)
+                    .map_err(|e| format!("{}: {e}", a.table.display()))?;
+                let text = match (&table.policy, &a.config) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(config)) => {
+                        let tenant = a
+                            .tenant
+                            .clone()
+                            .or_else(|| table.tenant.clone())
+                            .ok_or("the table names no tenant; pass --tenant")?;
+                        tenant_policy(config, &tenant)?
+                    }
+                    (None, None) => return Err("the table has no policy; pass --config".into()),
+                };
+                let bad = table.check(&text).await.map_err(|e| e.to_string())?;
+                for m in &bad {
+                    let r = &m.row;
+                    println!(
+                        "row {}: {} (roles [{}]) {} {}: expected {}, got {}{}",
+                        m.index,
+                        r.subject,
+                        r.roles.join(", "),
+                        r.action,
+                        r.object,
+                        if r.allow { "allow" } else { "deny" },
+                        if m.got.allowed { "allow" } else { "deny" },
+                        m.got
+                            .rule
+                            .as_ref()
+                            .map(|x| format!(" by `{x}`"))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("{} rows, {} failed", table.rows.len(), bad.len());
+                Ok(if bad.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+        }
+    });
+    result.unwrap_or_else(|e: String| {
+        eprintln!("marina: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 /// `marina keys new`: the key on the first line (for scripts), then the configuration entry.

@@ -84,6 +84,7 @@ pub async fn post(
         protocol_version: version,
         force_json: false,
         owner: caller.owner(),
+        access: caller.access(),
     };
     let mut attempts = 0;
     let reply = loop {
@@ -281,6 +282,7 @@ async fn batch(
                 protocol_version: version.clone(),
                 force_json: true,
                 owner: caller.owner(),
+                access: caller.access(),
             })
             .await
             .map_err(|_| actor_gone())?;
