@@ -380,3 +380,22 @@ async fn other_methods_get_405_and_probes_answer() {
         StatusCode::OK
     );
 }
+
+/// MCP answers — JSON, SSE and errors alike — are never sniffed or cached.
+#[actix_rt::test]
+async fn mcp_answers_carry_nosniff_and_no_store() {
+    let app = spawn_app(&[]).await;
+    let s = Mcp::connect(&app.endpoint("demo"), "2025-11-25", json!({})).await;
+    let json_answer = s.post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})).await;
+    let sse_answer = s
+        .post(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}))
+        .await;
+    let error = Mcp::new(&app.endpoint("demo"))
+        .post(&json!({"jsonrpc":"2.0","id":3,"method":"ping"}))
+        .await;
+    for (what, r) in [("json", &json_answer), ("sse", &sse_answer), ("error", &error)] {
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{what}");
+    }
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+}

@@ -251,6 +251,18 @@ impl MarinaProc {
         Self::spawn(redis_url, node_id, env, Stdio::from(file))
     }
 
+    /// Like [`Self::start_logged`], with a configuration file.
+    pub fn start_logged_with_config(
+        redis_url: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+        config: &std::path::Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn_with(redis_url, node_id, env, Stdio::from(file), Some(config))
+    }
+
     fn spawn(redis_url: &str, node_id: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         Self::spawn_with(redis_url, node_id, env, stderr, None)
     }

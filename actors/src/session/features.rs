@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use marina_core::access::{Access, action};
+use marina_core::access::action;
 use marina_core::protocol::{RpcError, code};
 use marina_core::tools::ToolProvider;
 use serde_json::{Value, json};
 
 use super::call::SessionCtx;
-use super::state::{Shared, page};
+use super::state::{Shared, Who, page};
 
 /// Does `uri` match the URI template `template`? Level-1 templates only: every `{var}` matches a
 /// non-empty run of characters other than `/`, `?` and `#`; literal text must match exactly. (A
@@ -272,7 +272,7 @@ impl Shared {
         self: Rc<Self>,
         method: &str,
         params: Value,
-        access: &Access,
+        who: &Who,
     ) -> Result<Value, RpcError> {
         self.ensure_followers();
         let providers = self.feature_providers();
@@ -302,7 +302,7 @@ impl Shared {
                 .map(|(v, _)| v)
                 .filter(|v| {
                     let id = v[sort_by].as_str().unwrap_or_default();
-                    self.permits(access, &format!("{kind}:{id}"), act)
+                    self.permits(&who.access, &format!("{kind}:{id}"), act)
                 })
                 .collect();
             items.sort_by(|a, b| {
@@ -327,7 +327,7 @@ impl Shared {
                 };
                 // A resource the caller may not read is answered exactly like a missing one,
                 // before any upstream is asked.
-                if !self.permits(access, &format!("resource:{uri}"), action::READ) {
+                if !self.authorize(who, &format!("resource:{uri}"), action::READ) {
                     return Err(not_found());
                 }
                 let route = self
@@ -349,7 +349,7 @@ impl Shared {
                     .and_then(Value::as_str)
                     .ok_or_else(|| RpcError::invalid_params("name must be a string"))?;
                 let unknown = || RpcError::invalid_params("unknown prompt");
-                if !self.permits(access, &format!("prompt:{name}"), action::GET) {
+                if !self.authorize(who, &format!("prompt:{name}"), action::GET) {
                     return Err(unknown());
                 }
                 let owner = self
@@ -362,13 +362,13 @@ impl Shared {
                 let reference = params["ref"].clone();
                 let found = match reference["type"].as_str() {
                     Some("ref/prompt") => match reference["name"].as_str() {
-                        Some(name) if self.permits(access, &format!("prompt:{name}"), action::GET) => {
+                        Some(name) if self.authorize(who, &format!("prompt:{name}"), action::GET) => {
                             self.prompt_owner(&ctx, &providers, name).await
                         }
                         _ => None,
                     },
                     Some("ref/resource") => match reference["uri"].as_str() {
-                        Some(uri) if !self.permits(access, &format!("resource:{uri}"), action::READ) => None,
+                        Some(uri) if !self.authorize(who, &format!("resource:{uri}"), action::READ) => None,
                         Some(uri) => self.resource_route(&ctx, &providers, uri).await.map(|r| {
                             params["ref"]["uri"] = Value::String(r.uri);
                             r.owner

@@ -120,6 +120,8 @@ pub struct Dispatch {
     /// What the sender's credential lets it do (its subject and roles, read from this request's
     /// credential, so fewer roles in a refreshed token apply at once).
     pub access: Access,
+    /// The HTTP request's id, for audit events.
+    pub request_id: String,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.

@@ -97,6 +97,15 @@ pub(crate) fn id_key(id: &Value) -> String {
     id.to_string()
 }
 
+/// Who sent a request, as the policy and the audit log need it.
+#[derive(Debug)]
+pub(crate) struct Who {
+    /// Subject and credential roles.
+    pub(crate) access: Access,
+    /// The HTTP request's id.
+    pub(crate) request_id: String,
+}
+
 impl Shared {
     pub(crate) fn new(node: Arc<Node>, tenant: Arc<Tenant>, fence: Fence, rec: SessionRecord) -> Self {
         let now = Instant::now();
@@ -443,8 +452,11 @@ impl Shared {
                 Reply::Accepted
             }
             MessageKind::Request { id, method } => {
-                self.request(id, &method, d.message, d.force_json, &d.access)
-                    .await
+                let who = Who {
+                    access: d.access,
+                    request_id: d.request_id,
+                };
+                self.request(id, &method, d.message, d.force_json, &who).await
             }
         }
     }
@@ -482,7 +494,7 @@ impl Shared {
         method: &str,
         msg: Value,
         force_json: bool,
-        access: &Access,
+        who: &Who,
     ) -> Reply {
         let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
         let answer = |r: Result<Value, RpcError>| {
@@ -497,7 +509,7 @@ impl Shared {
                 code::INVALID_REQUEST,
                 "this session is already initialized; send initialize without MCP-Session-Id to start a new one",
             ))),
-            "tools/list" => answer(self.list_tools(&params, access).await),
+            "tools/list" => answer(self.list_tools(&params, &who.access).await),
             "logging/setLevel" => {
                 let Some(level) = params
                     .get("level")
@@ -518,7 +530,7 @@ impl Shared {
                 futures_util::future::join_all(fan_out).await;
                 answer(Ok(json!({})))
             }
-            "tools/call" => self.call_tool(id, params, force_json, access).await,
+            "tools/call" => self.call_tool(id, params, force_json, who).await,
             "resources/list"
             | "resources/templates/list"
             | "resources/read"
@@ -529,7 +541,7 @@ impl Shared {
             | "completion/complete"
                 if self.tenant.providers.iter().any(|p| p.serves_features()) =>
             {
-                answer(self.clone().feature_request(method, params, access).await)
+                answer(self.clone().feature_request(method, params, who).await)
             }
             _ => answer(Err(RpcError::method_not_found(method))),
         }
@@ -568,12 +580,33 @@ impl Shared {
         index
     }
 
-    /// May `access` do `action` on `object`? Everything, on a tenant without a policy.
+    /// May `access` do `action` on `object`? Everything, on a tenant without a policy. (For
+    /// filtering lists; a request for one item goes through [`Self::authorize`].)
     pub(crate) fn permits(&self, access: &Access, object: &str, action: &str) -> bool {
         self.tenant
             .authorizer
             .as_ref()
             .is_none_or(|a| a.allows(access, object, action))
+    }
+
+    /// Like [`Self::permits`], for a request naming one item: a denial is an audit event.
+    pub(crate) fn authorize(&self, who: &Who, object: &str, action: &str) -> bool {
+        let ok = self.permits(&who.access, object, action);
+        if !ok {
+            tracing::info!(
+                target: "marina::audit",
+                event = "access_denied",
+                reason = "policy",
+                tenant = %self.tenant.id,
+                subject = %who.access.subject,
+                object,
+                action,
+                request_id = %who.request_id,
+                session = self.tag(),
+                "access denied"
+            );
+        }
+        ok
     }
 
     async fn list_tools(self: &Rc<Self>, params: &Value, access: &Access) -> Result<Value, RpcError> {
@@ -596,7 +629,7 @@ impl Shared {
         )
     }
 
-    async fn call_tool(self: Rc<Self>, id: Value, params: Value, force_json: bool, access: &Access) -> Reply {
+    async fn call_tool(self: Rc<Self>, id: Value, params: Value, force_json: bool, who: &Who) -> Reply {
         let err = |e: RpcError| Reply::Json(e.to_response(Some(&id)));
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return err(RpcError::invalid_params("tools/call needs a string name"));
@@ -605,7 +638,7 @@ impl Shared {
         // A tool the caller may not call is answered exactly like one that does not exist.
         let found = index
             .get(name)
-            .filter(|_| self.permits(access, &format!("tool:{name}"), action::CALL));
+            .filter(|_| self.authorize(who, &format!("tool:{name}"), action::CALL));
         let Some((def, _)) = found else {
             return err(RpcError::invalid_params(format!(
                 "unknown tool: {}",

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
+use actix_web::{HttpMessage as _, HttpRequest};
 use futures_util::StreamExt as _;
 use marina_auth::{Credentials, Endpoint, Fetch, Principal, TenantAuth};
 use marina_core::access::Access;
@@ -91,6 +91,8 @@ impl Authenticators {
 pub struct Caller {
     /// `None` on a tenant without authentication.
     pub principal: Option<Principal>,
+    /// The request's id, for audit events.
+    pub request_id: String,
 }
 
 impl Caller {
@@ -124,17 +126,29 @@ fn credentials(req: &HttpRequest) -> Credentials<'_> {
 
 /// Authenticate `req` for `tenant`.
 pub async fn authenticate(auth: &Authenticators, req: &HttpRequest, tenant: &str) -> Result<Caller, Refusal> {
+    let request_id = req
+        .extensions()
+        .get::<crate::state::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     let Some(ta) = auth.0.get(tenant) else {
-        return Ok(Caller::default());
+        return Ok(Caller {
+            principal: None,
+            request_id,
+        });
     };
     match ta.authenticate(&credentials(req)).await {
-        Ok(principal) => Ok(Caller { principal }),
+        Ok(principal) => Ok(Caller {
+            principal,
+            request_id,
+        }),
         Err(e) => {
             tracing::warn!(
                 target: "marina::audit",
                 event = "auth_failed",
                 reason = e.reason(),
                 tenant,
+                request_id = %request_id,
                 "authentication failed"
             );
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);

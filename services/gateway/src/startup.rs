@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::HttpMessage as _;
 use actix_web::dev::{Service as _, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -217,6 +218,9 @@ impl Application {
                         session = tracing::field::Empty,
                     );
                     let started = std::time::Instant::now();
+                    let mcp = req.path().starts_with("/t/");
+                    req.extensions_mut()
+                        .insert(crate::state::RequestId(request_id.clone()));
                     let fut = srv.call(req);
                     async move {
                         let mut res: ServiceResponse = fut.await?;
@@ -231,6 +235,18 @@ impl Application {
                         if let Ok(v) = HeaderValue::from_str(&request_id) {
                             res.headers_mut()
                                 .insert(HeaderName::from_static("x-request-id"), v);
+                        }
+                        if mcp {
+                            // MCP answers carry session data: never sniffed, never cached.
+                            let h = res.headers_mut();
+                            h.insert(
+                                HeaderName::from_static("x-content-type-options"),
+                                HeaderValue::from_static("nosniff"),
+                            );
+                            h.insert(
+                                actix_web::http::header::CACHE_CONTROL,
+                                HeaderValue::from_static("no-store"),
+                            );
                         }
                         Ok(res)
                     }

@@ -7,6 +7,10 @@ use marina_actors::Node;
 /// Header marking a request forwarded by a peer node (so it is never forwarded again).
 pub const FORWARDED: &str = "x-marina-forwarded";
 
+/// The request's id (from `X-Request-Id` or generated), for audit events of later steps.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// Shared application state.
 #[derive(Debug, Clone)]
 pub struct AppState {

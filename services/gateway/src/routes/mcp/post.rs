@@ -85,6 +85,7 @@ pub async fn post(
         force_json: false,
         owner: caller.owner(),
         access: caller.access(),
+        request_id: caller.request_id.clone(),
     };
     let mut attempts = 0;
     let reply = loop {
@@ -283,6 +284,7 @@ async fn batch(
                 force_json: true,
                 owner: caller.owner(),
                 access: caller.access(),
+                request_id: caller.request_id.clone(),
             })
             .await
             .map_err(|_| actor_gone())?;
