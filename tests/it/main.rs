@@ -10,6 +10,7 @@ mod logs;
 mod mcp_upstream;
 mod mcp_upstream_failures;
 mod oauth;
+mod origins;
 mod outage;
 mod protocol;
 mod rbac;

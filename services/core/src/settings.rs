@@ -146,6 +146,10 @@ pub struct TenantSettings {
     /// Hosts allowed in addition to localhost ones (`*` allows any), with or without port.
     #[serde(default, deserialize_with = "string_or_list")]
     pub allowed_hosts: Vec<String>,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For/-Host/-Proto` are believed; from
+    /// anyone else those headers are ignored.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
     /// Limits.
     #[serde(default)]
     pub limits: TenantLimits,
@@ -162,6 +166,14 @@ pub struct TenantSettings {
     /// The embedded default tenant (no tenant configured): open, on any bind.
     #[serde(skip)]
     pub embedded_default: bool,
+}
+
+/// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// `tenants.<id>.rbac`.
@@ -498,6 +510,11 @@ impl Settings {
             return bad("sessions.page_size and sessions.max_events_per_stream must be positive");
         }
         for (id, t) in &self.tenants {
+            if let Some(bad) = t.trusted_proxies.iter().find(|p| parse_cidr(p).is_none()) {
+                return Err(SettingsError::Invalid(format!(
+                    "tenants.{id}.trusted_proxies: {bad:?} is not a CIDR (10.0.0.0/8) or an address"
+                )));
+            }
             if let Some(auth) = &t.auth {
                 auth.validate()
                     .map_err(|e| SettingsError::Invalid(format!("tenants.{id}.auth: {e}")))?;

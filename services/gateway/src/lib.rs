@@ -3,8 +3,10 @@
 //! the node that holds a session, probes, and the tool sources (`upstream/`).
 
 mod authn;
+mod cors;
 mod forward;
 mod origin;
+mod proxy;
 mod reply;
 mod routes;
 mod sse;

@@ -1,5 +1,6 @@
 //! DNS-rebinding protection: `Host` and `Origin` must be localhost ones or allowed by the tenant.
-//! A request without `Origin` (a CLI client) is fine; one with a disallowed value gets 403.
+//! A request without `Origin` (a CLI client) is fine; one with a disallowed value gets 403. Behind
+//! a trusted proxy the host checked is its `X-Forwarded-Host` (see `proxy.rs`).
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -39,15 +40,13 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     matches!(scheme, "http" | "https") && !rest.contains('/') && is_local_host(&host_part(rest))
 }
 
-/// Check `Host` and `Origin`; `Err` carries what was refused (for the log, not the client).
-pub fn check(req: &HttpRequest, tenant: &TenantSettings) -> Result<(), &'static str> {
-    if let Some(host) = req.headers().get(header::HOST) {
-        let ok = host
-            .to_str()
-            .is_ok_and(|h| host_allowed(h, &tenant.allowed_hosts));
-        if !ok {
-            return Err("host not allowed");
-        }
+/// Check the host the client asked for (`Host`, or a trusted proxy's `X-Forwarded-Host`) and
+/// `Origin`; `Err` carries what was refused (for the log, not the client).
+pub fn check(req: &HttpRequest, host: Option<&str>, tenant: &TenantSettings) -> Result<(), &'static str> {
+    if let Some(host) = host
+        && !host_allowed(host, &tenant.allowed_hosts)
+    {
+        return Err("host not allowed");
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let ok = origin
@@ -58,6 +57,14 @@ pub fn check(req: &HttpRequest, tenant: &TenantSettings) -> Result<(), &'static 
         }
     }
     Ok(())
+}
+
+/// The request's `Origin`, if it is one the tenant allows (for CORS answers).
+pub fn allowed_origin<'a>(req: &'a HttpRequest, tenant: &TenantSettings) -> Option<&'a str> {
+    req.headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| origin_allowed(o, &tenant.allowed_origins))
 }
 
 #[cfg(test)]

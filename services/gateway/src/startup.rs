@@ -209,12 +209,26 @@ impl Application {
                         .and_then(|r| r.split('/').next())
                         .unwrap_or("")
                         .to_owned();
+                    // The tenant's view of the connection (trusted proxies) and the CORS grant
+                    // its allowed origins give this request.
+                    let settings = req
+                        .app_data::<web::Data<AppState>>()
+                        .and_then(|s| s.node.tenant(&tenant).cloned());
+                    let client_ip = settings
+                        .as_ref()
+                        .map(|t| crate::proxy::seen(req.request(), &t.settings).client_ip)
+                        .unwrap_or_else(|| req.peer_addr().map(|a| a.ip()));
+                    let cors_origin = settings
+                        .as_ref()
+                        .and_then(|t| crate::origin::allowed_origin(req.request(), &t.settings))
+                        .map(str::to_owned);
                     let span = tracing::info_span!(
                         "request",
                         request_id = %request_id,
                         method = %req.method(),
                         path = %req.path(),
                         tenant = %tenant,
+                        client_ip = %client_ip.map(|i| i.to_string()).unwrap_or_default(),
                         session = tracing::field::Empty,
                     );
                     let started = std::time::Instant::now();
@@ -239,6 +253,11 @@ impl Application {
                         if mcp {
                             // MCP answers carry session data: never sniffed, never cached.
                             let h = res.headers_mut();
+                            if let Some(origin) = &cors_origin
+                                && !h.contains_key("access-control-allow-origin")
+                            {
+                                crate::cors::grant(h, origin);
+                            }
                             h.insert(
                                 HeaderName::from_static("x-content-type-options"),
                                 HeaderValue::from_static("nosniff"),
@@ -257,9 +276,10 @@ impl Application {
                         .route(web::post().to(mcp::post))
                         .route(web::get().to(mcp::get))
                         .route(web::delete().to(mcp::delete))
+                        .route(web::method(actix_web::http::Method::OPTIONS).to(mcp::options))
                         .default_service(web::to(|| async {
                             HttpResponse::MethodNotAllowed()
-                                .insert_header(("Allow", "GET, POST, DELETE"))
+                                .insert_header(("Allow", "GET, POST, DELETE, OPTIONS"))
                                 .json(
                                     marina_core::protocol::RpcError::new(
                                         marina_core::protocol::code::INVALID_REQUEST,

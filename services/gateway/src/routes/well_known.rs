@@ -12,6 +12,8 @@ pub async fn protected_resource(tenant: web::Path<String>, state: web::Data<AppS
     match state.auth.tenant(&tenant).and_then(|a| a.resource_metadata()) {
         Some(doc) => HttpResponse::Ok()
             .insert_header(("Cache-Control", "max-age=300"))
+            // Public metadata, read by browser-based clients from any origin.
+            .insert_header(("Access-Control-Allow-Origin", "*"))
             .json(doc),
         None => HttpResponse::NotFound().json(json!({"error": "not found"})),
     }

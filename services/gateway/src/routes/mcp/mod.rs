@@ -33,12 +33,25 @@ async fn admit(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<(Arc
     Ok((t, caller))
 }
 
+/// `OPTIONS /t/{tenant}/mcp`: CORS preflight.
+pub async fn options(
+    req: HttpRequest,
+    tenant: actix_web::web::Path<String>,
+    state: actix_web::web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    let Some(t) = state.node.tenant(&tenant) else {
+        return Err(Refusal::not_found("unknown tenant"));
+    };
+    Ok(crate::cors::preflight(&req, &t.settings))
+}
+
 /// Tenant lookup, then Host/Origin policy.
 fn preflight(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<Arc<Tenant>, Refusal> {
     let Some(t) = state.node.tenant(tenant) else {
         return Err(Refusal::not_found("unknown tenant"));
     };
-    if let Err(why) = crate::origin::check(req, &t.settings) {
+    let seen = crate::proxy::seen(req, &t.settings);
+    if let Err(why) = crate::origin::check(req, seen.host.as_deref(), &t.settings) {
         tracing::info!(why, "refused by DNS-rebinding protection");
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
