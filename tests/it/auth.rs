@@ -323,8 +323,9 @@ async fn requests_forwarded_between_nodes_are_authenticated_by_the_holder() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &keys.config(""));
     let redis = RedisServer::start();
-    let a = MarinaProc::start_with_config(&redis.url(), "A", &[], &config);
-    let b = MarinaProc::start_with_config(&redis.url(), "B", &[], &config);
+    let secret = [("MARINA__CLUSTER__SECRET", "auth-tests-cluster-secret-0123")];
+    let a = MarinaProc::start_with_config(&redis.url(), "A", &secret, &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "B", &secret, &config);
     let on_a = Mcp::new(&format!("{}/t/acme/mcp", a.base()))
         .bearer(&keys.alice)
         .open("2025-11-25", json!({}))

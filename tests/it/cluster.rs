@@ -7,9 +7,11 @@ use marina_tests::{MarinaProc, Mcp, RedisServer, SseEvent, read_events};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const FAST_LEASE: [(&str, &str); 2] = [
+const FAST_LEASE: [(&str, &str); 3] = [
     ("MARINA__SESSIONS__LEASE_TTL_MS", "1500"),
     ("MARINA__SESSIONS__RETRY_MS", "100"),
+    // Forwarded requests are authenticated with it (HMAC markers).
+    ("MARINA__CLUSTER__SECRET", "cluster-tests-secret-0123456789"),
 ];
 
 fn messages(events: &[SseEvent]) -> Vec<Value> {
@@ -189,4 +191,39 @@ async fn confirm_asked_on_one_node_is_answered_on_another() {
         .find(|m| m["id"] == 1)
         .expect("result");
     assert_eq!(result["result"]["content"][0]["text"], "yes, from B");
+}
+
+/// The forwarding marker is the nodes' own: a client that sends `x-marina-forwarded` itself is
+/// treated like any client (its request is still forwarded to the holder and served there), and
+/// a node of another cluster (another secret) cannot pose as a peer either.
+#[tokio::test]
+async fn a_client_cannot_pose_as_a_forwarding_node() {
+    let (_redis, a, b) = cluster();
+    let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", json!({})).await;
+    for forged in ["B/forged", "A;0;00", "x"] {
+        let on_b = on_a.at(&b.endpoint()).with_header("x-marina-forwarded", forged);
+        assert_eq!(
+            on_b.call_text(1, "echo", json!({"text": "forwarded anyway"}))
+                .await,
+            "forwarded anyway",
+            "{forged}"
+        );
+    }
+}
+
+#[test]
+fn a_shared_redis_on_a_public_bind_needs_a_cluster_secret() {
+    let out = std::process::Command::new(marina_tests::marina_bin())
+        .args([
+            "serve",
+            "--bind",
+            "0.0.0.0:0",
+            "--redis-url",
+            "redis://127.0.0.1:1/",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.secret"), "{stderr}");
 }

@@ -18,6 +18,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Session store.
     pub store: StoreSettings,
+    /// How nodes trust each other.
+    pub cluster: ClusterSettings,
     /// Session lifecycle and streams.
     pub sessions: SessionSettings,
     /// Outbound requests to tenants' services (SSRF guard).
@@ -70,6 +72,26 @@ pub struct StoreSettings {
     pub key_prefix: String,
     /// Per-command timeout.
     pub timeout_ms: u64,
+}
+
+/// `[cluster]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Shared secret of the cluster's nodes (authenticates forwarded requests).
+    pub secret: String,
+    /// File holding the secret (wins over `secret`).
+    pub secret_file: String,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("ClusterSettings")
+            .field("secret", &if self.secret.is_empty() { "" } else { "<set>" })
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
 }
 
 /// `[egress]`: which addresses tenants' upstreams may reach. Private, loopback, link-local

@@ -8,7 +8,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 
-use crate::state::{AppState, FORWARDED};
+use crate::cluster::FORWARDED;
+use crate::state::AppState;
 
 /// Request headers a forwarded request keeps.
 const PASS_REQUEST: [&str; 11] = [
@@ -56,7 +57,7 @@ pub async fn forward(
     let mut out = state
         .http
         .request(method, url)
-        .header(FORWARDED, state.node.config.instance.as_str());
+        .header(FORWARDED, state.cluster.sign(&state.node.config.instance, req));
     for name in PASS_REQUEST {
         for v in req.headers().get_all(name) {
             out = out.header(name, v.as_bytes());

@@ -3,6 +3,7 @@
 //! the node that holds a session, probes, and the tool sources (`upstream/`).
 
 mod authn;
+mod cluster;
 mod cors;
 mod forward;
 mod origin;

@@ -110,6 +110,35 @@ fn build_tenant(
     }))
 }
 
+/// The cluster secret (`cluster.secret_file` wins over `cluster.secret`). Nodes sharing Redis on
+/// a non-loopback bind must have one: without it any client could pose as a forwarding peer.
+fn cluster_secret(settings: &Settings) -> anyhow::Result<Option<String>> {
+    let c = &settings.cluster;
+    let secret = if c.secret_file.is_empty() {
+        c.secret.trim().to_owned()
+    } else {
+        std::fs::read_to_string(&c.secret_file)
+            .with_context(|| format!("cannot read cluster.secret_file {}", c.secret_file))?
+            .trim()
+            .to_owned()
+    };
+    let loopback = settings
+        .server
+        .bind
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    anyhow::ensure!(
+        !secret.is_empty() || settings.store.redis_url.is_empty() || loopback,
+        "nodes sharing Redis on a non-loopback bind need cluster.secret or cluster.secret_file \
+         (it authenticates the requests they forward to each other)"
+    );
+    anyhow::ensure!(
+        secret.is_empty() || secret.len() >= 16,
+        "cluster.secret must be at least 16 characters"
+    );
+    Ok((!secret.is_empty()).then_some(secret))
+}
+
 /// A configured tenant without an `auth` section lets anyone who reaches the node in: allowed
 /// on a loopback bind (development, with a warning), refused on any other. The embedded default
 /// tenant (no tenant configured) stays open.
@@ -141,6 +170,7 @@ impl Application {
         let egress = build_egress(&settings).map_err(ConfigError)?;
         let tenants = build_tenants(&settings, &egress).await.map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
+        let cluster_secret = cluster_secret(&settings).map_err(ConfigError)?;
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;
@@ -185,6 +215,7 @@ impl Application {
             node: node.clone(),
             http,
             auth,
+            cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

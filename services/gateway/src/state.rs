@@ -4,9 +4,6 @@ use std::sync::Arc;
 
 use marina_actors::Node;
 
-/// Header marking a request forwarded by a peer node (so it is never forwarded again).
-pub const FORWARDED: &str = "x-marina-forwarded";
-
 /// The request's id (from `X-Request-Id` or generated), for audit events of later steps.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -20,4 +17,6 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Every tenant's authentication.
     pub auth: Arc<crate::authn::Authenticators>,
+    /// The cluster secret (forwarded requests).
+    pub cluster: crate::cluster::ClusterKey,
 }

@@ -22,7 +22,7 @@ pub use post::post;
 use crate::authn::{self, Caller};
 use crate::forward::{ForwardError, forward};
 use crate::reply::Refusal;
-use crate::state::{AppState, FORWARDED};
+use crate::state::AppState;
 
 /// The steps every request of the endpoint takes before its method's own: tenant → Host/Origin
 /// policy → credentials. The caller's principal then goes with the request to the session actor,
@@ -195,7 +195,7 @@ enum Target {
 /// Find the session's actor; if another node holds it, forward the request there (once: a
 /// forwarded request is served here or refused). An unreachable holder is waited out.
 async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId, body: Bytes) -> Target {
-    let may_forward = req.headers().get(FORWARDED).is_none();
+    let may_forward = !state.cluster.is_forwarded(req);
     let mut avoid: Option<String> = None;
     loop {
         match state
