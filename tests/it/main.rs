@@ -6,6 +6,7 @@ mod config_examples;
 mod conformance_cluster;
 mod errors;
 mod http_tool;
+mod limits;
 mod logs;
 mod mcp_upstream;
 mod mcp_upstream_failures;

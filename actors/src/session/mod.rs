@@ -83,6 +83,8 @@ pub enum Rejection {
     Draining,
     /// The actor is passivating: resolve the session again (the caller retries).
     Moved,
+    /// A per-session cap (calls in flight, open streams) is reached (429).
+    Limited,
 }
 
 /// The actor's answer to a POSTed message.

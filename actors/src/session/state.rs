@@ -165,6 +165,24 @@ impl Shared {
         self.calls.borrow().is_empty()
     }
 
+    /// Open connections other than `except`'s (which a new connection of it would replace).
+    fn live_streams_except(&self, except: Option<StreamId>) -> usize {
+        self.streams
+            .borrow()
+            .iter()
+            .filter(|(id, s)| Some(**id) != except && s.live.as_ref().is_some_and(|t| !t.is_closed()))
+            .count()
+    }
+
+    /// Would one more stream (besides a new connection of `except`) pass the tenant's cap?
+    fn stream_cap_reached(&self, except: Option<StreamId>) -> bool {
+        self.tenant
+            .settings
+            .limits
+            .max_streams_per_session
+            .is_some_and(|max| self.live_streams_except(except) >= max)
+    }
+
     pub(crate) fn has_live_streams(&self) -> bool {
         self.streams
             .borrow()
@@ -650,6 +668,13 @@ impl Shared {
             Some(_) => return err(RpcError::invalid_params("arguments must be an object")),
         }
         let key = id_key(&id);
+        let limits = &self.tenant.settings.limits;
+        if limits
+            .max_inflight_calls_per_session
+            .is_some_and(|max| self.calls.borrow().len() >= max)
+        {
+            return Reply::Rejected(Rejection::Limited);
+        }
         if self.calls.borrow().contains_key(&key) {
             return err(RpcError::new(
                 code::INVALID_REQUEST,
@@ -664,6 +689,9 @@ impl Shared {
             },
         );
         let sse = !force_json && self.node.sessions().tools_call_response == CallResponseMode::Sse;
+        if sse && self.stream_cap_reached(None) {
+            return Reply::Rejected(Rejection::Limited);
+        }
         if !sse {
             let (tx, rx) = oneshot::channel();
             actix::spawn(
@@ -750,6 +778,10 @@ impl Shared {
         }
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         let store_err = |_| Rejection::Unavailable;
+        let target = req.last_event_id.as_ref().map_or(GET_STREAM, |e| e.stream);
+        if self.stream_cap_reached(Some(target)) {
+            return Err(Rejection::Limited);
+        }
         match req.last_event_id {
             None => {
                 if self.draining.get() {

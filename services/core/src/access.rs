@@ -30,6 +30,30 @@ pub trait Authorizer: Send + Sync + std::fmt::Debug {
     fn allows(&self, who: &Access, object: &str, action: &str) -> bool;
 }
 
+/// Does `text` match `pattern`, where `*` matches any run of characters (including none)?
+/// Iterative with backtracking to the last `*`: linear-ish, no recursion, never panics.
+pub fn glob_match(text: &str, pattern: &str) -> bool {
+    let (t, p): (Vec<char>, Vec<char>) = (text.chars().collect(), pattern.chars().collect());
+    let (mut ti, mut pi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
 /// Actions.
 pub mod action {
     /// Call a tool.

@@ -60,6 +60,8 @@ pub mod code {
     pub const CANCELLED: i64 = -32003;
     /// Implementation-defined: the request is not authenticated (HTTP 401).
     pub const UNAUTHORIZED: i64 = -32004;
+    /// Implementation-defined: a rate limit was hit (HTTP 429; `data.retryAfterMs`).
+    pub const RATE_LIMITED: i64 = -32005;
 }
 
 /// A JSON-RPC request/notification id (string or integer, never null).

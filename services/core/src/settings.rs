@@ -298,13 +298,86 @@ pub struct TenantLimits {
     /// Largest accepted POST body (413 above it).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Calls one session may have running at once.
+    #[serde(default)]
+    pub max_inflight_calls_per_session: Option<usize>,
+    /// SSE streams one session may have open at once.
+    #[serde(default)]
+    pub max_streams_per_session: Option<usize>,
+    /// Request rates, enforced by every node together.
+    #[serde(default)]
+    pub rate: RateLimits,
 }
 
 impl Default for TenantLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: default_max_body(),
+            max_inflight_calls_per_session: None,
+            max_streams_per_session: None,
+            rate: RateLimits::default(),
         }
+    }
+}
+
+/// `limits.rate`: requests per period, shared by all nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// All requests of the tenant.
+    #[serde(default)]
+    pub tenant: Option<Rate>,
+    /// Requests of one principal.
+    #[serde(default)]
+    pub principal: Option<Rate>,
+    /// `tools/call`s per principal and tool, by tool-name pattern (`*` matches any run of
+    /// characters); the most specific (longest) matching pattern applies.
+    #[serde(default)]
+    pub tools: BTreeMap<String, Rate>,
+}
+
+/// A rate: `count` events per `period` (written `20/s`, `600/min`, `1000/h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Events per period.
+    pub count: u64,
+    /// The period.
+    pub period: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a rate such as 20/s, 600/min or 1000/h");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > 1_000_000 {
+            return Err(format!("{s:?}: the count must be 1 to 1000000"));
+        }
+        Ok(Self { count, period })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -6,6 +6,7 @@ mod authn;
 mod cluster;
 mod cors;
 mod forward;
+mod limits;
 mod origin;
 mod proxy;
 mod reply;

@@ -23,8 +23,19 @@ pub struct Refusal {
     id: Option<RequestId>,
     code: i64,
     message: String,
+    /// What few refusals carry (boxed: refusals travel in `Result`s everywhere).
+    extra: Option<Box<Extra>>,
+}
+
+/// The rarer parts of a refusal.
+#[derive(Debug, Clone, Default)]
+struct Extra {
     /// `WWW-Authenticate` challenge (401).
     challenge: Option<String>,
+    /// `error.data`.
+    data: Option<Value>,
+    /// Further headers (rate-limit state).
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
@@ -35,7 +46,33 @@ impl Refusal {
             id: None,
             code,
             message: message.into(),
-            challenge: None,
+            extra: None,
+        }
+    }
+    /// 429: a rate limit; the client may retry after `retry_after_ms`.
+    pub fn rate_limited(
+        message: impl Into<String>,
+        retry_after_ms: u64,
+        data: Value,
+        headers: Vec<(&'static str, String)>,
+    ) -> Self {
+        let mut headers = headers;
+        headers.push(("retry-after", retry_after_ms.div_ceil(1000).max(1).to_string()));
+        Self {
+            extra: Some(Box::new(Extra {
+                data: Some(data),
+                headers,
+                challenge: None,
+            })),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code::RATE_LIMITED, message)
+        }
+    }
+    /// The JSON-RPC error object (for an item of a batch).
+    pub fn rpc_error(&self) -> RpcError {
+        let e = RpcError::new(self.code, self.message.clone());
+        match self.extra.as_ref().and_then(|x| x.data.as_ref()) {
+            Some(d) => e.with_data(d.clone()),
+            None => e,
         }
     }
     /// An authentication failure (401, 403 insufficient scope, 503 issuer unreachable) with its
@@ -46,7 +83,10 @@ impl Refusal {
             _ => code::UNAUTHORIZED,
         };
         Self {
-            challenge: Some(challenge),
+            extra: Some(Box::new(Extra {
+                challenge: Some(challenge),
+                ..Extra::default()
+            })),
             ..Self::new(status, code, message)
         }
     }
@@ -85,14 +125,18 @@ impl ResponseError for Refusal {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut r = json(
-            self.status,
-            &RpcError::new(self.code, self.message.clone()).to_response(self.id.as_ref()),
-        );
+        let mut r = json(self.status, &self.rpc_error().to_response(self.id.as_ref()));
+        let extra = self.extra.as_deref().cloned().unwrap_or_default();
+        for (name, value) in &extra.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                r.headers_mut()
+                    .insert(actix_web::http::header::HeaderName::from_static(name), v);
+            }
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Some(v) = self
+        if let Some(v) = extra
             .challenge
             .as_deref()
             .and_then(|c| HeaderValue::from_str(c).ok())

@@ -15,6 +15,7 @@ use marina_actors::{Node, NodeConfig};
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
 use marina_core::tenant::Tenant;
+use marina_limits::{MemoryLimiter, RateLimiter, RedisLimiter};
 use rand::RngExt as _;
 use tracing::Instrument as _;
 
@@ -48,14 +49,18 @@ impl std::fmt::Debug for Application {
     }
 }
 
-fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn SessionStore>> {
+/// The session store and the rate limiter: both in Redis (shared by the cluster), or both in
+/// this process.
+fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
     let s = &settings.store;
     if s.redis_url.is_empty() {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryLimiter::default())));
     }
-    let store = RedisStore::new(&s.redis_url, &s.key_prefix, Duration::from_millis(s.timeout_ms))
-        .context("invalid store.redis_url")?;
-    Ok(Arc::new(store))
+    let store = Arc::new(
+        RedisStore::new(&s.redis_url, &s.key_prefix, Duration::from_millis(s.timeout_ms))
+            .context("invalid store.redis_url")?,
+    );
+    Ok((store.clone(), Arc::new(RedisLimiter::new(store))))
 }
 
 /// The egress client every upstream (and OAuth issuer) of this node shares.
@@ -166,7 +171,7 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let store = build_store(&settings).map_err(ConfigError)?;
+        let (store, limiter) = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
         let tenants = build_tenants(&settings, &egress).await.map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
@@ -215,6 +220,7 @@ impl Application {
             node: node.clone(),
             http,
             auth,
+            limiter,
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
         };
         let workers = match settings.server.workers {

@@ -17,6 +17,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Every tenant's authentication.
     pub auth: Arc<crate::authn::Authenticators>,
+    /// Rate limits (Redis-shared, or in memory on a single node).
+    pub limiter: Arc<dyn marina_limits::RateLimiter>,
     /// The cluster secret (forwarded requests).
     pub cluster: crate::cluster::ClusterKey,
 }

@@ -317,6 +317,22 @@ impl RedisStore {
     }
 
     /// Run a script (`EVALSHA`, loading it on first use).
+    /// Run a Lua script on this store's connections, for other concerns sharing the Redis (the
+    /// rate limiter); they build their keys under [`Self::prefix`].
+    pub async fn eval_script<T: FromRedisValue + Send + 'static>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, StoreError> {
+        self.eval(script, keys, args).await
+    }
+
+    /// The key prefix of this deployment.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     async fn eval<T: FromRedisValue + Send + 'static>(
         &self,
         script: &Script,

@@ -7,7 +7,7 @@ use marina_actors::OpenStream;
 use marina_core::domain::{EventId, GET_STREAM};
 use marina_core::protocol::code;
 
-use super::{Answer, accepts, admit, ask, header, protocol_header, session_header};
+use super::{Answer, accepts, admit, ask, charge, header, protocol_header, session_header};
 use crate::reply::Refusal;
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
@@ -19,6 +19,7 @@ pub async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
     let (t, caller) = admit(&state, &req, &tenant).await?;
+    charge(&state, &req, &t, &caller, None).await?;
     if !accepts(&req, "text/event-stream") {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,

@@ -8,7 +8,7 @@ mod post;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, ResponseError as _};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, ResponseError as _};
 use bytes::Bytes;
 use marina_actors::{Rejection, ResolveError, Resolved};
 use marina_core::domain::SessionId;
@@ -30,7 +30,34 @@ use crate::state::AppState;
 async fn admit(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<(Arc<Tenant>, Caller), Refusal> {
     let t = preflight(state, req, tenant)?;
     let caller = authn::authenticate(&state.auth, req, &t.id).await?;
+    let forwarded = state.cluster.is_forwarded(req);
+    req.extensions_mut().insert(Forwarded(forwarded));
     Ok((t, caller))
+}
+
+/// Whether a peer forwarded the request (decided once, in [`admit`]).
+#[derive(Debug, Clone, Copy)]
+struct Forwarded(bool);
+
+fn forwarded(state: &AppState, req: &HttpRequest) -> bool {
+    req.extensions()
+        .get::<Forwarded>()
+        .map_or_else(|| state.cluster.is_forwarded(req), |f| f.0)
+}
+
+/// The limits step, after [`admit`]: charge the caller's rate buckets (a `tools/call` of
+/// `tool` also its tool bucket). A request a peer forwarded was charged where it arrived.
+async fn charge(
+    state: &AppState,
+    req: &HttpRequest,
+    t: &Tenant,
+    caller: &Caller,
+    tool: Option<&str>,
+) -> Result<(), Refusal> {
+    if forwarded(state, req) {
+        return Ok(());
+    }
+    crate::limits::check(state, t, caller, tool).await
 }
 
 /// `OPTIONS /t/{tenant}/mcp`: CORS preflight.
@@ -125,6 +152,12 @@ fn rejection(r: Rejection) -> Refusal {
         Rejection::Gone => Refusal::not_found("session not found"),
         Rejection::Draining => Refusal::unavailable("this node is shutting down; retry"),
         Rejection::Moved => Refusal::unavailable("session is moving; retry"),
+        Rejection::Limited => Refusal::rate_limited(
+            "too many calls or streams open in this session; retry when one ends",
+            1000,
+            serde_json::json!({"retryAfterMs": 1000, "scope": "session"}),
+            Vec::new(),
+        ),
     }
 }
 
@@ -195,7 +228,7 @@ enum Target {
 /// Find the session's actor; if another node holds it, forward the request there (once: a
 /// forwarded request is served here or refused). An unreachable holder is waited out.
 async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId, body: Bytes) -> Target {
-    let may_forward = !state.cluster.is_forwarded(req);
+    let may_forward = !forwarded(state, req);
     let mut avoid: Option<String> = None;
     loop {
         match state

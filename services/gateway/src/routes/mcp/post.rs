@@ -16,8 +16,8 @@ use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
 
 use super::{
-    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, header, protocol_header, rejection, resolve_error,
-    route, session_header,
+    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, header, protocol_header, rejection,
+    resolve_error, route, session_header,
 };
 use crate::authn::Caller;
 use crate::reply::{self, Refusal};
@@ -61,6 +61,9 @@ pub async fn post(
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
+    charge(&state, &req, &t, &caller, called_tool(&kind, &message))
+        .await
+        .map_err(|r| r.with_id(request_id(&kind)))?;
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
             "initialize" => return initialize(&state, &t, &caller, id, &message).await,
@@ -78,6 +81,7 @@ pub async fn post(
     }
     let id = session_header(&req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
+    let rpc_id = request_id(&kind).cloned();
     let mut dispatch = Dispatch {
         message,
         kind,
@@ -101,7 +105,24 @@ pub async fn post(
             reply => break reply,
         }
     };
-    respond(&state, &caller, reply).await
+    respond(&state, &caller, reply)
+        .await
+        .map_err(|r| r.with_id(rpc_id.as_ref()))
+}
+
+/// The tool a `tools/call` names (its rate bucket).
+fn called_tool<'a>(kind: &MessageKind, message: &'a Value) -> Option<&'a str> {
+    match kind {
+        MessageKind::Request { method, .. } if method == "tools/call" => message["params"]["name"].as_str(),
+        _ => None,
+    }
+}
+
+fn request_id(kind: &MessageKind) -> Option<&Value> {
+    match kind {
+        MessageKind::Request { id, .. } => Some(id),
+        _ => None,
+    }
 }
 
 /// Read the body, refusing it (413) as soon as it passes `limit`.
@@ -274,6 +295,13 @@ async fn batch(
         {
             let err = RpcError::new(code::INVALID_REQUEST, "initialize must not be part of a batch");
             responses.push(err.to_response(Some(id)));
+            continue;
+        }
+        // Each item is limited on its own.
+        if let Err(limited) = charge(state, req, t, caller, called_tool(&kind, &message)).await {
+            if let Some(id) = request_id(&kind) {
+                responses.push(limited.rpc_error().to_response(Some(id)));
+            }
             continue;
         }
         let reply = addr

@@ -1,0 +1,91 @@
+//! The limits step of the request path: every request charges the tenant's and the principal's
+//! rate buckets, and a `tools/call` its principal-and-tool bucket — all in one check shared by
+//! every node (`marina-limits`). A full bucket answers 429 with `Retry-After`, the IETF
+//! `RateLimit-Policy`/`RateLimit` headers and a JSON-RPC error carrying the request id and
+//! `data.retryAfterMs`; each refusal is a `rate_limited` audit event. Requests a peer forwarded
+//! were charged by the node that received them.
+
+use marina_core::access::glob_match;
+use marina_core::settings::TenantLimits;
+use marina_core::tenant::Tenant;
+use marina_limits::{Bucket, Decision, LimitError};
+use serde_json::json;
+
+use crate::authn::Caller;
+use crate::reply::Refusal;
+use crate::state::AppState;
+
+/// The buckets a request of `caller` to `tenant` (a call of `tool`, if any) is charged to.
+fn buckets(tenant: &str, limits: &TenantLimits, caller: &Caller, tool: Option<&str>) -> Vec<Bucket> {
+    let rate = &limits.rate;
+    let mut out = Vec::new();
+    if let Some(r) = rate.tenant {
+        out.push(Bucket::tenant(tenant, r));
+    }
+    let principal = match &caller.principal {
+        Some(p) => format!("{}\u{0}{}", p.owner.issuer, p.owner.subject),
+        None => marina_auth::ANONYMOUS.to_owned(),
+    };
+    if let Some(r) = rate.principal {
+        out.push(Bucket::principal(tenant, &principal, r));
+    }
+    if let Some(tool) = tool {
+        // The most specific pattern: the longest one that matches.
+        let best = rate
+            .tools
+            .iter()
+            .filter(|(pattern, _)| glob_match(tool, pattern))
+            .max_by_key(|(pattern, _)| pattern.len());
+        if let Some((_, r)) = best {
+            out.push(Bucket::tool(tenant, &principal, tool, *r));
+        }
+    }
+    out
+}
+
+/// Charge the request; `Err` is the answer when a limit is hit (or the limiter is unreachable).
+pub async fn check(state: &AppState, t: &Tenant, caller: &Caller, tool: Option<&str>) -> Result<(), Refusal> {
+    let buckets = buckets(&t.id, &t.settings.limits, caller, tool);
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    match state.limiter.check(&buckets).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited {
+            scope,
+            rate,
+            retry_after,
+        }) => {
+            let ms = retry_after.as_millis().max(1) as u64;
+            tracing::info!(
+                target: "marina::audit",
+                event = "rate_limited",
+                reason = scope.name(),
+                tenant = %t.id,
+                subject = caller.principal.as_ref().map(|p| p.owner.subject.as_str()).unwrap_or(""),
+                request_id = %caller.request_id,
+                "rate limited"
+            );
+            let window = rate.period.as_secs();
+            Err(Refusal::rate_limited(
+                format!("rate limit exceeded ({} {rate}); retry later", scope.name()),
+                ms,
+                json!({"retryAfterMs": ms, "scope": scope.name()}),
+                vec![
+                    (
+                        "ratelimit-policy",
+                        format!("\"{}\";q={};w={window}", scope.name(), rate.count),
+                    ),
+                    (
+                        "ratelimit",
+                        format!("\"{}\";r=0;t={}", scope.name(), ms.div_ceil(1000)),
+                    ),
+                ],
+            ))
+        }
+        Err(LimitError::Store(e)) => {
+            tracing::warn!(error = %e, "rate limits cannot be checked");
+            Err(Refusal::unavailable("session store unavailable; retry shortly"))
+        }
+    }
+}

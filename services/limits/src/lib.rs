@@ -1,0 +1,324 @@
+//! Rate limits shared by every node: GCRA (generic cell rate algorithm) buckets, all the buckets
+//! of one request checked — and, only if every one has room, charged — in one atomic Redis
+//! script that reads the clock from Redis (`TIME`), so nodes' clocks do not matter and a limit is
+//! not multiplied by the number of replicas. [`MemoryLimiter`] is the same algorithm for a single
+//! node without Redis.
+//!
+//! A bucket of `count` per `period` lets one event through every `period / count` on average,
+//! with bursts of up to `count / 10` (at least 1): held for ten periods, it admits `10·count`
+//! plus one burst — within 1 %.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use marina_core::settings::Rate;
+use marina_core::store::{RedisStore, StoreError};
+use sha2::{Digest as _, Sha256};
+
+/// What a limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// All requests of a tenant.
+    Tenant,
+    /// One principal's requests.
+    Principal,
+    /// One principal's calls of one tool.
+    Tool,
+}
+
+impl Scope {
+    /// Stable name (headers, audit events, metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Principal => "principal",
+            Self::Tool => "tool",
+        }
+    }
+}
+
+/// One bucket a request is charged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// Which limit.
+    pub scope: Scope,
+    /// Its rate.
+    pub rate: Rate,
+    /// Identity within the scope (bounded: hashed principals, published tool names).
+    key: String,
+}
+
+impl Bucket {
+    /// The tenant's bucket.
+    pub fn tenant(tenant: &str, rate: Rate) -> Self {
+        Self {
+            scope: Scope::Tenant,
+            rate,
+            key: format!("{{{tenant}}}:t"),
+        }
+    }
+
+    /// A principal's bucket (`principal`: issuer and subject, hashed into the key).
+    pub fn principal(tenant: &str, principal: &str, rate: Rate) -> Self {
+        Self {
+            scope: Scope::Principal,
+            rate,
+            key: format!("{{{tenant}}}:p:{}", short_hash(principal)),
+        }
+    }
+
+    /// A principal's bucket for one tool.
+    pub fn tool(tenant: &str, principal: &str, tool: &str, rate: Rate) -> Self {
+        Self {
+            scope: Scope::Tool,
+            rate,
+            key: format!("{{{tenant}}}:c:{}:{}", short_hash(principal), short_hash(tool)),
+        }
+    }
+
+    /// Emission interval and burst tolerance, in microseconds.
+    fn params(&self) -> (u64, u64) {
+        let interval = (self.rate.period.as_micros() as u64 / self.rate.count).max(1);
+        let burst = (self.rate.count / 10).max(1);
+        (interval, interval * (burst - 1))
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..12])
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Every bucket had room; each was charged.
+    Allowed,
+    /// A bucket is full; nothing was charged.
+    Limited {
+        /// The bucket that refused (the one to wait longest for).
+        scope: Scope,
+        /// Its rate.
+        rate: Rate,
+        /// When a retry can succeed.
+        retry_after: Duration,
+    },
+}
+
+/// Why limits could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// The shared store did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks and charges rate-limit buckets.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + std::fmt::Debug {
+    /// Charge every bucket if all have room, else none.
+    async fn check(&self, buckets: &[Bucket]) -> Result<Decision, LimitError>;
+}
+
+/// GCRA for one bucket at `now` (µs): the new theoretical arrival time, or how long to wait.
+fn gcra(tat: Option<u64>, now: u64, interval: u64, tolerance: u64) -> Result<u64, u64> {
+    let tat = tat.unwrap_or(now).max(now);
+    match tat.saturating_sub(now).checked_sub(tolerance) {
+        Some(wait) if wait > 0 => Err(wait),
+        _ => Ok(tat + interval),
+    }
+}
+
+fn limited(buckets: &[Bucket], worst: usize, wait_us: u64) -> Decision {
+    let b = &buckets[worst];
+    Decision::Limited {
+        scope: b.scope,
+        rate: b.rate,
+        retry_after: Duration::from_micros(wait_us),
+    }
+}
+
+/// KEYS: the buckets; ARGV: interval and tolerance (µs) per bucket. Returns {1} when charged,
+/// {0, index, wait µs} when a bucket is full (then nothing is charged). The clock is Redis's.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local worst, worst_i = 0, 0
+local news = {}
+for i, key in ipairs(KEYS) do
+  local interval, tolerance = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local wait = tat - now - tolerance
+  if wait > worst then worst, worst_i = wait, i end
+  news[i] = tat + interval
+end
+if worst > 0 then return {'0', tostring(worst_i - 1), string.format('%.0f', worst)} end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', news[i]), 'PX', math.ceil((news[i] - now) / 1000) + 1000)
+end
+return {'1'}";
+
+/// Buckets in Redis, shared by every node.
+#[derive(Debug)]
+pub struct RedisLimiter {
+    store: Arc<RedisStore>,
+    script: redis::Script,
+}
+
+impl RedisLimiter {
+    /// Limits kept in `store`'s Redis, under its key prefix (`<prefix>:rl:{tenant}:…`, each key
+    /// expiring once its bucket is full again).
+    pub fn new(store: Arc<RedisStore>) -> Self {
+        Self {
+            store,
+            script: redis::Script::new(GCRA),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn check(&self, buckets: &[Bucket]) -> Result<Decision, LimitError> {
+        if buckets.is_empty() {
+            return Ok(Decision::Allowed);
+        }
+        let prefix = self.store.prefix();
+        let keys = buckets.iter().map(|b| format!("{prefix}:rl:{}", b.key)).collect();
+        let args = buckets
+            .iter()
+            .flat_map(|b| {
+                let (i, t) = b.params();
+                [i.to_string(), t.to_string()]
+            })
+            .collect();
+        let reply: Vec<String> = self.store.eval_script(&self.script, keys, args).await?;
+        match reply.as_slice() {
+            [ok] if ok == "1" => Ok(Decision::Allowed),
+            [_, index, wait] => {
+                let i: usize = index.parse().unwrap_or(0).min(buckets.len() - 1);
+                Ok(limited(buckets, i, wait.parse().unwrap_or(1_000_000)))
+            }
+            _ => Err(StoreError::Corrupt("unexpected rate-limit script reply".into()).into()),
+        }
+    }
+}
+
+/// Buckets in this process (single node, in-memory store). Entries are dropped once their
+/// bucket is full again, so the map stays bounded by the active buckets.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    epoch: Instant,
+    buckets: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryLimiter {
+    async fn check(&self, buckets: &[Bucket]) -> Result<Decision, LimitError> {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, tat| *tat > now);
+        }
+        let mut news = Vec::with_capacity(buckets.len());
+        let mut worst: Option<(usize, u64)> = None;
+        for (i, b) in buckets.iter().enumerate() {
+            let (interval, tolerance) = b.params();
+            match gcra(map.get(&b.key).copied(), now, interval, tolerance) {
+                Ok(tat) => news.push(tat),
+                Err(wait) if worst.is_none_or(|(_, w)| wait > w) => worst = Some((i, wait)),
+                Err(_) => {}
+            }
+        }
+        if let Some((i, wait)) = worst {
+            return Ok(limited(buckets, i, wait));
+        }
+        for (b, tat) in buckets.iter().zip(news) {
+            map.insert(b.key.clone(), tat);
+        }
+        Ok(Decision::Allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(s: &str) -> Rate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn gcra_admits_the_rate_plus_one_burst() {
+        // 100/s: one every 10 ms, bursts of 10.
+        let b = Bucket::tenant("t", rate("100/s"));
+        let (interval, tolerance) = b.params();
+        assert_eq!((interval, tolerance), (10_000, 90_000));
+        // Ask every millisecond for 10 s.
+        let (mut tat, mut admitted) = (None, 0);
+        for ms in 0..10_000u64 {
+            if let Ok(t) = gcra(tat, ms * 1000, interval, tolerance) {
+                tat = Some(t);
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 1000 + 9, "10 s of 100/s, plus the burst");
+        // A refused request learns how long to wait, and waiting that long is enough.
+        // A refused request (one more at the last instant) learns how long to wait, and
+        // waiting that long is enough.
+        let last = 9_999_000;
+        let wait = gcra(tat, last, interval, tolerance).unwrap_err();
+        assert!(wait <= interval, "{wait}");
+        assert!(gcra(tat, last + wait, interval, tolerance).is_ok());
+    }
+
+    #[test]
+    fn rates_parse_and_print() {
+        assert_eq!(rate("20/s").period, Duration::from_secs(1));
+        assert_eq!(rate("1/min").to_string(), "1/min");
+        assert_eq!(rate("1000/h").count, 1000);
+        for bad in ["20", "0/s", "x/s", "5/day", "2000000/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn all_buckets_or_none_are_charged() {
+        let l = MemoryLimiter::default();
+        let roomy = Bucket::tenant("t", rate("1000/s"));
+        let tight = Bucket::tool("t", "p", "x", rate("1/min"));
+        assert_eq!(
+            l.check(&[roomy.clone(), tight.clone()]).await.unwrap(),
+            Decision::Allowed
+        );
+        let d = l.check(&[roomy.clone(), tight.clone()]).await.unwrap();
+        let Decision::Limited {
+            scope, retry_after, ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(scope, Scope::Tool);
+        assert!(retry_after > Duration::from_secs(50), "{retry_after:?}");
+        // The refused request charged nothing: the tenant bucket still has its burst (100).
+        for _ in 0..99 {
+            assert_eq!(
+                l.check(std::slice::from_ref(&roomy)).await.unwrap(),
+                Decision::Allowed
+            );
+        }
+        // Another tool, another principal: their own buckets.
+        let other = Bucket::tool("t", "p", "y", rate("1/min"));
+        assert_eq!(l.check(&[other]).await.unwrap(), Decision::Allowed);
+    }
+}

@@ -1,0 +1,199 @@
+//! Limits: request rates per tenant, principal and tool, shared by every node through Redis, and
+//! per-session caps — answered 429 with `Retry-After`, `RateLimit-Policy`/`RateLimit` headers
+//! and a JSON-RPC error carrying the request id and `data.retryAfterMs`.
+
+use std::time::{Duration, Instant};
+
+use marina_tests::{MarinaProc, Mcp, RedisServer, read_events, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn app(limits: &str) -> (marina_tests::TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    std::fs::write(
+        &file,
+        format!("tenants:\n  acme:\n    upstreams: [{{kind: builtin}}]\n    limits: {limits}\n"),
+    )
+    .unwrap();
+    (spawn_app_with(Some(&file), &[]).await, dir)
+}
+
+fn call(id: i64, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+}
+
+#[actix_rt::test]
+async fn a_tool_rate_answers_429_with_its_headers_and_spares_other_tools() {
+    let (app, _dir) = app(r#"{rate: {tools: {"*": "100/s", "add": "1/min"}}}"#).await;
+    let c = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    assert_eq!(c.call_text(1, "add", json!({"a": 1, "b": 2})).await, "3");
+    let r = c.post(&call(2, "add", json!({"a": 1, "b": 2}))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let h = r.headers().clone();
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(h["ratelimit-policy"], "\"tool\";q=1;w=60");
+    assert!(h["ratelimit"].to_str().unwrap().starts_with("\"tool\";r=0;t="));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], 2, "the JSON-RPC error names the request");
+    assert_eq!(body["error"]["code"], -32005);
+    assert_eq!(body["error"]["data"]["scope"], "tool");
+    assert!(body["error"]["data"]["retryAfterMs"].as_u64().unwrap() > 50_000);
+    // The "*" bucket of another tool is its own.
+    for i in 0..3 {
+        assert_eq!(c.call_text(10 + i, "echo", json!({"text": "ok"})).await, "ok");
+    }
+    // In a batch (2025-03-26), each item is limited on its own.
+    let old = Mcp::connect(&app.endpoint("acme"), "2025-03-26", json!({})).await;
+    let r = old
+        .post(&json!([
+            call(1, "add", json!({"a": 1, "b": 1})),
+            call(2, "echo", json!({"text": "fine"}))
+        ]))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let items: Vec<Value> = r.json().await.unwrap();
+    let add = items.iter().find(|i| i["id"] == 1).unwrap();
+    assert_eq!(add["error"]["code"], -32005, "{items:?}");
+    let echo = items.iter().find(|i| i["id"] == 2).unwrap();
+    assert_eq!(echo["result"]["content"][0]["text"], "fine");
+}
+
+#[actix_rt::test]
+async fn a_session_runs_at_most_its_cap_of_calls_at_once() {
+    let (app, _dir) = app("{max_inflight_calls_per_session: 1}").await;
+    let c = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    let long = c
+        .post(&call(1, "countdown", json!({"steps": 10, "interval_ms": 100})))
+        .await;
+    assert_eq!(long.status(), StatusCode::OK);
+    let r = c.post(&call(2, "echo", json!({"text": "x"}))).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "one call in flight at most"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], 2);
+    assert_eq!(body["error"]["data"]["scope"], "session");
+    // Another session has its own allowance.
+    let other = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    assert_eq!(other.call_text(1, "echo", json!({"text": "mine"})).await, "mine");
+    // Once the call has ended, the next one runs.
+    let (events, ended) = read_events(long, Duration::from_secs(15), |_| false).await;
+    assert!(ended && events.iter().any(|e| e.data.contains("done: 10 steps")));
+    assert_eq!(c.call_text(3, "echo", json!({"text": "again"})).await, "again");
+}
+
+#[actix_rt::test]
+async fn a_session_opens_at_most_its_cap_of_streams() {
+    let (app, _dir) = app("{max_streams_per_session: 1}").await;
+    let c = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
+    let get = c.get(None).await;
+    assert_eq!(get.status(), StatusCode::OK);
+    // A call would open a second stream.
+    let r = c.post(&call(1, "echo", json!({"text": "x"}))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A new connection of the open stream replaces it: not a new stream.
+    let again = c.get(None).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    drop((get, again));
+    // With the stream closed, calls run again (bounded wait for the server to notice).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.post(&call(2, "echo", json!({"text": "x"}))).await;
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed stream was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Open a session on a rate-limited tenant: each step retried (bounded) when refused with 429.
+async fn connect_patiently(url: &str) -> Mcp {
+    let mut c = Mcp::new(url);
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    let notified = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    for _ in 0..200 {
+        if c.session.is_none() {
+            let r = c.post(&init).await;
+            if r.status() == StatusCode::OK {
+                c.session = Some(r.headers()["mcp-session-id"].to_str().unwrap().to_owned());
+                c.version = Some("2025-11-25".into());
+                continue;
+            }
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        } else {
+            let r = c.post(&notified).await;
+            if r.status() == StatusCode::ACCEPTED {
+                return c;
+            }
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("could not open a session within the rate");
+}
+
+#[tokio::test]
+async fn a_rate_shared_by_three_nodes_holds_within_five_percent() {
+    const RATE: u64 = 20;
+    const SECS: u64 = 10;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!("tenants:\n  acme:\n    upstreams: [{{kind: builtin}}]\n    limits: {{rate: {{tenant: \"{RATE}/s\"}}}}\n"),
+    )
+    .unwrap();
+    let nodes: Vec<MarinaProc> = ["A", "B", "C"]
+        .iter()
+        .map(|n| MarinaProc::start_with_config(&redis.url(), n, &[], &config))
+        .collect();
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(connect_patiently(&format!("{}/t/acme/mcp", n.base())).await);
+    }
+    let end = Instant::now() + Duration::from_secs(SECS);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                let (mut ok, mut limited, mut id) = (0u64, 0u64, 0i64);
+                while Instant::now() < end {
+                    id += 1;
+                    let r = c.post(&json!({"jsonrpc":"2.0","id":id,"method":"ping"})).await;
+                    match r.status() {
+                        StatusCode::OK => ok += 1,
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            assert!(r.headers().contains_key("retry-after"));
+                            limited += 1;
+                        }
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (ok, limited)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        let (o, l) = t.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    let want = RATE * SECS;
+    eprintln!("admitted {ok}, refused {limited} (want {want})");
+    assert!(
+        limited > want,
+        "the clients asked for more than the rate ({limited} refused)"
+    );
+    assert!(
+        ok.abs_diff(want) * 20 <= want,
+        "{ok} admitted by three nodes for {RATE}/s over {SECS} s (want {want} ± 5 %)"
+    );
+}
