@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor as _, Addr};
+use marina_core::caps::SessionCaps;
 use marina_core::domain::SessionId;
 use marina_core::settings::SessionSettings;
 use marina_core::store::{Fence, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms};
@@ -27,6 +28,8 @@ pub struct NodeConfig {
     pub instance: String,
     /// Session settings.
     pub sessions: SessionSettings,
+    /// Where live sessions are counted for the tenants' session caps.
+    pub caps: Option<Arc<dyn SessionCaps>>,
 }
 
 /// Where the live actor of a session is.
@@ -249,17 +252,17 @@ impl Node {
         }
     }
 
-    /// Create a session for `tenant` and activate its actor here.
+    /// Create session `id` (freshly generated) for `tenant` and activate its actor here.
     pub async fn create_session(
         self: &Arc<Self>,
         tenant: Arc<Tenant>,
+        id: SessionId,
         rec: SessionRecord,
     ) -> Result<SessionId, ResolveError> {
         if self.is_draining() {
             return Err(ResolveError::Draining);
         }
         let epoch = self.live_epoch().ok_or(ResolveError::Rejoining)?;
-        let id = SessionId::generate();
         let ttl = rec
             .ttl(self.sessions().idle_ttl())
             .ok_or(ResolveError::NotFound)?;

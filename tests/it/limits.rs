@@ -197,3 +197,82 @@ async fn a_rate_shared_by_three_nodes_holds_within_five_percent() {
         "{ok} admitted by three nodes for {RATE}/s over {SECS} s (want {want} ± 5 %)"
     );
 }
+
+/// Session caps are exact under concurrent load on three nodes: per principal, then per tenant;
+/// a session that ends frees its place.
+#[tokio::test]
+async fn session_caps_are_exact_across_three_nodes() {
+    let (alice, bob) = (marina_auth::generate_key(), marina_auth::generate_key());
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "tenants:\n  acme:\n    upstreams: [{{kind: builtin}}]\n    auth:\n      api_keys:\n        - {{subject: alice, sha256: {}}}\n        - {{subject: bob, sha256: {}}}\n    limits: {{max_sessions: 5, max_sessions_per_principal: 3}}\n",
+            marina_auth::digest(&alice),
+            marina_auth::digest(&bob)
+        ),
+    )
+    .unwrap();
+    let nodes: Vec<MarinaProc> = ["A", "B", "C"]
+        .iter()
+        .map(|n| MarinaProc::start_with_config(&redis.url(), n, &[], &config))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(|n| format!("{}/t/acme/mcp", n.base())).collect();
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    // Twelve concurrent attempts per principal, spread over the three nodes.
+    let attempt = |key: String, url: String| {
+        let init = init.clone();
+        tokio::spawn(async move {
+            let r = Mcp::new(&url).bearer(&key).post(&init).await;
+            let status = r.status();
+            let sid = r
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = r.json().await.unwrap();
+            (
+                status,
+                sid,
+                body["error"]["data"]["scope"].as_str().map(str::to_owned),
+            )
+        })
+    };
+    let run = |key: &String| {
+        (0..12)
+            .map(|i| attempt(key.clone(), urls[i % 3].clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut alice_ok = Vec::new();
+    for t in run(&alice) {
+        let (status, sid, scope) = t.await.unwrap();
+        match status {
+            StatusCode::OK => alice_ok.push(sid.unwrap()),
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(scope.as_deref(), Some("sessions_principal")),
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(alice_ok.len(), 3, "alice's cap is 3");
+    let mut bob_ok = 0;
+    for t in run(&bob) {
+        let (status, _, scope) = t.await.unwrap();
+        match status {
+            StatusCode::OK => bob_ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(
+                matches!(scope.as_deref(), Some("sessions_tenant" | "sessions_principal")),
+                "{scope:?}"
+            ),
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(bob_ok, 2, "the tenant's cap is 5");
+    // Ending one of alice's sessions (through another node) frees a place.
+    let mut c = Mcp::new(&urls[1]).bearer(&alice);
+    c.session = Some(alice_ok[0].clone());
+    assert_eq!(c.delete().await.status(), StatusCode::OK);
+    let r = Mcp::new(&urls[2]).bearer(&alice).post(&init).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = Mcp::new(&urls[0]).bearer(&alice).post(&init).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}

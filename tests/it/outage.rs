@@ -49,6 +49,7 @@ fn node(store: Arc<dyn SessionStore>, name: &str) -> Arc<Node> {
         NodeConfig {
             instance: format!("{name}/{}", SessionId::generate().as_str()),
             sessions: settings.sessions,
+            caps: None,
         },
         vec![tenant],
     )
@@ -78,7 +79,7 @@ fn record() -> SessionRecord {
 
 async fn create(node: &Arc<Node>) -> Result<SessionId, ResolveError> {
     let t = node.tenant("demo").unwrap().clone();
-    node.create_session(t, record()).await
+    node.create_session(t, SessionId::generate(), record()).await
 }
 
 /// Resolve `id` on `node` and prove the actor found answers.

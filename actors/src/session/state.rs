@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use marina_core::access::{Access, action};
+use marina_core::caps::principal_key;
 use marina_core::domain::{EventId, GET_STREAM, Owner, SessionId, StreamId};
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::settings::CallResponseMode;
@@ -240,7 +241,22 @@ impl Shared {
             .await
             .map_err(|_| Rejection::Unavailable)?;
         self.lost.set(true); // nothing of ours may be written any more
+        if let Some(caps) = self.counted() {
+            let principal = principal_key(self.rec.borrow().principal.as_ref());
+            if let Err(e) = caps.release(&self.tenant.id, &principal, self.id.as_str()).await {
+                tracing::warn!(session = self.tag(), error = %e, "could not release the session's cap entry; it ages out");
+            }
+        }
         Ok(())
+    }
+
+    /// The caps this session is counted in, if its tenant caps sessions.
+    fn counted(&self) -> Option<&Arc<dyn marina_core::caps::SessionCaps>> {
+        let l = &self.tenant.settings.limits;
+        if l.max_sessions.is_none() && l.max_sessions_per_principal.is_none() {
+            return None;
+        }
+        self.node.config.caps.as_ref()
     }
 
     // === persistence ===
@@ -262,6 +278,18 @@ impl Shared {
         let res = self.node.store.save_session(&self.fence, &rec, ttl).await;
         if matches!(res, Err(StoreError::Fenced)) {
             self.lose("write fenced");
+        }
+        // The session's cap entry lives as long as its keys.
+        if res.is_ok()
+            && let Some(caps) = self.counted()
+        {
+            let principal = principal_key(rec.principal.as_ref());
+            if let Err(e) = caps
+                .touch(&self.tenant.id, &principal, self.id.as_str(), ttl)
+                .await
+            {
+                tracing::debug!(session = self.tag(), error = %e, "could not refresh the session's cap entry");
+            }
         }
         res
     }

@@ -2,6 +2,7 @@
 //! (in-memory and Redis), the tool interface every upstream kind implements, and telemetry.
 
 pub mod access;
+pub mod caps;
 pub mod domain;
 pub mod protocol;
 pub mod settings;

@@ -298,6 +298,12 @@ pub struct TenantLimits {
     /// Largest accepted POST body (413 above it).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Live sessions of the tenant, cluster-wide.
+    #[serde(default)]
+    pub max_sessions: Option<u64>,
+    /// Live sessions of one principal, cluster-wide.
+    #[serde(default)]
+    pub max_sessions_per_principal: Option<u64>,
     /// Calls one session may have running at once.
     #[serde(default)]
     pub max_inflight_calls_per_session: Option<usize>,
@@ -313,6 +319,8 @@ impl Default for TenantLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: default_max_body(),
+            max_sessions: None,
+            max_sessions_per_principal: None,
             max_inflight_calls_per_session: None,
             max_streams_per_session: None,
             rate: RateLimits::default(),

@@ -6,6 +6,8 @@
 //! were charged by the node that received them.
 
 use marina_core::access::glob_match;
+use marina_core::caps::{CapScope, principal_key};
+use marina_core::domain::SessionId;
 use marina_core::settings::TenantLimits;
 use marina_core::tenant::Tenant;
 use marina_limits::{Bucket, Decision, LimitError};
@@ -42,6 +44,75 @@ fn buckets(tenant: &str, limits: &TenantLimits, caller: &Caller, tool: Option<&s
     }
     out
 }
+
+/// Count a new session against the tenant's session caps (when it has any).
+pub async fn admit_session(
+    state: &AppState,
+    t: &Tenant,
+    caller: &Caller,
+    id: &SessionId,
+) -> Result<(), Refusal> {
+    let l = &t.settings.limits;
+    if l.max_sessions.is_none() && l.max_sessions_per_principal.is_none() {
+        return Ok(());
+    }
+    let principal = principal_key(caller.owner().as_ref());
+    let ttl = state.node.sessions().idle_ttl();
+    match state
+        .caps
+        .admit(
+            &t.id,
+            &principal,
+            id.as_str(),
+            ttl,
+            l.max_sessions,
+            l.max_sessions_per_principal,
+        )
+        .await
+    {
+        Ok(None) => Ok(()),
+        Ok(Some(scope)) => {
+            tracing::info!(
+                target: "marina::audit",
+                event = "rate_limited",
+                reason = format!("sessions_{}", scope.name()),
+                tenant = %t.id,
+                request_id = %caller.request_id,
+                "session cap reached"
+            );
+            let max = match scope {
+                CapScope::Tenant => l.max_sessions,
+                CapScope::Principal => l.max_sessions_per_principal,
+            }
+            .unwrap_or(0);
+            Err(Refusal::rate_limited(
+                format!(
+                    "too many live sessions ({} cap {max}); end one (DELETE) or retry later",
+                    scope.name()
+                ),
+                SESSION_RETRY_MS,
+                json!({"retryAfterMs": SESSION_RETRY_MS, "scope": format!("sessions_{}", scope.name())}),
+                Vec::new(),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "session caps cannot be checked");
+            Err(Refusal::unavailable("session store unavailable; retry shortly"))
+        }
+    }
+}
+
+/// Undo [`admit_session`] for a session that could not be created.
+pub async fn release_session(state: &AppState, t: &Tenant, caller: &Caller, id: &SessionId) {
+    let l = &t.settings.limits;
+    if l.max_sessions.is_some() || l.max_sessions_per_principal.is_some() {
+        let principal = principal_key(caller.owner().as_ref());
+        let _ = state.caps.release(&t.id, &principal, id.as_str()).await;
+    }
+}
+
+/// When a client refused a session is told to try again.
+const SESSION_RETRY_MS: u64 = 5_000;
 
 /// Charge the request; `Err` is the answer when a limit is hit (or the limiter is unreachable).
 pub async fn check(state: &AppState, t: &Tenant, caller: &Caller, tool: Option<&str>) -> Result<(), Refusal> {

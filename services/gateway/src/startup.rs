@@ -12,6 +12,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use marina_actors::{Node, NodeConfig};
+use marina_core::caps::SessionCaps;
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
 use marina_core::tenant::Tenant;
@@ -51,16 +52,20 @@ impl std::fmt::Debug for Application {
 
 /// The session store and the rate limiter: both in Redis (shared by the cluster), or both in
 /// this process.
-fn build_store(settings: &Settings) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
+type Backends = (Arc<dyn SessionStore>, Arc<dyn RateLimiter>, Arc<dyn SessionCaps>);
+
+fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     let s = &settings.store;
     if s.redis_url.is_empty() {
-        return Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryLimiter::default())));
+        let limits = Arc::new(MemoryLimiter::default());
+        return Ok((Arc::new(MemoryStore::new()), limits.clone(), limits));
     }
     let store = Arc::new(
         RedisStore::new(&s.redis_url, &s.key_prefix, Duration::from_millis(s.timeout_ms))
             .context("invalid store.redis_url")?,
     );
-    Ok((store.clone(), Arc::new(RedisLimiter::new(store))))
+    let limits = Arc::new(RedisLimiter::new(store.clone()));
+    Ok((store, limits.clone(), limits))
 }
 
 /// The egress client every upstream (and OAuth issuer) of this node shares.
@@ -171,7 +176,7 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let (store, limiter) = build_store(&settings).map_err(ConfigError)?;
+        let (store, limiter, caps) = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
         let tenants = build_tenants(&settings, &egress).await.map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
@@ -205,6 +210,7 @@ impl Application {
             NodeConfig {
                 instance,
                 sessions: settings.sessions.clone(),
+                caps: Some(caps.clone()),
             },
             tenants,
         );
@@ -221,6 +227,7 @@ impl Application {
             http,
             auth,
             limiter,
+            caps,
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
         };
         let workers = match settings.server.workers {

@@ -19,6 +19,8 @@ pub struct AppState {
     pub auth: Arc<crate::authn::Authenticators>,
     /// Rate limits (Redis-shared, or in memory on a single node).
     pub limiter: Arc<dyn marina_limits::RateLimiter>,
+    /// Session caps (the same backend).
+    pub caps: Arc<dyn marina_core::caps::SessionCaps>,
     /// The cluster secret (forwarded requests).
     pub cluster: crate::cluster::ClusterKey,
 }

@@ -205,12 +205,14 @@ impl RateLimiter for RedisLimiter {
     }
 }
 
-/// Buckets in this process (single node, in-memory store). Entries are dropped once their
-/// bucket is full again, so the map stays bounded by the active buckets.
+/// Buckets (and session caps) in this process (single node, in-memory store). Bucket entries are
+/// dropped once full again, cap entries once their session has expired, so the maps stay bounded
+/// by what is active.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     epoch: Instant,
     buckets: Mutex<HashMap<String, u64>>,
+    caps: MemoryCaps,
 }
 
 impl Default for MemoryLimiter {
@@ -218,6 +220,7 @@ impl Default for MemoryLimiter {
         Self {
             epoch: Instant::now(),
             buckets: Mutex::new(HashMap::new()),
+            caps: MemoryCaps::default(),
         }
     }
 }
@@ -320,5 +323,169 @@ mod tests {
         // Another tool, another principal: their own buckets.
         let other = Bucket::tool("t", "p", "y", rate("1/min"));
         assert_eq!(l.check(&[other]).await.unwrap(), Decision::Allowed);
+    }
+}
+
+// === session caps ===
+
+use marina_core::caps::{CapScope, SessionCaps};
+
+fn cap_keys(prefix: &str, tenant: &str, principal: &str) -> Vec<String> {
+    vec![
+        format!("{prefix}:cap:{{{tenant}}}:s"),
+        format!("{prefix}:cap:{{{tenant}}}:s:{}", short_hash(principal)),
+    ]
+}
+
+/// KEYS: tenant set, principal set; ARGV: session, ttl ms, max tenant, max principal (0 = no
+/// cap). Sorted sets of session → expiry (ms, Redis clock); expired entries are dropped first.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, k in ipairs(KEYS) do redis.call('ZREMRANGEBYSCORE', k, '-inf', now) end
+local mt, mp = tonumber(ARGV[3]), tonumber(ARGV[4])
+if mt > 0 and redis.call('ZCARD', KEYS[1]) >= mt then return 'tenant' end
+if mp > 0 and redis.call('ZCARD', KEYS[2]) >= mp then return 'principal' end
+local exp = now + tonumber(ARGV[2])
+for _, k in ipairs(KEYS) do
+  redis.call('ZADD', k, exp, ARGV[1])
+  redis.call('PEXPIRE', k, ARGV[2])
+end
+return 'ok'";
+
+/// KEYS as [`ADMIT`]; ARGV: session, ttl ms. Only sessions still counted are refreshed.
+const TOUCH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, k in ipairs(KEYS) do
+  redis.call('ZADD', k, 'XX', now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', k, ARGV[2])
+end
+return 1";
+
+fn scope(reply: &str) -> Option<CapScope> {
+    match reply {
+        "tenant" => Some(CapScope::Tenant),
+        "principal" => Some(CapScope::Principal),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl SessionCaps for RedisLimiter {
+    async fn admit(
+        &self,
+        tenant: &str,
+        principal: &str,
+        session: &str,
+        ttl: Duration,
+        max_tenant: Option<u64>,
+        max_principal: Option<u64>,
+    ) -> Result<Option<CapScope>, StoreError> {
+        let keys = cap_keys(self.store.prefix(), tenant, principal);
+        let args = vec![
+            session.to_owned(),
+            ttl.as_millis().max(1).to_string(),
+            max_tenant.unwrap_or(0).to_string(),
+            max_principal.unwrap_or(0).to_string(),
+        ];
+        let reply: String = self
+            .store
+            .eval_script(&redis::Script::new(ADMIT), keys, args)
+            .await?;
+        Ok(scope(&reply))
+    }
+
+    async fn touch(
+        &self,
+        tenant: &str,
+        principal: &str,
+        session: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let keys = cap_keys(self.store.prefix(), tenant, principal);
+        let args = vec![session.to_owned(), ttl.as_millis().max(1).to_string()];
+        self.store
+            .eval_script::<i64>(&redis::Script::new(TOUCH), keys, args)
+            .await
+            .map(|_| ())
+    }
+
+    async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError> {
+        let keys = cap_keys(self.store.prefix(), tenant, principal);
+        let script =
+            redis::Script::new("for _, k in ipairs(KEYS) do redis.call('ZREM', k, ARGV[1]) end return 1");
+        self.store
+            .eval_script::<i64>(&script, keys, vec![session.to_owned()])
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Live sessions per (tenant) and (tenant, principal), with their expiry.
+#[derive(Debug, Default)]
+pub struct MemoryCaps {
+    sets: Mutex<HashMap<String, HashMap<String, Instant>>>,
+}
+
+#[async_trait]
+impl SessionCaps for MemoryLimiter {
+    async fn admit(
+        &self,
+        tenant: &str,
+        principal: &str,
+        session: &str,
+        ttl: Duration,
+        max_tenant: Option<u64>,
+        max_principal: Option<u64>,
+    ) -> Result<Option<CapScope>, StoreError> {
+        let now = Instant::now();
+        let keys = cap_keys("", tenant, principal);
+        let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &keys {
+            if let Some(set) = sets.get_mut(k) {
+                set.retain(|_, exp| *exp > now);
+            }
+        }
+        let count = |k: &str| sets.get(k).map_or(0, |s| s.len() as u64);
+        if max_tenant.is_some_and(|m| count(&keys[0]) >= m) {
+            return Ok(Some(CapScope::Tenant));
+        }
+        if max_principal.is_some_and(|m| count(&keys[1]) >= m) {
+            return Ok(Some(CapScope::Principal));
+        }
+        for k in keys {
+            sets.entry(k).or_default().insert(session.to_owned(), now + ttl);
+        }
+        Ok(None)
+    }
+
+    async fn touch(
+        &self,
+        tenant: &str,
+        principal: &str,
+        session: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
+        for k in cap_keys("", tenant, principal) {
+            if let Some(exp) = sets.get_mut(&k).and_then(|s| s.get_mut(session)) {
+                *exp = Instant::now() + ttl;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError> {
+        let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
+        for k in cap_keys("", tenant, principal) {
+            if let Some(s) = sets.get_mut(&k) {
+                s.remove(session);
+                if s.is_empty() {
+                    sets.remove(&k);
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use marina_actors::{Describe, Dispatch, Reply};
+use marina_core::domain::SessionId;
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::store::{SessionRecord, now_ms};
 use marina_core::tenant::Tenant;
@@ -182,11 +183,15 @@ async fn initialize(
         inflight: Default::default(),
         version: 1,
     };
-    let sid = state
-        .node
-        .create_session(t.clone(), rec)
-        .await
-        .map_err(resolve_error)?;
+    let sid = SessionId::generate();
+    crate::limits::admit_session(state, t, caller, &sid).await?;
+    let sid = match state.node.create_session(t.clone(), sid.clone(), rec).await {
+        Ok(sid) => sid,
+        Err(e) => {
+            crate::limits::release_session(state, t, caller, &sid).await;
+            return Err(resolve_error(e));
+        }
+    };
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(sid.as_str()));
     tracing::info!(version, "session created");
     let result = json!({
