@@ -43,6 +43,7 @@ fn node(store: Arc<dyn SessionStore>, name: &str) -> Arc<Node> {
         settings: Default::default(),
         providers: Vec::new(),
         authorizer: None,
+        schemas: Default::default(),
     });
     Node::new(
         store,

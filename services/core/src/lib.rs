@@ -5,6 +5,7 @@ pub mod access;
 pub mod caps;
 pub mod domain;
 pub mod protocol;
+pub mod schema;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

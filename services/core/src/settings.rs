@@ -178,6 +178,10 @@ pub struct TenantSettings {
     /// Tool sources.
     #[serde(default = "default_upstreams")]
     pub upstreams: Vec<UpstreamSettings>,
+    /// Check `tools/call` arguments against the tool's `inputSchema` before any upstream sees
+    /// them.
+    #[serde(default = "yes")]
+    pub validate_arguments: bool,
     /// Who may connect. Absent: nobody is authenticated (loopback binds only, or the embedded
     /// default tenant).
     #[serde(default)]
@@ -238,6 +242,10 @@ pub struct OAuthSettings {
     /// Claim holding the principal's roles (a string or an array of strings).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_roles_claim() -> String {
@@ -589,6 +597,7 @@ pub fn load(
             TenantSettings {
                 upstreams: default_upstreams(),
                 embedded_default: true,
+                validate_arguments: true,
                 ..Default::default()
             },
         );

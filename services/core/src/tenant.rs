@@ -14,4 +14,6 @@ pub struct Tenant {
     pub providers: Providers,
     /// Its policy; `None`: every caller may use everything (a tenant without `rbac`).
     pub authorizer: Option<std::sync::Arc<dyn crate::access::Authorizer>>,
+    /// Its tools' compiled input schemas.
+    pub schemas: crate::schema::ArgumentCheck,
 }

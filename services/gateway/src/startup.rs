@@ -117,6 +117,7 @@ fn build_tenant(
         settings: ts.clone(),
         providers,
         authorizer,
+        schemas: Default::default(),
     }))
 }
 
