@@ -364,3 +364,56 @@ fn a_tenant_without_auth_is_refused_on_a_public_bind() {
         "{stderr}"
     );
 }
+
+/// An upstream MCP server that answers `whoami` with the `Authorization` header it received.
+async fn recorder(req: actix_web::HttpRequest, body: actix_web::web::Json<Value>) -> actix_web::HttpResponse {
+    let seen = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned();
+    let id = body.get("id").cloned().unwrap_or(Value::Null);
+    let ok = |result: Value| {
+        actix_web::HttpResponse::Ok()
+            .insert_header(("mcp-session-id", "recorder"))
+            .json(json!({"jsonrpc": "2.0", "id": id, "result": result}))
+    };
+    match body["method"].as_str().unwrap_or_default() {
+        "initialize" => ok(
+            json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "recorder", "version": "0"}}),
+        ),
+        "tools/list" => ok(json!({"tools": [{"name": "whoami", "inputSchema": {"type": "object"}}]})),
+        "tools/call" => ok(json!({"content": [{"type": "text", "text": seen}]})),
+        _ => actix_web::HttpResponse::Accepted().finish(),
+    }
+}
+
+/// No token passthrough: an upstream gets the tenant's credential for it, never the client's.
+#[actix_rt::test]
+async fn upstreams_never_see_the_clients_credential() {
+    let server = actix_web::HttpServer::new(|| {
+        actix_web::App::new().default_service(actix_web::web::post().to(recorder))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let port = server.addrs()[0].port();
+    actix_rt::spawn(server.run());
+    let keys = Keys::new();
+    let extra = "";
+    let config = keys.config(extra).replace(
+        "  beta:",
+        &format!(
+            "    upstreams:\n      - {{kind: mcp, name: up, url: \"http://127.0.0.1:{port}/mcp\", headers: {{Authorization: \"Bearer tenant-credential-for-up\"}}}}\n  beta:"
+        ),
+    );
+    let (app, _dir) = app_with(&format!("egress: {{allow_loopback: true}}\n{config}")).await;
+    let c = Mcp::new(&app.endpoint("acme"))
+        .bearer(&keys.alice)
+        .open("2025-11-25", json!({}))
+        .await;
+    let seen = c.call_text(2, "up.whoami", json!({})).await;
+    assert_eq!(seen, "Bearer tenant-credential-for-up");
+    assert!(!seen.contains(&keys.alice));
+}

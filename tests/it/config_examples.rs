@@ -61,6 +61,19 @@ fn malformed_api_keys_are_rejected() {
         let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
         assert!(err.to_string().contains(expect), "{yaml}: {err}");
     }
+    for (oauth, expect) in [
+        ("{issuer: 'http://idp.example.com'}", "https"),
+        ("{issuer: 'https://idp.example.com?x=1'}", "without query"),
+        (
+            "{issuer: 'https://idp.example.com', required_scopes: ['a b']}",
+            "scope tokens",
+        ),
+        ("{issuer: 'https://idp.example.com', jwks: x}", "jwks"),
+    ] {
+        std::fs::write(&f, format!("tenants:\n  a:\n    auth:\n      oauth: {oauth}\n")).unwrap();
+        let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
+        assert!(err.to_string().contains(expect), "{oauth}: {err}");
+    }
     std::fs::write(&f, "tenants:\n  a:\n    auth: {anonymus: true}\n").unwrap();
     let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
     assert!(err.to_string().contains("anonymus"), "typos are refused: {err}");
