@@ -3,7 +3,8 @@
 --   MCP_SESSIONS  comma-separated MCP-Session-Id values, given to wrk threads round-robin
 --   MCP_PROTO     MCP-Protocol-Version header (default 2025-11-25)
 --   MCP_TOOL      tool name (default echo); MCP_ARGS arguments JSON (default {"text":"hello"})
---   MCP_METHOD    "call" (default) or "initialize" (then no session is used)
+--   MCP_METHOD    "call" (default), "list" (tools/list) or "initialize" (then no session is used)
+--   MCP_AUTH      Authorization header value, if any (e.g. "Bearer <token>")
 -- A response counts as ok when HTTP 200 and the body (JSON or SSE) contains "result" and no
 -- "isError":true. Ids are unique per thread.
 local threads = {}
@@ -24,7 +25,10 @@ function init(args)
   headers = {}
   headers["Content-Type"] = "application/json"
   headers["Accept"] = "application/json, text/event-stream"
-  if mode == "call" then
+  if os.getenv("MCP_AUTH") then
+    headers["Authorization"] = os.getenv("MCP_AUTH")
+  end
+  if mode ~= "initialize" then
     headers["MCP-Protocol-Version"] = os.getenv("MCP_PROTO") or "2025-11-25"
     if #sessions > 0 then  -- none: a stateless server
       headers["MCP-Session-Id"] = sessions[((tid - 1) % #sessions) + 1]
@@ -33,7 +37,9 @@ function init(args)
   local tool = os.getenv("MCP_TOOL") or "echo"
   local targs = os.getenv("MCP_ARGS") or '{"text":"hello"}'
   prefix = '{"jsonrpc":"2.0","id":"t' .. tid .. '-'
-  if mode == "initialize" then
+  if mode == "list" then
+    suffix = '","method":"tools/list","params":{}}'
+  elseif mode == "initialize" then
     suffix = '","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"wrk","version":"0"}}}'
   else
     suffix = '","method":"tools/call","params":{"name":"' .. tool .. '","arguments":' .. targs .. '}}'

@@ -78,16 +78,19 @@ class Marina:
             self.p.kill()
 
 
-def open_sessions(port, n, version="2025-11-25", path="/t/demo/mcp"):
+def open_sessions(port, n, version="2025-11-25", path="/t/demo/mcp", auth=None):
     conn = http.client.HTTPConnection("127.0.0.1", port)
+    h = dict(H, **({"Authorization": auth} if auth else {}))
     sids = []
     for i in range(n):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}})
-        conn.request("POST", path, body, H); r = conn.getresponse(); r.read()
+        conn.request("POST", path, body, h); r = conn.getresponse(); r.read()
         sid = r.getheader("mcp-session-id"); sids.append(sid)
+        if sid is None:
+            raise RuntimeError(f"initialize on {path} failed: {r.status}")
         conn.request("POST", path, json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-                     dict(H, **{"MCP-Session-Id": sid, "MCP-Protocol-Version": version}))
+                     dict(h, **{"MCP-Session-Id": sid, "MCP-Protocol-Version": version}))
         r = conn.getresponse(); r.read()
     conn.close()
     return sids
@@ -195,6 +198,81 @@ def overhead(args):
         print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} |")
 
 
+def security(args):
+    """The price of multi-tenant security: tools/call echo (JSON mode) on a tenant with OAuth (JWT
+    from a real oidc-provider), a 100-line 3-level casbin policy and all three rate limits, against
+    the same tools on a tenant with none of them; tools/list of 1,000 tools filtered by the policy;
+    Redis round trips per call."""
+    oidc = os.path.join(HERE, "..", "tests", "peers", "oidc")
+    public = "http://bench.local"
+    iss_port = free_port()
+    issuer = f"http://127.0.0.1:{iss_port}"
+    # 100 policy lines, three levels (admin > operator > viewer), the caller an operator.
+    lines = ["p, viewer, tool:echo, call, allow", "g, operator, viewer", "g, admin, operator"]
+    lines += [f"p, viewer, tool:v{i}_*, call, allow" for i in range(30)]
+    lines += [f"p, operator, tool:o{i}_*, call, allow" for i in range(30)]
+    lines += [f"p, admin, tool:a{i}_*, call, deny" for i in range(20)]
+    lines += [f"g, user{i}, operator" for i in range(17)]
+    assert len(lines) == 100
+    policy = "".join(f"        {l}\n" for l in lines)
+    listing_policy = "        p, operator, tool:t*, call, allow\n        p, operator, tool:t9*, call, deny\n"
+    tools = "".join(f"      - {{kind: http, name: t{i}, url: 'http://127.0.0.1:9/x', input_schema: {{type: object}}}}\n"
+                    for i in range(1000))
+    oauth = f'      oauth: {{issuer: "{issuer}", required_scopes: [mcp:tools]}}\n'
+    d = tempfile.mkdtemp()
+    cfg = os.path.join(d, "marina.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"server: {{public_url: \"{public}\"}}\negress: {{allow_loopback: true}}\ntenants:\n"
+                f"  open:\n    upstreams: [{{kind: builtin}}]\n"
+                f"  secure:\n    upstreams: [{{kind: builtin}}]\n    auth:\n{oauth}"
+                f"    rbac:\n      policy: |\n{policy}"
+                f"    limits: {{rate: {{tenant: '1000000/s', principal: '1000000/s', tools: {{'*': '1000000/s'}}}}}}\n"
+                f"  many:\n    auth:\n{oauth}    rbac:\n      policy: |\n{listing_policy}    upstreams:\n{tools}")
+    resources = f"{public}/t/secure/mcp,{public}/t/many/mcp"
+    iss = subprocess.Popen(["taskset", "-c", "1", "node", "issuer.mjs"], cwd=oidc, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=dict(os.environ, PORT=str(iss_port), RESOURCES=resources))
+    wait_port(iss_port)
+
+    def token(resource):
+        import base64, urllib.request, urllib.parse
+        body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource, "scope": "mcp:tools"}).encode()
+        req = urllib.request.Request(f"{issuer}/token", body, {"Authorization": "Basic " + base64.b64encode(b"gw-test:gw-secret").decode(),
+                                                               "Content-Type": "application/x-www-form-urlencoded"})
+        return json.load(urllib.request.urlopen(req))["access_token"]
+
+    redis = Redis()
+    rows = []
+    try:
+        m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}, cfg)
+        evals = lambda: int(redis.info("commandstats").get("cmdstat_evalsha", "calls=0").split("calls=")[1].split(",")[0])
+        for tenant, auth in (("open", None), ("secure", "Bearer " + token(f"{public}/t/secure/mcp"))):
+            path = f"/t/{tenant}/mcp"
+            env = {"MCP_SESSIONS": ",".join(open_sessions(m.port, 8, path=path, auth=auth))}
+            if auth:
+                env["MCP_AUTH"] = auth
+            e0 = evals()
+            r = measured(m, f"http://127.0.0.1:{m.port}{path}", 32, args, env)
+            calls = r["rate"] * (2 + args.repeats * args.duration)  # warm-up + measured runs, about
+            r["evals_per_call"] = (evals() - e0) / max(1, calls)
+            rows.append((f"tools/call echo, JSON mode, tenant `{tenant}`", 32, r))
+        auth = "Bearer " + token(f"{public}/t/many/mcp")
+        env = {"MCP_SESSIONS": ",".join(open_sessions(m.port, 1, path="/t/many/mcp", auth=auth)),
+               "MCP_AUTH": auth, "MCP_METHOD": "list"}
+        r = measured(m, f"http://127.0.0.1:{m.port}/t/many/mcp", 1, args, env)
+        rows.append(("tools/list, 1,000 tools filtered by the policy (first page)", 1, r))
+        m.stop()
+    finally:
+        redis.stop()
+        iss.terminate()
+    print("| measurement | C | calls/s (median) | runs | p50 ms | p99 ms | marina CPU |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for name, c, r in rows:
+        print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} |")
+    open_rate, secure_rate = rows[0][2]["rate"], rows[1][2]["rate"]
+    print(f"\nsecured / open: {secure_rate / open_rate:.1%}; Redis scripts per call: open {rows[0][2]['evals_per_call']:.2f}, "
+          f"secured {rows[1][2]['evals_per_call']:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--marina", default="target/release/marina")
@@ -202,10 +280,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--overhead", action="store_true", help="measure gateway overhead against rmcp-echo instead")
+    ap.add_argument("--security", action="store_true", help="measure the price of auth, policy and rate limits instead")
     ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
     args = ap.parse_args()
     if args.overhead:
         return overhead(args)
+    if args.security:
+        return security(args)
     rows = []
     redis = Redis()
     url = f"redis://127.0.0.1:{redis.port}/"
