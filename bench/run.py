@@ -224,11 +224,13 @@ def security(args):
     with open(cfg, "w") as f:
         f.write(f"server: {{public_url: \"{public}\"}}\negress: {{allow_loopback: true}}\ntenants:\n"
                 f"  open:\n    upstreams: [{{kind: builtin}}]\n"
+                f"  auth-only:\n    upstreams: [{{kind: builtin}}]\n    auth:\n{oauth}"
+                f"  auth-policy:\n    upstreams: [{{kind: builtin}}]\n    auth:\n{oauth}    rbac:\n      policy: |\n{policy}"
                 f"  secure:\n    upstreams: [{{kind: builtin}}]\n    auth:\n{oauth}"
                 f"    rbac:\n      policy: |\n{policy}"
                 f"    limits: {{rate: {{tenant: '1000000/s', principal: '1000000/s', tools: {{'*': '1000000/s'}}}}}}\n"
                 f"  many:\n    auth:\n{oauth}    rbac:\n      policy: |\n{listing_policy}    upstreams:\n{tools}")
-    resources = f"{public}/t/secure/mcp,{public}/t/many/mcp"
+    resources = ",".join(f"{public}/t/{t}/mcp" for t in ("secure", "many", "auth-only", "auth-policy"))
     iss = subprocess.Popen(["taskset", "-c", "1", "node", "issuer.mjs"], cwd=oidc, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, env=dict(os.environ, PORT=str(iss_port), RESOURCES=resources))
     wait_port(iss_port)
@@ -245,7 +247,10 @@ def security(args):
     try:
         m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}, cfg)
         evals = lambda: int(redis.info("commandstats").get("cmdstat_evalsha", "calls=0").split("calls=")[1].split(",")[0])
-        for tenant, auth in (("open", None), ("secure", "Bearer " + token(f"{public}/t/secure/mcp"))):
+        tenants = [("open", None), ("secure", "Bearer " + token(f"{public}/t/secure/mcp"))]
+        if args.breakdown:
+            tenants += [(t, "Bearer " + token(f"{public}/t/{t}/mcp")) for t in ("auth-only", "auth-policy")]
+        for tenant, auth in tenants:
             path = f"/t/{tenant}/mcp"
             env = {"MCP_SESSIONS": ",".join(open_sessions(m.port, 8, path=path, auth=auth))}
             if auth:
@@ -281,6 +286,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--overhead", action="store_true", help="measure gateway overhead against rmcp-echo instead")
     ap.add_argument("--security", action="store_true", help="measure the price of auth, policy and rate limits instead")
+    ap.add_argument("--breakdown", action="store_true", help="with --security: also auth alone and auth + policy")
     ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
     args = ap.parse_args()
     if args.overhead:
