@@ -17,3 +17,4 @@ mod outage;
 mod protocol;
 mod rbac;
 mod store_redis;
+mod tls;

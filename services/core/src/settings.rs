@@ -50,6 +50,27 @@ pub struct ServerSettings {
     /// How clients reach the cluster (`https://mcp.example.com`); tenants' default OAuth
     /// audiences and metadata URLs derive from it. Empty: `http://<bind address>`.
     pub public_url: String,
+    /// HTTPS served by Marina itself.
+    pub tls: TlsSettings,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM); empty: plain HTTP.
+    pub cert_file: String,
+    /// Private key (PEM).
+    pub key_file: String,
+    /// CA certificates (PEM) peers' certificates are checked against when forwarding.
+    pub peer_ca_file: String,
+}
+
+impl TlsSettings {
+    /// Does Marina serve HTTPS?
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
 }
 
 /// Log output format.
@@ -611,6 +632,9 @@ impl Settings {
         let bad = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
         if self.server.bind.parse::<SocketAddr>().is_err() {
             return bad("server.bind must be ADDR:PORT, e.g. 127.0.0.1:8080");
+        }
+        if self.server.tls.cert_file.is_empty() != self.server.tls.key_file.is_empty() {
+            return bad("server.tls.cert_file and server.tls.key_file go together");
         }
         if self.sessions.lease_ttl_ms < 500 {
             return bad("sessions.lease_ttl_ms must be at least 500");

@@ -121,6 +121,40 @@ fn build_tenant(
     }))
 }
 
+/// rustls' server configuration when `server.tls` names a certificate and a key.
+fn tls_config(s: &marina_core::settings::TlsSettings) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if !s.enabled() {
+        return Ok(None);
+    }
+    let certs = CertificateDer::pem_file_iter(&s.cert_file)
+        .with_context(|| format!("cannot read server.tls.cert_file {}", s.cert_file))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "server.tls.cert_file {} is not a PEM certificate chain",
+                s.cert_file
+            )
+        })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "server.tls.cert_file {} holds no certificate",
+        s.cert_file
+    );
+    let key = PrivateKeyDer::from_pem_file(&s.key_file)
+        .with_context(|| format!("server.tls.key_file {} holds no PEM private key", s.key_file))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("server.tls: the key does not match the certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(config))
+}
+
 /// The cluster secret (`cluster.secret_file` wins over `cluster.secret`). Nodes sharing Redis on
 /// a non-loopback bind must have one: without it any client could pose as a forwarding peer.
 fn cluster_secret(settings: &Settings) -> anyhow::Result<Option<String>> {
@@ -193,13 +227,15 @@ impl Application {
         };
         let nonce: u32 = rand::rng().random();
         let instance = format!("{node_id}/{nonce:08x}");
+        let tls = tls_config(&settings.server.tls).map_err(ConfigError)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = if settings.server.advertise_url.is_empty() {
-            format!("http://{local_addr}")
+            format!("{scheme}://{local_addr}")
         } else {
             settings.server.advertise_url.clone()
         };
         let public_url = if settings.server.public_url.is_empty() {
-            format!("http://{local_addr}")
+            format!("{scheme}://{local_addr}")
         } else {
             settings.server.public_url.clone()
         };
@@ -218,11 +254,23 @@ impl Application {
         if let Err(e) = node.heartbeat(&url).await {
             tracing::warn!(error = %e, "session store unavailable at start; will keep retrying");
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .build()
-            .context("cannot build the HTTP client")?;
+            .tcp_nodelay(true);
+        let peer_ca = &settings.server.tls.peer_ca_file;
+        if !peer_ca.is_empty() {
+            let pem = std::fs::read(peer_ca)
+                .with_context(|| format!("cannot read server.tls.peer_ca_file {peer_ca}"))
+                .map_err(ConfigError)?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .context("server.tls.peer_ca_file holds no PEM certificate")
+                .map_err(ConfigError)?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().context("cannot build the HTTP client")?;
+        let hsts = tls.is_some();
         let state = AppState {
             node: node.clone(),
             http,
@@ -238,7 +286,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
-                .wrap_fn(|req, srv| {
+                .wrap_fn(move |req, srv| {
                     let request_id = req
                         .headers()
                         .get("x-request-id")
@@ -278,6 +326,7 @@ impl Application {
                     );
                     let started = std::time::Instant::now();
                     let mcp = req.path().starts_with("/t/");
+                    let hsts = hsts;
                     req.extensions_mut()
                         .insert(crate::state::RequestId(request_id.clone()));
                     let fut = srv.call(req);
@@ -294,6 +343,12 @@ impl Application {
                         if let Ok(v) = HeaderValue::from_str(&request_id) {
                             res.headers_mut()
                                 .insert(HeaderName::from_static("x-request-id"), v);
+                        }
+                        if hsts {
+                            res.headers_mut().insert(
+                                HeaderName::from_static("strict-transport-security"),
+                                HeaderValue::from_static("max-age=31536000"),
+                            );
                         }
                         if mcp {
                             // MCP answers carry session data: never sniffed, never cached.
@@ -353,8 +408,11 @@ impl Application {
         })
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(2)
-        .listen(listener)?
+        .shutdown_timeout(2);
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         .run();
         Ok(Self {
             server,
@@ -370,9 +428,14 @@ impl Application {
         self.local_addr.port()
     }
 
-    /// Base URL (`http://addr:port`).
+    /// Base URL (`http://addr:port`, or `https://` when Marina serves TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.settings.server.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// MCP endpoint URLs, one per tenant.
