@@ -6,6 +6,9 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+# One-shot builds gain nothing from incremental compilation, and a reused target directory's
+# incremental state has crashed rustc 1.95 (an ICE in `evaluate_obligation`).
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor as _, Addr};
-use marina_core::caps::SessionCaps;
+use marina_core::caps::Caps;
 use marina_core::domain::SessionId;
 use marina_core::settings::SessionSettings;
 use marina_core::store::{Fence, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError, now_ms};
@@ -29,7 +29,7 @@ pub struct NodeConfig {
     /// Session settings.
     pub sessions: SessionSettings,
     /// Where live sessions are counted for the tenants' session caps.
-    pub caps: Option<Arc<dyn SessionCaps>>,
+    pub caps: Option<Arc<dyn Caps>>,
 }
 
 /// Where the live actor of a session is.

@@ -89,27 +89,27 @@ async fn a_session_runs_at_most_its_cap_of_calls_at_once() {
 
 #[actix_rt::test]
 async fn a_session_opens_at_most_its_cap_of_streams() {
-    let (app, _dir) = app("{max_streams_per_session: 1}").await;
+    let (app, _dir) = app("{max_streams_per_session: 2}").await;
     let c = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({})).await;
     let get = c.get(None).await;
     assert_eq!(get.status(), StatusCode::OK);
-    // A call would open a second stream.
-    let r = c.post(&call(1, "echo", json!({"text": "x"}))).await;
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    // A new connection of the open stream replaces it: not a new stream.
+    // The GET stream and one call's stream: the cap.
+    let running = c
+        .post(&call(1, "countdown", json!({"steps": 5, "interval_ms": 100})))
+        .await;
+    assert_eq!(running.status(), StatusCode::OK);
+    let r = c.post(&call(2, "echo", json!({"text": "x"}))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "a third stream");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["scope"], "session");
+    // A new connection of an open stream replaces it: not a new stream.
     let again = c.get(None).await;
     assert_eq!(again.status(), StatusCode::OK);
+    // Once the call's stream has ended, its place is free.
+    let (events, ended) = read_events(running, Duration::from_secs(15), |_| false).await;
+    assert!(ended && events.iter().any(|e| e.data.contains("done: 5 steps")));
+    assert_eq!(c.call_text(3, "echo", json!({"text": "free"})).await, "free");
     drop((get, again));
-    // With the stream closed, calls run again (bounded wait for the server to notice).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c.post(&call(2, "echo", json!({"text": "x"}))).await;
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the closed stream was never released");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Open a session on a rate-limited tenant: each step retried (bounded) when refused with 429.
@@ -275,4 +275,55 @@ async fn session_caps_are_exact_across_three_nodes() {
     assert_eq!(r.status(), StatusCode::OK);
     let r = Mcp::new(&urls[0]).bearer(&alice).post(&init).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// The tenant's calls in flight are capped across its sessions (and nodes: the count is in
+/// Redis); a call that ends frees its place.
+#[actix_rt::test]
+async fn a_tenant_runs_at_most_its_cap_of_calls_at_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    std::fs::write(
+        &file,
+        "tenants:\n  acme:\n    upstreams: [{kind: builtin}]\n    limits: {max_inflight_calls: 2}\n",
+    )
+    .unwrap();
+    let app = spawn_app_with(Some(&file), &[("store.redis_url", &redis.url())]).await;
+    let url = app.endpoint("acme");
+    let (a, b, c) = (
+        Mcp::connect(&url, "2025-11-25", json!({})).await,
+        Mcp::connect(&url, "2025-11-25", json!({})).await,
+        Mcp::connect(&url, "2025-11-25", json!({})).await,
+    );
+    let long = |s: &Mcp| {
+        let s = s.clone();
+        async move {
+            let r = s
+                .post(&call(1, "countdown", json!({"steps": 10, "interval_ms": 100})))
+                .await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r
+        }
+    };
+    let first = long(&a).await;
+    let second = long(&b).await;
+    let r = c.post(&call(1, "echo", json!({"text": "x"}))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["scope"], "calls_tenant");
+    let (events, ended) = read_events(first, Duration::from_secs(15), |_| false).await;
+    assert!(ended && events.iter().any(|e| e.data.contains("done: 10 steps")));
+    // The finished call's place is free (its release is asynchronous: bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.post(&call(2, "echo", json!({"text": "now"}))).await;
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(Instant::now() < deadline, "the ended call was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
 }

@@ -321,6 +321,7 @@ impl Shared {
             Err(e) => e.to_response(Some(&id)),
         });
         self.calls.borrow_mut().remove(&id_key(&id));
+        self.end_call_cap(&id_key(&id));
         let Some(stream) = stream else {
             if let (Some(tx), Some(resp)) = (reply, response) {
                 let _ = tx.send(resp);

@@ -83,8 +83,9 @@ pub enum Rejection {
     Draining,
     /// The actor is passivating: resolve the session again (the caller retries).
     Moved,
-    /// A per-session cap (calls in flight, open streams) is reached (429).
-    Limited,
+    /// A cap is reached (429): per session (calls in flight, open streams) or the tenant's calls
+    /// in flight; the scope says which.
+    Limited(&'static str),
 }
 
 /// The actor's answer to a POSTed message.
@@ -243,6 +244,7 @@ impl SessionActor {
             return;
         }
         s.clone().refresh_ttl_if_due();
+        s.keep_call_caps();
     }
 }
 

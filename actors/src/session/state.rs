@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use marina_core::access::{Access, action};
-use marina_core::caps::principal_key;
+use marina_core::caps::{CALL_LEASE, principal_key};
 use marina_core::domain::{EventId, GET_STREAM, Owner, SessionId, StreamId};
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::schema::Invalid;
@@ -251,8 +251,40 @@ impl Shared {
         Ok(())
     }
 
+    /// The member naming call `key` of this session among its tenant's calls in flight.
+    fn call_cap_key(&self, key: &str) -> String {
+        format!("{}:{key}", self.id.as_str())
+    }
+
+    /// Stop counting call `key` in the tenant's calls in flight (in the background).
+    pub(crate) fn end_call_cap(&self, key: &str) {
+        if self.tenant.settings.limits.max_inflight_calls.is_none() {
+            return;
+        }
+        if let Some(caps) = self.node.config.caps.clone() {
+            let (tenant, member) = (self.tenant.id.clone(), self.call_cap_key(key));
+            actix::spawn(async move {
+                let _ = caps.end_call(&tenant, &member).await;
+            });
+        }
+    }
+
+    /// Renew the leases of this session's running calls among its tenant's calls in flight.
+    pub(crate) fn keep_call_caps(&self) {
+        if self.tenant.settings.limits.max_inflight_calls.is_none() || self.calls.borrow().is_empty() {
+            return;
+        }
+        if let Some(caps) = self.node.config.caps.clone() {
+            let tenant = self.tenant.id.clone();
+            let members: Vec<String> = self.calls.borrow().keys().map(|k| self.call_cap_key(k)).collect();
+            actix::spawn(async move {
+                let _ = caps.keep_calls(&tenant, &members, CALL_LEASE).await;
+            });
+        }
+    }
+
     /// The caps this session is counted in, if its tenant caps sessions.
-    fn counted(&self) -> Option<&Arc<dyn marina_core::caps::SessionCaps>> {
+    fn counted(&self) -> Option<&Arc<dyn marina_core::caps::Caps>> {
         let l = &self.tenant.settings.limits;
         if l.max_sessions.is_none() && l.max_sessions_per_principal.is_none() {
             return None;
@@ -723,13 +755,37 @@ impl Shared {
             .max_inflight_calls_per_session
             .is_some_and(|max| self.calls.borrow().len() >= max)
         {
-            return Reply::Rejected(Rejection::Limited);
+            return Reply::Rejected(Rejection::Limited("session"));
         }
-        if self.calls.borrow().contains_key(&key) {
-            return err(RpcError::new(
+        let duplicate = || {
+            err(RpcError::new(
                 code::INVALID_REQUEST,
                 "a request with this id is already in flight",
-            ));
+            ))
+        };
+        if self.calls.borrow().contains_key(&key) {
+            return duplicate();
+        }
+        let sse = !force_json && self.node.sessions().tools_call_response == CallResponseMode::Sse;
+        if sse && self.stream_cap_reached(None) {
+            return Reply::Rejected(Rejection::Limited("session"));
+        }
+        if let Some(max) = limits.max_inflight_calls
+            && let Some(caps) = &self.node.config.caps
+        {
+            match caps
+                .begin_call(&self.tenant.id, &self.call_cap_key(&key), max, CALL_LEASE)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Reply::Rejected(Rejection::Limited("calls_tenant")),
+                Err(_) => return Reply::Rejected(Rejection::Unavailable),
+            }
+            // Another request with the same id may have come in while we asked.
+            if self.calls.borrow().contains_key(&key) {
+                self.end_call_cap(&key);
+                return duplicate();
+            }
         }
         let cancel = self.stopping.child_token();
         self.calls.borrow_mut().insert(
@@ -738,10 +794,6 @@ impl Shared {
                 cancel: cancel.clone(),
             },
         );
-        let sse = !force_json && self.node.sessions().tools_call_response == CallResponseMode::Sse;
-        if sse && self.stream_cap_reached(None) {
-            return Reply::Rejected(Rejection::Limited);
-        }
         if !sse {
             let (tx, rx) = oneshot::channel();
             actix::spawn(
@@ -772,6 +824,7 @@ impl Shared {
         if let Err(e) = begun {
             self.rec.borrow_mut().inflight.remove(&stream);
             self.calls.borrow_mut().remove(&key);
+            self.end_call_cap(&key);
             return Reply::Rejected(match e {
                 StoreError::Fenced => {
                     self.lose("write fenced");
@@ -830,7 +883,7 @@ impl Shared {
         let store_err = |_| Rejection::Unavailable;
         let target = req.last_event_id.as_ref().map_or(GET_STREAM, |e| e.stream);
         if self.stream_cap_reached(Some(target)) {
-            return Err(Rejection::Limited);
+            return Err(Rejection::Limited("session"));
         }
         match req.last_event_id {
             None => {

@@ -1,7 +1,9 @@
-//! Caps on live sessions, per tenant and per principal, counted by the whole cluster. The session
-//! actor keeps its session counted while it lives (it refreshes its entry whenever it refreshes
-//! the session's TTL) and removes it when the session ends; an entry of a session that expired
-//! unnoticed ages out with the session's idle TTL. `marina-limits` implements it (Redis, memory).
+//! Caps counted by the whole cluster: live sessions per tenant and per principal, and calls in
+//! flight per tenant. The session actor keeps its session counted while it lives (it refreshes
+//! the entry whenever it refreshes the session's TTL) and removes it when the session ends; it
+//! holds a short lease on each running call's entry and renews it while the call runs. Entries of
+//! a node that died age out (a session's with its idle TTL, a call's with its lease).
+//! `marina-limits` implements it (Redis, memory).
 
 use std::time::Duration;
 
@@ -37,9 +39,13 @@ pub fn principal_key(owner: Option<&Owner>) -> String {
     }
 }
 
-/// Live sessions, counted per tenant and per principal.
+/// How long a running call's entry lasts unless renewed (the actor renews it at least every
+/// 15 s, its housekeeping period).
+pub const CALL_LEASE: Duration = Duration::from_secs(60);
+
+/// Live sessions and calls in flight, counted cluster-wide.
 #[async_trait]
-pub trait SessionCaps: Send + Sync + std::fmt::Debug {
+pub trait Caps: Send + Sync + std::fmt::Debug {
     /// Count `session` (alive for `ttl` unless touched) if both caps have room; else say which
     /// is full (and count nothing). Atomic: concurrent admissions never exceed a cap.
     async fn admit(
@@ -61,4 +67,17 @@ pub trait SessionCaps: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Stop counting `session`.
     async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError>;
+    /// Count `call` among the tenant's calls in flight (for `lease`) if fewer than `max` are;
+    /// `false` when the cap is reached. Atomic.
+    async fn begin_call(
+        &self,
+        tenant: &str,
+        call: &str,
+        max: u64,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Renew the leases of running `calls`.
+    async fn keep_calls(&self, tenant: &str, calls: &[String], lease: Duration) -> Result<(), StoreError>;
+    /// Stop counting `call`.
+    async fn end_call(&self, tenant: &str, call: &str) -> Result<(), StoreError>;
 }

@@ -333,6 +333,9 @@ pub struct TenantLimits {
     /// Live sessions of one principal, cluster-wide.
     #[serde(default)]
     pub max_sessions_per_principal: Option<u64>,
+    /// Calls the tenant may have running at once, cluster-wide.
+    #[serde(default)]
+    pub max_inflight_calls: Option<u64>,
     /// Calls one session may have running at once.
     #[serde(default)]
     pub max_inflight_calls_per_session: Option<usize>,
@@ -350,6 +353,7 @@ impl Default for TenantLimits {
             max_body_bytes: default_max_body(),
             max_sessions: None,
             max_sessions_per_principal: None,
+            max_inflight_calls: None,
             max_inflight_calls_per_session: None,
             max_streams_per_session: None,
             rate: RateLimits::default(),

@@ -12,7 +12,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use marina_actors::{Node, NodeConfig};
-use marina_core::caps::SessionCaps;
+use marina_core::caps::Caps;
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
 use marina_core::tenant::Tenant;
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Application {
 
 /// The session store and the rate limiter: both in Redis (shared by the cluster), or both in
 /// this process.
-type Backends = (Arc<dyn SessionStore>, Arc<dyn RateLimiter>, Arc<dyn SessionCaps>);
+type Backends = (Arc<dyn SessionStore>, Arc<dyn RateLimiter>, Arc<dyn Caps>);
 
 fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     let s = &settings.store;

@@ -20,7 +20,7 @@ pub struct AppState {
     /// Rate limits (Redis-shared, or in memory on a single node).
     pub limiter: Arc<dyn marina_limits::RateLimiter>,
     /// Session caps (the same backend).
-    pub caps: Arc<dyn marina_core::caps::SessionCaps>,
+    pub caps: Arc<dyn marina_core::caps::Caps>,
     /// The cluster secret (forwarded requests).
     pub cluster: crate::cluster::ClusterKey,
 }

@@ -328,7 +328,7 @@ mod tests {
 
 // === session caps ===
 
-use marina_core::caps::{CapScope, SessionCaps};
+use marina_core::caps::{CapScope, Caps};
 
 fn cap_keys(prefix: &str, tenant: &str, principal: &str) -> Vec<String> {
     vec![
@@ -363,6 +363,28 @@ for _, k in ipairs(KEYS) do
 end
 return 1";
 
+/// KEYS: the tenant's calls; ARGV: call, max, lease ms. '1' when counted, '0' when full.
+const BEGIN_CALL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return '0' end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return '1'";
+
+/// KEYS: the tenant's calls; ARGV: lease ms, then the calls. Only calls still counted renew.
+const KEEP_CALLS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1";
+
+fn calls_key(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}:cap:{{{tenant}}}:c")
+}
+
 fn scope(reply: &str) -> Option<CapScope> {
     match reply {
         "tenant" => Some(CapScope::Tenant),
@@ -372,7 +394,7 @@ fn scope(reply: &str) -> Option<CapScope> {
 }
 
 #[async_trait]
-impl SessionCaps for RedisLimiter {
+impl Caps for RedisLimiter {
     async fn admit(
         &self,
         tenant: &str,
@@ -420,6 +442,41 @@ impl SessionCaps for RedisLimiter {
             .await
             .map(|_| ())
     }
+
+    async fn begin_call(
+        &self,
+        tenant: &str,
+        call: &str,
+        max: u64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let keys = vec![calls_key(self.store.prefix(), tenant)];
+        let args = vec![call.to_owned(), max.to_string(), lease.as_millis().to_string()];
+        let reply: String = self
+            .store
+            .eval_script(&redis::Script::new(BEGIN_CALL), keys, args)
+            .await?;
+        Ok(reply == "1")
+    }
+
+    async fn keep_calls(&self, tenant: &str, calls: &[String], lease: Duration) -> Result<(), StoreError> {
+        let keys = vec![calls_key(self.store.prefix(), tenant)];
+        let mut args = vec![lease.as_millis().to_string()];
+        args.extend(calls.iter().cloned());
+        self.store
+            .eval_script::<i64>(&redis::Script::new(KEEP_CALLS), keys, args)
+            .await
+            .map(|_| ())
+    }
+
+    async fn end_call(&self, tenant: &str, call: &str) -> Result<(), StoreError> {
+        let keys = vec![calls_key(self.store.prefix(), tenant)];
+        let script = redis::Script::new("redis.call('ZREM', KEYS[1], ARGV[1]) return 1");
+        self.store
+            .eval_script::<i64>(&script, keys, vec![call.to_owned()])
+            .await
+            .map(|_| ())
+    }
 }
 
 /// Live sessions per (tenant) and (tenant, principal), with their expiry.
@@ -429,7 +486,7 @@ pub struct MemoryCaps {
 }
 
 #[async_trait]
-impl SessionCaps for MemoryLimiter {
+impl Caps for MemoryLimiter {
     async fn admit(
         &self,
         tenant: &str,
@@ -479,13 +536,54 @@ impl SessionCaps for MemoryLimiter {
     async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError> {
         let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
         for k in cap_keys("", tenant, principal) {
-            if let Some(s) = sets.get_mut(&k) {
-                s.remove(session);
-                if s.is_empty() {
-                    sets.remove(&k);
+            remove(&mut sets, &k, session);
+        }
+        Ok(())
+    }
+
+    async fn begin_call(
+        &self,
+        tenant: &str,
+        call: &str,
+        max: u64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let key = calls_key("", tenant);
+        let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let set = sets.entry(key).or_default();
+        set.retain(|_, exp| *exp > now);
+        if set.len() as u64 >= max {
+            return Ok(false);
+        }
+        set.insert(call.to_owned(), now + lease);
+        Ok(true)
+    }
+
+    async fn keep_calls(&self, tenant: &str, calls: &[String], lease: Duration) -> Result<(), StoreError> {
+        let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = sets.get_mut(&calls_key("", tenant)) {
+            for c in calls {
+                if let Some(exp) = set.get_mut(c) {
+                    *exp = Instant::now() + lease;
                 }
             }
         }
         Ok(())
+    }
+
+    async fn end_call(&self, tenant: &str, call: &str) -> Result<(), StoreError> {
+        let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
+        remove(&mut sets, &calls_key("", tenant), call);
+        Ok(())
+    }
+}
+
+fn remove(sets: &mut HashMap<String, HashMap<String, Instant>>, key: &str, member: &str) {
+    if let Some(s) = sets.get_mut(key) {
+        s.remove(member);
+        if s.is_empty() {
+            sets.remove(key);
+        }
     }
 }

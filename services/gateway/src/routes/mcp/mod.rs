@@ -152,10 +152,14 @@ fn rejection(r: Rejection) -> Refusal {
         Rejection::Gone => Refusal::not_found("session not found"),
         Rejection::Draining => Refusal::unavailable("this node is shutting down; retry"),
         Rejection::Moved => Refusal::unavailable("session is moving; retry"),
-        Rejection::Limited => Refusal::rate_limited(
-            "too many calls or streams open in this session; retry when one ends",
+        Rejection::Limited(scope) => Refusal::rate_limited(
+            if scope == "session" {
+                "too many calls or streams open in this session; retry when one ends"
+            } else {
+                "too many calls in flight for this tenant; retry shortly"
+            },
             1000,
-            serde_json::json!({"retryAfterMs": 1000, "scope": "session"}),
+            serde_json::json!({"retryAfterMs": 1000, "scope": scope}),
             Vec::new(),
         ),
     }
