@@ -54,6 +54,26 @@ fn wait_for_ready(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// The first line of `child`'s stdout that `pick` accepts, within `timeout` (later lines are
+/// drained in the background so the child never blocks on a full pipe).
+fn first_line<T: Send + 'static>(
+    child: &mut Child,
+    timeout: Duration,
+    pick: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> Option<T> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(v) = pick(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
 /// A throwaway `redis-server` (no persistence) on a free port.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -372,7 +392,6 @@ pub struct UpstreamPeer {
 impl UpstreamPeer {
     /// Start it and wait (bounded) for its "listening" line.
     pub fn start() -> Self {
-        use std::io::BufRead as _;
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream");
         assert!(
             dir.join("node_modules").exists(),
@@ -386,18 +405,11 @@ impl UpstreamPeer {
             .stderr(Stdio::null())
             .spawn()
             .expect("node not found");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("upstream listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the upstream peer did not start");
+        let url = first_line(&mut child, Duration::from_secs(20), |l| {
+            l.strip_prefix("upstream listening on ")
+                .map(|u| u.trim().to_owned())
+        })
+        .expect("the upstream peer did not start");
         Self {
             child: Some(child),
             url,
@@ -462,7 +474,6 @@ pub struct OidcIssuer {
 impl OidcIssuer {
     /// Start one whose tokens may name any of `resources` as audience.
     pub fn start(resources: &[&str]) -> Self {
-        use std::io::BufRead as _;
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/oidc");
         assert!(
             dir.join("node_modules").exists(),
@@ -480,17 +491,10 @@ impl OidcIssuer {
             .stderr(Stdio::null())
             .spawn()
             .expect("node not found");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.ends_with(" ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("the OAuth issuer did not start");
+        first_line(&mut child, Duration::from_secs(30), |l| {
+            l.ends_with(" ready").then_some(())
+        })
+        .expect("the OAuth issuer did not start");
         Self {
             child: Some(child),
             url: format!("http://127.0.0.1:{port}"),

@@ -50,24 +50,29 @@ impl ArgumentCheck {
             .compiled
             .get_with(key, || jsonschema::validator_for(schema).ok().map(Arc::new))
             .ok_or(Invalid::Schema)?;
-        let problems: Vec<String> = validator
-            .iter_errors(args)
-            .take(MAX_PROBLEMS)
-            .map(|e| {
-                let at = e.instance_path().to_string();
-                if at.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{at}: {e}")
-                }
-            })
-            .collect();
-        if problems.is_empty() {
+        let found = problems(&validator, args);
+        if found.is_empty() {
             Ok(())
         } else {
-            Err(Invalid::Arguments(problems))
+            Err(Invalid::Arguments(found))
         }
     }
+}
+
+/// Up to five ways `value` fails `validator`, each with the JSON pointer where it fails.
+pub fn problems(validator: &jsonschema::Validator, value: &Value) -> Vec<String> {
+    validator
+        .iter_errors(value)
+        .take(MAX_PROBLEMS)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{at}: {e}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -268,6 +268,18 @@ fn events_from(reply: RValue) -> Result<Vec<StoredEvent>, StoreError> {
     Ok(out)
 }
 
+/// The lease `holder` took on session `id`, with the fencing token the acquire script returned.
+fn acquired(id: &SessionId, holder: &str, token: &str) -> Result<LeaseOutcome, StoreError> {
+    let token = token
+        .parse()
+        .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?;
+    Ok(LeaseOutcome::Acquired(Fence {
+        session: id.clone(),
+        holder: holder.to_owned(),
+        token,
+    }))
+}
+
 /// A script's `-1` / `-2` status codes: the caller's lease is gone, or the session is.
 fn check_status(code: i64) -> Result<(), StoreError> {
     match code {
@@ -440,16 +452,7 @@ impl SessionStore for RedisStore {
                 )
                 .await?;
             match status_and_detail(reply)? {
-                (1, Some(t)) => {
-                    let token = t
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?;
-                    return Ok(LeaseOutcome::Acquired(Fence {
-                        session: id.clone(),
-                        holder: holder.to_owned(),
-                        token,
-                    }));
-                }
+                (1, Some(t)) => return acquired(id, holder, &t),
                 (2, Some(v)) => {
                     let owner = parse_lease(&v).0;
                     if owner == holder || self.node(&owner).await?.is_some() {
@@ -483,13 +486,7 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(match status_and_detail(reply)? {
-            (1, Some(t)) => LeaseOutcome::Acquired(Fence {
-                session: id.clone(),
-                holder: holder.to_owned(),
-                token: t
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt("bad fencing token".into()))?,
-            }),
+            (1, Some(t)) => return acquired(id, holder, &t),
             (2, Some(v)) => LeaseOutcome::Held {
                 holder: parse_lease(&v).0,
             },

@@ -22,9 +22,6 @@ use serde_json::{Map, Value, json};
 
 use super::egress::{self, Policy};
 
-/// Validation messages reported back to the model, at most.
-const MAX_SCHEMA_ERRORS: usize = 5;
-
 /// An HTTP tool, ready to call.
 pub struct HttpTool {
     def: ToolDef,
@@ -209,19 +206,9 @@ impl ToolProvider for HttpTool {
     }
 
     async fn call(&self, _name: &str, arguments: Value, _ctx: &dyn CallContext) -> Result<Value, RpcError> {
-        let problems: Vec<String> = self
-            .input
-            .iter_errors(&arguments)
-            .take(MAX_SCHEMA_ERRORS)
-            .map(|e| {
-                let at = e.instance_path().to_string();
-                if at.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{at}: {e}")
-                }
-            })
-            .collect();
+        // Also checked by the session when the tenant validates arguments; here too, for tenants
+        // that leave it to their tools.
+        let problems = marina_core::schema::problems(&self.input, &arguments);
         if !problems.is_empty() {
             return Ok(text_result(
                 format!("invalid arguments: {}", problems.join("; ")),
