@@ -15,6 +15,7 @@ legacy (`initialize`) and auto (`server/discover` first) modes. Every wait is bo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -55,7 +56,7 @@ def _start_issuer(port: int, resources: list[str], log: Path) -> subprocess.Pope
             stderr=out,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PORT": str(port), "RESOURCES": ",".join(resources)},
+            env={**os.environ, "PORT": str(port), "RESOURCES": ",".join(resources)},
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + ISSUER_START_TIMEOUT_S
