@@ -74,6 +74,13 @@ fn malformed_api_keys_are_rejected() {
         let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
         assert!(err.to_string().contains(expect), "{oauth}: {err}");
     }
+    std::fs::write(
+        &f,
+        "tenants:\n  a:\n    trusted_proxies: [10.0.0.0/8, nonsense]\n",
+    )
+    .unwrap();
+    let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
+    assert!(err.to_string().contains("\"nonsense\" is not a CIDR"), "{err}");
     std::fs::write(&f, "tenants:\n  a:\n    auth: {anonymus: true}\n").unwrap();
     let err = marina_core::settings::load(Some(&f), Some(HashMap::new()), &[]).unwrap_err();
     assert!(err.to_string().contains("anonymus"), "typos are refused: {err}");

@@ -191,8 +191,8 @@ pub struct TenantSettings {
     pub allowed_hosts: Vec<String>,
     /// Proxies (CIDRs or addresses) whose `X-Forwarded-For/-Host/-Proto` are believed; from
     /// anyone else those headers are ignored.
-    #[serde(default, deserialize_with = "string_or_list")]
-    pub trusted_proxies: Vec<String>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Limits.
     #[serde(default)]
     pub limits: TenantLimits,
@@ -221,6 +221,18 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
     s.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// A list (or comma-separated string) of CIDRs or addresses, parsed once, at load.
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    string_or_list(d)?
+        .iter()
+        .map(|p| {
+            parse_cidr(p).ok_or_else(|| {
+                serde::de::Error::custom(format!("{p:?} is not a CIDR (10.0.0.0/8) or an address"))
+            })
+        })
+        .collect()
 }
 
 /// `tenants.<id>.rbac`.
@@ -650,11 +662,6 @@ impl Settings {
             return bad("sessions.page_size and sessions.max_events_per_stream must be positive");
         }
         for (id, t) in &self.tenants {
-            if let Some(bad) = t.trusted_proxies.iter().find(|p| parse_cidr(p).is_none()) {
-                return Err(SettingsError::Invalid(format!(
-                    "tenants.{id}.trusted_proxies: {bad:?} is not a CIDR (10.0.0.0/8) or an address"
-                )));
-            }
             if let Some(auth) = &t.auth {
                 auth.validate()
                     .map_err(|e| SettingsError::Invalid(format!("tenants.{id}.auth: {e}")))?;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
-use marina_core::settings::{TenantSettings, parse_cidr};
+use marina_core::settings::TenantSettings;
 
 /// What the request looks like from the client's side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,12 +49,8 @@ pub fn seen(req: &HttpRequest, tenant: &TenantSettings) -> Seen {
         // whoever sent them. Marina itself serves plain HTTP.
         proto: "http".to_owned(),
     };
-    let proxies: Vec<IpNet> = tenant
-        .trusted_proxies
-        .iter()
-        .filter_map(|p| parse_cidr(p))
-        .collect();
-    let Some(peer) = peer.filter(|p| trusted(*p, &proxies)) else {
+    let proxies = &tenant.trusted_proxies;
+    let Some(peer) = peer.filter(|p| trusted(*p, proxies)) else {
         return direct;
     };
     // The nearest address that is not one of our proxies is the client; a malformed entry ends
@@ -71,7 +67,7 @@ pub fn seen(req: &HttpRequest, tenant: &TenantSettings) -> Seen {
         match hop.parse::<IpAddr>() {
             Ok(ip) => {
                 client = ip;
-                if !trusted(ip, &proxies) {
+                if !trusted(ip, proxies) {
                     break;
                 }
             }
@@ -94,7 +90,7 @@ mod tests {
 
     fn tenant(proxies: &[&str]) -> TenantSettings {
         TenantSettings {
-            trusted_proxies: proxies.iter().map(|p| (*p).to_owned()).collect(),
+            trusted_proxies: proxies.iter().map(|p| p.parse().unwrap()).collect(),
             ..Default::default()
         }
     }

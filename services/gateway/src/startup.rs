@@ -307,10 +307,16 @@ impl Application {
                     let settings = req
                         .app_data::<web::Data<AppState>>()
                         .and_then(|s| s.node.tenant(&tenant).cloned());
-                    let client_ip = settings
+                    let seen = settings
                         .as_ref()
-                        .map(|t| crate::proxy::seen(req.request(), &t.settings).client_ip)
-                        .unwrap_or_else(|| req.peer_addr().map(|a| a.ip()));
+                        .map(|t| crate::proxy::seen(req.request(), &t.settings));
+                    let client_ip = seen
+                        .as_ref()
+                        .map_or_else(|| req.peer_addr().map(|a| a.ip()), |s| s.client_ip);
+                    if let Some(seen) = seen {
+                        // The Host/Origin step reads it instead of working it out again.
+                        req.extensions_mut().insert(seen);
+                    }
                     let cors_origin = settings
                         .as_ref()
                         .and_then(|t| crate::origin::allowed_origin(req.request(), &t.settings))

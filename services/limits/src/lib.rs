@@ -164,7 +164,19 @@ return {'1'}";
 #[derive(Debug)]
 pub struct RedisLimiter {
     store: Arc<RedisStore>,
-    script: redis::Script,
+    scripts: Scripts,
+}
+
+/// Every script the limiter runs, built (and hashed) once.
+#[derive(Debug)]
+struct Scripts {
+    gcra: redis::Script,
+    admit: redis::Script,
+    touch: redis::Script,
+    release: redis::Script,
+    begin_call: redis::Script,
+    keep_calls: redis::Script,
+    end_call: redis::Script,
 }
 
 impl RedisLimiter {
@@ -173,7 +185,15 @@ impl RedisLimiter {
     pub fn new(store: Arc<RedisStore>) -> Self {
         Self {
             store,
-            script: redis::Script::new(GCRA),
+            scripts: Scripts {
+                gcra: redis::Script::new(GCRA),
+                admit: redis::Script::new(ADMIT),
+                touch: redis::Script::new(TOUCH),
+                release: redis::Script::new(RELEASE),
+                begin_call: redis::Script::new(BEGIN_CALL),
+                keep_calls: redis::Script::new(KEEP_CALLS),
+                end_call: redis::Script::new(END_CALL),
+            },
         }
     }
 }
@@ -193,7 +213,7 @@ impl RateLimiter for RedisLimiter {
                 [i.to_string(), t.to_string()]
             })
             .collect();
-        let reply: Vec<String> = self.store.eval_script(&self.script, keys, args).await?;
+        let reply: Vec<String> = self.store.eval_script(&self.scripts.gcra, keys, args).await?;
         match reply.as_slice() {
             [ok] if ok == "1" => Ok(Decision::Allowed),
             [_, index, wait] => {
@@ -381,6 +401,12 @@ for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), A
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1";
 
+/// KEYS: the sets a session is counted in; ARGV: the session.
+const RELEASE: &str = "for _, k in ipairs(KEYS) do redis.call('ZREM', k, ARGV[1]) end return 1";
+
+/// KEYS: the tenant's calls; ARGV: the call.
+const END_CALL: &str = "redis.call('ZREM', KEYS[1], ARGV[1]) return 1";
+
 fn calls_key(prefix: &str, tenant: &str) -> String {
     format!("{prefix}:cap:{{{tenant}}}:c")
 }
@@ -411,10 +437,7 @@ impl Caps for RedisLimiter {
             max_tenant.unwrap_or(0).to_string(),
             max_principal.unwrap_or(0).to_string(),
         ];
-        let reply: String = self
-            .store
-            .eval_script(&redis::Script::new(ADMIT), keys, args)
-            .await?;
+        let reply: String = self.store.eval_script(&self.scripts.admit, keys, args).await?;
         Ok(scope(&reply))
     }
 
@@ -428,17 +451,15 @@ impl Caps for RedisLimiter {
         let keys = cap_keys(self.store.prefix(), tenant, principal);
         let args = vec![session.to_owned(), ttl.as_millis().max(1).to_string()];
         self.store
-            .eval_script::<i64>(&redis::Script::new(TOUCH), keys, args)
+            .eval_script::<i64>(&self.scripts.touch, keys, args)
             .await
             .map(|_| ())
     }
 
     async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError> {
         let keys = cap_keys(self.store.prefix(), tenant, principal);
-        let script =
-            redis::Script::new("for _, k in ipairs(KEYS) do redis.call('ZREM', k, ARGV[1]) end return 1");
         self.store
-            .eval_script::<i64>(&script, keys, vec![session.to_owned()])
+            .eval_script::<i64>(&self.scripts.release, keys, vec![session.to_owned()])
             .await
             .map(|_| ())
     }
@@ -454,7 +475,7 @@ impl Caps for RedisLimiter {
         let args = vec![call.to_owned(), max.to_string(), lease.as_millis().to_string()];
         let reply: String = self
             .store
-            .eval_script(&redis::Script::new(BEGIN_CALL), keys, args)
+            .eval_script(&self.scripts.begin_call, keys, args)
             .await?;
         Ok(reply == "1")
     }
@@ -464,16 +485,15 @@ impl Caps for RedisLimiter {
         let mut args = vec![lease.as_millis().to_string()];
         args.extend(calls.iter().cloned());
         self.store
-            .eval_script::<i64>(&redis::Script::new(KEEP_CALLS), keys, args)
+            .eval_script::<i64>(&self.scripts.keep_calls, keys, args)
             .await
             .map(|_| ())
     }
 
     async fn end_call(&self, tenant: &str, call: &str) -> Result<(), StoreError> {
         let keys = vec![calls_key(self.store.prefix(), tenant)];
-        let script = redis::Script::new("redis.call('ZREM', KEYS[1], ARGV[1]) return 1");
         self.store
-            .eval_script::<i64>(&script, keys, vec![call.to_owned()])
+            .eval_script::<i64>(&self.scripts.end_call, keys, vec![call.to_owned()])
             .await
             .map(|_| ())
     }

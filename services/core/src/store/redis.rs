@@ -345,6 +345,24 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// Run the acquire script: take the lease if it is free or still holds exactly `stale`
+    /// (`""`: free only); its status and detail.
+    async fn take_lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        stale: String,
+    ) -> Result<(i64, Option<String>), StoreError> {
+        let reply = self
+            .eval(
+                &self.acquire,
+                self.keys(id, &["s", "l", "f"]),
+                vec![holder.to_owned(), stale],
+            )
+            .await?;
+        status_and_detail(reply)
+    }
+
     async fn eval<T: FromRedisValue + Send + 'static>(
         &self,
         script: &Script,
@@ -444,14 +462,7 @@ impl SessionStore for RedisStore {
         let mut stale = String::new();
         // At most two rounds: find the holder; if its node is gone, take over exactly that lease.
         for _ in 0..2 {
-            let reply = self
-                .eval(
-                    &self.acquire,
-                    self.keys(id, &["s", "l", "f"]),
-                    vec![holder.to_owned(), stale],
-                )
-                .await?;
-            match status_and_detail(reply)? {
+            match self.take_lease(id, holder, stale).await? {
                 (1, Some(t)) => return acquired(id, holder, &t),
                 (2, Some(v)) => {
                     let owner = parse_lease(&v).0;
@@ -478,14 +489,7 @@ impl SessionStore for RedisStore {
             return self.acquire_lease(id, holder).await;
         };
         // Compare-and-set on exactly the value we found: if anything changed since, we lose.
-        let reply = self
-            .eval(
-                &self.acquire,
-                self.keys(id, &["s", "l", "f"]),
-                vec![holder.to_owned(), stale],
-            )
-            .await?;
-        Ok(match status_and_detail(reply)? {
+        Ok(match self.take_lease(id, holder, stale).await? {
             (1, Some(t)) => return acquired(id, holder, &t),
             (2, Some(v)) => LeaseOutcome::Held {
                 holder: parse_lease(&v).0,

@@ -77,8 +77,11 @@ fn preflight(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<Arc<Te
     let Some(t) = state.node.tenant(tenant) else {
         return Err(Refusal::not_found("unknown tenant"));
     };
-    let seen = crate::proxy::seen(req, &t.settings);
-    if let Err(why) = crate::origin::check(req, seen.host.as_deref(), &t.settings) {
+    let host = match req.extensions().get::<crate::proxy::Seen>() {
+        Some(seen) => seen.host.clone(),
+        None => crate::proxy::seen(req, &t.settings).host,
+    };
+    if let Err(why) = crate::origin::check(req, host.as_deref(), &t.settings) {
         tracing::info!(why, "refused by DNS-rebinding protection");
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
