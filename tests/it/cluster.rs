@@ -227,3 +227,106 @@ fn a_shared_redis_on_a_public_bind_needs_a_cluster_secret() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.secret"), "{stderr}");
 }
+
+/// `redis-cli` against `redis`.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_call_re_run_after_a_crash_keeps_its_place_or_gets_the_limit_in_its_stream() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        "tenants:\n  acme:\n    upstreams: [{kind: builtin}]\n    limits: {max_inflight_calls: 1}\n",
+    )
+    .unwrap();
+    let start = |name| MarinaProc::start_with_config(&redis.url(), name, &FAST_LEASE, &config);
+    let (mut a, b, mut c) = (start("A"), start("B"), start("C"));
+    let countdown = |steps: u32| json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"countdown","arguments":{"steps":steps,"interval_ms":200},"_meta":{"progressToken":"k"}}});
+
+    // 1. The tenant's only place is held by a call on A when A dies: its re-run on B keeps it.
+    let on_a = Mcp::connect(&format!("{}/t/acme/mcp", a.base()), "2025-11-25", json!({})).await;
+    let (seen, _) = read_events(on_a.post(&countdown(6)).await, Duration::from_secs(10), |ev| {
+        ev.len() >= 3
+    })
+    .await;
+    assert_eq!(progress(&seen), [1, 2]);
+    a.kill9();
+    let (all, ended) = read_events(
+        on_a.at(&format!("{}/t/acme/mcp", b.base()))
+            .get(Some("1_0-0"))
+            .await,
+        Duration::from_secs(30),
+        |_| false,
+    )
+    .await;
+    assert!(ended);
+    let outcome = messages(&all)
+        .into_iter()
+        .find(|m| m["id"] == 1)
+        .expect("an outcome");
+    assert_eq!(
+        outcome["result"]["content"][0]["text"], "done: 6 steps",
+        "{outcome}"
+    );
+
+    // 2. A call on C when C dies, and its entry aged out (as after an outage longer than the
+    //    lease) while another call took the place: the re-run is refused inside the resumed
+    //    stream, with a JSON-RPC error the client can act on.
+    let on_c = Mcp::connect(&format!("{}/t/acme/mcp", c.base()), "2025-11-25", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        // The place of call 1 is released asynchronously after its end: bounded wait.
+        let r = on_c.post(&countdown(6)).await;
+        if r.status() == StatusCode::OK {
+            break r;
+        }
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the finished call kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (seen, _) = read_events(resp, Duration::from_secs(10), |ev| ev.len() >= 3).await;
+    assert_eq!(progress(&seen), [1, 2]);
+    let first_event = seen[0].id.clone().unwrap();
+    let stream = first_event.split('_').next().unwrap();
+    c.kill9();
+    for key in redis_cli(&redis, &["--scan", "--pattern", "*:cap:{acme}:c"]).lines() {
+        redis_cli(&redis, &["del", key]);
+    }
+    let other = Mcp::connect(&format!("{}/t/acme/mcp", b.base()), "2025-11-25", json!({})).await;
+    let busy = other.post(&countdown(50)).await;
+    assert_eq!(busy.status(), StatusCode::OK);
+    let (all, ended) = read_events(
+        on_c.at(&format!("{}/t/acme/mcp", b.base()))
+            .get(Some(&format!("{stream}_0-0")))
+            .await,
+        Duration::from_secs(30),
+        |_| false,
+    )
+    .await;
+    assert!(ended, "the stream ends with the refusal");
+    assert_eq!(progress(&all), [1, 2], "what was sent before the crash replays");
+    let outcome = messages(&all)
+        .into_iter()
+        .find(|m| m["id"] == 1)
+        .expect("an outcome");
+    assert_eq!(outcome["error"]["code"], -32005, "{outcome}");
+    assert_eq!(outcome["error"]["data"]["scope"], "calls_tenant");
+    assert!(
+        outcome["error"]["data"]["retryAfterMs"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+    drop(busy);
+}

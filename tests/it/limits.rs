@@ -60,6 +60,52 @@ async fn a_tool_rate_answers_429_with_its_headers_and_spares_other_tools() {
     assert_eq!(echo["result"]["content"][0]["text"], "fine");
 }
 
+/// A client's answer to a request of the server (here an elicitation inside a running call) is
+/// not charged: refusing it would strand the call that was already admitted.
+#[actix_rt::test]
+async fn an_answer_to_the_server_is_never_refused_for_the_rate() {
+    // A burst of 3, then one every 2 minutes: initialize, initialized, the call.
+    let (app, _dir) = app(r#"{rate: {principal: "30/h"}}"#).await;
+    let c = Mcp::connect(&app.endpoint("acme"), "2025-11-25", json!({"elicitation": {}})).await;
+    let resp = c.post(&call(1, "confirm", json!({"question": "Deploy?"}))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (asked_tx, asked_rx) = std::sync::mpsc::channel();
+    let reader = tokio::spawn(read_events(resp, Duration::from_secs(15), move |ev| {
+        for m in ev.iter().filter_map(marina_tests::SseEvent::json) {
+            if m["method"] == "elicitation/create" {
+                let _ = asked_tx.send(m["id"].clone());
+            }
+        }
+        false
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ask_id = loop {
+        if let Ok(id) = asked_rx.try_recv() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no elicitation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The principal's bucket is empty now...
+    let r = c.post(&json!({"jsonrpc":"2.0","id":2,"method":"ping"})).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...yet the answer goes through, and the call ends with it.
+    let r = c
+        .post(
+            &json!({"jsonrpc":"2.0","id":ask_id,"result":{"action":"accept","content":{"answer":"ship it"}}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (events, ended) = reader.await.unwrap();
+    assert!(ended);
+    let result = events
+        .iter()
+        .filter_map(marina_tests::SseEvent::json)
+        .find(|m| m["id"] == 1)
+        .expect("the call's result");
+    assert_eq!(result["result"]["content"][0]["text"], "ship it", "{result}");
+}
+
 #[actix_rt::test]
 async fn a_session_runs_at_most_its_cap_of_calls_at_once() {
     let (app, _dir) = app("{max_inflight_calls_per_session: 1}").await;
@@ -326,4 +372,48 @@ async fn a_tenant_runs_at_most_its_cap_of_calls_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(second);
+}
+
+/// Checks of one tenant that arrive together share script executions (and each is still
+/// decided on its own, exactly); another tenant's checks are batched apart from them.
+#[tokio::test]
+async fn concurrent_checks_share_scripts_and_stay_exact() {
+    use marina_limits::{Bucket, Decision, RateLimiter, RedisLimiter};
+    let redis = RedisServer::start();
+    let store = std::sync::Arc::new(
+        marina_core::store::RedisStore::new(&redis.url(), "b", Duration::from_secs(5)).unwrap(),
+    );
+    let limiter = std::sync::Arc::new(RedisLimiter::new(store));
+    // A burst of 10, then one every 36 s: exactly 10 of each tenant's checks get through.
+    let rate: marina_core::settings::Rate = "100/h".parse().unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let limiter = limiter.clone();
+            let bucket = Bucket::tenant(if i % 2 == 0 { "acme" } else { "beta" }, rate);
+            tokio::spawn(async move { (i % 2, limiter.check(&[bucket]).await.unwrap()) })
+        })
+        .collect();
+    let mut allowed = [0, 0];
+    for t in tasks {
+        let (tenant, decision) = t.await.unwrap();
+        if decision == Decision::Allowed {
+            allowed[tenant] += 1;
+        }
+    }
+    assert_eq!(allowed, [10, 10]);
+    let stats = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "info", "commandstats"])
+        .output()
+        .unwrap();
+    let stats = String::from_utf8(stats.stdout).unwrap();
+    let scripts: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        scripts >= 2,
+        "each tenant's checks run in its own scripts: {stats}"
+    );
+    assert!(scripts <= 20, "200 checks, {scripts} scripts: not batched");
 }

@@ -406,3 +406,94 @@ fn marina_policy_explains_decisions_and_checks_tables() {
     let (code, out) = run(&["policy", "test", repo_table.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// The URIs of the `notifications/resources/updated` among `events`.
+fn updated_uris(events: &[marina_tests::SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(marina_tests::SseEvent::json)
+        .filter(|m| m["method"] == "notifications/resources/updated")
+        .map(|m| m["params"]["uri"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Resource updates follow what the session's owner may read now, not when it subscribed: after
+/// a request with a credential carrying fewer roles, updates of a resource those roles may not
+/// read stop, while those of a resource they may read go on.
+#[actix_rt::test]
+async fn resource_updates_stop_once_the_owner_may_no_longer_read_the_resource() {
+    let upstream = marina_tests::UpstreamPeer::start_env(&[("WATCH_INTERVAL_MS", "100")]);
+    let (full, narrow) = (generate_key(), generate_key());
+    let yaml = format!(
+        r#"egress:
+  allow_loopback: true
+tenants:
+  acme:
+    upstreams:
+      - {{kind: mcp, name: conf, url: "{url}"}}
+      - {{kind: mcp, name: twin, url: "{url}"}}
+    auth:
+      api_keys:
+        - {{subject: alice, sha256: {full}, roles: [reader]}}
+        - {{subject: alice, sha256: {narrow}, roles: [twin-reader]}}
+    rbac:
+      policy: |
+        p, reader, resource:*, read, allow
+        p, twin-reader, resource:marina://twin/*, read, allow
+"#,
+        url = upstream.url,
+        full = digest(&full),
+        narrow = digest(&narrow),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let app = spawn_app_with(Some(&file), &[]).await;
+    let s = Mcp::new(&app.endpoint("acme"))
+        .bearer(&full)
+        .open("2025-11-25", json!({}))
+        .await;
+    let (plain, twin) = ("test://watched-resource", "marina://twin/test://watched-resource");
+    let stream = s.get(None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reader = tokio::spawn(marina_tests::read_events(
+        stream,
+        std::time::Duration::from_secs(20),
+        move |ev| {
+            let uris = updated_uris(ev);
+            uris.iter().any(|u| u == plain) && uris.iter().any(|u| u == twin)
+        },
+    ));
+    assert_eq!(
+        s.rpc(1, "resources/subscribe", json!({"uri": twin})).await["result"],
+        json!({})
+    );
+    assert_eq!(
+        s.rpc(2, "resources/subscribe", json!({"uri": plain})).await["result"],
+        json!({})
+    );
+    let (before, _) = reader.await.unwrap();
+    assert!(
+        updated_uris(&before).iter().any(|u| u == plain),
+        "both arrive at first"
+    );
+
+    // The same principal, now with a credential that may read only the twin's resources.
+    let narrowed = s.bearer(&narrow);
+    assert_eq!(narrowed.rpc(3, "ping", json!({})).await["result"], json!({}));
+    let (after, _) = marina_tests::read_events(
+        narrowed.get(None).await,
+        std::time::Duration::from_secs(20),
+        |ev| updated_uris(ev).len() >= 6,
+    )
+    .await;
+    let uris = updated_uris(&after);
+    assert!(uris.len() >= 6, "the twin's updates go on: {uris:?}");
+    assert!(
+        uris.iter().all(|u| u == twin),
+        "no update of a resource it may not read: {uris:?}"
+    );
+    // And reading it directly is refused like a missing resource.
+    let r = narrowed.rpc(4, "resources/read", json!({"uri": plain})).await;
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+}

@@ -392,6 +392,11 @@ pub struct UpstreamPeer {
 impl UpstreamPeer {
     /// Start it and wait (bounded) for its "listening" line.
     pub fn start() -> Self {
+        Self::start_env(&[])
+    }
+
+    /// Like [`Self::start`], with extra environment (`WATCH_INTERVAL_MS`, ...: see its README).
+    pub fn start_env(env: &[(&str, &str)]) -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream");
         assert!(
             dir.join("node_modules").exists(),
@@ -401,6 +406,7 @@ impl UpstreamPeer {
             .arg("server.mjs")
             .current_dir(&dir)
             .env("PORT", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

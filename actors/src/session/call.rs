@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use async_trait::async_trait;
+use marina_core::caps::CALL_LEASE;
 use marina_core::domain::{GET_STREAM, StreamId};
 use marina_core::protocol::{self, RpcError, code, notification, result_response};
 use marina_core::tools::{CallContext, SessionContext, UpstreamSession};
@@ -13,6 +14,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{Call, Shared, id_key};
+
+/// When a client whose interrupted call could not be re-run for the tenant's cap may retry it.
+const RECOUNT_RETRY_MS: u64 = 1_000;
 
 /// What a tool sees of its session while it runs.
 struct CallCtx {
@@ -223,7 +227,18 @@ impl CallContext for CallCtx {
             self.shared.forget_listings();
         }
         let params = match (method, self.provider) {
-            ("notifications/resources/updated", Some(p)) => self.shared.published_update(p, params),
+            ("notifications/resources/updated", Some(p)) => {
+                let params = self.shared.published_update(p, params);
+                let uri = params["uri"].as_str().unwrap_or_default();
+                if !self.shared.may_read(uri) {
+                    tracing::debug!(
+                        session = self.shared.tag(),
+                        "an update of a resource the owner may no longer read is dropped"
+                    );
+                    return;
+                }
+                params
+            }
             _ => params,
         };
         let _ = self
@@ -354,6 +369,21 @@ impl Shared {
                 .get(call.params["name"].as_str().unwrap_or_default())
                 .is_some();
             let replayable = call.replayable && known;
+            if replayable && let Err(refusal) = self.recount_call(&call.request_id).await {
+                // The stream is open (the client is resuming it): the limit is answered in it.
+                tracing::info!(
+                    target: "marina::audit",
+                    event = "rate_limited",
+                    reason = "calls_tenant",
+                    tenant = %self.tenant.id,
+                    session = self.tag(),
+                    stream,
+                    "an interrupted call cannot be re-run: the tenant's calls in flight are at their cap"
+                );
+                self.complete(stream, Some(&refusal.to_response(Some(&call.request_id))))
+                    .await;
+                continue;
+            }
             if replayable {
                 let floor = self.sent_progress(stream).await;
                 let cancel = self.stopping.child_token();
@@ -387,8 +417,35 @@ impl Shared {
                     "the request was interrupted by a node failure and may or may not have taken effect",
                 )
                 .to_response(Some(&call.request_id));
+                // Its place among the tenant's calls in flight (the dead node's lease) is free.
+                self.end_call_cap(&id_key(&call.request_id));
                 self.complete(stream, Some(&err)).await;
             }
+        }
+    }
+
+    /// Count a call about to be re-run among its tenant's calls in flight, like a new one (its
+    /// entry may still be there from the node that died: it keeps its place). `Err` is the
+    /// answer to give instead: the cap is reached, or the store cannot say.
+    async fn recount_call(&self, request_id: &Value) -> Result<(), RpcError> {
+        let (Some(max), Some(caps)) = (
+            self.tenant.settings.limits.max_inflight_calls,
+            self.node.config.caps.as_ref(),
+        ) else {
+            return Ok(());
+        };
+        let member = self.call_cap_key(&id_key(request_id));
+        match caps.begin_call(&self.tenant.id, &member, max, CALL_LEASE).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RpcError::new(
+                code::RATE_LIMITED,
+                "the call was interrupted by a node failure and cannot be re-run now: too many calls in flight for this tenant; retry shortly",
+            )
+            .with_data(json!({"retryAfterMs": RECOUNT_RETRY_MS, "scope": "calls_tenant"}))),
+            Err(_) => Err(RpcError::new(
+                code::INTERRUPTED,
+                "the request was interrupted by a node failure and could not be re-run",
+            )),
         }
     }
 

@@ -137,6 +137,8 @@ pub struct OpenStream {
     pub protocol_version: Option<String>,
     /// Who asks; must be the session's owner.
     pub owner: Option<Owner>,
+    /// Its subject and credential roles (what the stream may carry to it).
+    pub access: Access,
 }
 
 /// End the session (DELETE).

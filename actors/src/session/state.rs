@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     /// earlier upstream publishes the same URI), as (upstream name, original URI): their update
     /// notifications and links are rewritten to match (see `features.rs`).
     pub(crate) namespaced: RefCell<std::collections::HashSet<(String, String)>>,
+    /// The access of the owner's latest request (see [`Self::may_read`]).
+    latest_access: RefCell<Option<Access>>,
     /// The session's last merged listing per list method, for routing (see `features.rs`).
     pub(crate) listings: RefCell<HashMap<String, (Instant, Listing)>>,
     next_client_request: Cell<u64>,
@@ -123,6 +125,7 @@ impl Shared {
             index: RefCell::new(None),
             followers: RefCell::new(std::collections::HashSet::new()),
             namespaced: RefCell::new(std::collections::HashSet::new()),
+            latest_access: RefCell::new(None),
             listings: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
             stopping: CancellationToken::new(),
@@ -252,7 +255,7 @@ impl Shared {
     }
 
     /// The member naming call `key` of this session among its tenant's calls in flight.
-    fn call_cap_key(&self, key: &str) -> String {
+    pub(crate) fn call_cap_key(&self, key: &str) -> String {
         format!("{}:{key}", self.id.as_str())
     }
 
@@ -503,6 +506,7 @@ impl Shared {
         if let Err(r) = self.check_owner(d.owner.as_ref()) {
             return Reply::Rejected(r);
         }
+        self.saw(&d.access);
         self.touch();
         if let Err(r) = self.check_version(d.protocol_version.as_deref()) {
             return Reply::Rejected(r);
@@ -666,6 +670,28 @@ impl Shared {
             .authorizer
             .as_ref()
             .is_none_or(|a| a.allows(access, object, action))
+    }
+
+    /// Remember the access of the owner's latest request: what it may see decides which
+    /// server-initiated messages (resource updates) still reach it.
+    fn saw(&self, access: &Access) {
+        let mut latest = self.latest_access.borrow_mut();
+        if latest.as_ref() != Some(access) {
+            *latest = Some(access.clone());
+        }
+    }
+
+    /// May the session's owner, as of its latest request, still read resource `uri` (as it was
+    /// published to it)? Roles can shrink with a refreshed token, and the policy can change,
+    /// after a subscription was made: an update the owner may no longer read is not delivered.
+    pub(crate) fn may_read(&self, uri: &str) -> bool {
+        if self.tenant.authorizer.is_none() {
+            return true;
+        }
+        match self.latest_access.borrow().as_ref() {
+            Some(access) => self.permits(access, &format!("resource:{uri}"), action::READ),
+            None => false,
+        }
     }
 
     /// Like [`Self::permits`], for a request naming one item: a denial is an audit event.
@@ -874,6 +900,7 @@ impl Shared {
             return Err(Rejection::Gone);
         }
         self.check_owner(req.owner.as_ref())?;
+        self.saw(&req.access);
         self.touch();
         self.check_version(req.protocol_version.as_deref())?;
         if self.lost.get() {

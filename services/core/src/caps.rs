@@ -68,7 +68,8 @@ pub trait Caps: Send + Sync + std::fmt::Debug {
     /// Stop counting `session`.
     async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError>;
     /// Count `call` among the tenant's calls in flight (for `lease`) if fewer than `max` are;
-    /// `false` when the cap is reached. Atomic.
+    /// `false` when the cap is reached. A call still counted (its lease not yet lapsed: a call
+    /// re-run after its node died) keeps its place and renews it. Atomic.
     async fn begin_call(
         &self,
         tenant: &str,

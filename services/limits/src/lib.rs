@@ -1,7 +1,8 @@
 //! Rate limits shared by every node: GCRA (generic cell rate algorithm) buckets, all the buckets
-//! of one request checked — and, only if every one has room, charged — in one atomic Redis
-//! script that reads the clock from Redis (`TIME`), so nodes' clocks do not matter and a limit is
-//! not multiplied by the number of replicas. [`MemoryLimiter`] is the same algorithm for a single
+//! of one request checked — and, only if every one has room, charged — atomically by one Redis
+//! script that reads the clock from Redis (`TIME`), so nodes' clocks do not matter and a limit
+//! is not multiplied by the number of replicas. Concurrent requests of a tenant share one
+//! execution of that script (`batch`). [`MemoryLimiter`] is the same algorithm for a single
 //! node without Redis.
 //!
 //! A bucket of `count` per `period` lets one event through every `period / count` on average,
@@ -16,6 +17,8 @@ use async_trait::async_trait;
 use marina_core::settings::Rate;
 use marina_core::store::{RedisStore, StoreError};
 use sha2::{Digest as _, Sha256};
+
+mod batch;
 
 /// What a limit applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,13 @@ impl Bucket {
             rate,
             key: format!("{{{tenant}}}:c:{}:{}", short_hash(principal), short_hash(tool)),
         }
+    }
+
+    /// The tenant's hash tag (`{tenant}`) the key starts with: checks are batched per tag.
+    fn tag(&self) -> &str {
+        self.key
+            .find('}')
+            .map_or(self.key.as_str(), |end| &self.key[..=end])
     }
 
     /// Emission interval and burst tolerance, in microseconds.
@@ -139,38 +149,17 @@ fn limited(buckets: &[Bucket], worst: usize, wait_us: u64) -> Decision {
     }
 }
 
-/// KEYS: the buckets; ARGV: interval and tolerance (µs) per bucket. Returns {1} when charged,
-/// {0, index, wait µs} when a bucket is full (then nothing is charged). The clock is Redis's.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local worst, worst_i = 0, 0
-local news = {}
-for i, key in ipairs(KEYS) do
-  local interval, tolerance = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key) or now)
-  if tat < now then tat = now end
-  local wait = tat - now - tolerance
-  if wait > worst then worst, worst_i = wait, i end
-  news[i] = tat + interval
-end
-if worst > 0 then return {'0', tostring(worst_i - 1), string.format('%.0f', worst)} end
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%.0f', news[i]), 'PX', math.ceil((news[i] - now) / 1000) + 1000)
-end
-return {'1'}";
-
 /// Buckets in Redis, shared by every node.
 #[derive(Debug)]
 pub struct RedisLimiter {
     store: Arc<RedisStore>,
+    rates: batch::Coalescer,
     scripts: Scripts,
 }
 
 /// Every script the limiter runs, built (and hashed) once.
 #[derive(Debug)]
 struct Scripts {
-    gcra: redis::Script,
     admit: redis::Script,
     touch: redis::Script,
     release: redis::Script,
@@ -184,9 +173,9 @@ impl RedisLimiter {
     /// expiring once its bucket is full again).
     pub fn new(store: Arc<RedisStore>) -> Self {
         Self {
+            rates: batch::Coalescer::new(store.clone()),
             store,
             scripts: Scripts {
-                gcra: redis::Script::new(GCRA),
                 admit: redis::Script::new(ADMIT),
                 touch: redis::Script::new(TOUCH),
                 release: redis::Script::new(RELEASE),
@@ -205,22 +194,13 @@ impl RateLimiter for RedisLimiter {
             return Ok(Decision::Allowed);
         }
         let prefix = self.store.prefix();
-        let keys = buckets.iter().map(|b| format!("{prefix}:rl:{}", b.key)).collect();
-        let args = buckets
-            .iter()
-            .flat_map(|b| {
-                let (i, t) = b.params();
-                [i.to_string(), t.to_string()]
-            })
-            .collect();
-        let reply: Vec<String> = self.store.eval_script(&self.scripts.gcra, keys, args).await?;
-        match reply.as_slice() {
-            [ok] if ok == "1" => Ok(Decision::Allowed),
-            [_, index, wait] => {
-                let i: usize = index.parse().unwrap_or(0).min(buckets.len() - 1);
-                Ok(limited(buckets, i, wait.parse().unwrap_or(1_000_000)))
-            }
-            _ => Err(StoreError::Corrupt("unexpected rate-limit script reply".into()).into()),
+        let check = batch::Check {
+            keys: buckets.iter().map(|b| format!("{prefix}:rl:{}", b.key)).collect(),
+            params: buckets.iter().map(Bucket::params).collect(),
+        };
+        match self.rates.check(buckets[0].tag(), check).await? {
+            Ok(()) => Ok(Decision::Allowed),
+            Err((i, wait)) => Ok(limited(buckets, i.min(buckets.len() - 1), wait)),
         }
     }
 }
@@ -383,12 +363,15 @@ for _, k in ipairs(KEYS) do
 end
 return 1";
 
-/// KEYS: the tenant's calls; ARGV: call, max, lease ms. '1' when counted, '0' when full.
+/// KEYS: the tenant's calls; ARGV: call, max, lease ms. '1' when counted (or still counted:
+/// renewed), '0' when full.
 const BEGIN_CALL: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return '0' end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return '0'
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return '1'";
@@ -451,7 +434,7 @@ impl Caps for RedisLimiter {
         let keys = cap_keys(self.store.prefix(), tenant, principal);
         let args = vec![session.to_owned(), ttl.as_millis().max(1).to_string()];
         self.store
-            .eval_script::<i64>(&self.scripts.touch, keys, args)
+            .eval_script::<i64, _>(&self.scripts.touch, keys, args)
             .await
             .map(|_| ())
     }
@@ -459,7 +442,7 @@ impl Caps for RedisLimiter {
     async fn release(&self, tenant: &str, principal: &str, session: &str) -> Result<(), StoreError> {
         let keys = cap_keys(self.store.prefix(), tenant, principal);
         self.store
-            .eval_script::<i64>(&self.scripts.release, keys, vec![session.to_owned()])
+            .eval_script::<i64, _>(&self.scripts.release, keys, vec![session.to_owned()])
             .await
             .map(|_| ())
     }
@@ -485,7 +468,7 @@ impl Caps for RedisLimiter {
         let mut args = vec![lease.as_millis().to_string()];
         args.extend(calls.iter().cloned());
         self.store
-            .eval_script::<i64>(&self.scripts.keep_calls, keys, args)
+            .eval_script::<i64, _>(&self.scripts.keep_calls, keys, args)
             .await
             .map(|_| ())
     }
@@ -493,7 +476,7 @@ impl Caps for RedisLimiter {
     async fn end_call(&self, tenant: &str, call: &str) -> Result<(), StoreError> {
         let keys = vec![calls_key(self.store.prefix(), tenant)];
         self.store
-            .eval_script::<i64>(&self.scripts.end_call, keys, vec![call.to_owned()])
+            .eval_script::<i64, _>(&self.scripts.end_call, keys, vec![call.to_owned()])
             .await
             .map(|_| ())
     }
@@ -573,7 +556,7 @@ impl Caps for MemoryLimiter {
         let mut sets = self.caps.sets.lock().unwrap_or_else(|p| p.into_inner());
         let set = sets.entry(key).or_default();
         set.retain(|_, exp| *exp > now);
-        if set.len() as u64 >= max {
+        if !set.contains_key(call) && set.len() as u64 >= max {
             return Ok(false);
         }
         set.insert(call.to_owned(), now + lease);

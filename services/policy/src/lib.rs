@@ -6,6 +6,7 @@
 //! cost tens of microseconds per hundred rules: the request path only ever asks the cache, keyed
 //! by (subject, roles, object, action) and dropped with the policy it belongs to.
 
+mod decisions;
 pub mod table;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,7 +19,7 @@ use marina_core::access::{Access, Authorizer, action};
 /// The model every tenant's policy runs under.
 pub const MODEL: &str = include_str!("../../../policies/model.conf");
 /// Decisions kept per tenant.
-const DECISION_CACHE: u64 = 100_000;
+const DECISION_CACHE: usize = 100_000;
 
 /// Why a policy cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +154,7 @@ pub struct Explanation {
 pub struct TenantPolicy {
     enforcer: Enforcer,
     policy: Policy,
-    decisions: moka::sync::Cache<(Access, String, String), bool>,
+    decisions: decisions::Decisions,
 }
 
 impl std::fmt::Debug for TenantPolicy {
@@ -198,7 +199,7 @@ impl TenantPolicy {
         Ok(Self {
             enforcer,
             policy,
-            decisions: moka::sync::Cache::new(DECISION_CACHE),
+            decisions: decisions::Decisions::new(DECISION_CACHE),
         })
     }
 
@@ -286,9 +287,8 @@ impl TenantPolicy {
 
 impl Authorizer for TenantPolicy {
     fn allows(&self, who: &Access, object: &str, action: &str) -> bool {
-        let key = (who.clone(), object.to_owned(), action.to_owned());
         self.decisions
-            .get_with(key, || self.evaluate(who, object, action))
+            .get_or(who, object, action, || self.evaluate(who, object, action))
     }
 }
 

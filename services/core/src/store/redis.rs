@@ -331,11 +331,11 @@ impl RedisStore {
     /// Run a script (`EVALSHA`, loading it on first use).
     /// Run a Lua script on this store's connections, for other concerns sharing the Redis (the
     /// rate limiter); they build their keys under [`Self::prefix`].
-    pub async fn eval_script<T: FromRedisValue + Send + 'static>(
+    pub async fn eval_script<T: FromRedisValue + Send + 'static, A: redis::ToRedisArgs + Send + 'static>(
         &self,
         script: &Script,
         keys: Vec<String>,
-        args: Vec<String>,
+        args: Vec<A>,
     ) -> Result<T, StoreError> {
         self.eval(script, keys, args).await
     }
@@ -363,11 +363,11 @@ impl RedisStore {
         status_and_detail(reply)
     }
 
-    async fn eval<T: FromRedisValue + Send + 'static>(
+    async fn eval<T: FromRedisValue + Send + 'static, A: redis::ToRedisArgs + Send + 'static>(
         &self,
         script: &Script,
         keys: Vec<String>,
-        args: Vec<String>,
+        args: Vec<A>,
     ) -> Result<T, StoreError> {
         let script = script.clone();
         self.run(move |c| {
@@ -400,7 +400,7 @@ impl SessionStore for RedisStore {
     ) -> Result<(), StoreError> {
         let args = vec![encode_record(rec)?, ms(ttl)];
         match self
-            .eval::<i64>(&self.create, self.keys(id, &["s", "f"]), args)
+            .eval::<i64, _>(&self.create, self.keys(id, &["s", "f"]), args)
             .await?
         {
             1 => Ok(()),
@@ -500,7 +500,7 @@ impl SessionStore for RedisStore {
 
     async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
         let keys = self.keys(&fence.session, &["l"]);
-        self.eval::<i64>(&self.release, keys, vec![fence.lease_value()])
+        self.eval::<i64, _>(&self.release, keys, vec![fence.lease_value()])
             .await
             .map(|_| ())
     }

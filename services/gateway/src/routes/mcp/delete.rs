@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use marina_actors::Terminate;
 
-use super::{Answer, admit, ask, charge, protocol_header, session_header};
+use super::{Answer, admit, ask, protocol_header, session_header};
 use crate::reply::Refusal;
 use crate::state::AppState;
 
@@ -13,8 +13,8 @@ pub async fn delete(
     tenant: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
+    // Not rate-limited: ending a session frees what it holds (see `charge`).
     let (t, caller) = admit(&state, &req, &tenant).await?;
-    charge(&state, &req, &t, &caller, None).await?;
     let version = protocol_header(&req)?;
     let id = session_header(&req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));

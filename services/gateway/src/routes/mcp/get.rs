@@ -19,7 +19,7 @@ pub async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
     let (t, caller) = admit(&state, &req, &tenant).await?;
-    charge(&state, &req, &t, &caller, None).await?;
+    charge(&state, &req, &t, &caller, None, None).await?;
     if !accepts(&req, "text/event-stream") {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -42,6 +42,7 @@ pub async fn get(
         last_event_id,
         protocol_version: version,
         owner: caller.owner(),
+        access: caller.access(),
     };
     let handle = match ask(&state, &req, &t.id, &id, open).await? {
         Answer::Local(h) => h,

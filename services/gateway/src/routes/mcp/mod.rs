@@ -12,7 +12,7 @@ use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, ResponseError as _}
 use bytes::Bytes;
 use marina_actors::{Rejection, ResolveError, Resolved};
 use marina_core::domain::SessionId;
-use marina_core::protocol::{self, code};
+use marina_core::protocol::{self, MessageKind, code};
 use marina_core::tenant::Tenant;
 
 pub use delete::delete;
@@ -46,15 +46,24 @@ fn forwarded(state: &AppState, req: &HttpRequest) -> bool {
 }
 
 /// The limits step, after [`admit`]: charge the caller's rate buckets (a `tools/call` of
-/// `tool` also its tool bucket). A request a peer forwarded was charged where it arrived.
+/// `tool` also its tool bucket); `kind` is the POSTed message's. A request a peer forwarded was
+/// charged where it arrived. A client's answer to a request of ours, a cancellation and a
+/// DELETE are not charged: they finish or free work that was admitted already, and refusing
+/// them would strand it.
 async fn charge(
     state: &AppState,
     req: &HttpRequest,
     t: &Tenant,
     caller: &Caller,
+    kind: Option<&MessageKind>,
     tool: Option<&str>,
 ) -> Result<(), Refusal> {
-    if forwarded(state, req) {
+    let finishes_admitted_work = match kind {
+        Some(MessageKind::Response { .. }) => true,
+        Some(MessageKind::Notification { method }) => method == "notifications/cancelled",
+        Some(MessageKind::Request { .. }) | None => false,
+    };
+    if finishes_admitted_work || forwarded(state, req) {
         return Ok(());
     }
     crate::limits::check(state, t, caller, tool).await

@@ -62,9 +62,16 @@ pub async fn post(
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
-    charge(&state, &req, &t, &caller, called_tool(&kind, &message))
-        .await
-        .map_err(|r| r.with_id(request_id(&kind)))?;
+    charge(
+        &state,
+        &req,
+        &t,
+        &caller,
+        Some(&kind),
+        called_tool(&kind, &message),
+    )
+    .await
+    .map_err(|r| r.with_id(request_id(&kind)))?;
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
             "initialize" => return initialize(&state, &t, &caller, id, &message).await,
@@ -303,7 +310,7 @@ async fn batch(
             continue;
         }
         // Each item is limited on its own.
-        if let Err(limited) = charge(state, req, t, caller, called_tool(&kind, &message)).await {
+        if let Err(limited) = charge(state, req, t, caller, Some(&kind), called_tool(&kind, &message)).await {
             if let Some(id) = request_id(&kind) {
                 responses.push(limited.rpc_error().to_response(Some(id)));
             }
