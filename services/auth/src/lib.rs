@@ -178,8 +178,9 @@ impl TenantAuth {
         self.config.is_some()
     }
 
-    /// The principal behind `creds`: `Ok(None)` on a tenant without authentication.
-    pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Option<Principal>, AuthError> {
+    /// The principal behind `creds`: `Ok(None)` on a tenant without authentication. Shared: a
+    /// token's principal is cached, and every request with it gets the same one.
+    pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Option<Arc<Principal>>, AuthError> {
         let Some(config) = &self.config else {
             return Ok(None);
         };
@@ -198,11 +199,14 @@ impl TenantAuth {
             }
             (Some(header), None) => bearer(header)?,
             (None, Some(key)) => key.trim(),
-            (None, None) if config.anonymous => return Ok(Some(anonymous())),
+            (None, None) if config.anonymous => return Ok(Some(Arc::new(anonymous()))),
             (None, None) => return Err(AuthError::Missing),
         };
         if presented.starts_with(api_key::PREFIX) {
-            return config.keys.verify(presented, SystemTime::now()).map(Some);
+            return config
+                .keys
+                .verify(presented, SystemTime::now())
+                .map(|p| Some(Arc::new(p)));
         }
         match &config.oauth {
             Some(o) => o.verify(presented).await.map(Some),
@@ -344,7 +348,7 @@ mod tests {
         let lower = format!("bearer {key}");
         assert!(a.authenticate(&creds(Some(&lower), None)).await.is_ok());
 
-        let reason = |r: Result<Option<Principal>, AuthError>| r.unwrap_err().reason();
+        let reason = |r: Result<Option<Arc<Principal>>, AuthError>| r.unwrap_err().reason();
         assert_eq!(reason(a.authenticate(&creds(None, None)).await), "missing");
         let unknown = generate_key();
         assert_eq!(

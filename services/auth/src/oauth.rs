@@ -60,8 +60,13 @@ struct Keys {
 
 struct ByExpiry;
 
-impl moka::Expiry<[u8; 32], Principal> for ByExpiry {
-    fn expire_after_create(&self, _k: &[u8; 32], p: &Principal, _at: std::time::Instant) -> Option<Duration> {
+impl moka::Expiry<[u8; 32], Arc<Principal>> for ByExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        p: &Arc<Principal>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
         p.expires_at
             .map(|t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
     }
@@ -79,7 +84,7 @@ pub struct OAuth {
     refetch_min: Duration,
     /// One refetch at a time.
     refetch: tokio::sync::Mutex<()>,
-    tokens: moka::sync::Cache<[u8; 32], Principal>,
+    tokens: moka::sync::Cache<[u8; 32], Arc<Principal>>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -169,7 +174,7 @@ impl OAuth {
     }
 
     /// The principal of a JWT access token.
-    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(p) = self.tokens.get(&digest)
             && p.expires_at.is_some_and(|t| t > SystemTime::now())
@@ -210,7 +215,7 @@ impl OAuth {
         if !missing.is_empty() {
             return Err(AuthError::InsufficientScope);
         }
-        let p = Principal {
+        let p = Arc::new(Principal {
             owner: Owner {
                 issuer: self.issuer.clone(),
                 subject: c.sub,
@@ -218,7 +223,7 @@ impl OAuth {
             roles: strings(c.rest.get(&self.roles_claim), false),
             scopes,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(c.exp)),
-        };
+        });
         self.tokens.insert(digest, p.clone());
         Ok(p)
     }

@@ -90,7 +90,7 @@ impl Authenticators {
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// `None` on a tenant without authentication.
-    pub principal: Option<Principal>,
+    pub principal: Option<std::sync::Arc<Principal>>,
     /// The request's id, for audit events.
     pub request_id: String,
 }
@@ -115,7 +115,13 @@ impl Caller {
 const QUERY_CREDENTIALS: [&str; 3] = ["access_token", "api_key", "apikey"];
 
 fn credentials(req: &HttpRequest) -> Credentials<'_> {
-    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    // UTF-8 validation is vectorized, where `HeaderValue::to_str` checks byte by byte: a JWT
+    // in a header is long. Anything odd in it fails the credential's own parsing.
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}"))
+    };
     Credentials {
         authorization: header("authorization"),
         api_key: header("x-api-key"),

@@ -10,7 +10,7 @@ use marina_core::caps::{CapScope, principal_key};
 use marina_core::domain::SessionId;
 use marina_core::settings::TenantLimits;
 use marina_core::tenant::Tenant;
-use marina_limits::{Bucket, Decision, LimitError};
+use marina_limits::{Bucket, Decision, LimitError, PrincipalId};
 use serde_json::json;
 
 use crate::authn::Caller;
@@ -24,10 +24,10 @@ fn buckets(tenant: &str, limits: &TenantLimits, caller: &Caller, tool: Option<&s
     if let Some(r) = rate.tenant {
         out.push(Bucket::tenant(tenant, r));
     }
-    let principal = match &caller.principal {
-        Some(p) => format!("{}\u{0}{}", p.owner.issuer, p.owner.subject),
-        None => marina_auth::ANONYMOUS.to_owned(),
-    };
+    if rate.principal.is_none() && rate.tools.is_empty() {
+        return out;
+    }
+    let principal = PrincipalId::new(&principal_key(caller.principal.as_ref().map(|p| &p.owner)));
     if let Some(r) = rate.principal {
         out.push(Bucket::principal(tenant, &principal, r));
     }

@@ -18,16 +18,17 @@ use tokio::sync::oneshot;
 /// The most checks one script carries (its keys stay well within what Redis takes at once).
 const MAX_BATCH: usize = 64;
 
-/// One request's buckets: their keys, and interval and tolerance (µs) for each.
+/// One request's buckets: their keys, and for each its interval and tolerance (µs) and how many
+/// tokens beyond the request's own to take ahead for the node, if the bucket has room for them.
 #[derive(Debug)]
 pub(crate) struct Check {
     pub(crate) keys: Vec<String>,
-    pub(crate) params: Vec<(u64, u64)>,
+    pub(crate) params: Vec<(u64, u64, u64)>,
 }
 
-/// The script's verdict on one check: `Ok(())` when charged, `Err((index, wait µs))` when the
-/// bucket at `index` is full (and nothing was charged).
-pub(crate) type Verdict = Result<(), (usize, u64)>;
+/// The script's verdict on one check: `Ok(extra tokens granted per bucket)` when charged,
+/// `Err((index, wait µs))` when the bucket at `index` is full (and nothing was charged).
+pub(crate) type Verdict = Result<Vec<u64>, (usize, u64)>;
 
 #[derive(Debug)]
 struct Waiting {
@@ -112,9 +113,9 @@ impl Coalescer {
             let (mut keys, mut args) = (Vec::new(), Vec::<u64>::new());
             for w in &batch {
                 args.push(w.check.keys.len() as u64);
-                for (key, (interval, tolerance)) in w.check.keys.iter().zip(&w.check.params) {
+                for (key, (interval, tolerance, extra)) in w.check.keys.iter().zip(&w.check.params) {
                     keys.push(key.clone());
-                    args.extend([*interval, *tolerance]);
+                    args.extend([*interval, *tolerance, *extra]);
                 }
             }
             let reply: Result<Vec<String>, StoreError> =
@@ -143,26 +144,30 @@ impl Coalescer {
     }
 }
 
-/// `1`, or `0:<index>:<wait µs>`.
+/// `1[:<extra granted>...]`, or `0:<index>:<wait µs>`.
 fn parse(v: &str) -> Result<Verdict, StoreError> {
-    if v == "1" {
-        return Ok(Ok(()));
-    }
+    let corrupt = || StoreError::Corrupt("unexpected rate-limit script reply".into());
     let mut parts = v.split(':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("0"), Some(i), Some(wait)) => match (i.parse(), wait.parse()) {
-            (Ok(i), Ok(wait)) => Ok(Err((i, wait))),
-            _ => Err(StoreError::Corrupt("unexpected rate-limit script reply".into())),
+    match parts.next() {
+        Some("1") => parts
+            .map(|g| g.parse().map_err(|_| corrupt()))
+            .collect::<Result<Vec<u64>, _>>()
+            .map(Ok),
+        Some("0") => match (parts.next().map(str::parse), parts.next().map(str::parse)) {
+            (Some(Ok(i)), Some(Ok(wait))) => Ok(Err((i, wait))),
+            _ => Err(corrupt()),
         },
-        _ => Err(StoreError::Corrupt("unexpected rate-limit script reply".into())),
+        _ => Err(corrupt()),
     }
 }
 
 /// GCRA over a batch of checks, in order, atomically. ARGV per check: the number of its buckets,
-/// then interval and tolerance (µs) per bucket; KEYS: the buckets of every check, in order.
-/// Returns one verdict per check: `1` when all its buckets had room (each is charged), else
-/// `0:<index of the fullest>:<µs to wait>` (none is charged). Each key is read once and written
-/// once, with its final theoretical arrival time; the clock is Redis's.
+/// then per bucket its interval and tolerance (µs) and the tokens wanted ahead; KEYS: the
+/// buckets of every check, in order. Returns one verdict per check: `1:<granted>...` when all
+/// its buckets had room (each is charged one, plus the tokens ahead that fit within its
+/// tolerance: never more than the bucket allows), else `0:<index of the fullest>:<µs to wait>`
+/// (none is charged). Each key is read once and written once, with its final theoretical
+/// arrival time; the clock is Redis's.
 const GCRA_BATCH: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -174,20 +179,27 @@ while a <= #ARGV do
   local worst, worst_i, news = 0, 0, {}
   for i = 1, n do
     local key = KEYS[k + i - 1]
-    local interval, tolerance = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-    a = a + 2
+    local interval, tolerance, extra = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    a = a + 3
     local tat = tats[key]
     if tat == nil then tat = tonumber(redis.call('GET', key) or now) end
     if tat < now then tat = now end
     local wait = tat - now - tolerance
     if wait > worst then worst, worst_i = wait, i end
-    news[i] = tat + interval
+    news[i] = {tat + interval, interval, tolerance, extra}
   end
   if worst > 0 then
     out[#out + 1] = '0:' .. (worst_i - 1) .. ':' .. string.format('%.0f', worst)
   else
-    for i = 1, n do tats[KEYS[k + i - 1]] = news[i] end
-    out[#out + 1] = '1'
+    local verdict = '1'
+    for i = 1, n do
+      local tat, interval, tolerance, extra = news[i][1], news[i][2], news[i][3], news[i][4]
+      local room = math.floor((now + tolerance - tat) / interval) + 1
+      local granted = math.max(0, math.min(extra, room))
+      tats[KEYS[k + i - 1]] = tat + granted * interval
+      verdict = verdict .. ':' .. granted
+    end
+    out[#out + 1] = verdict
   end
   k = k + n
 end

@@ -19,6 +19,7 @@ use marina_core::store::{RedisStore, StoreError};
 use sha2::{Digest as _, Sha256};
 
 mod batch;
+mod reserve;
 
 /// What a limit applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,21 +64,21 @@ impl Bucket {
         }
     }
 
-    /// A principal's bucket (`principal`: issuer and subject, hashed into the key).
-    pub fn principal(tenant: &str, principal: &str, rate: Rate) -> Self {
+    /// A principal's bucket.
+    pub fn principal(tenant: &str, principal: &PrincipalId, rate: Rate) -> Self {
         Self {
             scope: Scope::Principal,
             rate,
-            key: format!("{{{tenant}}}:p:{}", short_hash(principal)),
+            key: format!("{{{tenant}}}:p:{}", principal.0),
         }
     }
 
     /// A principal's bucket for one tool.
-    pub fn tool(tenant: &str, principal: &str, tool: &str, rate: Rate) -> Self {
+    pub fn tool(tenant: &str, principal: &PrincipalId, tool: &str, rate: Rate) -> Self {
         Self {
             scope: Scope::Tool,
             rate,
-            key: format!("{{{tenant}}}:c:{}:{}", short_hash(principal), short_hash(tool)),
+            key: format!("{{{tenant}}}:c:{}:{}", principal.0, short_hash(tool)),
         }
     }
 
@@ -96,8 +97,27 @@ impl Bucket {
     }
 }
 
+/// A principal as its buckets' keys name it: issuer and subject, hashed (bounded and opaque).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalId(String);
+
+impl PrincipalId {
+    /// The id of `principal` (issuer and subject, or `anonymous`).
+    pub fn new(principal: &str) -> Self {
+        Self(short_hash(principal))
+    }
+}
+
+/// The first 96 bits of `s`'s SHA-256, in hex (a bounded, opaque part of a key).
 fn short_hash(s: &str) -> String {
-    hex::encode(&Sha256::digest(s.as_bytes())[..12])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(s.as_bytes());
+    let mut out = String::with_capacity(24);
+    for b in &digest[..12] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// The outcome of a check.
@@ -154,6 +174,7 @@ fn limited(buckets: &[Bucket], worst: usize, wait_us: u64) -> Decision {
 pub struct RedisLimiter {
     store: Arc<RedisStore>,
     rates: batch::Coalescer,
+    reserves: reserve::Reserves,
     scripts: Scripts,
 }
 
@@ -174,6 +195,7 @@ impl RedisLimiter {
     pub fn new(store: Arc<RedisStore>) -> Self {
         Self {
             rates: batch::Coalescer::new(store.clone()),
+            reserves: reserve::Reserves::default(),
             store,
             scripts: Scripts {
                 admit: redis::Script::new(ADMIT),
@@ -193,14 +215,39 @@ impl RateLimiter for RedisLimiter {
         if buckets.is_empty() {
             return Ok(Decision::Allowed);
         }
+        // Tokens this node took ahead first; only the other buckets go to Redis.
+        let keys: Vec<&str> = buckets.iter().map(|b| b.key.as_str()).collect();
+        let taken = self.reserves.take(&keys);
+        let rest: Vec<usize> = (0..buckets.len()).filter(|i| !taken[*i]).collect();
+        if rest.is_empty() {
+            return Ok(Decision::Allowed);
+        }
         let prefix = self.store.prefix();
         let check = batch::Check {
-            keys: buckets.iter().map(|b| format!("{prefix}:rl:{}", b.key)).collect(),
-            params: buckets.iter().map(Bucket::params).collect(),
+            keys: rest.iter().map(|i| format!("{prefix}:rl:{}", keys[*i])).collect(),
+            params: rest
+                .iter()
+                .map(|i| {
+                    let (interval, tolerance) = buckets[*i].params();
+                    (interval, tolerance, reserve::ahead(buckets[*i].rate))
+                })
+                .collect(),
         };
-        match self.rates.check(buckets[0].tag(), check).await? {
-            Ok(()) => Ok(Decision::Allowed),
-            Err((i, wait)) => Ok(limited(buckets, i.min(buckets.len() - 1), wait)),
+        match self.rates.check(buckets[0].tag(), check).await {
+            Ok(Ok(granted)) => {
+                let rest_keys: Vec<&str> = rest.iter().map(|i| keys[*i]).collect();
+                self.reserves.add(&rest_keys, &granted);
+                Ok(Decision::Allowed)
+            }
+            Ok(Err((i, wait))) => {
+                self.reserves.give_back(&keys, &taken);
+                let worst = rest.get(i).copied().unwrap_or(rest[0]);
+                Ok(limited(buckets, worst, wait))
+            }
+            Err(e) => {
+                self.reserves.give_back(&keys, &taken);
+                Err(e.into())
+            }
         }
     }
 }
@@ -299,7 +346,7 @@ mod tests {
     async fn all_buckets_or_none_are_charged() {
         let l = MemoryLimiter::default();
         let roomy = Bucket::tenant("t", rate("1000/s"));
-        let tight = Bucket::tool("t", "p", "x", rate("1/min"));
+        let tight = Bucket::tool("t", &PrincipalId::new("p"), "x", rate("1/min"));
         assert_eq!(
             l.check(&[roomy.clone(), tight.clone()]).await.unwrap(),
             Decision::Allowed
@@ -321,7 +368,7 @@ mod tests {
             );
         }
         // Another tool, another principal: their own buckets.
-        let other = Bucket::tool("t", "p", "y", rate("1/min"));
+        let other = Bucket::tool("t", &PrincipalId::new("p"), "y", rate("1/min"));
         assert_eq!(l.check(&[other]).await.unwrap(), Decision::Allowed);
     }
 }
