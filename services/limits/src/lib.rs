@@ -2,7 +2,9 @@
 //! of one request checked — and, only if every one has room, charged — atomically by one Redis
 //! script that reads the clock from Redis (`TIME`), so nodes' clocks do not matter and a limit
 //! is not multiplied by the number of replicas. Concurrent requests of a tenant share one
-//! execution of that script (`batch`). [`MemoryLimiter`] is the same algorithm for a single
+//! execution of that script (`batch`), and busy buckets lend the node that charged them a few
+//! tokens ahead, which it spends without a round trip (`reserve`: never more than the bucket
+//! allows). [`MemoryLimiter`] is the same algorithm for a single
 //! node without Redis.
 //!
 //! A bucket of `count` per `period` lets one event through every `period / count` on average,
