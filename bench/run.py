@@ -302,6 +302,51 @@ def security(args):
               f"Redis scripts per call {r['evals_per_call']:.3f} (open {rows[0][2]['evals_per_call']:.3f})")
 
 
+def limiter(args):
+    """Limiter accuracy and Redis cost under load: three nodes on one Redis, each driven by its own
+    wrk (8 connections) well past the limit, for two buckets — a busy tenant rate (tokens lent to
+    the nodes ahead) and a slow tool rate (every request decided in Redis). Admitted = calls
+    answered with a result; the GCRA bound over the run is rate x seconds + the burst (rate/10)."""
+    cases = [("tenant rate 3,000/s (busy: tokens lent ahead)", "{rate: {tenant: '3000/s'}}", 3000, "echo", '{"text":"hello"}'),
+             ("tool rate 50/s (slow: decided per request)", "{rate: {tools: {add: '50/s'}}}", 50, "add", '{"a":1,"b":2}')]
+    print("| bucket | nodes | requests | admitted | GCRA bound | admitted / bound | Redis scripts per request |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, limits, rate, tool, targs in cases:
+        d = tempfile.mkdtemp()
+        cfg = os.path.join(d, "marina.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"tenants:\n  lim:\n    upstreams: [{{kind: builtin}}]\n    limits: {limits}\n")
+        redis = Redis()
+        nodes = []
+        try:
+            nodes = [Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}, cfg)
+                     for _ in range(3)]
+            envs = [{"MCP_SESSIONS": ",".join(open_sessions(m.port, 4, path="/t/lim/mcp")), "MCP_TOOL": tool, "MCP_ARGS": targs}
+                    for m in nodes]
+            time.sleep(1.5)  # let the buckets refill after the sessions were opened
+            evals = lambda: sum(int(redis.info("commandstats").get(c, "calls=0").split("calls=")[1].split(",")[0])
+                                for c in ("cmdstat_evalsha", "cmdstat_eval"))
+            e0, t0 = evals(), time.time()
+            procs = [subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c8", f"-d{args.duration}s", "-s",
+                                       os.path.join(HERE, "mcp_call.lua"), f"http://127.0.0.1:{m.port}/t/lim/mcp"],
+                                      env=dict(os.environ, **env), stdout=subprocess.PIPE, text=True)
+                     for m, env in zip(nodes, envs)]
+            outs = [p.communicate()[0] for p in procs]
+            elapsed, scripts = time.time() - t0, evals() - e0
+            ok = bad = 0
+            for out in outs:
+                m = re.search(r"MCPRESULT ok=(\d+) bad=(\d+)", out)
+                if not m:
+                    raise RuntimeError("wrk failed: " + out)
+                ok, bad = ok + int(m[1]), bad + int(m[2])
+            bound = rate * elapsed + max(1, rate // 10)
+            print(f"| {name} | 3 | {ok + bad:,} | {ok:,} | {bound:,.0f} | {ok / bound:.1%} | {scripts / max(1, ok + bad):.3f} |")
+        finally:
+            for m in nodes:
+                m.stop()
+            redis.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--marina", default="target/release/marina")
@@ -311,6 +356,7 @@ def main():
     ap.add_argument("--overhead", action="store_true", help="measure gateway overhead against rmcp-echo instead")
     ap.add_argument("--security", action="store_true", help="measure the price of auth, policy and rate limits instead")
     ap.add_argument("--breakdown", action="store_true", help="with --security: also auth alone and auth + policy")
+    ap.add_argument("--limiter", action="store_true", help="measure the rate limiter's accuracy and Redis cost across three nodes instead")
     ap.add_argument("--mode", default="json", choices=["json", "sse"], help="with --security: how tools/call is answered (sse: the default, events persisted in Redis)")
     ap.add_argument("--only", help="with --security: only these tenants (comma-separated: open, secure, auth-only, auth-policy, many)")
     ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
@@ -319,6 +365,8 @@ def main():
         return overhead(args)
     if args.security:
         return security(args)
+    if args.limiter:
+        return limiter(args)
     rows = []
     redis = Redis()
     url = f"redis://127.0.0.1:{redis.port}/"

@@ -374,6 +374,20 @@ async fn a_tenant_runs_at_most_its_cap_of_calls_at_once() {
     drop(second);
 }
 
+/// How many scripts `redis` has run (`EVALSHA` and `EVAL`).
+fn script_calls(redis: &RedisServer) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "info", "commandstats"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Checks of one tenant that arrive together share script executions (and each is still
 /// decided on its own, exactly); another tenant's checks are batched apart from them.
 #[tokio::test]
@@ -401,21 +415,23 @@ async fn concurrent_checks_share_scripts_and_stay_exact() {
         }
     }
     assert_eq!(allowed, [10, 10]);
-    let stats = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "info", "commandstats"])
-        .output()
-        .unwrap();
-    let stats = String::from_utf8(stats.stdout).unwrap();
-    let scripts: u64 = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(
-        scripts >= 2,
-        "each tenant's checks run in its own scripts: {stats}"
-    );
+    let scripts = script_calls(&redis);
+    assert!(scripts >= 2, "each tenant's checks run in its own scripts");
     assert!(scripts <= 20, "200 checks, {scripts} scripts: not batched");
+    // The node now knows both buckets are full for half a minute: it refuses by itself.
+    let acme = Bucket::tenant("acme", rate);
+    for _ in 0..100 {
+        let d = limiter.check(std::slice::from_ref(&acme)).await.unwrap();
+        assert!(
+            matches!(d, Decision::Limited { retry_after, .. } if retry_after > Duration::from_secs(20)),
+            "{d:?}"
+        );
+    }
+    assert_eq!(
+        script_calls(&redis),
+        scripts,
+        "a bucket known to be full costs Redis nothing"
+    );
 }
 
 /// A busy bucket lends each node a few tokens ahead (fewer round trips), yet two nodes hammering

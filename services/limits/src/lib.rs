@@ -219,7 +219,12 @@ impl RateLimiter for RedisLimiter {
         }
         // Tokens this node took ahead first; only the other buckets go to Redis.
         let keys: Vec<&str> = buckets.iter().map(|b| b.key.as_str()).collect();
-        let taken = self.reserves.take(&keys);
+        let taken = match self.reserves.take(&keys) {
+            reserve::Local::Full { index, wait } => {
+                return Ok(limited(buckets, index, wait.as_micros() as u64));
+            }
+            reserve::Local::Taken(taken) => taken,
+        };
         let rest: Vec<usize> = (0..buckets.len()).filter(|i| !taken[*i]).collect();
         if rest.is_empty() {
             return Ok(Decision::Allowed);
@@ -235,6 +240,7 @@ impl RateLimiter for RedisLimiter {
                 })
                 .collect(),
         };
+        let sent = std::time::Instant::now();
         match self.rates.check(buckets[0].tag(), check).await {
             Ok(Ok(granted)) => {
                 let rest_keys: Vec<&str> = rest.iter().map(|i| keys[*i]).collect();
@@ -244,6 +250,8 @@ impl RateLimiter for RedisLimiter {
             Ok(Err((i, wait))) => {
                 self.reserves.give_back(&keys, &taken);
                 let worst = rest.get(i).copied().unwrap_or(rest[0]);
+                self.reserves
+                    .full(keys[worst], sent + Duration::from_micros(wait));
                 Ok(limited(buckets, worst, wait))
             }
             Err(e) => {

@@ -6,6 +6,12 @@
 //! spent within [`RESERVE_TTL`] are dropped, so a node that stops receiving a bucket's requests
 //! holds back at most that small slice (under 1 % of the rate, for a quarter of a second).
 //! Buckets below 100/s are never reserved: each request is decided in Redis, exactly.
+//!
+//! A refusal is remembered too: when Redis answers that a bucket is full for another `w`, it
+//! stays full at least that long whatever any node does (a theoretical arrival time only moves
+//! forward), so the node refuses that bucket's requests itself until then — counted from when
+//! it *sent* the check, so never longer than Redis would. A flood over a limit then costs Redis
+//! one script per bucket and refill interval instead of one per request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +35,17 @@ pub(crate) fn ahead(rate: Rate) -> u64 {
 struct Reserve {
     tokens: u64,
     until: Instant,
+    /// The bucket is full until then (see the module's comment).
+    full_until: Option<Instant>,
+}
+
+/// What this node can say about a request without Redis.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Local {
+    /// The bucket at `index` is known to be full for another `wait`.
+    Full { index: usize, wait: Duration },
+    /// Which buckets a token was spent from (the others go to Redis).
+    Taken(Vec<bool>),
 }
 
 /// This node's tokens taken ahead, per bucket key.
@@ -39,19 +56,48 @@ pub(crate) struct Reserves(Mutex<HashMap<String, Reserve>>);
 const SWEEP_AT: usize = 10_000;
 
 impl Reserves {
-    /// Spend one token of each of `keys` that has a live reserve; which ones were spent.
-    pub(crate) fn take(&self, keys: &[&str]) -> Vec<bool> {
+    /// A bucket of `keys` known to be full; else spend one token of each of `keys` that has a
+    /// live reserve and say which ones were spent.
+    pub(crate) fn take(&self, keys: &[&str]) -> Local {
         let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter()
-            .map(|k| match map.get_mut(*k) {
-                Some(r) if r.tokens > 0 && r.until > now => {
-                    r.tokens -= 1;
-                    true
-                }
-                _ => false,
+        let full = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let until = map.get(*k)?.full_until?;
+                (until > now).then(|| (i, until - now))
             })
-            .collect()
+            .max_by_key(|(_, wait)| *wait);
+        if let Some((index, wait)) = full {
+            return Local::Full { index, wait };
+        }
+        Local::Taken(
+            keys.iter()
+                .map(|k| match map.get_mut(*k) {
+                    Some(r) if r.tokens > 0 && r.until > now => {
+                        r.tokens -= 1;
+                        true
+                    }
+                    _ => false,
+                })
+                .collect(),
+        )
+    }
+
+    /// Redis said bucket `key` is full until `until` (this node's clock, counted from when the
+    /// check was sent).
+    pub(crate) fn full(&self, key: &str, until: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SWEEP_AT {
+            sweep(&mut map, Instant::now());
+        }
+        let r = map.entry(key.to_owned()).or_insert(Reserve {
+            tokens: 0,
+            until,
+            full_until: None,
+        });
+        r.full_until = Some(until);
     }
 
     /// Return the tokens [`Self::take`] spent for a request that was refused after all.
@@ -72,12 +118,13 @@ impl Reserves {
         let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SWEEP_AT {
-            map.retain(|_, r| r.until > now && r.tokens > 0);
+            sweep(&mut map, now);
         }
         for (k, g) in keys.iter().zip(granted).filter(|(_, g)| **g > 0) {
             let r = map.entry((*k).to_owned()).or_insert(Reserve {
                 tokens: 0,
                 until: now,
+                full_until: None,
             });
             // Older tokens left over are dropped with the old deadline: never more than one
             // slice is held.
@@ -88,6 +135,11 @@ impl Reserves {
             r.until = now + RESERVE_TTL;
         }
     }
+}
+
+/// Drop what no longer says anything: spent or expired tokens, past refusals.
+fn sweep(map: &mut HashMap<String, Reserve>, now: Instant) {
+    map.retain(|_, r| (r.until > now && r.tokens > 0) || r.full_until.is_some_and(|u| u > now));
 }
 
 #[cfg(test)]
@@ -108,15 +160,21 @@ mod tests {
         let r = Reserves::default();
         let (a, b) = ("a", "b");
         let keys = [a, b];
-        assert_eq!(r.take(&keys), [false, false]);
+        let taken = |v: [bool; 2]| Local::Taken(v.to_vec());
+        assert_eq!(r.take(&keys), taken([false, false]));
         r.add(&[a], &[2]);
-        assert_eq!(r.take(&keys), [true, false]);
+        assert_eq!(r.take(&keys), taken([true, false]));
         r.give_back(&keys, &[true, false]);
-        assert_eq!(r.take(&keys), [true, false]);
-        assert_eq!(r.take(&keys), [true, false]);
-        assert_eq!(r.take(&keys), [false, false], "two tokens, spent");
+        assert_eq!(r.take(&keys), taken([true, false]));
+        assert_eq!(r.take(&keys), taken([true, false]));
+        assert_eq!(r.take(&keys), taken([false, false]), "two tokens, spent");
         r.add(&[b], &[1]);
         r.0.lock().unwrap().get_mut("b").unwrap().until = Instant::now();
-        assert_eq!(r.take(&keys), [false, false], "expired");
+        assert_eq!(r.take(&keys), taken([false, false]), "expired");
+        // A bucket known to be full refuses at once, and only until then.
+        r.full(b, Instant::now() + Duration::from_secs(60));
+        assert!(matches!(r.take(&keys), Local::Full { index: 1, wait } if wait > Duration::from_secs(50)));
+        r.full(b, Instant::now());
+        assert_eq!(r.take(&keys), taken([false, false]));
     }
 }
