@@ -5,6 +5,9 @@
 //! `data.retryAfterMs`; each refusal is a `rate_limited` audit event. Requests a peer forwarded
 //! were charged by the node that received them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use marina_core::access::glob_match;
 use marina_core::caps::{CapScope, principal_key};
 use marina_core::domain::SessionId;
@@ -114,9 +117,64 @@ pub async fn release_session(state: &AppState, t: &Tenant, caller: &Caller, id: 
 /// When a client refused a session is told to try again.
 const SESSION_RETRY_MS: u64 = 5_000;
 
+/// The buckets of each (tenant, principal, tool) seen lately, built once: building them hashes
+/// the principal and the tool and formats three keys — most of the limits step's cost on a busy
+/// tenant, whose limiter answers from tokens lent ahead. An entry remembers the tenant it was
+/// built for and is rebuilt when the tenant's configuration is replaced; at its cap the memo
+/// starts over.
+#[derive(Debug, Default)]
+pub struct BucketMemo(Mutex<Memo>);
+
+type Memo = HashMap<String, (Arc<Tenant>, Arc<[Bucket]>), foldhash::fast::RandomState>;
+
+/// Entries the memo holds at most.
+const MEMO_CAP: usize = 50_000;
+
+impl BucketMemo {
+    fn buckets(&self, t: &Arc<Tenant>, caller: &Caller, tool: Option<&str>) -> Arc<[Bucket]> {
+        let rate = &t.settings.limits.rate;
+        if rate.tenant.is_none() && rate.principal.is_none() && rate.tools.is_empty() {
+            return Arc::new([]);
+        }
+        // tenant, issuer, subject, tool: NUL cannot occur in any of them.
+        let mut key = String::with_capacity(96);
+        key.push_str(&t.id);
+        match &caller.principal {
+            Some(p) => {
+                for part in [p.owner.issuer.as_str(), &p.owner.subject] {
+                    key.push('\0');
+                    key.push_str(part);
+                }
+            }
+            None => key.push_str("\0\0"),
+        }
+        if let Some(tool) = tool {
+            key.push('\0');
+            key.push_str(tool);
+        }
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_for, b)) = memo.get(&key)
+            && Arc::ptr_eq(built_for, t)
+        {
+            return b.clone();
+        }
+        let b: Arc<[Bucket]> = buckets(&t.id, &t.settings.limits, caller, tool).into();
+        if memo.len() >= MEMO_CAP {
+            memo.clear();
+        }
+        memo.insert(key, (t.clone(), b.clone()));
+        b
+    }
+}
+
 /// Charge the request; `Err` is the answer when a limit is hit (or the limiter is unreachable).
-pub async fn check(state: &AppState, t: &Tenant, caller: &Caller, tool: Option<&str>) -> Result<(), Refusal> {
-    let buckets = buckets(&t.id, &t.settings.limits, caller, tool);
+pub async fn check(
+    state: &AppState,
+    t: &Arc<Tenant>,
+    caller: &Caller,
+    tool: Option<&str>,
+) -> Result<(), Refusal> {
+    let buckets = state.buckets.buckets(t, caller, tool);
     if buckets.is_empty() {
         return Ok(());
     }

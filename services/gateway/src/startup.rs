@@ -277,6 +277,7 @@ impl Application {
             auth,
             limiter,
             caps,
+            buckets: Arc::default(),
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
         };
         let workers = match settings.server.workers {

@@ -21,6 +21,8 @@ pub struct AppState {
     pub limiter: Arc<dyn marina_limits::RateLimiter>,
     /// Session caps (the same backend).
     pub caps: Arc<dyn marina_core::caps::Caps>,
+    /// The rate buckets of recent (tenant, principal, tool)s.
+    pub buckets: Arc<crate::limits::BucketMemo>,
     /// The cluster secret (forwarded requests).
     pub cluster: crate::cluster::ClusterKey,
 }

@@ -53,7 +53,7 @@ fn forwarded(state: &AppState, req: &HttpRequest) -> bool {
 async fn charge(
     state: &AppState,
     req: &HttpRequest,
-    t: &Tenant,
+    t: &Arc<Tenant>,
     caller: &Caller,
     kind: Option<&MessageKind>,
     tool: Option<&str>,
