@@ -368,23 +368,13 @@ impl Shared {
                 .await
                 .get(call.params["name"].as_str().unwrap_or_default())
                 .is_some();
-            let replayable = call.replayable && known;
-            if replayable && let Err(refusal) = self.recount_call(&call.request_id).await {
-                // The stream is open (the client is resuming it): the limit is answered in it.
-                tracing::info!(
-                    target: "marina::audit",
-                    event = "rate_limited",
-                    reason = "calls_tenant",
-                    tenant = %self.tenant.id,
-                    session = self.tag(),
-                    stream,
-                    "an interrupted call cannot be re-run: the tenant's calls in flight are at their cap"
-                );
-                self.complete(stream, Some(&refusal.to_response(Some(&call.request_id))))
-                    .await;
-                continue;
-            }
-            if replayable {
+            if call.replayable && known {
+                if let Err(refusal) = self.recount_call(&call.request_id, stream).await {
+                    // The stream is open (the client is resuming it): the refusal goes in it.
+                    self.complete(stream, Some(&refusal.to_response(Some(&call.request_id))))
+                        .await;
+                    continue;
+                }
                 let floor = self.sent_progress(stream).await;
                 let cancel = self.stopping.child_token();
                 self.calls.borrow_mut().insert(
@@ -427,7 +417,7 @@ impl Shared {
     /// Count a call about to be re-run among its tenant's calls in flight, like a new one (its
     /// entry may still be there from the node that died: it keeps its place). `Err` is the
     /// answer to give instead: the cap is reached, or the store cannot say.
-    async fn recount_call(&self, request_id: &Value) -> Result<(), RpcError> {
+    async fn recount_call(&self, request_id: &Value, stream: StreamId) -> Result<(), RpcError> {
         let (Some(max), Some(caps)) = (
             self.tenant.settings.limits.max_inflight_calls,
             self.node.config.caps.as_ref(),
@@ -437,11 +427,22 @@ impl Shared {
         let member = self.call_cap_key(&id_key(request_id));
         match caps.begin_call(&self.tenant.id, &member, max, CALL_LEASE).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(RpcError::new(
-                code::RATE_LIMITED,
-                "the call was interrupted by a node failure and cannot be re-run now: too many calls in flight for this tenant; retry shortly",
-            )
-            .with_data(json!({"retryAfterMs": RECOUNT_RETRY_MS, "scope": "calls_tenant"}))),
+            Ok(false) => {
+                tracing::info!(
+                    target: "marina::audit",
+                    event = "rate_limited",
+                    reason = "calls_tenant",
+                    tenant = %self.tenant.id,
+                    session = self.tag(),
+                    stream,
+                    "an interrupted call cannot be re-run: the tenant's calls in flight are at their cap"
+                );
+                Err(RpcError::new(
+                    code::RATE_LIMITED,
+                    "the call was interrupted by a node failure and cannot be re-run now: too many calls in flight for this tenant; retry shortly",
+                )
+                .with_data(json!({"retryAfterMs": RECOUNT_RETRY_MS, "scope": "calls_tenant"})))
+            }
             Err(_) => Err(RpcError::new(
                 code::INTERRUPTED,
                 "the request was interrupted by a node failure and could not be re-run",

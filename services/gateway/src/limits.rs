@@ -136,18 +136,10 @@ impl BucketMemo {
         if rate.tenant.is_none() && rate.principal.is_none() && rate.tools.is_empty() {
             return Arc::new([]);
         }
-        // tenant, issuer, subject, tool: NUL cannot occur in any of them.
-        let mut key = String::with_capacity(96);
+        // principal, tenant, tool, NUL-separated (NUL occurs in none of them).
+        let mut key = principal_key(caller.principal.as_ref().map(|p| &p.owner));
+        key.push('\0');
         key.push_str(&t.id);
-        match &caller.principal {
-            Some(p) => {
-                for part in [p.owner.issuer.as_str(), &p.owner.subject] {
-                    key.push('\0');
-                    key.push_str(part);
-                }
-            }
-            None => key.push_str("\0\0"),
-        }
         if let Some(tool) = tool {
             key.push('\0');
             key.push_str(tool);

@@ -39,6 +39,17 @@ struct Reserve {
     full_until: Option<Instant>,
 }
 
+impl Reserve {
+    /// No tokens, nothing known.
+    fn empty() -> Self {
+        Self {
+            tokens: 0,
+            until: Instant::now(),
+            full_until: None,
+        }
+    }
+}
+
 /// What this node can say about a request without Redis.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Local {
@@ -92,11 +103,7 @@ impl Reserves {
         if map.len() >= SWEEP_AT {
             sweep(&mut map, Instant::now());
         }
-        let r = map.entry(key.to_owned()).or_insert(Reserve {
-            tokens: 0,
-            until,
-            full_until: None,
-        });
+        let r = map.entry(key.to_owned()).or_insert_with(Reserve::empty);
         r.full_until = Some(until);
     }
 
@@ -121,11 +128,7 @@ impl Reserves {
             sweep(&mut map, now);
         }
         for (k, g) in keys.iter().zip(granted).filter(|(_, g)| **g > 0) {
-            let r = map.entry((*k).to_owned()).or_insert(Reserve {
-                tokens: 0,
-                until: now,
-                full_until: None,
-            });
+            let r = map.entry((*k).to_owned()).or_insert_with(Reserve::empty);
             // Older tokens left over are dropped with the old deadline: never more than one
             // slice is held.
             if r.until <= now {
