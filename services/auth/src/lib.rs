@@ -7,6 +7,7 @@
 
 mod api_key;
 mod oauth;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -10,7 +10,7 @@
 //! verifies no signature.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use jsonwebtoken::errors::ErrorKind;
@@ -20,6 +20,7 @@ use marina_core::domain::Owner;
 use marina_core::settings::OAuthSettings;
 use serde_json::Value;
 
+use crate::tokens::TokenCache;
 use crate::{AuthError, Principal};
 
 /// The JWKS is fetched again for an unknown `kid` at most this often.
@@ -27,7 +28,7 @@ pub const REFETCH_MIN: Duration = Duration::from_secs(5);
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 60;
 /// Validated tokens kept (by digest) until they expire.
-const TOKEN_CACHE: u64 = 100_000;
+const TOKEN_CACHE: usize = 100_000;
 /// Algorithms accepted: asymmetric only (no `none`, no HMAC — a shared secret would let anyone
 /// holding the issuer's public key mint tokens).
 const ALGORITHMS: [Algorithm; 9] = [
@@ -57,20 +58,6 @@ struct Keys {
     fetched: Option<Instant>,
 }
 
-struct ByExpiry;
-
-impl moka::Expiry<Box<str>, Arc<Principal>> for ByExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &Box<str>,
-        p: &Arc<Principal>,
-        _at: std::time::Instant,
-    ) -> Option<Duration> {
-        p.expires_at
-            .map(|t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-    }
-}
-
 /// One tenant's OAuth resource server.
 pub struct OAuth {
     issuer: String,
@@ -83,10 +70,8 @@ pub struct OAuth {
     refetch_min: Duration,
     /// One refetch at a time.
     refetch: tokio::sync::Mutex<()>,
-    /// Validated tokens, keyed by the token itself: a lookup hashes it with a fast seeded hash
-    /// and compares it whole (a SHA-256 of a 900-byte JWT per request cost more than the rest
-    /// of authentication). Tokens stay in memory only, until they expire.
-    tokens: moka::sync::Cache<Box<str>, Arc<Principal>, foldhash::fast::RandomState>,
+    /// Validated tokens, in memory only, until they expire.
+    tokens: TokenCache,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -142,10 +127,7 @@ impl OAuth {
             keys: RwLock::new(Keys::default()),
             refetch_min: REFETCH_MIN,
             refetch: tokio::sync::Mutex::new(()),
-            tokens: moka::sync::Cache::builder()
-                .max_capacity(TOKEN_CACHE)
-                .expire_after(ByExpiry)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            tokens: TokenCache::new(TOKEN_CACHE),
         }
     }
 
@@ -177,9 +159,7 @@ impl OAuth {
 
     /// The principal of a JWT access token.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        if let Some(p) = self.tokens.get(token)
-            && p.expires_at.is_some_and(|t| t > SystemTime::now())
-        {
+        if let Some(p) = self.tokens.get(token) {
             return Ok(p);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
@@ -225,7 +205,7 @@ impl OAuth {
             scopes,
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(c.exp)),
         });
-        self.tokens.insert(token.into(), p.clone());
+        self.tokens.insert(token, p.clone());
         Ok(p)
     }
 

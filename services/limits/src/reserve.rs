@@ -1,6 +1,6 @@
 //! Tokens a node takes ahead from busy shared buckets. A bucket of a high rate (≥ 100/s) hands
 //! the node that charged it, in the same script, up to 1 % of a second's worth of further
-//! tokens (at most 64) when it has room for them; the node spends those on its next requests
+//! tokens (at most 256) when it has room for them; the node spends those on its next requests
 //! without a round trip. Nothing is ever admitted beyond what the shared bucket allowed when
 //! the tokens were taken — the limit stays cluster-wide and never over-admits — and tokens not
 //! spent within [`RESERVE_TTL`] are dropped, so a node that stops receiving a bucket's requests
@@ -23,7 +23,7 @@ use marina_core::settings::Rate;
 pub(crate) const RESERVE_TTL: Duration = Duration::from_millis(250);
 
 /// The most tokens taken ahead at once for one bucket.
-const MAX_AHEAD: u64 = 64;
+const MAX_AHEAD: u64 = 256;
 
 /// Tokens to take ahead for a bucket of `rate` (0: none, every request goes to Redis).
 pub(crate) fn ahead(rate: Rate) -> u64 {
@@ -61,7 +61,9 @@ pub(crate) enum Local {
 
 /// This node's tokens taken ahead, per bucket key.
 #[derive(Debug, Default)]
-pub(crate) struct Reserves(Mutex<HashMap<String, Reserve>>);
+pub(crate) struct Reserves(Mutex<Map>);
+
+type Map = HashMap<String, Reserve, foldhash::fast::RandomState>;
 
 /// Entries kept before expired ones are swept.
 const SWEEP_AT: usize = 10_000;
@@ -72,28 +74,29 @@ impl Reserves {
     pub(crate) fn take(&self, keys: &[&str]) -> Local {
         let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let full = keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| {
-                let until = map.get(*k)?.full_until?;
-                (until > now).then(|| (i, until - now))
-            })
-            .max_by_key(|(_, wait)| *wait);
-        if let Some((index, wait)) = full {
-            return Local::Full { index, wait };
+        // One probe per key: spend as we go, and put the tokens back in the rare case a later
+        // bucket turns out to be full.
+        let mut taken = vec![false; keys.len()];
+        let mut full: Option<(usize, Duration)> = None;
+        for (i, k) in keys.iter().enumerate() {
+            let Some(r) = map.get_mut(*k) else { continue };
+            if let Some(until) = r.full_until.filter(|u| *u > now) {
+                let wait = until - now;
+                if full.is_none_or(|(_, w)| wait > w) {
+                    full = Some((i, wait));
+                }
+            } else if full.is_none() && r.tokens > 0 && r.until > now {
+                r.tokens -= 1;
+                taken[i] = true;
+            }
         }
-        Local::Taken(
-            keys.iter()
-                .map(|k| match map.get_mut(*k) {
-                    Some(r) if r.tokens > 0 && r.until > now => {
-                        r.tokens -= 1;
-                        true
-                    }
-                    _ => false,
-                })
-                .collect(),
-        )
+        match full {
+            Some((index, wait)) => {
+                give_back(&mut map, keys, &taken);
+                Local::Full { index, wait }
+            }
+            None => Local::Taken(taken),
+        }
     }
 
     /// Redis said bucket `key` is full until `until` (this node's clock, counted from when the
@@ -109,12 +112,7 @@ impl Reserves {
 
     /// Return the tokens [`Self::take`] spent for a request that was refused after all.
     pub(crate) fn give_back(&self, keys: &[&str], taken: &[bool]) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for (k, _) in keys.iter().zip(taken).filter(|(_, t)| **t) {
-            if let Some(r) = map.get_mut(*k) {
-                r.tokens += 1;
-            }
-        }
+        give_back(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()), keys, taken);
     }
 
     /// Keep `granted` tokens of each of `keys`, taken ahead just now.
@@ -140,8 +138,16 @@ impl Reserves {
     }
 }
 
+fn give_back(map: &mut Map, keys: &[&str], taken: &[bool]) {
+    for (k, _) in keys.iter().zip(taken).filter(|(_, t)| **t) {
+        if let Some(r) = map.get_mut(*k) {
+            r.tokens += 1;
+        }
+    }
+}
+
 /// Drop what no longer says anything: spent or expired tokens, past refusals.
-fn sweep(map: &mut HashMap<String, Reserve>, now: Instant) {
+fn sweep(map: &mut Map, now: Instant) {
     map.retain(|_, r| (r.until > now && r.tokens > 0) || r.full_until.is_some_and(|u| u > now));
 }
 
