@@ -56,7 +56,7 @@ class Marina:
         self.port = free_port()
         e = dict(os.environ, MARINA__SERVER__WORKERS="1", MARINA__SERVER__LOG_FILTER="warn", **env)
         extra = ["--config", config] if config else []
-        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--bind", f"127.0.0.1:{self.port}",
+        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--bind", f"127.0.0.1:{self.port}", "--admin-bind", "",
                                    "--redis-url", redis_url, *extra], env=e, stdout=subprocess.DEVNULL)
         wait_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}/t/demo/mcp"

@@ -9,6 +9,8 @@ cd "$REPO"
 # One-shot builds gain nothing from incremental compilation, and a reused target directory's
 # incremental state has crashed rustc 1.95 (an ICE in `evaluate_obligation`).
 export CARGO_INCREMENTAL=0
+# Every node a test starts serves its admin API on a free port unless the test names one.
+export MARINA__ADMIN__BIND=127.0.0.1:0
 
 step() { printf '\n== %s\n' "$*"; }
 

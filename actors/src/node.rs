@@ -129,7 +129,8 @@ pub struct Node {
     pub store: Arc<dyn SessionStore>,
     /// Identity and session settings.
     pub config: NodeConfig,
-    tenants: HashMap<String, Arc<Tenant>>,
+    /// The tenants served, replaced whole when the control plane changes one.
+    tenants: arc_swap::ArcSwap<HashMap<String, Arc<Tenant>>>,
     draining: AtomicBool,
     registry: Mutex<HashMap<SessionId, Slot>>,
     generation: AtomicU64,
@@ -147,7 +148,9 @@ impl Node {
         Arc::new(Self {
             store,
             config,
-            tenants: tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            tenants: arc_swap::ArcSwap::from_pointee(
+                tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            ),
             draining: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -160,9 +163,19 @@ impl Node {
         })
     }
 
-    /// A tenant by id.
-    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
-        self.tenants.get(id)
+    /// A tenant by id, as configured now.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.tenants.load().get(id).cloned()
+    }
+
+    /// Serve `tenants` from now on (the control plane applied a change). Sessions pick up
+    /// their tenant's new configuration with their next request.
+    pub fn set_tenants(&self, tenants: HashMap<String, Arc<Tenant>>) {
+        self.tenants.store(Arc::new(tenants));
+        // Open streams learn of it now (list_changed), not at the session's next request.
+        for a in self.live_actors() {
+            a.do_send(crate::session::TenantChanged);
+        }
     }
 
     /// Session settings.
@@ -343,7 +356,7 @@ impl Node {
                         self.store.release_lease(&fence).await?;
                         return Err(ResolveError::NotFound);
                     };
-                    let Some(t) = self.tenants.get(&rec.tenant).filter(|t| t.id == tenant).cloned() else {
+                    let Some(t) = self.tenant(&rec.tenant).filter(|t| t.id == tenant) else {
                         self.store.release_lease(&fence).await?;
                         return Err(ResolveError::NotFound);
                     };

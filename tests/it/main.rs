@@ -1,5 +1,6 @@
 //! Marina's integration tests: one binary, one module per concern.
 
+mod admin;
 mod arguments;
 mod auth;
 mod cluster;

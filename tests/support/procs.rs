@@ -145,6 +145,8 @@ impl Drop for RedisServer {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
+    /// Its admin API: `http://127.0.0.1:<admin port>/admin/v1` (empty when it serves none).
+    pub admin: String,
     /// The node (to observe its actors).
     pub node: std::sync::Arc<marina_actors::Node>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -186,12 +188,17 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
 pub async fn spawn_app_with(file: Option<&std::path::Path>, overrides: &[(&str, &str)]) -> TestApp {
     let mut all: Vec<(&str, String)> = vec![
         ("server.bind", "127.0.0.1:0".into()),
+        ("admin.bind", "127.0.0.1:0".into()),
         ("server.drain_timeout_ms", "5000".into()),
     ];
     all.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let settings = marina_core::settings::load(file, Some(HashMap::new()), &all).expect("test settings");
     let app = Application::build(settings).await.expect("build app");
     let base = app.base_url();
+    let admin = app
+        .admin_addr()
+        .map(|a| format!("http://{a}/admin/v1"))
+        .unwrap_or_default();
     let node = app.node();
     let (tx, rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -211,6 +218,7 @@ pub async fn spawn_app_with(file: Option<&std::path::Path>, overrides: &[(&str, 
     }
     TestApp {
         base,
+        admin,
         node,
         shutdown: Some(tx),
         done: Some(done_rx),
@@ -253,6 +261,8 @@ pub struct MarinaProc {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Its admin API's port.
+    pub admin_port: u16,
 }
 
 impl MarinaProc {
@@ -301,11 +311,14 @@ impl MarinaProc {
         config: Option<&std::path::Path>,
     ) -> Self {
         let port = free_port();
+        let admin_port = free_port();
         let mut cmd = Command::new(marina_bin());
         cmd.args([
             "serve",
             "--bind",
             &format!("127.0.0.1:{port}"),
+            "--admin-bind",
+            &format!("127.0.0.1:{admin_port}"),
             "--node-id",
             node_id,
         ]);
@@ -331,6 +344,7 @@ impl MarinaProc {
         Self {
             child: Some(child),
             port,
+            admin_port,
         }
     }
 
@@ -342,6 +356,11 @@ impl MarinaProc {
     /// Base URL.
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Base URL of its admin API (`…/admin/v1`).
+    pub fn admin(&self) -> String {
+        format!("http://127.0.0.1:{}/admin/v1", self.admin_port)
     }
 
     /// kill -9.

@@ -256,11 +256,12 @@ impl Shared {
     /// Start following every upstream's server-initiated messages for this session (once per
     /// upstream while the actor lives): they go to the session's GET stream.
     pub(crate) fn ensure_followers(self: &Rc<Self>) {
-        for (i, provider) in self.tenant.providers.iter().enumerate() {
+        for (i, provider) in self.tenant().providers.iter().enumerate() {
             if !provider.serves_features() || !self.followers.borrow_mut().insert(i) {
                 continue;
             }
-            let (shared, provider, cancel) = (self.clone(), provider.clone(), self.stopping.child_token());
+            let cancel = self.follow_cancel.borrow().child_token();
+            let (shared, provider) = (self.clone(), provider.clone());
             actix::spawn(async move {
                 let ctx = CallCtx {
                     shared: shared.clone(),
@@ -274,7 +275,11 @@ impl Shared {
                     () = provider.follow(&ctx) => {}
                     () = cancel.cancelled() => {}
                 }
-                shared.followers.borrow_mut().remove(&i);
+                // Cancelled: the actor stops, or the tenant changed and the set was cleared
+                // (index `i` may name another provider's follower now).
+                if !cancel.is_cancelled() {
+                    shared.followers.borrow_mut().remove(&i);
+                }
             });
         }
     }
@@ -314,7 +319,7 @@ impl Shared {
             cancel: cancel.clone(),
             provider: index,
         };
-        let provider = index.map(|p| self.tenant.providers[p].clone());
+        let provider = index.map(|p| self.tenant().providers[p].clone());
         let outcome = match provider {
             None => Some(Err(RpcError::invalid_params(format!(
                 "unknown tool: {}",
@@ -419,20 +424,20 @@ impl Shared {
     /// answer to give instead: the cap is reached, or the store cannot say.
     async fn recount_call(&self, request_id: &Value, stream: StreamId) -> Result<(), RpcError> {
         let (Some(max), Some(caps)) = (
-            self.tenant.settings.limits.max_inflight_calls,
+            self.tenant().settings.limits.max_inflight_calls,
             self.node.config.caps.as_ref(),
         ) else {
             return Ok(());
         };
         let member = self.call_cap_key(&id_key(request_id));
-        match caps.begin_call(&self.tenant.id, &member, max, CALL_LEASE).await {
+        match caps.begin_call(&self.tenant().id, &member, max, CALL_LEASE).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 tracing::info!(
                     target: "marina::audit",
                     event = "rate_limited",
                     reason = "calls_tenant",
-                    tenant = %self.tenant.id,
+                    tenant = %self.tenant().id,
                     session = self.tag(),
                     stream,
                     "an interrupted call cannot be re-run: the tenant's calls in flight are at their cap"

@@ -125,7 +125,10 @@ impl Shared {
         let Some(uri) = params["uri"].as_str().map(str::to_owned) else {
             return params;
         };
-        let name = self.tenant.providers[provider].name().to_owned();
+        // (An index from before a tenant change may name no provider now.)
+        let Some(name) = self.tenant().providers.get(provider).map(|p| p.name().to_owned()) else {
+            return params;
+        };
         if self.namespaced.borrow().contains(&(name.clone(), uri.clone())) {
             params["uri"] = Value::String(namespaced(&name, &uri));
         }
@@ -139,14 +142,16 @@ impl Shared {
         if namespaced.is_empty() {
             return;
         }
-        let name = self.tenant.providers[provider].name();
-        rewrite_links(result, name, |uri| {
-            namespaced.contains(&(name.to_owned(), uri.to_owned()))
+        let Some(name) = self.tenant().providers.get(provider).map(|p| p.name().to_owned()) else {
+            return;
+        };
+        rewrite_links(result, &name, |uri| {
+            namespaced.contains(&(name.clone(), uri.to_owned()))
         });
     }
 
     fn feature_providers(&self) -> Vec<Arc<dyn ToolProvider>> {
-        self.tenant
+        self.tenant()
             .providers
             .iter()
             .filter(|p| p.serves_features())

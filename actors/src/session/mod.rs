@@ -174,6 +174,12 @@ pub struct Describe {
 #[rtype(result = "()")]
 pub struct Lost;
 
+/// The node's tenants changed: take up this session's tenant as configured now, or end the
+/// session's streams if its tenant was deleted or suspended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct TenantChanged;
+
 /// The session actor.
 #[derive(Debug)]
 pub struct SessionActor {
@@ -318,6 +324,24 @@ impl Handler<Terminate> for SessionActor {
                     res
                 }),
         )
+    }
+}
+
+impl Handler<TenantChanged> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: TenantChanged, ctx: &mut Self::Context) {
+        if self.retiring {
+            return;
+        }
+        let shared = self.shared.clone();
+        ctx.spawn(async move { shared.refresh_tenant().await }.into_actor(self).map(
+            |still_served, act, ctx| {
+                if !still_served {
+                    act.retire(ctx, "tenant removed or suspended");
+                }
+            },
+        ));
     }
 }
 

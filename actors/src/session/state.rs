@@ -52,7 +52,8 @@ pub(crate) type Listing = Rc<Vec<(Value, usize)>>;
 pub(crate) struct Shared {
     pub(crate) node: Arc<Node>,
     pub(crate) id: SessionId,
-    pub(crate) tenant: Arc<Tenant>,
+    /// The tenant as this session last saw it (replaced when the control plane changes it).
+    tenant: RefCell<Arc<Tenant>>,
     pub(crate) fence: Fence,
     pub(crate) rec: RefCell<SessionRecord>,
     streams: RefCell<HashMap<StreamId, Slot>>,
@@ -62,6 +63,9 @@ pub(crate) struct Shared {
     index: RefCell<Option<Rc<ToolIndex>>>,
     /// Providers whose server-initiated messages are being followed (see `ensure_followers`).
     pub(crate) followers: RefCell<std::collections::HashSet<usize>>,
+    /// Cancels the followers of the tenant's current providers (a child of `stopping`, replaced
+    /// when the tenant's configuration changes).
+    pub(crate) follow_cancel: RefCell<CancellationToken>,
     /// Resource URIs this session was shown namespaced (`marina://<upstream>/<uri>`, because an
     /// earlier upstream publishes the same URI), as (upstream name, original URI): their update
     /// notifications and links are rewritten to match (see `features.rs`).
@@ -91,7 +95,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("session", &self.tag())
-            .field("tenant", &self.tenant.id)
+            .field("tenant", &self.tenant.borrow().id)
             .finish_non_exhaustive()
     }
 }
@@ -111,12 +115,64 @@ pub(crate) struct Who {
 }
 
 impl Shared {
+    /// The tenant as this session sees it now.
+    pub(crate) fn tenant(&self) -> Arc<Tenant> {
+        self.tenant.borrow().clone()
+    }
+
+    /// Take up the tenant's configuration as the node serves it now. A change (upstreams,
+    /// policy, limits) drops what the session derived from the old one — its tool index,
+    /// listings and upstream followers — and tells the client to list again, since what it may
+    /// see can differ. `false`: the tenant was deleted or suspended, and the session must end.
+    pub(crate) async fn refresh_tenant(self: &Rc<Self>) -> bool {
+        let id = self.tenant.borrow().id.clone();
+        let Some(now) = self.node.tenant(&id).filter(|t| !t.settings.disabled) else {
+            return false;
+        };
+        if Arc::ptr_eq(&now, &self.tenant.borrow()) {
+            return true;
+        }
+        let features = |t: &Tenant| t.providers.iter().any(|p| p.serves_features());
+        let had_features = features(&self.tenant());
+        let has_features = features(&now);
+        *self.tenant.borrow_mut() = now;
+        self.invalidate_tools();
+        self.listings.borrow_mut().clear();
+        let fresh = self.stopping.child_token();
+        std::mem::replace(&mut *self.follow_cancel.borrow_mut(), fresh).cancel();
+        self.followers.borrow_mut().clear();
+        tracing::debug!(session = self.tag(), "tenant configuration changed");
+        if !self.rec.borrow().initialized {
+            return true;
+        }
+        let mut changed = vec!["notifications/tools/list_changed"];
+        if had_features || has_features {
+            changed.extend([
+                "notifications/resources/list_changed",
+                "notifications/prompts/list_changed",
+            ]);
+        }
+        for method in changed {
+            let _ = self
+                .emit(
+                    GET_STREAM,
+                    &serde_json::json!({"jsonrpc": "2.0", "method": method}),
+                )
+                .await;
+        }
+        if has_features && !self.streams.borrow().is_empty() {
+            self.ensure_followers();
+        }
+        true
+    }
+
     pub(crate) fn new(node: Arc<Node>, tenant: Arc<Tenant>, fence: Fence, rec: SessionRecord) -> Self {
         let now = Instant::now();
+        let stopping = CancellationToken::new();
         Self {
             id: fence.session.clone(),
             node,
-            tenant,
+            tenant: RefCell::new(tenant),
             fence,
             rec: RefCell::new(rec),
             streams: RefCell::new(HashMap::new()),
@@ -124,11 +180,12 @@ impl Shared {
             pending: RefCell::new(HashMap::new()),
             index: RefCell::new(None),
             followers: RefCell::new(std::collections::HashSet::new()),
+            follow_cancel: RefCell::new(stopping.child_token()),
             namespaced: RefCell::new(std::collections::HashSet::new()),
             latest_access: RefCell::new(None),
             listings: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
-            stopping: CancellationToken::new(),
+            stopping,
             last_activity: Cell::new(now),
             last_save: Cell::new(now),
             lost: Cell::new(false),
@@ -181,7 +238,7 @@ impl Shared {
 
     /// Would one more stream (besides a new connection of `except`) pass the tenant's cap?
     fn stream_cap_reached(&self, except: Option<StreamId>) -> bool {
-        self.tenant
+        self.tenant()
             .settings
             .limits
             .max_streams_per_session
@@ -247,7 +304,10 @@ impl Shared {
         self.lost.set(true); // nothing of ours may be written any more
         if let Some(caps) = self.counted() {
             let principal = principal_key(self.rec.borrow().principal.as_ref());
-            if let Err(e) = caps.release(&self.tenant.id, &principal, self.id.as_str()).await {
+            if let Err(e) = caps
+                .release(&self.tenant().id, &principal, self.id.as_str())
+                .await
+            {
                 tracing::warn!(session = self.tag(), error = %e, "could not release the session's cap entry; it ages out");
             }
         }
@@ -261,11 +321,11 @@ impl Shared {
 
     /// Stop counting call `key` in the tenant's calls in flight (in the background).
     pub(crate) fn end_call_cap(&self, key: &str) {
-        if self.tenant.settings.limits.max_inflight_calls.is_none() {
+        if self.tenant().settings.limits.max_inflight_calls.is_none() {
             return;
         }
         if let Some(caps) = self.node.config.caps.clone() {
-            let (tenant, member) = (self.tenant.id.clone(), self.call_cap_key(key));
+            let (tenant, member) = (self.tenant().id.clone(), self.call_cap_key(key));
             actix::spawn(async move {
                 let _ = caps.end_call(&tenant, &member).await;
             });
@@ -274,11 +334,11 @@ impl Shared {
 
     /// Renew the leases of this session's running calls among its tenant's calls in flight.
     pub(crate) fn keep_call_caps(&self) {
-        if self.tenant.settings.limits.max_inflight_calls.is_none() || self.calls.borrow().is_empty() {
+        if self.tenant().settings.limits.max_inflight_calls.is_none() || self.calls.borrow().is_empty() {
             return;
         }
         if let Some(caps) = self.node.config.caps.clone() {
-            let tenant = self.tenant.id.clone();
+            let tenant = self.tenant().id.clone();
             let members: Vec<String> = self.calls.borrow().keys().map(|k| self.call_cap_key(k)).collect();
             actix::spawn(async move {
                 let _ = caps.keep_calls(&tenant, &members, CALL_LEASE).await;
@@ -288,7 +348,7 @@ impl Shared {
 
     /// The caps this session is counted in, if its tenant caps sessions.
     fn counted(&self) -> Option<&Arc<dyn marina_core::caps::Caps>> {
-        let l = &self.tenant.settings.limits;
+        let l = &self.tenant().settings.limits;
         if l.max_sessions.is_none() && l.max_sessions_per_principal.is_none() {
             return None;
         }
@@ -321,7 +381,7 @@ impl Shared {
         {
             let principal = principal_key(rec.principal.as_ref());
             if let Err(e) = caps
-                .touch(&self.tenant.id, &principal, self.id.as_str(), ttl)
+                .touch(&self.tenant().id, &principal, self.id.as_str(), ttl)
                 .await
             {
                 tracing::debug!(session = self.tag(), error = %e, "could not refresh the session's cap entry");
@@ -506,6 +566,9 @@ impl Shared {
         if let Err(r) = self.check_owner(d.owner.as_ref()) {
             return Reply::Rejected(r);
         }
+        if !self.refresh_tenant().await {
+            return Reply::Rejected(Rejection::Gone);
+        }
         self.saw(&d.access);
         self.touch();
         if let Err(r) = self.check_version(d.protocol_version.as_deref()) {
@@ -561,7 +624,7 @@ impl Shared {
             }
             "notifications/roots/list_changed" => {
                 let ctx = super::call::SessionCtx(self.clone());
-                for provider in &self.tenant.providers {
+                for provider in &self.tenant().providers {
                     provider.roots_changed(&ctx).await;
                 }
             }
@@ -609,7 +672,8 @@ impl Shared {
                     return Reply::Rejected(Rejection::Unavailable);
                 }
                 let ctx = super::call::SessionCtx(self.clone());
-                let fan_out = self.tenant.providers.iter().map(|p| p.set_log_level(level, &ctx));
+                let tenant = self.tenant();
+                let fan_out = tenant.providers.iter().map(|p| p.set_log_level(level, &ctx));
                 futures_util::future::join_all(fan_out).await;
                 answer(Ok(json!({})))
             }
@@ -622,7 +686,7 @@ impl Shared {
             | "prompts/list"
             | "prompts/get"
             | "completion/complete"
-                if self.tenant.providers.iter().any(|p| p.serves_features()) =>
+                if self.tenant().providers.iter().any(|p| p.serves_features()) =>
             {
                 answer(self.clone().feature_request(method, params, who).await)
             }
@@ -644,7 +708,7 @@ impl Shared {
         self.ensure_followers();
         let ctx = super::call::SessionCtx(self.clone());
         let lists =
-            futures_util::future::join_all(self.tenant.providers.iter().map(|p| p.list_tools(&ctx))).await;
+            futures_util::future::join_all(self.tenant().providers.iter().map(|p| p.list_tools(&ctx))).await;
         let mut complete = true;
         let lists = lists
             .into_iter()
@@ -666,7 +730,7 @@ impl Shared {
     /// May `access` do `action` on `object`? Everything, on a tenant without a policy. (For
     /// filtering lists; a request for one item goes through [`Self::authorize`].)
     pub(crate) fn permits(&self, access: &Access, object: &str, action: &str) -> bool {
-        self.tenant
+        self.tenant()
             .authorizer
             .as_ref()
             .is_none_or(|a| a.allows(access, object, action))
@@ -685,7 +749,7 @@ impl Shared {
     /// published to it)? Roles can shrink with a refreshed token, and the policy can change,
     /// after a subscription was made: an update the owner may no longer read is not delivered.
     pub(crate) fn may_read(&self, uri: &str) -> bool {
-        if self.tenant.authorizer.is_none() {
+        if self.tenant().authorizer.is_none() {
             return true;
         }
         match self.latest_access.borrow().as_ref() {
@@ -702,7 +766,7 @@ impl Shared {
                 target: "marina::audit",
                 event = "access_denied",
                 reason = "policy",
-                tenant = %self.tenant.id,
+                tenant = %self.tenant().id,
                 subject = %who.access.subject,
                 object,
                 action,
@@ -756,14 +820,14 @@ impl Shared {
         }
         // Checked here, before any upstream sees them; a tool error (not a protocol error), so
         // a model can correct its call.
-        if self.tenant.settings.validate_arguments
+        if self.tenant().settings.validate_arguments
             && let Some(schema) = def.definition.get("inputSchema")
         {
             let args = match params.get("arguments") {
                 Some(Value::Object(a)) => Value::Object(a.clone()),
                 _ => json!({}),
             };
-            let problem = match self.tenant.schemas.check(schema, &args) {
+            let problem = match self.tenant().schemas.check(schema, &args) {
                 Ok(()) => None,
                 Err(Invalid::Arguments(p)) => Some(format!("invalid arguments: {}", p.join("; "))),
                 Err(Invalid::Schema) => {
@@ -776,7 +840,7 @@ impl Shared {
             }
         }
         let key = id_key(&id);
-        let limits = &self.tenant.settings.limits;
+        let limits = &self.tenant().settings.limits;
         if limits
             .max_inflight_calls_per_session
             .is_some_and(|max| self.calls.borrow().len() >= max)
@@ -800,7 +864,7 @@ impl Shared {
             && let Some(caps) = &self.node.config.caps
         {
             match caps
-                .begin_call(&self.tenant.id, &self.call_cap_key(&key), max, CALL_LEASE)
+                .begin_call(&self.tenant().id, &self.call_cap_key(&key), max, CALL_LEASE)
                 .await
             {
                 Ok(true) => {}

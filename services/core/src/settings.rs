@@ -24,9 +24,41 @@ pub struct Settings {
     pub sessions: SessionSettings,
     /// Outbound requests to tenants' services (SSRF guard).
     pub egress: EgressSettings,
-    /// Tenants by id (static configuration until the control plane exists).
+    /// The admin API (control plane).
+    pub admin: AdminSettings,
+    /// Tenants of the configuration file, by id (read-only in the admin API; the admin API
+    /// stores further tenants in the store).
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
+    /// The file's tenant documents as written (what the admin API shows for them).
+    #[serde(skip)]
+    pub tenant_docs: BTreeMap<String, serde_json::Value>,
+}
+
+/// `[admin]`: the control plane's HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Listen address of the admin API (`ADDR:PORT`); empty: no admin API on this node.
+    pub bind: String,
+    /// Platform administrators' API keys (SHA-256 digests, like tenants' keys).
+    #[serde(default)]
+    pub api_keys: Vec<AdminKeySettings>,
+    /// Most tenants the store holds (the control plane's cap).
+    pub max_tenants: usize,
+    /// How often each node checks the store's configuration version (pub/sub delivers changes
+    /// at once; the check heals a missed message).
+    pub poll_ms: u64,
+}
+
+/// One platform administrator's key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminKeySettings {
+    /// Who the key authenticates (named in the audit log).
+    pub subject: String,
+    /// SHA-256 of the whole key string, 64 hex digits.
+    pub sha256: String,
 }
 
 /// `[server]`
@@ -210,9 +242,32 @@ pub struct TenantSettings {
     /// What each role may see and use. Absent: every authenticated caller may use everything.
     #[serde(default)]
     pub rbac: Option<RbacSettings>,
+    /// Suspended: every request is refused (403) and open streams end, until set back.
+    #[serde(default)]
+    pub disabled: bool,
     /// The embedded default tenant (no tenant configured): open, on any bind.
     #[serde(skip)]
     pub embedded_default: bool,
+}
+
+/// Is `id` a valid tenant id (1-64 characters of `A-Z a-z 0-9 - _`)?
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl TenantSettings {
+    /// The checks that need nothing but the document (the gateway then builds the tenant:
+    /// upstream URLs through the SSRF guard, the policy parsed). `Err((field, detail))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(auth) = &self.auth {
+            auth.validate().map_err(|(f, d)| (format!("auth.{f}"), d))?;
+        }
+        Ok(())
+    }
 }
 
 /// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
@@ -548,46 +603,53 @@ fn default_upstreams() -> Vec<UpstreamSettings> {
 }
 
 impl AuthSettings {
-    fn validate(&self) -> Result<(), String> {
+    /// `Err((field, detail))`, the field relative to `auth`.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |f: &str, d: &str| Err((f.to_owned(), d.to_owned()));
         if let Some(o) = &self.oauth {
-            let issuer = url::Url::parse(&o.issuer).map_err(|e| format!("oauth.issuer: {e}"))?;
+            let issuer =
+                url::Url::parse(&o.issuer).map_err(|e| ("oauth.issuer".to_owned(), e.to_string()))?;
             let loopback = matches!(issuer.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
             if !(issuer.scheme() == "https" || issuer.scheme() == "http" && loopback)
                 || issuer.query().is_some()
                 || issuer.fragment().is_some()
             {
-                return Err(
-                    "oauth.issuer must be an https URL without query or fragment (http only on loopback)"
-                        .into(),
+                return bad(
+                    "oauth.issuer",
+                    "must be an https URL without query or fragment (http only on loopback)",
                 );
             }
             if let Some(a) = &o.audience
                 && a.trim().is_empty()
             {
-                return Err("oauth.audience must not be empty".into());
+                return bad("oauth.audience", "must not be empty");
             }
             if o.roles_claim.trim().is_empty() {
-                return Err("oauth.roles_claim must not be empty".into());
+                return bad("oauth.roles_claim", "must not be empty");
             }
             if o.required_scopes
                 .iter()
                 .any(|s| s.is_empty() || s.contains([' ', '"', '\\']))
             {
-                return Err("oauth.required_scopes must be scope tokens (no spaces or quotes)".into());
+                return bad(
+                    "oauth.required_scopes",
+                    "must be scope tokens (no spaces or quotes)",
+                );
             }
         }
         let mut digests = std::collections::HashSet::new();
         for (i, k) in self.api_keys.iter().enumerate() {
             if k.subject.trim().is_empty() || k.subject.len() > 256 {
-                return Err(format!("api_keys[{i}].subject must be 1-256 characters"));
+                return bad(&format!("api_keys[{i}].subject"), "must be 1-256 characters");
             }
             if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "api_keys[{i}].sha256 must be 64 hex digits (the SHA-256 of the key; `marina keys new` prints it)"
-                ));
+                return bad(
+                    &format!("api_keys[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key; `marina keys new` prints it)",
+                );
             }
             if !digests.insert(k.sha256.to_ascii_lowercase()) {
-                return Err(format!("api_keys[{i}]: the same key is configured twice"));
+                return bad(&format!("api_keys[{i}]"), "the same key is configured twice");
             }
         }
         Ok(())
@@ -627,7 +689,10 @@ pub fn load(
     for (k, v) in overrides {
         b = b.set_override(*k, v.clone())?;
     }
-    let mut s: Settings = b.build()?.try_deserialize()?;
+    let built = b.build()?;
+    let docs: BTreeMap<String, serde_json::Value> = built.get("tenants").unwrap_or_default();
+    let mut s: Settings = built.try_deserialize()?;
+    s.tenant_docs = docs;
     if s.tenants.is_empty() {
         s.tenants.insert(
             "demo".into(),
@@ -662,20 +727,27 @@ impl Settings {
             return bad("sessions.page_size and sessions.max_events_per_stream must be positive");
         }
         for (id, t) in &self.tenants {
-            if let Some(auth) = &t.auth {
-                auth.validate()
-                    .map_err(|e| SettingsError::Invalid(format!("tenants.{id}.auth: {e}")))?;
+            t.validate()
+                .map_err(|(f, d)| SettingsError::Invalid(format!("tenants.{id}.{f}: {d}")))?;
+        }
+        if self.tenants.keys().any(|id| !valid_tenant_id(id)) {
+            return bad("tenant ids are 1-64 characters of A-Z a-z 0-9 - _");
+        }
+        if !self.admin.bind.is_empty() && self.admin.bind.parse::<SocketAddr>().is_err() {
+            return bad("admin.bind must be ADDR:PORT (e.g. 127.0.0.1:9090), or empty for none");
+        }
+        for (i, k) in self.admin.api_keys.iter().enumerate() {
+            if k.subject.trim().is_empty()
+                || k.sha256.len() != 64
+                || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(SettingsError::Invalid(format!(
+                    "admin.api_keys[{i}] needs a subject and the 64-hex-digit SHA-256 of the key"
+                )));
             }
         }
-        for id in self.tenants.keys() {
-            let ok = !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
-                return bad("tenant ids are 1-64 characters of A-Z a-z 0-9 - _");
-            }
+        if self.admin.poll_ms == 0 || self.admin.max_tenants == 0 {
+            return bad("admin.poll_ms and admin.max_tenants must be positive");
         }
         Ok(())
     }

@@ -10,10 +10,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage as _, HttpRequest};
 use futures_util::StreamExt as _;
-use marina_auth::{Credentials, Endpoint, Fetch, Principal, TenantAuth};
+use marina_auth::{Credentials, Fetch, Principal, TenantAuth};
 use marina_core::access::Access;
 use marina_core::domain::Owner;
-use marina_core::settings::Settings;
 
 use crate::reply::Refusal;
 use crate::upstream::{Upstreams, egress};
@@ -27,7 +26,7 @@ const ISSUER_TIMEOUT: Duration = Duration::from_secs(5);
 /// private or loopback address needs `egress.allow_private` / `allow_loopback`), no redirects,
 /// bounded size and time.
 #[derive(Debug)]
-pub struct IssuerFetch(Upstreams);
+pub struct IssuerFetch(pub Upstreams);
 
 #[async_trait::async_trait]
 impl Fetch for IssuerFetch {
@@ -59,30 +58,20 @@ impl Fetch for IssuerFetch {
     }
 }
 
-/// Every tenant's authentication, by tenant id.
+/// Every tenant's authentication, by tenant id, replaced whole when the control plane changes a
+/// tenant (see `tenants.rs`).
 #[derive(Debug, Default)]
-pub struct Authenticators(HashMap<String, TenantAuth>);
+pub struct Authenticators(arc_swap::ArcSwap<HashMap<String, Arc<TenantAuth>>>);
 
 impl Authenticators {
-    /// From the settings' tenants, for a cluster reached at `public_url`.
-    pub fn new(settings: &Settings, public_url: &str, upstreams: &Upstreams) -> anyhow::Result<Self> {
-        let fetch: Arc<dyn Fetch> = Arc::new(IssuerFetch(upstreams.clone()));
-        settings
-            .tenants
-            .iter()
-            .map(|(id, t)| {
-                let endpoint = Endpoint::new(public_url, id);
-                let auth = TenantAuth::new(t.auth.as_ref(), &endpoint, fetch.clone())
-                    .map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
-                Ok((id.clone(), auth))
-            })
-            .collect::<anyhow::Result<_>>()
-            .map(Self)
+    /// Tenant `id`'s authentication.
+    pub fn tenant(&self, id: &str) -> Option<Arc<TenantAuth>> {
+        self.0.load().get(id).cloned()
     }
 
-    /// Tenant `id`'s authentication.
-    pub fn tenant(&self, id: &str) -> Option<&TenantAuth> {
-        self.0.get(id)
+    /// Authenticate with these from now on.
+    pub fn set(&self, tenants: HashMap<String, Arc<TenantAuth>>) {
+        self.0.store(Arc::new(tenants));
     }
 }
 
@@ -137,7 +126,7 @@ pub async fn authenticate(auth: &Authenticators, req: &HttpRequest, tenant: &str
         .get::<crate::state::RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let Some(ta) = auth.0.get(tenant) else {
+    let Some(ta) = auth.tenant(tenant) else {
         return Ok(Caller {
             principal: None,
             request_id,

@@ -2,6 +2,7 @@
 //! Content-Type, body limits, protocol-version header, Origin/Host), SSE delivery, forwarding to
 //! the node that holds a session, probes, and the tool sources (`upstream/`).
 
+pub mod admin;
 mod authn;
 mod cluster;
 mod cors;
@@ -14,6 +15,7 @@ mod routes;
 mod sse;
 pub mod startup;
 mod state;
+pub mod tenants;
 pub mod upstream;
 
 pub use startup::{Application, ConfigError};

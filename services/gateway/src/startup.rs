@@ -12,10 +12,10 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use marina_actors::{Node, NodeConfig};
+use marina_control::{MemoryDocs, RedisDocs, TenantDocs};
 use marina_core::caps::Caps;
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
-use marina_core::tenant::Tenant;
 use marina_limits::{MemoryLimiter, RateLimiter, RedisLimiter};
 use rand::RngExt as _;
 use tracing::Instrument as _;
@@ -36,6 +36,9 @@ pub struct ConfigError(anyhow::Error);
 /// A built, bound application.
 pub struct Application {
     server: actix_web::dev::Server,
+    admin: Option<(actix_web::dev::Server, std::net::SocketAddr)>,
+    tenants: Arc<crate::tenants::Registry>,
+    docs: Arc<dyn TenantDocs>,
     node: Arc<Node>,
     url: String,
     settings: Arc<Settings>,
@@ -52,20 +55,32 @@ impl std::fmt::Debug for Application {
 
 /// The session store and the rate limiter: both in Redis (shared by the cluster), or both in
 /// this process.
-type Backends = (Arc<dyn SessionStore>, Arc<dyn RateLimiter>, Arc<dyn Caps>);
+type Backends = (
+    Arc<dyn SessionStore>,
+    Arc<dyn RateLimiter>,
+    Arc<dyn Caps>,
+    Arc<dyn TenantDocs>,
+);
 
 fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     let s = &settings.store;
+    let max_tenants = settings.admin.max_tenants;
     if s.redis_url.is_empty() {
         let limits = Arc::new(MemoryLimiter::default());
-        return Ok((Arc::new(MemoryStore::new()), limits.clone(), limits));
+        return Ok((
+            Arc::new(MemoryStore::new()),
+            limits.clone(),
+            limits,
+            Arc::new(MemoryDocs::new(max_tenants)),
+        ));
     }
     let store = Arc::new(
         RedisStore::new(&s.redis_url, &s.key_prefix, Duration::from_millis(s.timeout_ms))
             .context("invalid store.redis_url")?,
     );
     let limits = Arc::new(RedisLimiter::new(store.clone()));
-    Ok((store, limits.clone(), limits))
+    let docs = Arc::new(RedisDocs::new(store.clone(), max_tenants));
+    Ok((store, limits.clone(), limits, docs))
 }
 
 /// The egress client every upstream (and OAuth issuer) of this node shares.
@@ -75,50 +90,6 @@ fn build_egress(settings: &Settings) -> anyhow::Result<upstream::Upstreams> {
         policy,
         client: upstream::egress::client(policy).context("cannot build the upstream HTTP client")?,
     })
-}
-
-async fn build_tenants(
-    settings: &Settings,
-    shared: &upstream::Upstreams,
-) -> anyhow::Result<Vec<Arc<Tenant>>> {
-    let mut tenants = Vec::new();
-    for (id, ts) in &settings.tenants {
-        let authorizer: Option<Arc<dyn marina_core::access::Authorizer>> = match &ts.rbac {
-            Some(r) => Some(Arc::new(
-                marina_policy::TenantPolicy::new(&r.policy)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("tenant {id}: rbac: {e}"))?,
-            )),
-            None => None,
-        };
-        tenants.push(build_tenant(id, ts, shared, authorizer)?);
-    }
-    Ok(tenants)
-}
-
-fn build_tenant(
-    id: &str,
-    ts: &marina_core::settings::TenantSettings,
-    shared: &upstream::Upstreams,
-    authorizer: Option<Arc<dyn marina_core::access::Authorizer>>,
-) -> anyhow::Result<Arc<Tenant>> {
-    let providers =
-        upstream::providers(&ts.upstreams, shared).map_err(|e| anyhow::anyhow!("tenant {id}: {e}"))?;
-    let mut names = std::collections::HashSet::new();
-    for tool in providers.iter().flat_map(|p| p.tools()) {
-        anyhow::ensure!(
-            names.insert(tool.name.clone()),
-            "tenant {id}: two tools are named {:?}",
-            tool.name
-        );
-    }
-    Ok(Arc::new(Tenant {
-        id: id.to_owned(),
-        settings: ts.clone(),
-        providers,
-        authorizer,
-        schemas: Default::default(),
-    }))
 }
 
 /// rustls' server configuration when `server.tls` names a certificate and a key.
@@ -211,9 +182,8 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let (store, limiter, caps) = build_store(&settings).map_err(ConfigError)?;
+        let (store, limiter, caps, docs) = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
-        let tenants = build_tenants(&settings, &egress).await.map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
         let cluster_secret = cluster_secret(&settings).map_err(ConfigError)?;
         let listener = TcpListener::bind(&settings.server.bind)
@@ -239,9 +209,7 @@ impl Application {
         } else {
             settings.server.public_url.clone()
         };
-        let auth = Arc::new(
-            crate::authn::Authenticators::new(&settings, &public_url, &egress).map_err(ConfigError)?,
-        );
+        let auth = Arc::new(crate::authn::Authenticators::default());
         let node = Node::new(
             store,
             NodeConfig {
@@ -249,8 +217,37 @@ impl Application {
                 sessions: settings.sessions.clone(),
                 caps: Some(caps.clone()),
             },
-            tenants,
+            Vec::new(),
         );
+        let loopback = local_addr.ip().is_loopback();
+        let builder = crate::tenants::Builder::new(egress.clone(), &public_url, loopback);
+        let tenants = Arc::new(
+            crate::tenants::Registry::new(&settings, builder, node.clone(), auth.clone())
+                .await
+                .map_err(ConfigError)?,
+        );
+        if let Err(e) = tenants.sync(docs.as_ref()).await {
+            tracing::warn!(error = %e, "stored tenants cannot be read at start; will keep retrying");
+        }
+        let admin = match settings.admin.bind.as_str() {
+            "" => None,
+            bind => {
+                let admin_auth = crate::admin::AdminAuth::new(
+                    &settings,
+                    Arc::new(crate::authn::IssuerFetch(egress.clone())),
+                )
+                .map_err(ConfigError)?;
+                let l = TcpListener::bind(bind).with_context(|| format!("cannot bind admin.bind {bind}"))?;
+                let addr = l.local_addr()?;
+                let state = crate::admin::AdminState {
+                    auth: Arc::new(admin_auth),
+                    tenants: tenants.clone(),
+                    docs: docs.clone(),
+                };
+                tracing::info!(%addr, "admin API listening");
+                Some((crate::admin::server(state, l)?, addr))
+            }
+        };
         if let Err(e) = node.heartbeat(&url).await {
             tracing::warn!(error = %e, "session store unavailable at start; will keep retrying");
         }
@@ -307,7 +304,7 @@ impl Application {
                     // its allowed origins give this request.
                     let settings = req
                         .app_data::<web::Data<AppState>>()
-                        .and_then(|s| s.node.tenant(&tenant).cloned());
+                        .and_then(|s| s.node.tenant(&tenant));
                     let seen = settings
                         .as_ref()
                         .map(|t| crate::proxy::seen(req.request(), &t.settings));
@@ -423,6 +420,9 @@ impl Application {
         .run();
         Ok(Self {
             server,
+            admin,
+            tenants,
+            docs,
             node,
             url,
             settings,
@@ -454,6 +454,11 @@ impl Application {
             .collect()
     }
 
+    /// The admin API's bound address, if this node serves it.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|(_, a)| *a)
+    }
+
     /// This node.
     pub fn node(&self) -> Arc<Node> {
         self.node.clone()
@@ -465,6 +470,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = actix_rt::spawn(self.server);
+        let admin = self.admin.map(|(s, _)| (s.handle(), actix_rt::spawn(s)));
+        let follow = actix_rt::spawn(self.tenants.clone().follow(
+            self.docs.clone(),
+            Duration::from_millis(self.settings.admin.poll_ms),
+        ));
         let (node, url) = (self.node.clone(), self.url.clone());
         let heartbeat = actix_rt::spawn(async move {
             // Every third of the lease TTL: the node's liveness is what keeps its leases valid.
@@ -488,7 +498,12 @@ impl Application {
             .drain(Duration::from_millis(self.settings.server.drain_timeout_ms))
             .await;
         heartbeat.abort();
+        follow.abort();
         let _ = self.node.store.unregister_node(&self.node.config.instance).await;
+        if let Some((h, s)) = admin {
+            h.stop(true).await;
+            let _ = s.await;
+        }
         handle.stop(true).await;
         let _ = server.await;
         tracing::info!("stopped");

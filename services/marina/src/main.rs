@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Listen address, ADDR:PORT (port 0 picks a free port). Default 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR:PORT")]
     bind: Option<String>,
+    /// Admin API listen address, ADDR:PORT (port 0 picks a free port; "" serves none). Default
+    /// 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_bind: Option<String>,
     /// Redis URL (redis://host:port/db) for the shared session store. Without it the node keeps
     /// sessions in memory and cannot share them with other nodes.
     #[arg(long, value_name = "URL")]
@@ -256,6 +260,7 @@ fn new_key(args: NewKeyArgs) -> ExitCode {
 fn serve_command(args: ServeArgs) -> ExitCode {
     let overrides: Vec<(&str, String)> = [
         ("server.bind", args.bind),
+        ("admin.bind", args.admin_bind),
         ("store.redis_url", args.redis_url),
         ("server.node_id", args.node_id),
         ("server.advertise_url", args.advertise_url),

@@ -58,7 +58,7 @@ PY
 # Start marina; retry (bounded) only if it loses a free-port race and exits.
 for attempt in 1 2 3; do
   PORT=$(free_port)
-  "$MARINA_BIN" serve --bind "127.0.0.1:$PORT" --node-id conformance >"$OUT/marina.log" 2>&1 &
+  "$MARINA_BIN" serve --bind "127.0.0.1:$PORT" --admin-bind 127.0.0.1:0 --node-id conformance >"$OUT/marina.log" 2>&1 &
   MARINA_PID=$!
   up=
   for _ in $(seq 200); do  # <= ~20 s

@@ -80,7 +80,7 @@ before(async () => {
     config,
     `egress: {allow_loopback: true}\ntenants:\n  secure:\n    auth:\n      oauth: {issuer: "${issuer}", required_scopes: ["mcp:tools"]}\n`,
   );
-  await start(MARINA_BIN, ['serve', '--bind', `127.0.0.1:${marinaPort}`, '--node-id', 'oauth', '--config', config], {}, 'marina');
+  await start(MARINA_BIN, ['serve', '--bind', `127.0.0.1:${marinaPort}`, '--admin-bind', '127.0.0.1:0', '--node-id', 'oauth', '--config', config], {}, 'marina');
   await waitFor(() => ok(`${base}/readyz`), 'marina');
 });
 

@@ -57,7 +57,7 @@ async function startMarina() {
     const log = createWriteStream(logPath);
     await once(log, 'open');
     // detached => own process group, so teardown can signal everything it spawned
-    const proc = spawn(MARINA_BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--node-id', 'node-test'], {
+    const proc = spawn(MARINA_BIN, ['serve', '--bind', `127.0.0.1:${port}`, '--admin-bind', '127.0.0.1:0', '--node-id', 'node-test'], {
       stdio: ['ignore', log, log],
       detached: true,
     });

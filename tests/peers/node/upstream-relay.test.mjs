@@ -206,7 +206,7 @@ async function startMarina(nodeId, redisUrl, config) {
     const base = `http://127.0.0.1:${port}`;
     const proc = start(
       MARINA_BIN,
-      ['serve', '--bind', `127.0.0.1:${port}`, '--node-id', nodeId, '--redis-url', redisUrl, '--config', config],
+      ['serve', '--bind', `127.0.0.1:${port}`, '--admin-bind', '127.0.0.1:0', '--node-id', nodeId, '--redis-url', redisUrl, '--config', config],
       { log: await openLog(`marina-${nodeId}-${port}.log`), env: { RUST_BACKTRACE: '1' } },
     );
     try {

@@ -161,7 +161,7 @@ def _start_marina(
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log_path = tmp_root / f"marina-{store}-{port}-{attempt}.log"
-        args = [str(exe), "serve", "--bind", f"127.0.0.1:{port}", "--node-id", node_id]
+        args = [str(exe), "serve", "--bind", f"127.0.0.1:{port}", "--admin-bind", "127.0.0.1:0", "--node-id", node_id]
         if redis is not None:
             args += ["--redis-url", redis]
         if config is not None:

@@ -340,6 +340,33 @@ impl RedisStore {
         self.eval(script, keys, args).await
     }
 
+    /// Run one command on this store's connections, for other concerns sharing the Redis (the
+    /// control plane).
+    pub async fn command<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.query(cmd).await
+    }
+
+    /// Run a pipeline (one round trip) on this store's connections.
+    pub async fn pipeline<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.query_pipe(pipe).await
+    }
+
+    /// A new pub/sub connection (its own TCP connection: a subscribed connection can do
+    /// nothing else).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let work = self.client.get_async_pubsub();
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable("timed out".into())),
+        }
+    }
+
     /// The key prefix of this deployment.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -86,6 +86,13 @@ fn preflight(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<Arc<Te
     let Some(t) = state.node.tenant(tenant) else {
         return Err(Refusal::not_found("unknown tenant"));
     };
+    if t.settings.disabled {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            "this tenant is suspended",
+        ));
+    }
     let host = match req.extensions().get::<crate::proxy::Seen>() {
         Some(seen) => seen.host.clone(),
         None => crate::proxy::seen(req, &t.settings).host,
@@ -98,7 +105,7 @@ fn preflight(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<Arc<Te
             "forbidden: origin or host not allowed",
         ));
     }
-    Ok(t.clone())
+    Ok(t)
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {

@@ -1,0 +1,72 @@
+//! The admin API (control plane), on its own listener (`admin.bind`), served by every node from
+//! the shared store, versioned under `/admin/v1`. Each request goes through the same steps:
+//! authenticate the administrator (`auth.rs`), then the handler; every error is a problem
+//! document (`problem.rs`).
+
+mod auth;
+mod problem;
+mod tenants;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use marina_control::TenantDocs;
+
+pub use auth::AdminAuth;
+pub use problem::Problem;
+
+/// What the admin handlers share.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Who may administer.
+    pub auth: Arc<AdminAuth>,
+    /// The tenants served.
+    pub tenants: Arc<crate::tenants::Registry>,
+    /// The stored tenant documents.
+    pub docs: Arc<dyn TenantDocs>,
+}
+
+impl AdminState {
+    /// Is `id` a tenant of the configuration file (read-only here)?
+    fn file_tenant(&self, id: &str) -> bool {
+        self.tenants
+            .get(id)
+            .is_some_and(|s| s.source == crate::tenants::Source::File)
+    }
+}
+
+/// The admin API's server on `listener` (two workers: it is not on the hot path).
+pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| Problem::bad_request(format!("bad query: {e}")).into()),
+            )
+            .service(
+                web::scope("/admin/v1")
+                    .route("/tenants", web::get().to(tenants::list))
+                    .route("/tenants/{id}", web::get().to(tenants::get))
+                    .route("/tenants/{id}", web::put().to(tenants::put))
+                    .route("/tenants/{id}", web::patch().to(tenants::patch))
+                    .route("/tenants/{id}", web::delete().to(tenants::delete)),
+            )
+            .default_service(web::to(|| async {
+                Problem::not_found("no such admin resource").error_response_owned()
+            }))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+impl Problem {
+    fn error_response_owned(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}

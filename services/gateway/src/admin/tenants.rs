@@ -1,0 +1,285 @@
+//! `/admin/v1/tenants`: create, read, replace, patch (JSON merge patch), delete and list tenant
+//! documents. A write is checked exactly like the configuration file before anything is stored,
+//! takes `If-Match` (a stale `ETag` → 412) or `If-None-Match: *` (create only), and is applied on
+//! this node before the answer, on the others within a second.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use marina_control::{Expect, WriteError};
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::problem::Problem;
+use crate::tenants::{Served, Source};
+
+/// Largest tenant document accepted.
+pub const MAX_DOCUMENT: usize = 256 * 1024;
+/// Largest page of the list.
+const MAX_PAGE: usize = 500;
+
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// What the write expects to find, from `If-Match` / `If-None-Match`.
+fn expect(req: &HttpRequest) -> Result<Expect, Problem> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}").trim())
+    };
+    match (h("if-match"), h("if-none-match")) {
+        (Some(_), Some(_)) => Err(Problem::bad_request("send If-Match or If-None-Match, not both")),
+        (Some("*"), None) => Ok(Expect::Any),
+        (Some(tag), None) => tag
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse::<u64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .map(Expect::Version)
+            .ok_or_else(|| {
+                Problem::bad_request("If-Match must be an ETag this API returned, such as \"42\"")
+            }),
+        (None, Some("*")) => Ok(Expect::Absent),
+        (None, Some(_)) => Err(Problem::bad_request("If-None-Match takes only *")),
+        (None, None) => Ok(Expect::Any),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), Problem> {
+    if marina_core::settings::valid_tenant_id(id) {
+        Ok(())
+    } else {
+        Err(Problem::invalid(crate::tenants::Invalid {
+            field: "id".into(),
+            detail: "tenant ids are 1-64 characters of A-Z a-z 0-9 - _".into(),
+        }))
+    }
+}
+
+fn read_only(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "read-only tenant",
+        format!("tenant {id} is defined in the configuration file; change it there"),
+    )
+}
+
+/// Read the body, refusing it past [`MAX_DOCUMENT`] without reading further.
+async fn read_body(mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
+    use futures_util::StreamExt as _;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Problem::bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "document too large",
+                format!("tenant documents are at most {MAX_DOCUMENT} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn parse_body(payload: web::Payload) -> Result<Value, Problem> {
+    let body = read_body(payload).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Problem::bad_request(
+            "the body must be a JSON object (a tenant document)",
+        ));
+    }
+    Ok(v)
+}
+
+/// The write's outcome as HTTP.
+fn write_error(e: WriteError) -> Problem {
+    match e {
+        WriteError::Conflict { current: 0 } => Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition failed",
+            "the tenant does not exist",
+        ),
+        WriteError::Conflict { current } => Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition failed",
+            format!("the tenant changed meanwhile: its ETag is now {}", etag(current)),
+        ),
+        WriteError::Full => Problem::new(
+            StatusCode::CONFLICT,
+            "too many tenants",
+            "the store holds admin.max_tenants tenants; delete one or raise the cap",
+        ),
+        WriteError::Store(e) => e.into(),
+    }
+}
+
+fn summary(s: &Served) -> Value {
+    json!({
+        "id": s.tenant.id,
+        "source": s.source,
+        "version": s.version,
+        "disabled": s.tenant.settings.disabled,
+        "updatedMs": s.updated_ms,
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    /// The last id of the previous page.
+    after: Option<String>,
+}
+
+/// `GET /admin/v1/tenants?limit=&after=`: tenants by id, a page at a time.
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, Problem> {
+    state.auth.admin(&req).await?;
+    // Served is what every node converges to; read the store so a write is listed at once
+    // even if this node has not applied it (an invalid stored document is listed too).
+    state.tenants.sync(state.docs.as_ref()).await?;
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let snapshot = state.tenants.snapshot();
+    let mut ids: Vec<&String> = snapshot
+        .keys()
+        .filter(|id| page.after.as_ref().is_none_or(|a| id.as_str() > a.as_str()))
+        .collect();
+    ids.sort();
+    let more = ids.len() > limit;
+    let items: Vec<Value> = ids.iter().take(limit).map(|id| summary(&snapshot[*id])).collect();
+    let next = more.then(|| ids[limit - 1].clone());
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next": next})))
+}
+
+/// `GET /admin/v1/tenants/{id}`: the document, with its `ETag`.
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    state.auth.admin(&req).await?;
+    let id = id.into_inner();
+    if let Some(s) = state.tenants.get(&id).filter(|s| s.source == Source::File) {
+        return Ok(HttpResponse::Ok()
+            .insert_header(("marina-source", "file"))
+            .json(&s.doc));
+    }
+    match state.docs.get(&id).await? {
+        Some(t) => Ok(HttpResponse::Ok()
+            .insert_header(("etag", etag(t.version)))
+            .insert_header(("marina-source", "store"))
+            .json(t.doc)),
+        None => Err(Problem::not_found(format!("no tenant {id}"))),
+    }
+}
+
+/// Check `doc`, store it for `id` as `expect`s, apply it here; the answer.
+async fn store(
+    state: &AdminState,
+    admin: &super::auth::Admin,
+    id: &str,
+    doc: Value,
+    expect: Expect,
+    action: &'static str,
+) -> Result<HttpResponse, Problem> {
+    let builder = state.tenants.builder();
+    let settings = crate::tenants::Builder::parse(&doc).map_err(Problem::invalid)?;
+    builder.check_addresses(&settings).map_err(Problem::invalid)?;
+    builder.build(id, &settings).await.map_err(Problem::invalid)?;
+    let version = state.docs.put(id, &doc, expect).await.map_err(write_error)?;
+    tracing::info!(target: "marina::audit", event = "admin_change", action, actor = %admin.subject, tenant = %id, version, "tenant written");
+    if let Err(e) = state.tenants.sync(state.docs.as_ref()).await {
+        tracing::warn!(error = %e, "tenant stored but not yet applied here; the watcher will");
+    }
+    let status = if expect == Expect::Absent || action == "tenant.create" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header(("etag", etag(version)))
+        .json(doc))
+}
+
+/// `PUT /admin/v1/tenants/{id}`: create or replace.
+pub async fn put(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let admin = state.auth.admin(&req).await?;
+    let id = id.into_inner();
+    check_id(&id)?;
+    if state.file_tenant(&id) {
+        return Err(read_only(&id));
+    }
+    let expect = expect(&req)?;
+    let doc = parse_body(body).await?;
+    let exists = state.docs.get(&id).await?.is_some();
+    let action = if exists { "tenant.replace" } else { "tenant.create" };
+    store(&state, &admin, &id, doc, expect, action).await
+}
+
+/// `PATCH /admin/v1/tenants/{id}`: a JSON merge patch (RFC 7396) of the document.
+pub async fn patch(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let admin = state.auth.admin(&req).await?;
+    let id = id.into_inner();
+    if state.file_tenant(&id) {
+        return Err(read_only(&id));
+    }
+    let mut expect = expect(&req)?;
+    let patch = parse_body(body).await?;
+    let Some(current) = state.docs.get(&id).await? else {
+        return Err(Problem::not_found(format!("no tenant {id}")));
+    };
+    // Without If-Match the patch still applies to the version it was computed on: a concurrent
+    // write in between is refused, not lost.
+    if expect == Expect::Any {
+        expect = Expect::Version(current.version);
+    }
+    if let Expect::Version(v) = expect
+        && v != current.version
+    {
+        return Err(write_error(WriteError::Conflict {
+            current: current.version,
+        }));
+    }
+    let mut doc = current.doc;
+    json_patch::merge(&mut doc, &patch);
+    store(&state, &admin, &id, doc, expect, "tenant.patch").await
+}
+
+/// `DELETE /admin/v1/tenants/{id}`.
+pub async fn delete(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let admin = state.auth.admin(&req).await?;
+    let id = id.into_inner();
+    if state.file_tenant(&id) {
+        return Err(read_only(&id));
+    }
+    let expect = expect(&req)?;
+    if !state.docs.delete(&id, expect).await.map_err(write_error)? {
+        return Err(Problem::not_found(format!("no tenant {id}")));
+    }
+    tracing::info!(target: "marina::audit", event = "admin_change", action = "tenant.delete", actor = %admin.subject, tenant = %id, "tenant deleted");
+    if let Err(e) = state.tenants.sync(state.docs.as_ref()).await {
+        tracing::warn!(error = %e, "tenant deleted but not yet applied here; the watcher will");
+    }
+    Ok(HttpResponse::NoContent().finish())
+}

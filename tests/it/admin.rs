@@ -1,0 +1,401 @@
+//! The control plane's admin API: tenants as live data, written on one node and applied on every
+//! node within a second, checked like the configuration file before anything is stored.
+
+use std::time::{Duration, Instant};
+
+use marina_auth::{digest, generate_key};
+use marina_tests::{MarinaProc, Mcp, RedisServer, SseEvent, read_events, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const VERSION: &str = "2025-11-25";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Config of a cluster node with one platform administrator key.
+fn admin_config(dir: &std::path::Path, admin_key: &str) -> std::path::PathBuf {
+    let f = dir.join("marina.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\ntenants:\n  fixed:\n    auth: {{anonymous: true}}\n    upstreams: [{{kind: builtin, tools: [echo]}}]\n",
+            digest(admin_key)
+        ),
+    )
+    .unwrap();
+    f
+}
+
+/// Poll `probe` (bounded) until it holds; how long that took.
+async fn within<F, Fut>(limit: Duration, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(10);
+    loop {
+        if probe().await {
+            let took = start.elapsed();
+            assert!(took <= limit, "took {took:?}, more than {limit:?}");
+            return took;
+        }
+        assert!(Instant::now() < deadline, "never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Status of an `initialize` on `url` with API key `key`.
+async fn initialize_status(url: &str, key: &str) -> StatusCode {
+    client()
+        .post(url)
+        .header("x-api-key", key)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": VERSION, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+fn tenant_doc(key_digest: &str, policy: &str) -> Value {
+    json!({
+        "auth": {"api_keys": [{"subject": "bob", "sha256": key_digest, "roles": ["viewer"]}]},
+        "rbac": {"policy": policy},
+        "upstreams": [{"kind": "builtin", "tools": ["echo", "add"]}],
+    })
+}
+
+#[tokio::test]
+async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &config);
+    let http = client();
+    let bob = generate_key();
+    let url_b = format!("{}/t/acme/mcp", b.base());
+    let url_a = format!("{}/t/acme/mcp", a.base());
+
+    // No admin key: 401 with a problem document; nothing stored.
+    let r = http
+        .put(format!("{}/tenants/acme", a.admin()))
+        .json(&tenant_doc(&digest(&bob), "p, viewer, tool:echo, call, allow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    // Create through node A; serve through node B within a second.
+    let r = http
+        .put(format!("{}/tenants/acme", a.admin()))
+        .bearer_auth(&admin_key)
+        .json(&tenant_doc(&digest(&bob), "p, viewer, tool:echo, call, allow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let etag1 = r.headers()["etag"].to_str().unwrap().to_owned();
+    within(Duration::from_secs(1), || async {
+        initialize_status(&url_b, &bob).await == StatusCode::OK
+    })
+    .await;
+    let mcp = Mcp::new(&url_b)
+        .with_header("x-api-key", &bob)
+        .open(VERSION, json!({}))
+        .await;
+    assert_eq!(mcp.tool_names(1).await, ["echo"], "the policy filters the list");
+    assert_eq!(mcp.call_text(2, "echo", json!({"text": "hi"})).await, "hi");
+
+    // The document reads back with its ETag, from either node.
+    let r = http
+        .get(format!("{}/tenants/acme", b.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag1);
+    let listed: Value = http
+        .get(format!("{}/tenants", b.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["acme", "fixed"]);
+    assert_eq!(listed["items"][1]["source"], "file");
+
+    // A policy change reaches the open session: list_changed on its GET stream, and the
+    // list re-filtered.
+    let get = mcp.get(None).await;
+    assert_eq!(get.status(), StatusCode::OK);
+    let r = http
+        .patch(format!("{}/tenants/acme", a.admin()))
+        .bearer_auth(&admin_key)
+        .header("if-match", &etag1)
+        .header("content-type", "application/merge-patch+json")
+        .body(json!({"rbac": {"policy": "p, viewer, tool:*, call, allow"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let etag2 = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(etag1, etag2);
+    let (events, _) = read_events(get, Duration::from_secs(5), |ev| {
+        ev.iter()
+            .filter_map(SseEvent::json)
+            .any(|m| m["method"] == "notifications/tools/list_changed")
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .filter_map(SseEvent::json)
+            .any(|m| m["method"] == "notifications/tools/list_changed"),
+        "no list_changed after the policy change: {events:?}"
+    );
+    assert_eq!(mcp.tool_names(3).await, ["add", "echo"]);
+
+    // A write with the stale ETag is refused, and changes nothing.
+    let r = http
+        .put(format!("{}/tenants/acme", b.admin()))
+        .bearer_auth(&admin_key)
+        .header("if-match", &etag1)
+        .json(&tenant_doc(&digest(&bob), ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["status"], 412);
+    assert_eq!(mcp.tool_names(4).await, ["add", "echo"]);
+
+    // Revoke bob's key (replace it with another): refused on both nodes within a second.
+    let carol = generate_key();
+    let r = http
+        .put(format!("{}/tenants/acme", b.admin()))
+        .bearer_auth(&admin_key)
+        .header("if-match", &etag2)
+        .json(&tenant_doc(&digest(&carol), "p, viewer, tool:*, call, allow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for url in [&url_a, &url_b] {
+        within(Duration::from_secs(1), || async {
+            initialize_status(url, &bob).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert_eq!(initialize_status(url, &carol).await, StatusCode::OK);
+    }
+
+    // Suspend, then delete: refused on both nodes.
+    let r = http
+        .patch(format!("{}/tenants/acme", a.admin()))
+        .bearer_auth(&admin_key)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    within(Duration::from_secs(1), || async {
+        initialize_status(&url_b, &carol).await == StatusCode::FORBIDDEN
+    })
+    .await;
+    let r = http
+        .delete(format!("{}/tenants/acme", b.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for url in [&url_a, &url_b] {
+        within(Duration::from_secs(1), || async {
+            initialize_status(url, &carol).await == StatusCode::NOT_FOUND
+        })
+        .await;
+    }
+    let r = http
+        .get(format!("{}/tenants/acme", a.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[actix_rt::test]
+async fn every_invalid_write_is_a_problem_naming_the_field_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let app = spawn_app_with(Some(&config), &[]).await;
+    let http = client();
+    let key = digest(&generate_key());
+    let builtin = json!([{"kind": "builtin"}]);
+    let auth = json!({"api_keys": [{"subject": "bob", "sha256": key}]});
+    let cases: Vec<(&str, &str, Value, StatusCode, &str)> = vec![
+        (
+            "bad upstream URL",
+            "t1",
+            json!({"auth": auth, "upstreams": [{"kind": "mcp", "name": "u", "url": "not a url"}]}),
+            StatusCode::BAD_REQUEST,
+            "upstreams[0].url",
+        ),
+        (
+            "a private upstream address",
+            "t2",
+            json!({"auth": auth, "upstreams": [{"kind": "mcp", "name": "u", "url": "http://10.1.2.3/mcp"}]}),
+            StatusCode::BAD_REQUEST,
+            "upstreams[0].url",
+        ),
+        (
+            "an unparsable policy",
+            "t3",
+            json!({"auth": auth, "upstreams": builtin, "rbac": {"policy": "p, viewer"}}),
+            StatusCode::BAD_REQUEST,
+            "rbac.policy",
+        ),
+        (
+            "an unknown key",
+            "t4",
+            json!({"auth": auth, "upstreams": builtin, "limits": {"max_sesions": 3}}),
+            StatusCode::BAD_REQUEST,
+            "limits",
+        ),
+        (
+            "a malformed limit",
+            "t5",
+            json!({"auth": auth, "upstreams": builtin, "limits": {"rate": {"tenant": "lots"}}}),
+            StatusCode::BAD_REQUEST,
+            "limits.rate.tenant",
+        ),
+        (
+            "a bad key digest",
+            "t6",
+            json!({"auth": {"api_keys": [{"subject": "bob", "sha256": "abc"}]}}),
+            StatusCode::BAD_REQUEST,
+            "auth.api_keys[0].sha256",
+        ),
+        (
+            "an id with bad characters",
+            "bad.id",
+            json!({"auth": auth}),
+            StatusCode::BAD_REQUEST,
+            "id",
+        ),
+    ];
+    for (what, id, doc, status, field) in cases {
+        let r = http
+            .put(format!("{}/tenants/{id}", app.admin))
+            .bearer_auth(&admin_key)
+            .json(&doc)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{what}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{what}");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["status"], status.as_u16(), "{what}: {p}");
+        assert!(
+            p["field"].as_str().is_some_and(|f| f.starts_with(field)),
+            "{what}: field {} is not {field}: {p}",
+            p["field"]
+        );
+        assert!(!p["detail"].as_str().unwrap_or("").is_empty(), "{what}: {p}");
+        let r = http
+            .get(format!("{}/tenants/{id}", app.admin))
+            .bearer_auth(&admin_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{what}: stored anyway");
+    }
+    // Oversized, not JSON, not an object.
+    let big = json!({"auth": auth, "allowed_origins": ["x".repeat(300 * 1024)]});
+    for (body, status) in [
+        (big.to_string(), StatusCode::PAYLOAD_TOO_LARGE),
+        ("{not json".to_owned(), StatusCode::BAD_REQUEST),
+        ("[1, 2]".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let r = http
+            .put(format!("{}/tenants/t9", app.admin))
+            .bearer_auth(&admin_key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    // The file's tenants are read-only; create-only refuses an existing tenant.
+    let r = http
+        .put(format!("{}/tenants/fixed", app.admin))
+        .bearer_auth(&admin_key)
+        .json(&json!({"auth": auth}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let ok = json!({"auth": auth, "upstreams": builtin});
+    let r = http
+        .put(format!("{}/tenants/t10", app.admin))
+        .bearer_auth(&admin_key)
+        .header("if-none-match", "*")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .put(format!("{}/tenants/t10", app.admin))
+        .bearer_auth(&admin_key)
+        .header("if-none-match", "*")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let listed: Value = http
+        .get(format!("{}/tenants", app.admin))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+}
+
+#[tokio::test]
+async fn tenant_documents_in_redis_keep_versions_conflicts_and_the_cap() {
+    let redis = RedisServer::start();
+    let store = std::sync::Arc::new(
+        marina_core::store::RedisStore::new(&redis.url(), "cp", Duration::from_secs(2)).unwrap(),
+    );
+    let docs = marina_control::RedisDocs::new(store, 2);
+    marina_control::suite::versions_conflicts_and_caps(&docs).await;
+}
