@@ -399,3 +399,101 @@ async fn tenant_documents_in_redis_keep_versions_conflicts_and_the_cap() {
     let docs = marina_control::RedisDocs::new(store, 2);
     marina_control::suite::versions_conflicts_and_caps(&docs).await;
 }
+
+#[tokio::test]
+async fn audit_entries_in_redis_are_kept_filtered_and_ordered() {
+    let redis = RedisServer::start();
+    let store = std::sync::Arc::new(
+        marina_core::store::RedisStore::new(&redis.url(), "au", Duration::from_secs(2)).unwrap(),
+    );
+    let log = marina_control::RedisAudit::new(store, 1000, Duration::from_secs(3600));
+    marina_control::audit::suite(&log).await;
+}
+
+#[actix_rt::test]
+async fn changes_are_audited_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let app = spawn_app_with(Some(&config), &[]).await;
+    let http = client();
+    let doc = tenant_doc(
+        &digest(&generate_key()),
+        "p, viewer, tool:*, call, allow\np, viewer, tool:add, call, deny\ng, operator, viewer\ng, alice, operator",
+    );
+    let r = http
+        .put(format!("{}/tenants/acme", app.admin))
+        .bearer_auth(&admin_key)
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .patch(format!("{}/tenants/acme", app.admin))
+        .bearer_auth(&admin_key)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let audit: Value = http
+        .get(format!(
+            "{}/audit?tenant=acme&since=2020-01-01T00:00:00Z",
+            app.admin
+        ))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = audit["items"].as_array().unwrap();
+    let actions: Vec<&str> = items.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["tenant.create", "tenant.patch"], "{audit}");
+    assert!(items.iter().all(|e| e["actor"] == "ops"));
+    assert_eq!(items[1]["change"]["change"], json!({"disabled": true}));
+    let r = http
+        .get(format!("{}/audit?since=yesterday", app.admin))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Explain: alice → operator → viewer; the deny on tool:add wins over the glob allow.
+    let ask = |object: &str| json!({"subject": "alice", "object": object, "action": "call"});
+    let ex: Value = http
+        .post(format!("{}/tenants/acme/explain", app.admin))
+        .bearer_auth(&admin_key)
+        .json(&ask("tool:echo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ex["decision"], "allow", "{ex}");
+    assert_eq!(ex["chain"], json!(["alice", "operator", "viewer"]), "{ex}");
+    let ex: Value = http
+        .post(format!("{}/tenants/acme/explain", app.admin))
+        .bearer_auth(&admin_key)
+        .json(&ask("tool:add"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ex["decision"], "deny", "{ex}");
+    assert!(ex["rule"].as_str().unwrap().contains("deny"), "{ex}");
+    let r = http
+        .post(format!("{}/tenants/nobody/explain", app.admin))
+        .bearer_auth(&admin_key)
+        .json(&ask("tool:add"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

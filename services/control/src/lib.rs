@@ -6,6 +6,7 @@
 //! the next value of one cluster-wide counter as its version (the `ETag` of the admin API), so a
 //! node that has seen version `v` knows whether anything changed with one read.
 
+pub mod audit;
 mod memory;
 mod redis_docs;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use marina_core::store::StoreError;
 use serde_json::Value;
 
+pub use audit::{AuditEntry, AuditLog, MemoryAudit, RedisAudit};
 pub use memory::MemoryDocs;
 pub use redis_docs::RedisDocs;
 

@@ -49,6 +49,10 @@ pub struct AdminSettings {
     /// How often each node checks the store's configuration version (pub/sub delivers changes
     /// at once; the check heals a missed message).
     pub poll_ms: u64,
+    /// Audit entries kept (about; older ones are trimmed).
+    pub audit_max_entries: usize,
+    /// Audit entries older than this are trimmed.
+    pub audit_retention_days: u64,
 }
 
 /// One platform administrator's key.
@@ -746,8 +750,14 @@ impl Settings {
                 )));
             }
         }
-        if self.admin.poll_ms == 0 || self.admin.max_tenants == 0 {
-            return bad("admin.poll_ms and admin.max_tenants must be positive");
+        if self.admin.poll_ms == 0
+            || self.admin.max_tenants == 0
+            || self.admin.audit_max_entries == 0
+            || self.admin.audit_retention_days == 0
+        {
+            return bad(
+                "admin.poll_ms, admin.max_tenants, admin.audit_max_entries and admin.audit_retention_days must be positive",
+            );
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use marina_actors::{Node, NodeConfig};
-use marina_control::{MemoryDocs, RedisDocs, TenantDocs};
+use marina_control::{AuditLog, MemoryAudit, MemoryDocs, RedisAudit, RedisDocs, TenantDocs};
 use marina_core::caps::Caps;
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
@@ -60,11 +60,16 @@ type Backends = (
     Arc<dyn RateLimiter>,
     Arc<dyn Caps>,
     Arc<dyn TenantDocs>,
+    Arc<dyn AuditLog>,
 );
 
 fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     let s = &settings.store;
     let max_tenants = settings.admin.max_tenants;
+    let (audit_max, retention) = (
+        settings.admin.audit_max_entries,
+        Duration::from_secs(settings.admin.audit_retention_days * 86_400),
+    );
     if s.redis_url.is_empty() {
         let limits = Arc::new(MemoryLimiter::default());
         return Ok((
@@ -72,6 +77,7 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
             limits.clone(),
             limits,
             Arc::new(MemoryDocs::new(max_tenants)),
+            Arc::new(MemoryAudit::new(audit_max, retention)),
         ));
     }
     let store = Arc::new(
@@ -80,7 +86,8 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     );
     let limits = Arc::new(RedisLimiter::new(store.clone()));
     let docs = Arc::new(RedisDocs::new(store.clone(), max_tenants));
-    Ok((store, limits.clone(), limits, docs))
+    let audit = Arc::new(RedisAudit::new(store.clone(), audit_max, retention));
+    Ok((store, limits.clone(), limits, docs, audit))
 }
 
 /// The egress client every upstream (and OAuth issuer) of this node shares.
@@ -182,7 +189,7 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let (store, limiter, caps, docs) = build_store(&settings).map_err(ConfigError)?;
+        let (store, limiter, caps, docs, audit) = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
         let cluster_secret = cluster_secret(&settings).map_err(ConfigError)?;
@@ -243,6 +250,7 @@ impl Application {
                     auth: Arc::new(admin_auth),
                     tenants: tenants.clone(),
                     docs: docs.clone(),
+                    audit,
                 };
                 tracing::info!(%addr, "admin API listening");
                 Some((crate::admin::server(state, l)?, addr))

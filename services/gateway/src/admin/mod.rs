@@ -3,7 +3,9 @@
 //! authenticate the administrator (`auth.rs`), then the handler; every error is a problem
 //! document (`problem.rs`).
 
+mod audit;
 mod auth;
+mod explain;
 mod problem;
 mod tenants;
 
@@ -11,7 +13,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use marina_control::TenantDocs;
+use marina_control::{AuditLog, TenantDocs};
 
 pub use auth::AdminAuth;
 pub use problem::Problem;
@@ -25,6 +27,8 @@ pub struct AdminState {
     pub tenants: Arc<crate::tenants::Registry>,
     /// The stored tenant documents.
     pub docs: Arc<dyn TenantDocs>,
+    /// Who changed what.
+    pub audit: Arc<dyn AuditLog>,
 }
 
 impl AdminState {
@@ -51,7 +55,9 @@ pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix
                     .route("/tenants/{id}", web::get().to(tenants::get))
                     .route("/tenants/{id}", web::put().to(tenants::put))
                     .route("/tenants/{id}", web::patch().to(tenants::patch))
-                    .route("/tenants/{id}", web::delete().to(tenants::delete)),
+                    .route("/tenants/{id}", web::delete().to(tenants::delete))
+                    .route("/tenants/{id}/explain", web::post().to(explain::explain))
+                    .route("/audit", web::get().to(audit::list)),
             )
             .default_service(web::to(|| async {
                 Problem::not_found("no such admin resource").error_response_owned()

@@ -180,6 +180,25 @@ pub async fn get(
     }
 }
 
+/// Record a change that was made (a failure to record it is logged, not the caller's error: the
+/// change is in effect and the log line carries it).
+async fn audit(state: &AdminState, admin: &super::auth::Admin, action: &str, tenant: &str, change: Value) {
+    let entry = marina_control::AuditEntry {
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        actor: admin.subject.clone(),
+        action: action.to_owned(),
+        tenant: tenant.to_owned(),
+        target: None,
+        change,
+    };
+    if let Err(e) = state.audit.append(entry).await {
+        tracing::warn!(error = %e, action, tenant, "admin change not recorded in the audit store");
+    }
+}
+
 /// Check `doc`, store it for `id` as `expect`s, apply it here; the answer.
 async fn store(
     state: &AdminState,
@@ -188,13 +207,21 @@ async fn store(
     doc: Value,
     expect: Expect,
     action: &'static str,
+    change: Value,
 ) -> Result<HttpResponse, Problem> {
     let builder = state.tenants.builder();
     let settings = crate::tenants::Builder::parse(&doc).map_err(Problem::invalid)?;
     builder.check_addresses(&settings).map_err(Problem::invalid)?;
     builder.build(id, &settings).await.map_err(Problem::invalid)?;
     let version = state.docs.put(id, &doc, expect).await.map_err(write_error)?;
-    tracing::info!(target: "marina::audit", event = "admin_change", action, actor = %admin.subject, tenant = %id, version, "tenant written");
+    audit(
+        state,
+        admin,
+        action,
+        id,
+        json!({"version": version, "change": change}),
+    )
+    .await;
     if let Err(e) = state.tenants.sync(state.docs.as_ref()).await {
         tracing::warn!(error = %e, "tenant stored but not yet applied here; the watcher will");
     }
@@ -225,7 +252,7 @@ pub async fn put(
     let doc = parse_body(body).await?;
     let exists = state.docs.get(&id).await?.is_some();
     let action = if exists { "tenant.replace" } else { "tenant.create" };
-    store(&state, &admin, &id, doc, expect, action).await
+    store(&state, &admin, &id, doc.clone(), expect, action, doc).await
 }
 
 /// `PATCH /admin/v1/tenants/{id}`: a JSON merge patch (RFC 7396) of the document.
@@ -259,7 +286,7 @@ pub async fn patch(
     }
     let mut doc = current.doc;
     json_patch::merge(&mut doc, &patch);
-    store(&state, &admin, &id, doc, expect, "tenant.patch").await
+    store(&state, &admin, &id, doc, expect, "tenant.patch", patch).await
 }
 
 /// `DELETE /admin/v1/tenants/{id}`.
@@ -277,7 +304,7 @@ pub async fn delete(
     if !state.docs.delete(&id, expect).await.map_err(write_error)? {
         return Err(Problem::not_found(format!("no tenant {id}")));
     }
-    tracing::info!(target: "marina::audit", event = "admin_change", action = "tenant.delete", actor = %admin.subject, tenant = %id, "tenant deleted");
+    audit(&state, &admin, "tenant.delete", &id, Value::Null).await;
     if let Err(e) = state.tenants.sync(state.docs.as_ref()).await {
         tracing::warn!(error = %e, "tenant deleted but not yet applied here; the watcher will");
     }
