@@ -31,6 +31,34 @@ fn admin_config(dir: &std::path::Path, admin_key: &str) -> std::path::PathBuf {
     f
 }
 
+/// GET `url` as the administrator with `key`; the JSON body.
+async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `method url` as the administrator with `key`, with a JSON body.
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    key: &str,
+    body: &Value,
+) -> reqwest::Response {
+    http.request(method, url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Poll `probe` (bounded) until it holds; how long that took.
 async fn within<F, Fut>(limit: Duration, mut probe: F) -> Duration
 where
@@ -99,13 +127,14 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 
     // Create through node A; serve through node B within a second.
-    let r = http
-        .put(format!("{}/tenants/acme", a.admin()))
-        .bearer_auth(&admin_key)
-        .json(&tenant_doc(&digest(&bob), "p, viewer, tool:echo, call, allow"))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        &http,
+        reqwest::Method::PUT,
+        &format!("{}/tenants/acme", a.admin()),
+        &admin_key,
+        &tenant_doc(&digest(&bob), "p, viewer, tool:echo, call, allow"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let etag1 = r.headers()["etag"].to_str().unwrap().to_owned();
     within(Duration::from_secs(1), || async {
@@ -128,15 +157,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag1);
-    let listed: Value = http
-        .get(format!("{}/tenants", b.admin()))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&http, &format!("{}/tenants", b.admin()), &admin_key).await;
     let ids: Vec<&str> = listed["items"]
         .as_array()
         .unwrap()
@@ -211,13 +232,14 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     }
 
     // Suspend, then delete: refused on both nodes.
-    let r = http
-        .patch(format!("{}/tenants/acme", a.admin()))
-        .bearer_auth(&admin_key)
-        .json(&json!({"disabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("{}/tenants/acme", a.admin()),
+        &admin_key,
+        &json!({"disabled": true}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     within(Duration::from_secs(1), || async {
         initialize_status(&url_b, &carol).await == StatusCode::FORBIDDEN
@@ -307,13 +329,14 @@ async fn every_invalid_write_is_a_problem_naming_the_field_and_nothing_is_stored
         ),
     ];
     for (what, id, doc, status, field) in cases {
-        let r = http
-            .put(format!("{}/tenants/{id}", app.admin))
-            .bearer_auth(&admin_key)
-            .json(&doc)
-            .send()
-            .await
-            .unwrap();
+        let r = send(
+            &http,
+            reqwest::Method::PUT,
+            &format!("{}/tenants/{id}", app.admin),
+            &admin_key,
+            &doc,
+        )
+        .await;
         assert_eq!(r.status(), status, "{what}");
         assert_eq!(r.headers()["content-type"], "application/problem+json", "{what}");
         let p: Value = r.json().await.unwrap();
@@ -351,13 +374,14 @@ async fn every_invalid_write_is_a_problem_naming_the_field_and_nothing_is_stored
         assert_eq!(r.headers()["content-type"], "application/problem+json");
     }
     // The file's tenants are read-only; create-only refuses an existing tenant.
-    let r = http
-        .put(format!("{}/tenants/fixed", app.admin))
-        .bearer_auth(&admin_key)
-        .json(&json!({"auth": auth}))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        &http,
+        reqwest::Method::PUT,
+        &format!("{}/tenants/fixed", app.admin),
+        &admin_key,
+        &json!({"auth": auth}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let ok = json!({"auth": auth, "upstreams": builtin});
     let r = http
@@ -378,15 +402,7 @@ async fn every_invalid_write_is_a_problem_naming_the_field_and_nothing_is_stored
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
-    let listed: Value = http
-        .get(format!("{}/tenants", app.admin))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&http, &format!("{}/tenants", app.admin), &admin_key).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
 }
 
@@ -421,34 +437,30 @@ async fn changes_are_audited_and_explained() {
         &digest(&generate_key()),
         "p, viewer, tool:*, call, allow\np, viewer, tool:add, call, deny\ng, operator, viewer\ng, alice, operator",
     );
-    let r = http
-        .put(format!("{}/tenants/acme", app.admin))
-        .bearer_auth(&admin_key)
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        &http,
+        reqwest::Method::PUT,
+        &format!("{}/tenants/acme", app.admin),
+        &admin_key,
+        &doc,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = http
-        .patch(format!("{}/tenants/acme", app.admin))
-        .bearer_auth(&admin_key)
-        .json(&json!({"disabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        &http,
+        reqwest::Method::PATCH,
+        &format!("{}/tenants/acme", app.admin),
+        &admin_key,
+        &json!({"disabled": true}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let audit: Value = http
-        .get(format!(
-            "{}/audit?tenant=acme&since=2020-01-01T00:00:00Z",
-            app.admin
-        ))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_json(
+        &http,
+        &format!("{}/audit?tenant=acme&since=2020-01-01T00:00:00Z", app.admin),
+        &admin_key,
+    )
+    .await;
     let items = audit["items"].as_array().unwrap();
     let actions: Vec<&str> = items.iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["tenant.create", "tenant.patch"], "{audit}");
@@ -464,36 +476,163 @@ async fn changes_are_audited_and_explained() {
 
     // Explain: alice → operator → viewer; the deny on tool:add wins over the glob allow.
     let ask = |object: &str| json!({"subject": "alice", "object": object, "action": "call"});
-    let ex: Value = http
-        .post(format!("{}/tenants/acme/explain", app.admin))
-        .bearer_auth(&admin_key)
-        .json(&ask("tool:echo"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ex: Value = send(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/tenants/acme/explain", app.admin),
+        &admin_key,
+        &ask("tool:echo"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(ex["decision"], "allow", "{ex}");
     assert_eq!(ex["chain"], json!(["alice", "operator", "viewer"]), "{ex}");
-    let ex: Value = http
-        .post(format!("{}/tenants/acme/explain", app.admin))
-        .bearer_auth(&admin_key)
-        .json(&ask("tool:add"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ex: Value = send(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/tenants/acme/explain", app.admin),
+        &admin_key,
+        &ask("tool:add"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(ex["decision"], "deny", "{ex}");
     assert!(ex["rule"].as_str().unwrap().contains("deny"), "{ex}");
+    let r = send(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/tenants/nobody/explain", app.admin),
+        &admin_key,
+        &ask("tool:add"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everywhere() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let env = [("MARINA__ADMIN__KEY_USAGE_FLUSH_MS", "100")];
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &env, &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &env, &config);
+    let http = client();
+    let r = send(
+        &http,
+        reqwest::Method::PUT,
+        &format!("{}/tenants/acme", a.admin()),
+        &admin_key,
+        &json!({"auth": {"api_keys": []}, "upstreams": [{"kind": "builtin", "tools": ["echo"]}]}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // A malformed expiry names the request's field; nothing is stored.
+    let r = send(
+        &http,
+        reqwest::Method::POST,
+        &format!("{}/tenants/acme/api-keys", a.admin()),
+        &admin_key,
+        &json!({"subject": "ci", "expires": "someday"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["field"], "expires", "{p}");
+
+    let created: Value = {
+        let r = send(
+            &http,
+            reqwest::Method::POST,
+            &format!("{}/tenants/acme/api-keys", a.admin()),
+            &admin_key,
+            &json!({"subject": "ci", "roles": ["operator"]}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    };
+    let key = created["key"].as_str().unwrap().to_owned();
+    let kid = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("mk_"));
+    assert_eq!(kid, marina_auth::key_id(&digest(&key)));
+    let url_a = format!("{}/t/acme/mcp", a.base());
+    let url_b = format!("{}/t/acme/mcp", b.base());
+    within(Duration::from_secs(1), || async {
+        initialize_status(&url_b, &key).await == StatusCode::OK
+    })
+    .await;
+
+    // Listed on the other node without the secret, with its last use once flushed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let l: Value = get_json(&http, &format!("{}/tenants/acme/api-keys", a.admin()), &admin_key).await;
+        if l["items"][0]["lastUsedMs"].is_u64() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no last use: {l}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let item = &listed["items"][0];
+    assert_eq!(
+        (item["id"].as_str(), item["subject"].as_str()),
+        (Some(kid.as_str()), Some("ci"))
+    );
+    assert_eq!(item["roles"], json!(["operator"]));
+    assert!(
+        !listed.to_string().contains(&key),
+        "the key itself is never listed"
+    );
+    assert!(!listed.to_string().contains(&digest(&key)), "nor its digest");
+
+    // Revoked through node B: refused on both nodes within a second.
     let r = http
-        .post(format!("{}/tenants/nobody/explain", app.admin))
+        .delete(format!("{}/tenants/acme/api-keys/{kid}", b.admin()))
         .bearer_auth(&admin_key)
-        .json(&ask("tool:add"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for url in [&url_a, &url_b] {
+        within(Duration::from_secs(1), || async {
+            initialize_status(url, &key).await == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+    let r = http
+        .delete(format!("{}/tenants/acme/api-keys/{kid}", b.admin()))
+        .bearer_auth(&admin_key)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let audit = http
+        .get(format!("{}/audit?tenant=acme", a.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains("api_key.create") && audit.contains("api_key.revoke"),
+        "{audit}"
+    );
+    assert!(!audit.contains(&key), "the audit log never holds a key");
+}
+
+#[tokio::test]
+async fn key_last_use_in_redis_only_rises() {
+    let redis = RedisServer::start();
+    let store = std::sync::Arc::new(
+        marina_core::store::RedisStore::new(&redis.url(), "ku", Duration::from_secs(2)).unwrap(),
+    );
+    marina_control::usage::suite(&marina_control::RedisUsage::new(store, Duration::from_secs(60))).await;
 }

@@ -2,6 +2,7 @@
 //! the SHA-256 of each key; a presented key is hashed and compared with every configured digest
 //! in constant time (no early exit, no lookup keyed by secret-derived data).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -31,12 +32,21 @@ pub fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// A key's public id: the first 16 hex digits of its digest (what the admin API lists and
+/// revokes; it reveals nothing the stored digest does not).
+pub fn key_id(sha256_hex: &str) -> String {
+    sha256_hex.trim().to_ascii_lowercase().chars().take(16).collect()
+}
+
 #[derive(Debug)]
 struct Entry {
     digest: [u8; 32],
+    id: String,
     subject: String,
     roles: Vec<String>,
     expires: Option<SystemTime>,
+    /// When this node last accepted it (Unix ms; 0: not since the tenant was built here).
+    used_ms: AtomicU64,
 }
 
 /// A tenant's API keys.
@@ -56,9 +66,11 @@ impl KeyRing {
                     .map_err(|_| format!("api key of {:?}: sha256 must be 64 hex digits", k.subject))?;
                 Ok(Entry {
                     digest,
+                    id: key_id(&k.sha256),
                     subject: k.subject.clone(),
                     roles: k.roles.clone(),
                     expires: k.expires,
+                    used_ms: AtomicU64::new(0),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -83,6 +95,10 @@ impl KeyRing {
         if e.expires.is_some_and(|t| t <= now) {
             return Err(AuthError::InvalidToken("expired", "the credential has expired"));
         }
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        e.used_ms.store(ms, Ordering::Relaxed);
         Ok(Principal {
             owner: Owner {
                 issuer: API_KEY_ISSUER.into(),
@@ -92,6 +108,19 @@ impl KeyRing {
             scopes: Vec::new(),
             expires_at: e.expires,
         })
+    }
+}
+
+impl KeyRing {
+    /// When this node last accepted each key it has accepted: (key id, Unix ms).
+    pub fn usage(&self) -> Vec<(String, u64)> {
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                let ms = e.used_ms.load(Ordering::Relaxed);
+                (ms > 0).then(|| (e.id.clone(), ms))
+            })
+            .collect()
     }
 }
 

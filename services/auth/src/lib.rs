@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use marina_core::domain::Owner;
 use marina_core::settings::AuthSettings;
 
-pub use api_key::{KeyRing, digest, generate_key};
+pub use api_key::{KeyRing, digest, generate_key, key_id};
 pub use oauth::{Fetch, OAuth, REFETCH_MIN};
 
 /// Issuer of the principals authenticated by an API key.
@@ -161,6 +161,11 @@ impl TenantAuth {
     /// Its OAuth resource server, if it accepts OAuth tokens.
     pub fn oauth(&self) -> Option<&OAuth> {
         self.config.as_ref().and_then(|c| c.oauth.as_ref())
+    }
+
+    /// When this node last accepted each of the tenant's API keys: (key id, Unix ms).
+    pub fn key_usage(&self) -> Vec<(String, u64)> {
+        self.config.as_ref().map(|c| c.keys.usage()).unwrap_or_default()
     }
 
     /// RFC 9728 protected-resource metadata, for a tenant that accepts OAuth tokens.

@@ -9,6 +9,7 @@
 pub mod audit;
 mod memory;
 mod redis_docs;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use serde_json::Value;
 pub use audit::{AuditEntry, AuditLog, MemoryAudit, RedisAudit};
 pub use memory::MemoryDocs;
 pub use redis_docs::RedisDocs;
+pub use usage::{KeyUsage, MemoryUsage, RedisUsage};
 
 /// One stored tenant document.
 #[derive(Debug, Clone, PartialEq)]

@@ -51,8 +51,11 @@ pub struct AdminSettings {
     pub poll_ms: u64,
     /// Audit entries kept (about; older ones are trimmed).
     pub audit_max_entries: usize,
-    /// Audit entries older than this are trimmed.
+    /// Audit entries older than this are trimmed (and API keys' last-use times unused that
+    /// long are forgotten).
     pub audit_retention_days: u64,
+    /// How often each node hands the store the API key uses it saw (their last-use times).
+    pub key_usage_flush_ms: u64,
 }
 
 /// One platform administrator's key.
@@ -754,9 +757,10 @@ impl Settings {
             || self.admin.max_tenants == 0
             || self.admin.audit_max_entries == 0
             || self.admin.audit_retention_days == 0
+            || self.admin.key_usage_flush_ms == 0
         {
             return bad(
-                "admin.poll_ms, admin.max_tenants, admin.audit_max_entries and admin.audit_retention_days must be positive",
+                "admin.poll_ms, max_tenants, audit_max_entries, audit_retention_days and key_usage_flush_ms must be positive",
             );
         }
         Ok(())

@@ -12,7 +12,9 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use marina_actors::{Node, NodeConfig};
-use marina_control::{AuditLog, MemoryAudit, MemoryDocs, RedisAudit, RedisDocs, TenantDocs};
+use marina_control::{
+    AuditLog, KeyUsage, MemoryAudit, MemoryDocs, MemoryUsage, RedisAudit, RedisDocs, RedisUsage, TenantDocs,
+};
 use marina_core::caps::Caps;
 use marina_core::settings::Settings;
 use marina_core::store::{MemoryStore, RedisStore, SessionStore};
@@ -39,6 +41,7 @@ pub struct Application {
     admin: Option<(actix_web::dev::Server, std::net::SocketAddr)>,
     tenants: Arc<crate::tenants::Registry>,
     docs: Arc<dyn TenantDocs>,
+    usage: Arc<dyn KeyUsage>,
     node: Arc<Node>,
     url: String,
     settings: Arc<Settings>,
@@ -61,6 +64,7 @@ type Backends = (
     Arc<dyn Caps>,
     Arc<dyn TenantDocs>,
     Arc<dyn AuditLog>,
+    Arc<dyn KeyUsage>,
 );
 
 fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
@@ -78,6 +82,7 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
             limits,
             Arc::new(MemoryDocs::new(max_tenants)),
             Arc::new(MemoryAudit::new(audit_max, retention)),
+            Arc::new(MemoryUsage::default()),
         ));
     }
     let store = Arc::new(
@@ -87,7 +92,8 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     let limits = Arc::new(RedisLimiter::new(store.clone()));
     let docs = Arc::new(RedisDocs::new(store.clone(), max_tenants));
     let audit = Arc::new(RedisAudit::new(store.clone(), audit_max, retention));
-    Ok((store, limits.clone(), limits, docs, audit))
+    let usage = Arc::new(RedisUsage::new(store.clone(), retention));
+    Ok((store, limits.clone(), limits, docs, audit, usage))
 }
 
 /// The egress client every upstream (and OAuth issuer) of this node shares.
@@ -189,7 +195,7 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let (store, limiter, caps, docs, audit) = build_store(&settings).map_err(ConfigError)?;
+        let (store, limiter, caps, docs, audit, usage) = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
         let cluster_secret = cluster_secret(&settings).map_err(ConfigError)?;
@@ -251,6 +257,7 @@ impl Application {
                     tenants: tenants.clone(),
                     docs: docs.clone(),
                     audit,
+                    usage: usage.clone(),
                 };
                 tracing::info!(%addr, "admin API listening");
                 Some((crate::admin::server(state, l)?, addr))
@@ -431,6 +438,7 @@ impl Application {
             admin,
             tenants,
             docs,
+            usage,
             node,
             url,
             settings,
@@ -483,6 +491,14 @@ impl Application {
             self.docs.clone(),
             Duration::from_millis(self.settings.admin.poll_ms),
         ));
+        let (tenants, usage) = (self.tenants.clone(), self.usage.clone());
+        let every = Duration::from_millis(self.settings.admin.key_usage_flush_ms);
+        let flush = actix_rt::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                tenants.flush_key_usage(usage.as_ref()).await;
+            }
+        });
         let (node, url) = (self.node.clone(), self.url.clone());
         let heartbeat = actix_rt::spawn(async move {
             // Every third of the lease TTL: the node's liveness is what keeps its leases valid.
@@ -507,6 +523,8 @@ impl Application {
             .await;
         heartbeat.abort();
         follow.abort();
+        flush.abort();
+        self.tenants.flush_key_usage(self.usage.as_ref()).await;
         let _ = self.node.store.unregister_node(&self.node.config.instance).await;
         if let Some((h, s)) = admin {
             h.stop(true).await;

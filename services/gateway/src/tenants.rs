@@ -181,6 +181,8 @@ pub struct Registry {
     served: arc_swap::ArcSwap<HashMap<String, Arc<Served>>>,
     /// One apply at a time.
     applying: tokio::sync::Mutex<()>,
+    /// API key uses already flushed to the store: (tenant, key id) → Unix ms.
+    flushed: std::sync::Mutex<HashMap<(String, String), u64>>,
 }
 
 impl Registry {
@@ -216,6 +218,7 @@ impl Registry {
             auth,
             served: arc_swap::ArcSwap::from_pointee(served),
             applying: tokio::sync::Mutex::new(()),
+            flushed: Default::default(),
         };
         r.publish();
         Ok(r)
@@ -326,6 +329,40 @@ impl Registry {
                 Err(e) => tracing::debug!(error = %e, "cannot read the configuration version"),
             }
             docs.changed(poll).await;
+        }
+    }
+}
+
+impl Registry {
+    /// Hand the store the API key uses this node saw since the last flush (the admin API lists
+    /// them as each key's last use).
+    pub async fn flush_key_usage(&self, usage: &dyn marina_control::KeyUsage) {
+        let served = self.served.load_full();
+        self.flushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _), _| served.contains_key(t));
+        for (id, s) in served.iter() {
+            let fresh: Vec<(String, u64)> = {
+                let flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
+                s.auth
+                    .key_usage()
+                    .into_iter()
+                    .filter(|(k, ms)| flushed.get(&(id.clone(), k.clone())).is_none_or(|f| f < ms))
+                    .collect()
+            };
+            if fresh.is_empty() {
+                continue;
+            }
+            match usage.record(id, &fresh).await {
+                Ok(()) => {
+                    let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
+                    for (k, ms) in fresh {
+                        flushed.insert((id.clone(), k), ms);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, tenant = %id, "API key uses not flushed; will retry"),
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 mod audit;
 mod auth;
 mod explain;
+mod keys;
 mod problem;
 mod tenants;
 
@@ -13,7 +14,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use marina_control::{AuditLog, TenantDocs};
+use marina_control::{AuditLog, KeyUsage, TenantDocs};
 
 pub use auth::AdminAuth;
 pub use problem::Problem;
@@ -29,6 +30,8 @@ pub struct AdminState {
     pub docs: Arc<dyn TenantDocs>,
     /// Who changed what.
     pub audit: Arc<dyn AuditLog>,
+    /// When tenants' API keys were last used.
+    pub usage: Arc<dyn KeyUsage>,
 }
 
 impl AdminState {
@@ -57,6 +60,9 @@ pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix
                     .route("/tenants/{id}", web::patch().to(tenants::patch))
                     .route("/tenants/{id}", web::delete().to(tenants::delete))
                     .route("/tenants/{id}/explain", web::post().to(explain::explain))
+                    .route("/tenants/{id}/api-keys", web::get().to(keys::list))
+                    .route("/tenants/{id}/api-keys", web::post().to(keys::create))
+                    .route("/tenants/{id}/api-keys/{key}", web::delete().to(keys::revoke))
                     .route("/audit", web::get().to(audit::list)),
             )
             .default_service(web::to(|| async {

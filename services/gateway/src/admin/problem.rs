@@ -57,6 +57,19 @@ impl Problem {
         )
     }
 
+    /// Does the field at fault start with `prefix`?
+    pub fn field_starts_with(&self, prefix: &str) -> bool {
+        self.field.as_deref().is_some_and(|f| f.starts_with(prefix))
+    }
+
+    /// The same problem, its field named relative to what the caller sent: `prefix` removed.
+    pub fn with_field_prefix(mut self, prefix: &str) -> Self {
+        if let Some(f) = &self.field {
+            self.field = Some(f.strip_prefix(prefix).unwrap_or(f).to_owned());
+        }
+        self
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -58,7 +58,7 @@ fn check_id(id: &str) -> Result<(), Problem> {
     }
 }
 
-fn read_only(id: &str) -> Problem {
+pub(super) fn read_only(id: &str) -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
         "read-only tenant",
@@ -84,7 +84,7 @@ async fn read_body(mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
     Ok(body)
 }
 
-async fn parse_body(payload: web::Payload) -> Result<Value, Problem> {
+pub(super) async fn parse_body(payload: web::Payload) -> Result<Value, Problem> {
     let body = read_body(payload).await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))?;
@@ -97,7 +97,7 @@ async fn parse_body(payload: web::Payload) -> Result<Value, Problem> {
 }
 
 /// The write's outcome as HTTP.
-fn write_error(e: WriteError) -> Problem {
+pub(super) fn write_error(e: WriteError) -> Problem {
     match e {
         WriteError::Conflict { current: 0 } => Problem::new(
             StatusCode::PRECONDITION_FAILED,
@@ -182,7 +182,13 @@ pub async fn get(
 
 /// Record a change that was made (a failure to record it is logged, not the caller's error: the
 /// change is in effect and the log line carries it).
-async fn audit(state: &AdminState, admin: &super::auth::Admin, action: &str, tenant: &str, change: Value) {
+pub(super) async fn audit(
+    state: &AdminState,
+    admin: &super::auth::Admin,
+    action: &str,
+    tenant: &str,
+    change: Value,
+) {
     let entry = marina_control::AuditEntry {
         at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -199,21 +205,21 @@ async fn audit(state: &AdminState, admin: &super::auth::Admin, action: &str, ten
     }
 }
 
-/// Check `doc`, store it for `id` as `expect`s, apply it here; the answer.
-async fn store(
+/// Check `doc`, store it for `id` as `expect`s, audit and apply it here; its new version.
+pub(super) async fn write(
     state: &AdminState,
     admin: &super::auth::Admin,
     id: &str,
-    doc: Value,
+    doc: &Value,
     expect: Expect,
-    action: &'static str,
+    action: &str,
     change: Value,
-) -> Result<HttpResponse, Problem> {
+) -> Result<u64, Problem> {
     let builder = state.tenants.builder();
-    let settings = crate::tenants::Builder::parse(&doc).map_err(Problem::invalid)?;
+    let settings = crate::tenants::Builder::parse(doc).map_err(Problem::invalid)?;
     builder.check_addresses(&settings).map_err(Problem::invalid)?;
     builder.build(id, &settings).await.map_err(Problem::invalid)?;
-    let version = state.docs.put(id, &doc, expect).await.map_err(write_error)?;
+    let version = state.docs.put(id, doc, expect).await.map_err(write_error)?;
     audit(
         state,
         admin,
@@ -225,14 +231,14 @@ async fn store(
     if let Err(e) = state.tenants.sync(state.docs.as_ref()).await {
         tracing::warn!(error = %e, "tenant stored but not yet applied here; the watcher will");
     }
-    let status = if expect == Expect::Absent || action == "tenant.create" {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(HttpResponse::build(status)
+    Ok(version)
+}
+
+/// The answer to a document write.
+fn written(status: StatusCode, version: u64, doc: &Value) -> HttpResponse {
+    HttpResponse::build(status)
         .insert_header(("etag", etag(version)))
-        .json(doc))
+        .json(doc)
 }
 
 /// `PUT /admin/v1/tenants/{id}`: create or replace.
@@ -251,8 +257,13 @@ pub async fn put(
     let expect = expect(&req)?;
     let doc = parse_body(body).await?;
     let exists = state.docs.get(&id).await?.is_some();
-    let action = if exists { "tenant.replace" } else { "tenant.create" };
-    store(&state, &admin, &id, doc.clone(), expect, action, doc).await
+    let (action, status) = if exists {
+        ("tenant.replace", StatusCode::OK)
+    } else {
+        ("tenant.create", StatusCode::CREATED)
+    };
+    let version = write(&state, &admin, &id, &doc, expect, action, doc.clone()).await?;
+    Ok(written(status, version, &doc))
 }
 
 /// `PATCH /admin/v1/tenants/{id}`: a JSON merge patch (RFC 7396) of the document.
@@ -286,7 +297,8 @@ pub async fn patch(
     }
     let mut doc = current.doc;
     json_patch::merge(&mut doc, &patch);
-    store(&state, &admin, &id, doc, expect, "tenant.patch", patch).await
+    let version = write(&state, &admin, &id, &doc, expect, "tenant.patch", patch).await?;
+    Ok(written(StatusCode::OK, version, &doc))
 }
 
 /// `DELETE /admin/v1/tenants/{id}`.

@@ -1,0 +1,180 @@
+//! `/admin/v1/tenants/{id}/api-keys`: create a tenant API key (returned once; only its SHA-256
+//! is stored, in the tenant document's `auth.api_keys` like a configured one), list them (never a
+//! secret; with each key's last use across the cluster) and revoke one. A revoked key is refused
+//! on every node within a second.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use marina_auth::{digest, generate_key, key_id};
+use marina_control::Expect;
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::problem::Problem;
+use super::tenants::{parse_body, read_only, write, write_error};
+
+/// Attempts of a key write that raced another write of the tenant.
+const ATTEMPTS: usize = 3;
+
+fn keys_of(doc: &Value) -> Vec<Value> {
+    doc.pointer("/auth/api_keys")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `GET …/api-keys`.
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    state.auth.admin(&req).await?;
+    let Some(served) = state.tenants.get(&id) else {
+        return Err(Problem::not_found(format!("no tenant {id}")));
+    };
+    let used = state.usage.get(&id).await?;
+    let items: Vec<Value> = served
+        .tenant
+        .settings
+        .auth
+        .iter()
+        .flat_map(|a| &a.api_keys)
+        .map(|k| {
+            let kid = key_id(&k.sha256);
+            json!({
+                "id": kid,
+                "subject": k.subject,
+                "roles": k.roles,
+                "expires": k.expires.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "lastUsedMs": used.get(&kid),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"items": items})))
+}
+
+/// `POST …/api-keys {subject, roles?, expires?}`: 201 with the key, shown this once.
+pub async fn create(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let admin = state.auth.admin(&req).await?;
+    let id = id.into_inner();
+    if state.file_tenant(&id) {
+        return Err(read_only(&id));
+    }
+    let ask = parse_body(body).await?;
+    let unknown: Vec<&String> = ask
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| !["subject", "roles", "expires"].contains(&k.as_str()))
+        .collect();
+    if let Some(k) = unknown.first() {
+        return Err(Problem::invalid(crate::tenants::Invalid {
+            field: (*k).clone(),
+            detail: "unknown field; expected subject, roles, expires".into(),
+        }));
+    }
+    let key = generate_key();
+    let mut entry = json!({"subject": ask["subject"], "sha256": digest(&key)});
+    if let Some(roles) = ask.get("roles") {
+        entry["roles"] = roles.clone();
+    }
+    if let Some(expires) = ask.get("expires") {
+        entry["expires"] = expires.clone();
+    }
+    for attempt in 1..=ATTEMPTS {
+        let Some(current) = state.docs.get(&id).await? else {
+            return Err(Problem::not_found(format!("no tenant {id}")));
+        };
+        let mut doc = current.doc;
+        let mut keys = keys_of(&doc);
+        let index = keys.len();
+        keys.push(entry.clone());
+        if !doc.get("auth").is_some_and(Value::is_object) {
+            doc["auth"] = json!({});
+        }
+        doc["auth"]["api_keys"] = Value::Array(keys);
+        let change =
+            json!({"id": key_id(&digest(&key)), "subject": ask["subject"], "roles": entry.get("roles")});
+        match write(
+            &state,
+            &admin,
+            &id,
+            &doc,
+            Expect::Version(current.version),
+            "api_key.create",
+            change,
+        )
+        .await
+        {
+            Ok(version) => {
+                return Ok(HttpResponse::Created()
+                    .insert_header(("etag", format!("\"{version}\"")))
+                    .json(json!({
+                        "id": key_id(&digest(&key)),
+                        "key": key,
+                        "subject": entry["subject"],
+                        "roles": entry.get("roles").cloned().unwrap_or(json!([])),
+                        "expires": entry.get("expires"),
+                    })));
+            }
+            // A field of the new entry is at fault: name it as the request's.
+            Err(p) if p.field_starts_with(&format!("auth.api_keys[{index}]")) => {
+                return Err(p.with_field_prefix(&format!("auth.api_keys[{index}].")));
+            }
+            Err(p) if p.status() == StatusCode::PRECONDITION_FAILED && attempt < ATTEMPTS => {}
+            Err(p) => return Err(p),
+        }
+    }
+    Err(write_error(marina_control::WriteError::Conflict { current: 0 }))
+}
+
+/// `DELETE …/api-keys/{key}`: 204.
+pub async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let admin = state.auth.admin(&req).await?;
+    let (id, kid) = path.into_inner();
+    if state.file_tenant(&id) {
+        return Err(read_only(&id));
+    }
+    for attempt in 1..=ATTEMPTS {
+        let Some(current) = state.docs.get(&id).await? else {
+            return Err(Problem::not_found(format!("no tenant {id}")));
+        };
+        let mut doc = current.doc;
+        let keys = keys_of(&doc);
+        let kept: Vec<Value> = keys
+            .iter()
+            .filter(|k| k["sha256"].as_str().is_none_or(|d| key_id(d) != kid))
+            .cloned()
+            .collect();
+        if kept.len() == keys.len() {
+            return Err(Problem::not_found(format!("tenant {id} has no key {kid}")));
+        }
+        doc["auth"]["api_keys"] = Value::Array(kept);
+        match write(
+            &state,
+            &admin,
+            &id,
+            &doc,
+            Expect::Version(current.version),
+            "api_key.revoke",
+            json!({"id": kid}),
+        )
+        .await
+        {
+            Ok(_) => return Ok(HttpResponse::NoContent().finish()),
+            Err(p) if p.status() == StatusCode::PRECONDITION_FAILED && attempt < ATTEMPTS => {}
+            Err(p) => return Err(p),
+        }
+    }
+    Err(write_error(marina_control::WriteError::Conflict { current: 0 }))
+}
