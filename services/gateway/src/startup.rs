@@ -357,6 +357,7 @@ impl Application {
                             target: "marina::access",
                             status = res.status().as_u16(),
                             elapsed_ms = started.elapsed().as_millis() as u64,
+                            elapsed_us = started.elapsed().as_micros() as u64,
                             "request done"
                         );
                         if let Ok(v) = HeaderValue::from_str(&request_id) {
