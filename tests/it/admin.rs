@@ -636,3 +636,117 @@ async fn key_last_use_in_redis_only_rises() {
     );
     marina_control::usage::suite(&marina_control::RedisUsage::new(store, Duration::from_secs(60))).await;
 }
+
+#[actix_rt::test]
+async fn a_tenant_administrator_manages_its_tenant_and_sees_nothing_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let app = spawn_app_with(Some(&config), &[]).await;
+    let http = client();
+    let (alice, bob, other) = (generate_key(), generate_key(), generate_key());
+    let doc = |keys: Value| {
+        json!({"auth": {"api_keys": keys}, "rbac": {"policy": "p, viewer, tool:*, call, allow\ng, alice, tenant-admin"},
+               "upstreams": [{"kind": "builtin", "tools": ["echo"]}]})
+    };
+    let a_doc = doc(json!([
+        {"subject": "alice", "sha256": digest(&alice)},
+        {"subject": "bob", "sha256": digest(&bob), "roles": ["viewer"]},
+    ]));
+    let b_doc = doc(json!([{"subject": "alice", "sha256": digest(&other)}]));
+    for (id, d) in [("a", &a_doc), ("b", &b_doc)] {
+        let r = send(
+            &http,
+            reqwest::Method::PUT,
+            &format!("{}/tenants/{id}", app.admin),
+            &admin_key,
+            d,
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let t = |path: &str| format!("{}/tenants/{path}", app.admin);
+    let as_ =
+        |m: reqwest::Method, url: String, key: &str| http.request(m, url).header("x-api-key", key.to_owned());
+
+    // Alice administers a: reads it, changes its policy, makes a key, reads its audit.
+    let r = as_(reqwest::Method::GET, t("a"), &alice).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = as_(reqwest::Method::PATCH, t("a"), &alice)
+        .json(&json!({"allowed_origins": ["https://app.a.example"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = as_(reqwest::Method::POST, t("a/api-keys"), &alice)
+        .json(&json!({"subject": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = as_(
+        reqwest::Method::GET,
+        format!("{}/audit?tenant=a", app.admin),
+        &alice,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let audit: Value = r.json().await.unwrap();
+    assert!(
+        audit.to_string().contains("a/alice"),
+        "the tenant administrator is named: {audit}"
+    );
+
+    // But neither suspends nor deletes it, nor lists the platform's tenants.
+    let r = as_(reqwest::Method::PATCH, t("a"), &alice)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = as_(reqwest::Method::DELETE, t("a"), &alice).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = as_(reqwest::Method::GET, format!("{}/tenants", app.admin), &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Nothing of b, whatever the verb: always 404, as if b did not exist.
+    for (m, path) in [
+        (reqwest::Method::GET, t("b")),
+        (reqwest::Method::PATCH, t("b")),
+        (reqwest::Method::PUT, t("b")),
+        (reqwest::Method::DELETE, t("b")),
+        (reqwest::Method::GET, t("b/api-keys")),
+        (reqwest::Method::POST, t("b/api-keys")),
+        (reqwest::Method::DELETE, t("b/api-keys/0123456789abcdef")),
+        (reqwest::Method::POST, t("b/explain")),
+        (reqwest::Method::GET, format!("{}/audit?tenant=b", app.admin)),
+        (reqwest::Method::GET, t("nope")),
+    ] {
+        let r = as_(m.clone(), path.clone(), &alice)
+            .json(&json!({"subject": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{m} {path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("alice") && !body.contains(&digest(&other)),
+            "{body}"
+        );
+    }
+
+    // A principal of a without the role: 403; no credential: 401.
+    let r = as_(reqwest::Method::GET, t("a"), &bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http.get(t("a")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The platform administrator still sees a's change.
+    let got = get_json(&http, &t("a"), &admin_key).await;
+    assert_eq!(got["allowed_origins"], json!(["https://app.a.example"]));
+    assert_eq!(got["auth"]["api_keys"].as_array().unwrap().len(), 3);
+}

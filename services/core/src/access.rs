@@ -28,6 +28,11 @@ impl Access {
 pub trait Authorizer: Send + Sync + std::fmt::Debug {
     /// May `who` do `action` on `object`?
     fn allows(&self, who: &Access, object: &str, action: &str) -> bool;
+
+    /// Does `who` hold `role`, from its credential or through the policy's role links?
+    fn holds_role(&self, who: &Access, role: &str) -> bool {
+        who.roles.iter().any(|r| r == role)
+    }
 }
 
 /// Does `text` match `pattern`, where `*` matches any run of characters (including none)?

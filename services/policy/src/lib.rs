@@ -290,6 +290,10 @@ impl Authorizer for TenantPolicy {
         self.decisions
             .get_or(who, object, action, || self.evaluate(who, object, action))
     }
+
+    fn holds_role(&self, who: &Access, role: &str) -> bool {
+        Self::seeds(who).any(|seed| seed == role || self.role_paths(seed).contains_key(role))
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +309,22 @@ mod tests {
         g, admin, operator
         g, alice, admin
     ";
+
+    #[tokio::test]
+    async fn roles_are_held_through_links_and_credentials() {
+        let p = TenantPolicy::new(ISSUE_POLICY).await.unwrap();
+        assert!(
+            p.holds_role(&who("alice", &[]), "viewer"),
+            "alice → admin → operator → viewer"
+        );
+        assert!(p.holds_role(&who("bob", &["operator"]), "viewer"));
+        assert!(p.holds_role(&who("bob", &["tenant-admin"]), "tenant-admin"));
+        assert!(
+            !p.holds_role(&who("bob", &["viewer"]), "operator"),
+            "links go one way"
+        );
+        assert!(!p.holds_role(&who("carol", &[]), "viewer"));
+    }
 
     fn who(subject: &str, roles: &[&str]) -> Access {
         Access::new(subject, roles.iter().map(|r| (*r).to_owned()).collect())

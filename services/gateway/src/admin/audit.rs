@@ -39,7 +39,10 @@ pub async fn list(
     state: web::Data<AdminState>,
     q: web::Query<Query>,
 ) -> Result<HttpResponse, Problem> {
-    state.auth.admin(&req).await?;
+    match &q.tenant {
+        Some(t) => state.auth.for_tenant(&req, &state.tenants, t).await?,
+        None => state.auth.admin(&req).await?,
+    };
     let since = since_ms(q.since.as_deref())?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state.audit.list(q.tenant.as_deref(), since, limit).await?;

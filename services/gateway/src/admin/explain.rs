@@ -28,7 +28,7 @@ pub async fn explain(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Problem> {
-    state.auth.admin(&req).await?;
+    state.auth.for_tenant(&req, &state.tenants, &id).await?;
     let ask: Ask = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("expected {{subject, roles?, object, action}}: {e}")))?;
     let Some(served) = state.tenants.get(&id) else {

@@ -29,7 +29,7 @@ pub async fn list(
     state: web::Data<AdminState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    state.auth.admin(&req).await?;
+    state.auth.for_tenant(&req, &state.tenants, &id).await?;
     let Some(served) = state.tenants.get(&id) else {
         return Err(Problem::not_found(format!("no tenant {id}")));
     };
@@ -61,8 +61,8 @@ pub async fn create(
     id: web::Path<String>,
     body: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    let admin = state.auth.admin(&req).await?;
     let id = id.into_inner();
+    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
     if state.file_tenant(&id) {
         return Err(read_only(&id));
     }
@@ -140,8 +140,8 @@ pub async fn revoke(
     state: web::Data<AdminState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
-    let admin = state.auth.admin(&req).await?;
     let (id, kid) = path.into_inner();
+    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
     if state.file_tenant(&id) {
         return Err(read_only(&id));
     }

@@ -164,8 +164,8 @@ pub async fn get(
     state: web::Data<AdminState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    state.auth.admin(&req).await?;
     let id = id.into_inner();
+    state.auth.for_tenant(&req, &state.tenants, &id).await?;
     if let Some(s) = state.tenants.get(&id).filter(|s| s.source == Source::File) {
         return Ok(HttpResponse::Ok()
             .insert_header(("marina-source", "file"))
@@ -217,6 +217,10 @@ pub(super) async fn write(
 ) -> Result<u64, Problem> {
     let builder = state.tenants.builder();
     let settings = crate::tenants::Builder::parse(doc).map_err(Problem::invalid)?;
+    let disabled_now = state.tenants.get(id).is_some_and(|s| s.tenant.settings.disabled);
+    if settings.disabled != disabled_now {
+        admin.platform_only("suspend or resume tenants")?;
+    }
     builder.check_addresses(&settings).map_err(Problem::invalid)?;
     builder.build(id, &settings).await.map_err(Problem::invalid)?;
     let version = state.docs.put(id, doc, expect).await.map_err(write_error)?;
@@ -248,9 +252,9 @@ pub async fn put(
     id: web::Path<String>,
     body: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    let admin = state.auth.admin(&req).await?;
     let id = id.into_inner();
     check_id(&id)?;
+    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
     if state.file_tenant(&id) {
         return Err(read_only(&id));
     }
@@ -273,8 +277,8 @@ pub async fn patch(
     id: web::Path<String>,
     body: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    let admin = state.auth.admin(&req).await?;
     let id = id.into_inner();
+    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
     if state.file_tenant(&id) {
         return Err(read_only(&id));
     }
@@ -307,8 +311,9 @@ pub async fn delete(
     state: web::Data<AdminState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let admin = state.auth.admin(&req).await?;
     let id = id.into_inner();
+    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
+    admin.platform_only("delete tenants")?;
     if state.file_tenant(&id) {
         return Err(read_only(&id));
     }
