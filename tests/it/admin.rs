@@ -43,6 +43,21 @@ async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
         .unwrap()
 }
 
+/// `method url` as the administrator with `key`, without a body.
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: &str, key: &str) -> reqwest::Response {
+    http.request(method, url).bearer_auth(key).send().await.unwrap()
+}
+
+/// Wait (at most a second) until an `initialize` with `key` gets `status` on every one of `urls`.
+async fn everywhere_within_a_second(urls: [&str; 2], key: &str, status: StatusCode) {
+    for url in urls {
+        within(Duration::from_secs(1), || async {
+            initialize_status(url, key).await == status
+        })
+        .await;
+    }
+}
+
 /// `method url` as the administrator with `key`, with a JSON body.
 async fn send(
     http: &reqwest::Client,
@@ -149,12 +164,13 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     assert_eq!(mcp.call_text(2, "echo", json!({"text": "hi"})).await, "hi");
 
     // The document reads back with its ETag, from either node.
-    let r = http
-        .get(format!("{}/tenants/acme", b.admin()))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/tenants/acme", b.admin()),
+        &admin_key,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag1);
     let listed: Value = get_json(&http, &format!("{}/tenants", b.admin()), &admin_key).await;
@@ -245,25 +261,22 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         initialize_status(&url_b, &carol).await == StatusCode::FORBIDDEN
     })
     .await;
-    let r = http
-        .delete(format!("{}/tenants/acme", b.admin()))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{}/tenants/acme", b.admin()),
+        &admin_key,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    for url in [&url_a, &url_b] {
-        within(Duration::from_secs(1), || async {
-            initialize_status(url, &carol).await == StatusCode::NOT_FOUND
-        })
-        .await;
-    }
-    let r = http
-        .get(format!("{}/tenants/acme", a.admin()))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap();
+    everywhere_within_a_second([&url_a, &url_b], &carol, StatusCode::NOT_FOUND).await;
+    let r = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/tenants/acme", a.admin()),
+        &admin_key,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -347,12 +360,13 @@ async fn every_invalid_write_is_a_problem_naming_the_field_and_nothing_is_stored
             p["field"]
         );
         assert!(!p["detail"].as_str().unwrap_or("").is_empty(), "{what}: {p}");
-        let r = http
-            .get(format!("{}/tenants/{id}", app.admin))
-            .bearer_auth(&admin_key)
-            .send()
-            .await
-            .unwrap();
+        let r = call(
+            &http,
+            reqwest::Method::GET,
+            &format!("{}/tenants/{id}", app.admin),
+            &admin_key,
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{what}: stored anyway");
     }
     // Oversized, not JSON, not an object.
@@ -466,12 +480,13 @@ async fn changes_are_audited_and_explained() {
     assert_eq!(actions, ["tenant.create", "tenant.patch"], "{audit}");
     assert!(items.iter().all(|e| e["actor"] == "ops"));
     assert_eq!(items[1]["change"]["change"], json!({"disabled": true}));
-    let r = http
-        .get(format!("{}/audit?since=yesterday", app.admin))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/audit?since=yesterday", app.admin),
+        &admin_key,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Explain: alice → operator → viewer; the deny on tool:add wins over the glob allow.
@@ -592,25 +607,22 @@ async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everyw
     assert!(!listed.to_string().contains(&digest(&key)), "nor its digest");
 
     // Revoked through node B: refused on both nodes within a second.
-    let r = http
-        .delete(format!("{}/tenants/acme/api-keys/{kid}", b.admin()))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{}/tenants/acme/api-keys/{kid}", b.admin()),
+        &admin_key,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    for url in [&url_a, &url_b] {
-        within(Duration::from_secs(1), || async {
-            initialize_status(url, &key).await == StatusCode::UNAUTHORIZED
-        })
-        .await;
-    }
-    let r = http
-        .delete(format!("{}/tenants/acme/api-keys/{kid}", b.admin()))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .unwrap();
+    everywhere_within_a_second([&url_a, &url_b], &key, StatusCode::UNAUTHORIZED).await;
+    let r = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{}/tenants/acme/api-keys/{kid}", b.admin()),
+        &admin_key,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let audit = http
         .get(format!("{}/audit?tenant=acme", a.admin()))

@@ -125,8 +125,9 @@ impl Shared {
     /// listings and upstream followers — and tells the client to list again, since what it may
     /// see can differ. `false`: the tenant was deleted or suspended, and the session must end.
     pub(crate) async fn refresh_tenant(self: &Rc<Self>) -> bool {
-        let id = self.tenant.borrow().id.clone();
-        let Some(now) = self.node.tenant(&id).filter(|t| !t.settings.disabled) else {
+        // (Looked up by the borrowed id: this runs on every request.)
+        let now = self.node.tenant(&self.tenant.borrow().id);
+        let Some(now) = now.filter(|t| !t.settings.disabled) else {
             return false;
         };
         if Arc::ptr_eq(&now, &self.tenant.borrow()) {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::AdminState;
 use super::problem::Problem;
-use super::tenants::{parse_body, read_only, write, write_error};
+use super::tenants::{parse_body, write, write_error};
 
 /// Attempts of a key write that raced another write of the tenant.
 const ATTEMPTS: usize = 3;
@@ -62,10 +62,7 @@ pub async fn create(
     body: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
-    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
-    if state.file_tenant(&id) {
-        return Err(read_only(&id));
-    }
+    let admin = state.writable(&req, &id).await?;
     let ask = parse_body(body).await?;
     let unknown: Vec<&String> = ask
         .as_object()
@@ -87,48 +84,57 @@ pub async fn create(
     if let Some(expires) = ask.get("expires") {
         entry["expires"] = expires.clone();
     }
+    let kid = key_id(&digest(&key));
+    let change = json!({"id": kid, "subject": ask["subject"], "roles": entry.get("roles")});
+    let version = edit_keys(&state, &admin, &id, "api_key.create", change, |keys| {
+        keys.push(entry.clone());
+        Ok(Some(keys.len() - 1))
+    })
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("etag", format!("\"{version}\"")))
+        .json(json!({
+            "id": kid,
+            "key": key,
+            "subject": entry["subject"],
+            "roles": entry.get("roles").cloned().unwrap_or(json!([])),
+            "expires": entry.get("expires"),
+        })))
+}
+
+/// Change tenant `id`'s keys with `edit` and write the document (checked, audited, applied),
+/// again on the current version if another write came in between. `edit` returns the index of
+/// the entry the request describes, if any: a problem with one of its fields is named as the
+/// request's own field.
+async fn edit_keys(
+    state: &AdminState,
+    admin: &super::auth::Admin,
+    id: &str,
+    action: &str,
+    change: Value,
+    edit: impl Fn(&mut Vec<Value>) -> Result<Option<usize>, Problem>,
+) -> Result<u64, Problem> {
     for attempt in 1..=ATTEMPTS {
-        let Some(current) = state.docs.get(&id).await? else {
+        let Some(current) = state.docs.get(id).await? else {
             return Err(Problem::not_found(format!("no tenant {id}")));
         };
         let mut doc = current.doc;
         let mut keys = keys_of(&doc);
-        let index = keys.len();
-        keys.push(entry.clone());
+        let requested = edit(&mut keys)?;
         if !doc.get("auth").is_some_and(Value::is_object) {
             doc["auth"] = json!({});
         }
         doc["auth"]["api_keys"] = Value::Array(keys);
-        let change =
-            json!({"id": key_id(&digest(&key)), "subject": ask["subject"], "roles": entry.get("roles")});
-        match write(
-            &state,
-            &admin,
-            &id,
-            &doc,
-            Expect::Version(current.version),
-            "api_key.create",
-            change,
-        )
-        .await
-        {
-            Ok(version) => {
-                return Ok(HttpResponse::Created()
-                    .insert_header(("etag", format!("\"{version}\"")))
-                    .json(json!({
-                        "id": key_id(&digest(&key)),
-                        "key": key,
-                        "subject": entry["subject"],
-                        "roles": entry.get("roles").cloned().unwrap_or(json!([])),
-                        "expires": entry.get("expires"),
-                    })));
-            }
-            // A field of the new entry is at fault: name it as the request's.
-            Err(p) if p.field_starts_with(&format!("auth.api_keys[{index}]")) => {
-                return Err(p.with_field_prefix(&format!("auth.api_keys[{index}].")));
-            }
+        let expect = Expect::Version(current.version);
+        match write(state, admin, id, &doc, expect, action, change.clone()).await {
+            Ok(version) => return Ok(version),
             Err(p) if p.status() == StatusCode::PRECONDITION_FAILED && attempt < ATTEMPTS => {}
-            Err(p) => return Err(p),
+            Err(p) => {
+                return Err(match requested {
+                    Some(i) => p.with_field_prefix(&format!("auth.api_keys[{i}].")),
+                    None => p,
+                });
+            }
         }
     }
     Err(write_error(marina_control::WriteError::Conflict { current: 0 }))
@@ -141,40 +147,23 @@ pub async fn revoke(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (id, kid) = path.into_inner();
-    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
-    if state.file_tenant(&id) {
-        return Err(read_only(&id));
-    }
-    for attempt in 1..=ATTEMPTS {
-        let Some(current) = state.docs.get(&id).await? else {
-            return Err(Problem::not_found(format!("no tenant {id}")));
-        };
-        let mut doc = current.doc;
-        let keys = keys_of(&doc);
-        let kept: Vec<Value> = keys
-            .iter()
-            .filter(|k| k["sha256"].as_str().is_none_or(|d| key_id(d) != kid))
-            .cloned()
-            .collect();
-        if kept.len() == keys.len() {
-            return Err(Problem::not_found(format!("tenant {id} has no key {kid}")));
-        }
-        doc["auth"]["api_keys"] = Value::Array(kept);
-        match write(
-            &state,
-            &admin,
-            &id,
-            &doc,
-            Expect::Version(current.version),
-            "api_key.revoke",
-            json!({"id": kid}),
-        )
-        .await
-        {
-            Ok(_) => return Ok(HttpResponse::NoContent().finish()),
-            Err(p) if p.status() == StatusCode::PRECONDITION_FAILED && attempt < ATTEMPTS => {}
-            Err(p) => return Err(p),
-        }
-    }
-    Err(write_error(marina_control::WriteError::Conflict { current: 0 }))
+    let admin = state.writable(&req, &id).await?;
+    let gone = Problem::not_found(format!("tenant {id} has no key {kid}"));
+    edit_keys(
+        &state,
+        &admin,
+        &id,
+        "api_key.revoke",
+        json!({"id": kid}),
+        |keys| {
+            let before = keys.len();
+            keys.retain(|k| k["sha256"].as_str().is_none_or(|d| key_id(d) != kid));
+            if keys.len() == before {
+                return Err(gone.clone());
+            }
+            Ok(None)
+        },
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

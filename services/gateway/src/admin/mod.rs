@@ -41,6 +41,16 @@ impl AdminState {
             .get(id)
             .is_some_and(|s| s.source == crate::tenants::Source::File)
     }
+
+    /// The administrator of tenant `id` behind `req`, for a write: refused (409) for a tenant of
+    /// the configuration file.
+    async fn writable(&self, req: &actix_web::HttpRequest, id: &str) -> Result<auth::Admin, Problem> {
+        let admin = self.auth.for_tenant(req, &self.tenants, id).await?;
+        if self.file_tenant(id) {
+            return Err(tenants::read_only(id));
+        }
+        Ok(admin)
+    }
 }
 
 /// The admin API's server on `listener` (two workers: it is not on the hot path).

@@ -57,15 +57,11 @@ impl Problem {
         )
     }
 
-    /// Does the field at fault start with `prefix`?
-    pub fn field_starts_with(&self, prefix: &str) -> bool {
-        self.field.as_deref().is_some_and(|f| f.starts_with(prefix))
-    }
-
-    /// The same problem, its field named relative to what the caller sent: `prefix` removed.
+    /// The same problem, its field named relative to what the caller sent: `prefix` removed
+    /// (unchanged when the field is elsewhere).
     pub fn with_field_prefix(mut self, prefix: &str) -> Self {
-        if let Some(f) = &self.field {
-            self.field = Some(f.strip_prefix(prefix).unwrap_or(f).to_owned());
+        if let Some(rest) = self.field.as_deref().and_then(|f| f.strip_prefix(prefix)) {
+            self.field = Some(rest.to_owned());
         }
         self
     }

@@ -142,9 +142,8 @@ pub async fn list(
     page: web::Query<Page>,
 ) -> Result<HttpResponse, Problem> {
     state.auth.admin(&req).await?;
-    // Served is what every node converges to; read the store so a write is listed at once
-    // even if this node has not applied it (an invalid stored document is listed too).
-    state.tenants.sync(state.docs.as_ref()).await?;
+    // What this node serves: every node converges to it within a second of a write (and the
+    // writing node applies its write before answering).
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let snapshot = state.tenants.snapshot();
     let mut ids: Vec<&String> = snapshot
@@ -190,10 +189,7 @@ pub(super) async fn audit(
     change: Value,
 ) {
     let entry = marina_control::AuditEntry {
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        at_ms: marina_core::store::now_ms(),
         actor: admin.subject.clone(),
         action: action.to_owned(),
         tenant: tenant.to_owned(),
@@ -254,10 +250,7 @@ pub async fn put(
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
     check_id(&id)?;
-    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
-    if state.file_tenant(&id) {
-        return Err(read_only(&id));
-    }
+    let admin = state.writable(&req, &id).await?;
     let expect = expect(&req)?;
     let doc = parse_body(body).await?;
     let exists = state.docs.get(&id).await?.is_some();
@@ -278,10 +271,7 @@ pub async fn patch(
     body: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
-    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
-    if state.file_tenant(&id) {
-        return Err(read_only(&id));
-    }
+    let admin = state.writable(&req, &id).await?;
     let mut expect = expect(&req)?;
     let patch = parse_body(body).await?;
     let Some(current) = state.docs.get(&id).await? else {
@@ -312,11 +302,8 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
-    let admin = state.auth.for_tenant(&req, &state.tenants, &id).await?;
+    let admin = state.writable(&req, &id).await?;
     admin.platform_only("delete tenants")?;
-    if state.file_tenant(&id) {
-        return Err(read_only(&id));
-    }
     let expect = expect(&req)?;
     if !state.docs.delete(&id, expect).await.map_err(write_error)? {
         return Err(Problem::not_found(format!("no tenant {id}")));
