@@ -42,7 +42,9 @@ async fn every_session_key_has_a_ttl_and_shares_one_hash_tag() {
 
 #[tokio::test]
 async fn an_unreachable_redis_is_unavailable_not_a_hang() {
-    let port = marina_tests::free_port();
+    // Port 1 (tcpmux) is privileged and unused: a freshly freed port could be taken by another
+    // test's Redis before this test connects.
+    let port = 1;
     let store = RedisStore::new(
         &format!("redis://127.0.0.1:{port}/"),
         "x",

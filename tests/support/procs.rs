@@ -43,6 +43,32 @@ fn is_ready(port: u16) -> bool {
         && &status == b"HTTP/1.1 200"
 }
 
+/// The process id of the Redis server answering on loopback `port` (`INFO server`), if one does.
+fn redis_pid(port: u16) -> Option<u32> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The reply is a few hundred bytes; read until the field shows up (bounded by the timeout).
+    for _ in 0..16 {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some(line) = rest.split("\r\n").next()
+            && rest.contains("\r\n")
+        {
+            return line.trim().parse().ok();
+        }
+    }
+    None
+}
+
 fn wait_for_ready(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -59,7 +85,7 @@ fn wait_for_ready(port: u16, timeout: Duration) -> bool {
 fn first_line<T: Send + 'static>(
     child: &mut Child,
     timeout: Duration,
-    pick: impl Fn(&str) -> Option<T> + Send + 'static,
+    mut pick: impl FnMut(&str) -> Option<T> + Send + 'static,
 ) -> Option<T> {
     use std::io::BufRead as _;
     let stdout = child.stdout.take()?;
@@ -86,11 +112,23 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start one; panics with a hint if `redis-server` is not installed.
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        // Redis cannot report a port it picked itself, so a free port is chosen here and may be
+        // taken by another test's process before Redis binds it: then Redis exits, and another
+        // port is tried (bounded). Whose port answers is checked by process id, never assumed.
+        for _ in 0..5 {
+            if let Some(r) = Self::try_start_on(free_port()) {
+                return r;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     /// Start one on a given port (used to bring Redis back after an outage).
     pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).unwrap_or_else(|| panic!("redis-server did not start on port {port}"))
+    }
+
+    fn try_start_on(port: u16) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new("redis-server")
             .args([
@@ -109,15 +147,26 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server not found: run scripts/install-test-deps.sh");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "redis-server did not start"
-        );
-        Self {
+        let mut server = Self {
             child: Some(child),
             port,
             _dir: dir,
+        };
+        let pid = server.child.as_ref().map(Child::id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis_pid(port) == pid {
+                return Some(server);
+            }
+            if let Some(c) = server.child.as_mut()
+                && matches!(c.try_wait(), Ok(Some(_)))
+            {
+                break; // it lost the port
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        server.stop();
+        None
     }
 
     /// `redis://127.0.0.1:<port>/`
@@ -310,15 +359,15 @@ impl MarinaProc {
         stderr: Stdio,
         config: Option<&std::path::Path>,
     ) -> Self {
-        let port = free_port();
-        let admin_port = free_port();
+        // Port 0 for both listeners, read back from the node's stdout: a port picked by the test
+        // and bound later by the node could be taken in between by any other test's process.
         let mut cmd = Command::new(marina_bin());
         cmd.args([
             "serve",
             "--bind",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--admin-bind",
-            &format!("127.0.0.1:{admin_port}"),
+            "127.0.0.1:0",
             "--node-id",
             node_id,
         ]);
@@ -332,11 +381,35 @@ impl MarinaProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdout(Stdio::null())
+        let mut child = cmd
+            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("spawn marina");
+        let mut admin_port = None;
+        let ports = first_line(&mut child, Duration::from_secs(20), move |line| {
+            let port_of = |url: &str| {
+                url.rsplit(':')
+                    .next()?
+                    .split(['/', ' '])
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            };
+            if let Some(url) = line.strip_prefix("admin API listening on http://") {
+                admin_port = port_of(url);
+                return None;
+            }
+            let rest = line.strip_prefix("marina listening on ")?;
+            let port = port_of(rest.split(' ').next()?)?;
+            Some((port, admin_port.unwrap_or(0)))
+        });
+        let Some((port, admin_port)) = ports else {
+            let mut child = child;
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!("marina did not start listening ({status:?})");
+        };
         assert!(
             wait_for_ready(port, Duration::from_secs(20)),
             "marina did not become ready"

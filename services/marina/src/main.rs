@@ -299,6 +299,11 @@ async fn serve(settings: settings::Settings) -> anyhow::Result<()> {
         "redis"
     };
     let app = Application::build(settings).await?;
+    // These lines name the bound addresses (port 0 picks a free one): the admin line comes first,
+    // so whoever waits for "marina listening on" has both.
+    if let Some(admin) = app.admin_addr() {
+        println!("admin API listening on http://{admin}/admin/v1");
+    }
     println!("marina listening on {} (store: {store})", app.base_url());
     for (tenant, url) in app.endpoints() {
         println!("tenant {tenant}: {url}");
