@@ -52,14 +52,17 @@ class Redis:
 
 
 class Marina:
-    def __init__(self, binary, redis_url, env, config=None, stderr=None):
+    def __init__(self, binary, redis_url, env, config=None, stderr=None, admin=False):
         self.port = free_port()
         e = dict(os.environ, MARINA__SERVER__WORKERS="1", MARINA__SERVER__LOG_FILTER="warn")
         e.update(env)
         extra = ["--config", config] if config else []
-        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--bind", f"127.0.0.1:{self.port}", "--admin-bind", "",
+        admin_port = free_port() if admin else None
+        admin_bind = f"127.0.0.1:{admin_port}" if admin else ""
+        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--bind", f"127.0.0.1:{self.port}", "--admin-bind", admin_bind,
                                    "--redis-url", redis_url, *extra], env=e, stdout=subprocess.DEVNULL, stderr=stderr)
         wait_port(self.port)
+        self.admin = f"http://127.0.0.1:{admin_port}/admin/v1" if admin else None
         self.url = f"http://127.0.0.1:{self.port}/t/demo/mcp"
 
     def rss_kib(self):
@@ -378,6 +381,111 @@ def gateway_us(path):
     return out
 
 
+def admin_call(m, method, path, doc, content_type="application/json"):
+    """One admin API request to node `m`; (status, JSON body or None)."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(m.admin.split(":")[2].split("/")[0]))
+    conn.request(method, "/admin/v1" + path, json.dumps(doc) if doc is not None else None, {"Content-Type": content_type})
+    r = conn.getresponse(); body = r.read(); conn.close()
+    return r.status, (json.loads(body) if body else None)
+
+
+def list_changed_listener(port, path, sid):
+    """Open the session's GET stream; a queue receiving the arrival time of every
+    notifications/tools/list_changed on it."""
+    import queue, threading
+    q = queue.Queue()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+               f"MCP-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n").encode())
+
+    def read():
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:  # closed by the benchmark
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.startswith(b"data: ") and b"notifications/tools/list_changed" in line:
+                    q.put(time.perf_counter())
+    threading.Thread(target=read, daemon=True).start()
+    return q, s
+
+
+def propagation(args):
+    """Control-plane propagation between two nodes sharing Redis: a policy change written through
+    node A's admin API until an open session on node B receives notifications/tools/list_changed
+    (`--changes` changes); and the request path's price of live configuration: tools/call on a
+    tenant stored through the admin API against the same tenant from the configuration file, on
+    one node, interleaved rounds."""
+    d = tempfile.mkdtemp()
+    cfg = os.path.join(d, "marina.yaml")
+    with open(cfg, "w") as f:
+        f.write("tenants:\n  filed:\n    upstreams: [{kind: builtin, tools: [echo, add]}]\n")
+    redis = Redis()
+    url = f"redis://127.0.0.1:{redis.port}/"
+    try:
+        json_mode = {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}
+        a = Marina(args.marina, url, json_mode, cfg, admin=True)
+        b = Marina(args.marina, url, json_mode, cfg, admin=True)
+        policies = ["p, anonymous, tool:echo, call, allow", "p, anonymous, tool:*, call, allow"]
+        doc = {"auth": {"anonymous": True}, "upstreams": [{"kind": "builtin", "tools": ["echo", "add"]}],
+               "rbac": {"policy": policies[0]}}
+        status, _ = admin_call(a, "PUT", "/tenants/live", doc)
+        assert status == 201, status
+        end = time.time() + 5
+        while True:  # B serves it
+            try:
+                open_sessions(b.port, 1, path="/t/live/mcp"); break
+            except RuntimeError:
+                if time.time() > end:
+                    raise
+                time.sleep(0.01)
+        sid = open_sessions(b.port, 1, path="/t/live/mcp")[0]
+        q, sock = list_changed_listener(b.port, "/t/live/mcp", sid)
+        time.sleep(0.2)  # the stream is open
+        delays, writes = [], []
+        for i in range(args.changes):
+            t0 = time.perf_counter()
+            status, _ = admin_call(a, "PATCH", "/tenants/live", {"rbac": {"policy": policies[(i + 1) % 2]}},
+                                   "application/merge-patch+json")
+            t1 = time.perf_counter()
+            assert status == 200, status
+            t2 = q.get(timeout=5)
+            writes.append((t1 - t0) * 1000); delays.append((t2 - t0) * 1000)
+            while not q.empty():
+                q.get_nowait()
+        sock.close()
+        pct = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(len(xs) * p))]
+        print(f"Propagation over {args.changes} policy changes (write on node A → list_changed on node B's open stream): "
+              f"p50 {pct(delays, 0.5):.1f} ms, p99 {pct(delays, 0.99):.1f} ms, max {max(delays):.1f} ms; "
+              f"the write itself (validate, store, audit, apply on A): p50 {pct(writes, 0.5):.1f} ms, p99 {pct(writes, 0.99):.1f} ms")
+        a.stop()
+        # The request path: the same tenant from the file and from the store, on node B.
+        status, _ = admin_call(b, "PUT", "/tenants/live", {"upstreams": [{"kind": "builtin", "tools": ["echo", "add"]}]})
+        assert status == 200, status
+        time.sleep(0.5)
+        plans = [(t, ",".join(open_sessions(b.port, 8, path=f"/t/{t}/mcp"))) for t in ("filed", "live")]
+        rates = {t: [] for t, _ in plans}
+        for t, sids in plans:
+            wrk(f"http://127.0.0.1:{b.port}/t/{t}/mcp", 32, 2, {"MCP_SESSIONS": sids})  # warm-up
+        for _ in range(args.repeats):
+            for t, sids in plans:
+                rates[t].append(wrk(f"http://127.0.0.1:{b.port}/t/{t}/mcp", 32, args.duration, {"MCP_SESSIONS": sids})["rate"])
+        ratios = [l / f for f, l in zip(rates["filed"], rates["live"])]
+        print(f"tools/call echo (JSON mode), C=32, {args.repeats} interleaved rounds of {args.duration} s: "
+              f"file tenant {statistics.median(rates['filed']):,.0f}/s (runs {rates['filed']}), "
+              f"stored tenant {statistics.median(rates['live']):,.0f}/s (runs {rates['live']}); "
+              f"stored/file per round median {statistics.median(ratios) * 100:.1f} %")
+        b.stop()
+    finally:
+        redis.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--marina", default="target/release/marina")
@@ -390,6 +498,8 @@ def main():
     ap.add_argument("--limiter", action="store_true", help="measure the rate limiter's accuracy and Redis cost across three nodes instead")
     ap.add_argument("--mode", default="json", choices=["json", "sse"], help="with --security: how tools/call is answered (sse: the default, events persisted in Redis)")
     ap.add_argument("--only", help="with --security: only these tenants (comma-separated: open, secure, auth-only, auth-policy, many)")
+    ap.add_argument("--propagation", action="store_true", help="measure control-plane propagation between two nodes and the request-path price of live configuration instead")
+    ap.add_argument("--changes", type=int, default=100, help="with --propagation: policy changes to time")
     ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
     args = ap.parse_args()
     if args.overhead:
@@ -398,6 +508,8 @@ def main():
         return security(args)
     if args.limiter:
         return limiter(args)
+    if args.propagation:
+        return propagation(args)
     rows = []
     redis = Redis()
     url = f"redis://127.0.0.1:{redis.port}/"

@@ -7,6 +7,7 @@
 #   - tests/peers/upstream/node_modules (npm ci from the lockfile; the test upstream MCP server)
 #   - tests/peers/oidc/node_modules     (npm ci from the lockfile; oidc-provider, a real OAuth issuer)
 #   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
+#   - tests/peers/schemathesis/.venv (the same, for schemathesis: the admin API's OpenAPI check)
 #
 # node_modules and .venv each carry a .deps-stamp with the hash of the files they were
 # installed from, so a changed lockfile / requirements.txt triggers a reinstall.
@@ -19,6 +20,7 @@ UPSTREAM_DIR=$REPO/tests/peers/upstream
 OIDC_DIR=$REPO/tests/peers/oidc
 PY_DIR=$REPO/tests/peers/python
 VENV=$PY_DIR/.venv
+ST_DIR=$REPO/tests/peers/schemathesis
 
 # Run a command with its output captured; show the output only if it fails.
 quiet() {
@@ -90,15 +92,23 @@ command -v python3 >/dev/null 2>&1 || apt_install python3
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   apt_install python3-venv
 fi
-py_want=$( (cat "$PY_DIR/requirements.txt"; python3 --version) | sha256sum | cut -d' ' -f1)
-py_stamp=$VENV/.deps-stamp
-if [[ ! -f $py_stamp || $(cat "$py_stamp") != "$py_want" ]]; then
-  # A venv made by another python (or half-made) is rebuilt from scratch.
-  if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 \
-     || [[ $("$VENV/bin/python" --version 2>&1) != "$(python3 --version 2>&1)" ]]; then
-    rm -rf "$VENV"
-    quiet python3 -m venv "$VENV"
+# A venv at $1 holding exactly $2 (a requirements file), reinstalled when either changes.
+venv_install() {
+  local venv=$1 req=$2 want stamp
+  want=$( (cat "$req"; python3 --version) | sha256sum | cut -d' ' -f1)
+  stamp=$venv/.deps-stamp
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    # A venv made by another python (or half-made) is rebuilt from scratch.
+    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1 \
+       || [[ $("$venv/bin/python" --version 2>&1) != "$(python3 --version 2>&1)" ]]; then
+      rm -rf "$venv"
+      quiet python3 -m venv "$venv"
+    fi
+    quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+    echo "$want" >"$stamp"
   fi
-  quiet "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_DIR/requirements.txt"
-  echo "$py_want" >"$py_stamp"
-fi
+}
+venv_install "$VENV" "$PY_DIR/requirements.txt"
+
+# --- python: schemathesis, in its own venv (its dependencies never move the SDK's pins) ------
+venv_install "$ST_DIR/.venv" "$ST_DIR/requirements.txt"

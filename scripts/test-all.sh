@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test of Marina, from a fresh machine: installs what the tests need (Redis from apt, the
-# Node and Python MCP clients and the conformance suite from npm/PyPI), then runs formatting and
-# lint checks, the Rust unit and integration tests (which start their own redis-server and marina
-# processes on free loopback ports), and the real-client and conformance tests.
+# Node and Python MCP clients, the conformance suite and schemathesis from npm/PyPI), then runs
+# formatting and lint checks, the Rust unit and integration tests (which start their own
+# redis-server and marina processes on free loopback ports), the real-client and conformance
+# tests, and schemathesis against the admin API's OpenAPI document.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -32,5 +33,8 @@ cargo test --workspace --quiet
 
 step "real clients (Python and TypeScript SDKs) and the conformance suite"
 bash scripts/test-peers.sh
+
+step "the admin API against its own OpenAPI document (schemathesis)"
+bash tests/peers/schemathesis/run.sh
 
 step "all tests passed"

@@ -18,6 +18,8 @@ use crate::session::SessionActor;
 /// How long a request waits for a session to become available (lease expiry of a dead holder,
 /// or another worker activating it) on top of the lease TTL.
 const RESOLVE_SLACK: Duration = Duration::from_secs(2);
+/// How long a lost subscription to ended-session announcements waits before it resubscribes.
+const RESUBSCRIBE: Duration = Duration::from_millis(500);
 /// Pause between attempts while a lease is held by a node we cannot reach.
 const RESOLVE_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -495,6 +497,63 @@ impl Node {
         }
         for a in actors {
             a.do_send(crate::session::Lost);
+        }
+    }
+
+    /// End session `id` (its record `rec`) from outside, wherever its actor runs: its keys are
+    /// deleted, its cap entry released, its actor stopped here or — through the store's
+    /// announcement — on the node running it. Every node answers 404 for it from then on.
+    pub async fn end_session(&self, id: &SessionId, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.end_local(id);
+        self.store.delete_session(id, rec.next_stream).await?;
+        if let Some(caps) = &self.config.caps {
+            let principal = marina_core::caps::principal_key(rec.principal.as_ref());
+            if let Err(e) = caps.release(&rec.tenant, &principal, id.as_str()).await {
+                tracing::warn!(error = %e, "could not release an ended session's cap entry; it ages out");
+            }
+        }
+        self.store.announce_ended(id).await
+    }
+
+    /// Stop the local actor of session `id`, if one runs here, writing nothing (its keys are
+    /// gone). Whether one ran.
+    pub fn end_local(&self, id: &SessionId) -> bool {
+        let addr = match self.lock().get(id) {
+            Some(Slot::Live { addr, .. }) => addr.clone(),
+            _ => return false,
+        };
+        addr.do_send(crate::session::Ended);
+        true
+    }
+
+    /// Stop the local actors of sessions ended on other nodes, as the store announces them, until
+    /// the task is dropped. Whenever the subscription is (re)made — it may have missed
+    /// announcements — every local session is checked against the store.
+    pub async fn follow_ended(self: Arc<Self>) {
+        use futures_util::StreamExt as _;
+        loop {
+            match self.store.ended_sessions().await {
+                Ok(None) => return,
+                Ok(Some(mut ended)) => {
+                    self.end_vanished().await;
+                    while let Some(id) = ended.next().await {
+                        self.end_local(&id);
+                    }
+                    tracing::debug!("ended-session announcements interrupted; resubscribing");
+                }
+                Err(e) => tracing::debug!(error = %e, "ended-session announcements unavailable"),
+            }
+            tokio::time::sleep(RESUBSCRIBE).await;
+        }
+    }
+
+    /// Stop the local actors whose session no longer exists in the store.
+    async fn end_vanished(&self) {
+        let ids: Vec<SessionId> = self.lock().keys().cloned().collect();
+        for id in ids {
+            if matches!(self.store.load_session(&id).await, Ok(None)) {
+                self.end_local(&id);
+            }
         }
     }
 

@@ -93,12 +93,13 @@ where
     }
 }
 
-/// Status of an `initialize` on `url` with API key `key`.
+/// Status of an `initialize` on `url` with API key `key` (`""`: none).
 async fn initialize_status(url: &str, key: &str) -> StatusCode {
-    client()
-        .post(url)
-        .header("x-api-key", key)
-        .header("accept", "application/json, text/event-stream")
+    let mut req = client().post(url);
+    if !key.is_empty() {
+        req = req.header("x-api-key", key);
+    }
+    req.header("accept", "application/json, text/event-stream")
         .json(
             &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": VERSION, "capabilities": {},
@@ -151,6 +152,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["marina-store"], "redis");
     let etag1 = r.headers()["etag"].to_str().unwrap().to_owned();
     within(Duration::from_secs(1), || async {
         initialize_status(&url_b, &bob).await == StatusCode::OK
@@ -352,6 +354,11 @@ async fn every_invalid_write_is_a_problem_naming_the_field_and_nothing_is_stored
         .await;
         assert_eq!(r.status(), status, "{what}");
         assert_eq!(r.headers()["content-type"], "application/problem+json", "{what}");
+        assert_eq!(
+            r.headers()["marina-store"],
+            "memory",
+            "this node alone keeps the data"
+        );
         let p: Value = r.json().await.unwrap();
         assert_eq!(p["status"], status.as_u16(), "{what}: {p}");
         assert!(
@@ -761,4 +768,318 @@ async fn a_tenant_administrator_manages_its_tenant_and_sees_nothing_of_another()
     let got = get_json(&http, &t("a"), &admin_key).await;
     assert_eq!(got["allowed_origins"], json!(["https://app.a.example"]));
     assert_eq!(got["auth"]["api_keys"].as_array().unwrap().len(), 3);
+}
+
+/// Status of a `ping` in `mcp`'s session.
+async fn ping_status(mcp: &Mcp) -> StatusCode {
+    mcp.post(&json!({"jsonrpc": "2.0", "id": 99, "method": "ping"}))
+        .await
+        .status()
+}
+
+#[tokio::test]
+async fn sessions_are_listed_inspected_and_ended_on_every_node() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &config);
+    let http = client();
+    let (bob, carol) = (generate_key(), generate_key());
+    let doc = json!({
+        "auth": {"api_keys": [
+            {"subject": "bob", "sha256": digest(&bob), "roles": ["viewer"]},
+            {"subject": "carol", "sha256": digest(&carol), "roles": ["viewer"]},
+        ]},
+        "rbac": {"policy": "p, viewer, tool:*, call, allow"},
+        "upstreams": [{"kind": "builtin", "tools": ["echo"]}],
+    });
+    let tenant = format!("{}/tenants/acme", a.admin());
+    let r = send(&http, reqwest::Method::PUT, &tenant, &admin_key, &doc).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (url_a, url_b) = (
+        format!("{}/t/acme/mcp", a.base()),
+        format!("{}/t/acme/mcp", b.base()),
+    );
+    for url in [&url_a, &url_b] {
+        within(Duration::from_secs(1), || async {
+            initialize_status(url, &bob).await == StatusCode::OK
+        })
+        .await;
+    }
+    // The probes above opened a session of bob's on each node: end them all at once.
+    let sessions = format!("{}/tenants/acme/sessions", b.admin());
+    let r = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{sessions}?principal=bob"),
+        &admin_key,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["terminated"], 2);
+    let open = |url: &str, key: &str| {
+        Mcp::new(url)
+            .with_header("x-api-key", key)
+            .open(VERSION, json!({}))
+    };
+    let bob_a = open(&url_a, &bob).await;
+    let bob_b = open(&url_b, &bob).await;
+    let carol_a = open(&url_a, &carol).await;
+    let tag = |m: &Mcp| m.session.as_deref().unwrap()[..8].to_owned();
+    let stream = bob_a.get(None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    // Listed from either node, whichever node runs them, without their ids.
+    let listed = get_json(&http, &sessions, &admin_key).await;
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{listed}");
+    let mut tags: Vec<String> = [&bob_a, &bob_b, &carol_a].iter().map(|m| tag(m)).collect();
+    tags.sort();
+    let listed_tags: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(listed_tags, tags, "in tag order");
+    assert!(!listed.to_string().contains(bob_a.session.as_deref().unwrap()));
+    let one = items.iter().find(|i| i["id"] == tag(&bob_b)).unwrap();
+    assert_eq!(one["principal"]["subject"], "bob");
+    assert_eq!(one["protocolVersion"], VERSION);
+    assert_eq!(one["clientInfo"]["name"], "marina-tests");
+    assert_eq!(one["node"], "b");
+    assert!(one["createdMs"].as_u64().unwrap() <= one["lastUsedMs"].as_u64().unwrap());
+    let bobs = get_json(&http, &format!("{sessions}?principal=bob"), &admin_key).await;
+    assert_eq!(bobs["items"].as_array().unwrap().len(), 2);
+
+    // Paged.
+    let page = get_json(&http, &format!("{sessions}?limit=2"), &admin_key).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().unwrap();
+    let rest = get_json(&http, &format!("{sessions}?limit=2&after={next}"), &admin_key).await;
+    assert_eq!(rest["items"][0]["id"], tags[2]);
+    assert_eq!(rest["next"], Value::Null);
+
+    // Inspected.
+    let detail = get_json(&http, &format!("{sessions}/{}", tag(&bob_a)), &admin_key).await;
+    assert_eq!(detail["node"], "a");
+    assert_eq!(detail["initialized"], true);
+    assert_eq!(detail["inflightCalls"], 0);
+    let r = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{sessions}/nosuchtg"),
+        &admin_key,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Ended through node B while node A runs it: 404 on both nodes, its stream ends, its keys
+    // are gone; the other sessions carry on.
+    let r = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{sessions}/{}", tag(&bob_a)),
+        &admin_key,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for url in [&url_a, &url_b] {
+        let m = bob_a.at(url);
+        within(Duration::from_secs(1), || async {
+            ping_status(&m).await == StatusCode::NOT_FOUND
+        })
+        .await;
+    }
+    let (_, ended) = read_events(stream, Duration::from_secs(5), |_| false).await;
+    assert!(ended, "the ended session's stream closes");
+    let mut redis_cli = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{}*", bob_a.session.as_deref().unwrap()))
+        .query_async(&mut redis_cli)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "keys left: {keys:?}");
+    assert_eq!(ping_status(&bob_b).await, StatusCode::OK);
+    assert_eq!(ping_status(&carol_a).await, StatusCode::OK);
+
+    // All of a principal's sessions at once.
+    let r = call(&http, reqwest::Method::DELETE, &sessions, &admin_key).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the principal must be named");
+    let r = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{sessions}?principal=bob"),
+        &admin_key,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["terminated"], 1);
+    for url in [&url_a, &url_b] {
+        let m = bob_b.at(url);
+        within(Duration::from_secs(1), || async {
+            ping_status(&m).await == StatusCode::NOT_FOUND
+        })
+        .await;
+    }
+    assert_eq!(ping_status(&carol_a).await, StatusCode::OK);
+    let left = get_json(&http, &sessions, &admin_key).await;
+    assert_eq!(left["items"].as_array().unwrap().len(), 1);
+
+    // Audited.
+    let audit = get_json(&http, &format!("{}/audit?tenant=acme", a.admin()), &admin_key).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"session.end") && actions.contains(&"session.end_principal"),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_status_shows_reachability_the_last_error_and_counts_across_nodes() {
+    let redis = RedisServer::start();
+    let mut peer = marina_tests::UpstreamPeer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    let env = [("MARINA__EGRESS__ALLOW_LOOPBACK", "true")];
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &env, &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &env, &config);
+    let http = client();
+    let doc = json!({
+        "auth": {"anonymous": true},
+        "upstreams": [
+            {"kind": "mcp", "name": "peer", "url": peer.url},
+            {"kind": "mcp", "name": "dead", "url": "http://127.0.0.1:1/mcp", "timeout_ms": 2000},
+            {"kind": "builtin", "tools": ["echo"]},
+        ],
+    });
+    let r = send(
+        &http,
+        reqwest::Method::PUT,
+        &format!("{}/tenants/ups", a.admin()),
+        &admin_key,
+        &doc,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let status_url = format!("{}/tenants/ups/upstreams", b.admin());
+    let status = || async { get_json(&http, &status_url, &admin_key).await };
+    let of = |s: &Value, name: &str| {
+        s["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+
+    // Nothing seen yet.
+    let s = status().await;
+    assert_eq!(of(&s, "peer")["reachable"], Value::Null);
+    assert_eq!(of(&s, "peer")["kind"], "mcp");
+    assert_eq!(of(&s, "builtin")["reachable"], true);
+    assert_eq!(of(&s, "builtin")["tools"], 1);
+
+    // A session on node A lists the tools: node B's status shows what A saw.
+    let url_a = format!("{}/t/ups/mcp", a.base());
+    within(Duration::from_secs(1), || async {
+        initialize_status(&url_a, "").await == StatusCode::OK
+    })
+    .await;
+    let mcp = Mcp::new(&url_a).open(VERSION, json!({})).await;
+    let tools = mcp.tool_names(1).await;
+    let peer_tool = tools.iter().find(|t| t.starts_with("peer.")).unwrap().clone();
+    let peer_tools = tools.iter().filter(|t| t.starts_with("peer.")).count() as u64;
+    within(Duration::from_secs(3), || async {
+        let s = status().await;
+        of(&s, "peer")["reachable"] == true && of(&s, "dead")["reachable"] == false
+    })
+    .await;
+    let s = status().await;
+    let p = of(&s, "peer");
+    assert_eq!(p["tools"], peer_tools);
+    assert_eq!(p["node"], "a");
+    assert!(p["lastSuccessMs"].as_u64().is_some());
+    assert_eq!(p["url"], peer.url.as_str());
+    let d = of(&s, "dead");
+    assert!(d["lastError"].as_str().unwrap().contains("dead"), "{d}");
+    assert!(d["lastErrorMs"].as_u64().is_some());
+    assert_eq!(d["lastSuccessMs"], Value::Null);
+
+    // The peer goes away: the next call through it turns it unreachable, with its error.
+    peer.stop();
+    let _ = mcp
+        .rpc(2, "tools/call", json!({"name": peer_tool, "arguments": {}}))
+        .await;
+    within(Duration::from_secs(3), || async {
+        of(&status().await, "peer")["reachable"] == false
+    })
+    .await;
+    let p = of(&status().await, "peer");
+    assert!(p["lastError"].as_str().unwrap().contains("peer"), "{p}");
+    assert!(p["lastSuccessMs"].as_u64().is_some(), "the last success is kept");
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_a_key_and_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    // No tenant in the file: the node serves the embedded default tenant `demo`.
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\n",
+            digest(&admin_key)
+        ),
+    )
+    .unwrap();
+    let node = MarinaProc::start_with_config("", "a", &[], &config);
+    let http = client();
+
+    let r = http
+        .get(format!("{}/openapi.json", node.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let doc: Value = r.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "Marina admin API");
+    assert_eq!(doc["servers"][0]["url"], "/admin/v1");
+    assert!(doc["paths"]["/tenants/{id}"]["put"]["responses"]["412"].is_object());
+
+    // Everything else still needs the key.
+    let r = http
+        .get(format!("{}/tenants", node.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // The embedded default tenant, which no file section describes, reads as an empty document
+    // (an object, as documented), not `null`.
+    let r = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/tenants/demo", node.admin()),
+        &admin_key,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["marina-source"], "file");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({}));
 }

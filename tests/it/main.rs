@@ -1,6 +1,7 @@
 //! Marina's integration tests: one binary, one module per concern.
 
 mod admin;
+mod admin_cli;
 mod arguments;
 mod auth;
 mod cluster;

@@ -307,3 +307,78 @@ async fn oauth_sessions_belong_to_the_token_subject() {
     let r = acme.bearer("mk_AAAA").post(&initialize()).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The admin API's own audience in these tests.
+const ADMIN: &str = "http://admin.mcp.test";
+
+#[actix_rt::test]
+async fn platform_administrators_use_tokens_for_the_admin_audience_with_the_admin_scope_only() {
+    let issuer = OidcIssuer::start(&[ACME, ADMIN]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("marina.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"server: {{public_url: "{PUBLIC}"}}
+egress: {{allow_loopback: true}}
+admin:
+  oauth: {{issuer: "{iss}", audience: "{ADMIN}"}}
+tenants:
+  acme:
+    auth:
+      oauth: {{issuer: "{iss}"}}
+"#,
+            iss = issuer.url
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(Some(&file), &[]).await;
+    let http = reqwest::Client::new();
+    let get = |url: String, token: String| {
+        let http = http.clone();
+        async move { http.get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let tenants = format!("{}/tenants", app.admin);
+    let acme = format!("{}/tenants/acme", app.admin);
+
+    // The admin audience with marina:admin: a platform administrator.
+    let admin = issuer.token("gw-test", ADMIN, "marina:admin").await;
+    assert_eq!(get(tenants.clone(), admin.clone()).await.status(), StatusCode::OK);
+    assert_eq!(get(acme.clone(), admin).await.status(), StatusCode::OK);
+
+    // The admin audience without the scope: nobody.
+    let scopeless = issuer.token("gw-test", ADMIN, "mcp:tools").await;
+    assert_eq!(
+        get(tenants.clone(), scopeless).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A tenant endpoint's token, even with the scope: not a platform administrator (its
+    // audience is the tenant's); on its tenant's paths a principal without tenant-admin: 403.
+    let tenant_token = issuer.token("gw-test", ACME, "marina:admin mcp:tools").await;
+    let r = get(tenants, tenant_token.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(get(acme, tenant_token).await.status(), StatusCode::FORBIDDEN);
+}
+
+#[actix_rt::test]
+async fn an_admin_oauth_without_an_audience_of_its_own_is_refused_at_start() {
+    for admin in [
+        r#"{issuer: "http://127.0.0.1:9/"}"#,
+        r#"{issuer: "http://127.0.0.1:9/", audience: "http://mcp.test/t/acme/mcp"}"#,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("marina.yaml");
+        std::fs::write(&file, format!("admin:\n  oauth: {admin}\n")).unwrap();
+        let binds = [
+            ("server.bind", "127.0.0.1:0".to_owned()),
+            ("admin.bind", "127.0.0.1:0".to_owned()),
+        ];
+        let settings = marina_core::settings::load(Some(&file), Some(Default::default()), &binds).unwrap();
+        let Err(err) = marina_gateway::Application::build(settings).await else {
+            panic!("started with admin.oauth {admin}");
+        };
+        assert!(format!("{err:#}").contains("admin.oauth.audience"), "{err:#}");
+    }
+}

@@ -72,6 +72,7 @@ fn record() -> SessionRecord {
         initialized: true,
         created_at_ms: now_ms(),
         expires_at_ms: now_ms() + 3_600_000,
+        last_used_ms: 0,
         next_stream: 1,
         inflight: Default::default(),
         version: 1,

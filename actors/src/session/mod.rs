@@ -180,6 +180,12 @@ pub struct Lost;
 #[rtype(result = "()")]
 pub struct TenantChanged;
 
+/// The session was ended from outside (an administrator); its keys are already gone. Stop at
+/// once, writing nothing: requests still queued are re-routed and find no session (404).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Ended;
+
 /// The session actor.
 #[derive(Debug)]
 pub struct SessionActor {
@@ -342,6 +348,18 @@ impl Handler<TenantChanged> for SessionActor {
                 }
             },
         ));
+    }
+}
+
+impl Handler<Ended> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Ended, ctx: &mut Self::Context) {
+        self.retiring = true;
+        self.shared.retiring.set(true);
+        self.shared.mark_ended();
+        self.shared.node.unregister(&self.shared.id, self.generation);
+        ctx.stop();
     }
 }
 

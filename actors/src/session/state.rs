@@ -282,6 +282,13 @@ impl Shared {
         }
     }
 
+    /// Ended from outside: nothing of ours may be written any more, and work stops.
+    pub(crate) fn mark_ended(&self) {
+        self.lost.set(true);
+        self.stopping.cancel();
+        tracing::info!(session = self.tag(), "session ended by an administrator");
+    }
+
     pub(crate) fn mark_lost(&self, why: &str) {
         self.lose(why);
     }
@@ -368,6 +375,7 @@ impl Shared {
         let rec = {
             let mut r = self.rec.borrow_mut();
             r.version += 1;
+            r.last_used_ms = marina_core::store::now_ms();
             r.clone()
         };
         let ttl = self.ttl().ok_or(StoreError::Gone)?;

@@ -9,6 +9,7 @@
 pub mod audit;
 mod memory;
 mod redis_docs;
+pub mod upstreams;
 pub mod usage;
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ use serde_json::Value;
 pub use audit::{AuditEntry, AuditLog, MemoryAudit, RedisAudit};
 pub use memory::MemoryDocs;
 pub use redis_docs::RedisDocs;
+pub use upstreams::{MemoryReports, RedisReports, Report, UpstreamReports};
 pub use usage::{KeyUsage, MemoryUsage, RedisUsage};
 
 /// One stored tenant document.

@@ -44,6 +44,11 @@ pub struct AdminSettings {
     /// Platform administrators' API keys (SHA-256 digests, like tenants' keys).
     #[serde(default)]
     pub api_keys: Vec<AdminKeySettings>,
+    /// Platform administrators' OAuth tokens: an issuer and the admin API's own audience
+    /// (required; never a tenant endpoint's). Tokens must carry the `marina:admin` scope (and
+    /// any `required_scopes`).
+    #[serde(default)]
+    pub oauth: Option<OAuthSettings>,
     /// Most tenants the store holds (the control plane's cap).
     pub max_tenants: usize,
     /// How often each node checks the store's configuration version (pub/sub delivers changes

@@ -76,6 +76,10 @@ pub struct SessionRecord {
     pub created_at_ms: u64,
     /// Absolute expiry (ms since the epoch), whatever the activity.
     pub expires_at_ms: u64,
+    /// Last written (ms since the epoch): the session's last use, to within the tenth of the
+    /// idle TTL after which a used session is saved again.
+    #[serde(default)]
+    pub last_used_ms: u64,
     /// Next POST stream number (stream 0 is the GET stream). Persisted by
     /// [`SessionStore::begin_call`]; loading merges it.
     pub next_stream: StreamId,
@@ -153,6 +157,9 @@ pub struct NodeInfo {
     pub draining: bool,
 }
 
+/// Announcements of sessions ended elsewhere ([`SessionStore::ended_sessions`]).
+pub type EndedSessions = futures_util::stream::BoxStream<'static, SessionId>;
+
 /// The session store.
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
@@ -226,6 +233,17 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The last entry id of a stream, if it has any.
     async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError>;
+    /// Sessions of `tenant` that may be live, at most `max`: an index that creating and saving a
+    /// session keep (each entry expires with its session's TTL). A session deleted since may
+    /// still be listed; callers load each one.
+    async fn tenant_sessions(&self, tenant: &str, max: usize) -> Result<Vec<SessionId>, StoreError>;
+    /// Tell every node that session `id` was ended from outside its actor (an administrator):
+    /// its keys are already gone, and the node running its actor stops it.
+    async fn announce_ended(&self, id: &SessionId) -> Result<(), StoreError>;
+    /// The announcements of [`Self::announce_ended`] as they arrive; `None` when the store serves
+    /// a single node (nothing to listen to). A stream that ends lost its connection and may have
+    /// missed some: the caller subscribes again and checks its own sessions.
+    async fn ended_sessions(&self) -> Result<Option<EndedSessions>, StoreError>;
     /// Announce (or refresh) a node; it is alive — and its leases valid — for `ttl`.
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
     /// Look a node up.

@@ -13,7 +13,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use marina_actors::{Node, NodeConfig};
 use marina_control::{
-    AuditLog, KeyUsage, MemoryAudit, MemoryDocs, MemoryUsage, RedisAudit, RedisDocs, RedisUsage, TenantDocs,
+    AuditLog, KeyUsage, MemoryAudit, MemoryDocs, MemoryReports, MemoryUsage, RedisAudit, RedisDocs,
+    RedisReports, RedisUsage, TenantDocs, UpstreamReports,
 };
 use marina_core::caps::Caps;
 use marina_core::settings::Settings;
@@ -28,6 +29,8 @@ use crate::upstream;
 
 /// Pause before the next announcement after a failed one.
 const HEARTBEAT_RETRY: Duration = Duration::from_millis(200);
+/// How often what this node saw of upstreams is flushed to the cluster.
+const UPSTREAM_REPORTS: Duration = Duration::from_secs(1);
 
 /// The configuration cannot be served (invalid upstreams, store URL): the process should exit with
 /// status 64 before binding anything.
@@ -42,6 +45,8 @@ pub struct Application {
     tenants: Arc<crate::tenants::Registry>,
     docs: Arc<dyn TenantDocs>,
     usage: Arc<dyn KeyUsage>,
+    reports: Arc<dyn UpstreamReports>,
+    health: Arc<crate::upstream::health::HealthBook>,
     node: Arc<Node>,
     url: String,
     settings: Arc<Settings>,
@@ -56,16 +61,17 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// The session store and the rate limiter: both in Redis (shared by the cluster), or both in
-/// this process.
-type Backends = (
-    Arc<dyn SessionStore>,
-    Arc<dyn RateLimiter>,
-    Arc<dyn Caps>,
-    Arc<dyn TenantDocs>,
-    Arc<dyn AuditLog>,
-    Arc<dyn KeyUsage>,
-);
+/// What the node keeps in the shared store: all in Redis (shared by the cluster), or all in this
+/// process (one node).
+struct Backends {
+    store: Arc<dyn SessionStore>,
+    limiter: Arc<dyn RateLimiter>,
+    caps: Arc<dyn Caps>,
+    docs: Arc<dyn TenantDocs>,
+    audit: Arc<dyn AuditLog>,
+    usage: Arc<dyn KeyUsage>,
+    reports: Arc<dyn UpstreamReports>,
+}
 
 fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     let s = &settings.store;
@@ -76,24 +82,30 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     );
     if s.redis_url.is_empty() {
         let limits = Arc::new(MemoryLimiter::default());
-        return Ok((
-            Arc::new(MemoryStore::new()),
-            limits.clone(),
-            limits,
-            Arc::new(MemoryDocs::new(max_tenants)),
-            Arc::new(MemoryAudit::new(audit_max, retention)),
-            Arc::new(MemoryUsage::default()),
-        ));
+        return Ok(Backends {
+            store: Arc::new(MemoryStore::new()),
+            limiter: limits.clone(),
+            caps: limits,
+            docs: Arc::new(MemoryDocs::new(max_tenants)),
+            audit: Arc::new(MemoryAudit::new(audit_max, retention)),
+            usage: Arc::new(MemoryUsage::default()),
+            reports: Arc::new(MemoryReports::default()),
+        });
     }
     let store = Arc::new(
         RedisStore::new(&s.redis_url, &s.key_prefix, Duration::from_millis(s.timeout_ms))
             .context("invalid store.redis_url")?,
     );
     let limits = Arc::new(RedisLimiter::new(store.clone()));
-    let docs = Arc::new(RedisDocs::new(store.clone(), max_tenants));
-    let audit = Arc::new(RedisAudit::new(store.clone(), audit_max, retention));
-    let usage = Arc::new(RedisUsage::new(store.clone(), retention));
-    Ok((store, limits.clone(), limits, docs, audit, usage))
+    Ok(Backends {
+        limiter: limits.clone(),
+        caps: limits,
+        docs: Arc::new(RedisDocs::new(store.clone(), max_tenants)),
+        audit: Arc::new(RedisAudit::new(store.clone(), audit_max, retention)),
+        usage: Arc::new(RedisUsage::new(store.clone(), retention)),
+        reports: Arc::new(RedisReports::new(store.clone())),
+        store,
+    })
 }
 
 /// The egress client every upstream (and OAuth issuer) of this node shares.
@@ -102,6 +114,7 @@ fn build_egress(settings: &Settings) -> anyhow::Result<upstream::Upstreams> {
     Ok(upstream::Upstreams {
         policy,
         client: upstream::egress::client(policy).context("cannot build the upstream HTTP client")?,
+        health: Default::default(),
     })
 }
 
@@ -195,7 +208,15 @@ impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let (store, limiter, caps, docs, audit, usage) = build_store(&settings).map_err(ConfigError)?;
+        let Backends {
+            store,
+            limiter,
+            caps,
+            docs,
+            audit,
+            usage,
+            reports,
+        } = build_store(&settings).map_err(ConfigError)?;
         let egress = build_egress(&settings).map_err(ConfigError)?;
         check_open_tenants(&settings).map_err(ConfigError)?;
         let cluster_secret = cluster_secret(&settings).map_err(ConfigError)?;
@@ -258,6 +279,17 @@ impl Application {
                     docs: docs.clone(),
                     audit,
                     usage: usage.clone(),
+                    node: node.clone(),
+                    reports: reports.clone(),
+                    health: egress.health.clone(),
+                    store: if settings.store.redis_url.is_empty() {
+                        tracing::warn!(
+                            "admin API on the in-memory store: tenants written through it are served by this node alone and lost when it stops (set store.redis_url for a cluster)"
+                        );
+                        "memory"
+                    } else {
+                        "redis"
+                    },
                 };
                 tracing::info!(%addr, "admin API listening");
                 Some((crate::admin::server(state, l)?, addr))
@@ -440,6 +472,8 @@ impl Application {
             tenants,
             docs,
             usage,
+            reports,
+            health: egress.health.clone(),
             node,
             url,
             settings,
@@ -500,6 +534,18 @@ impl Application {
                 tenants.flush_key_usage(usage.as_ref()).await;
             }
         });
+        let ended = actix_rt::spawn(self.node.clone().follow_ended());
+        let (health, reports, tenants) = (self.health.clone(), self.reports.clone(), self.tenants.clone());
+        let node_id = crate::admin::node_id(&self.node.config.instance).to_owned();
+        let upstream_reports = actix_rt::spawn(async move {
+            loop {
+                tokio::time::sleep(UPSTREAM_REPORTS).await;
+                let served = |t: &str| tenants.get(t).is_some();
+                if let Err(e) = health.flush(&node_id, reports.as_ref(), served).await {
+                    tracing::debug!(error = %e, "upstream reports not flushed; retrying");
+                }
+            }
+        });
         let (node, url) = (self.node.clone(), self.url.clone());
         let heartbeat = actix_rt::spawn(async move {
             // Every third of the lease TTL: the node's liveness is what keeps its leases valid.
@@ -525,6 +571,8 @@ impl Application {
         heartbeat.abort();
         follow.abort();
         flush.abort();
+        ended.abort();
+        upstream_reports.abort();
         self.tenants.flush_key_usage(self.usage.as_ref()).await;
         let _ = self.node.store.unregister_node(&self.node.config.instance).await;
         if let Some((h, s)) = admin {

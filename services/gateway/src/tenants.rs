@@ -21,7 +21,7 @@ use crate::authn::{Authenticators, IssuerFetch};
 use crate::upstream::Upstreams;
 
 /// Where a tenant's document lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The configuration file (read-only in the admin API).
@@ -122,7 +122,7 @@ impl Builder {
             )),
             None => None,
         };
-        let providers = crate::upstream::providers(&ts.upstreams, &self.egress)
+        let providers = crate::upstream::providers(id, &ts.upstreams, &self.egress)
             .map_err(|e| Invalid::new("upstreams", e))?;
         let mut names = std::collections::HashSet::new();
         for tool in providers.iter().flat_map(|p| p.tools()) {

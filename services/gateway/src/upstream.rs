@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod egress;
+pub mod health;
 pub mod http_tool;
 pub mod mcp;
 
@@ -18,6 +19,8 @@ pub struct Upstreams {
     pub policy: egress::Policy,
     /// HTTP client with the guarded resolver.
     pub client: reqwest::Client,
+    /// What this node sees of every upstream.
+    pub health: Arc<health::HealthBook>,
 }
 
 /// An upstream's configured URL: it must parse and be http or https (configuration errors name
@@ -69,6 +72,7 @@ pub fn credential_headers(
 
 /// Build the providers configured for a tenant.
 pub fn providers(
+    tenant: &str,
     upstreams: &[UpstreamSettings],
     shared: &Upstreams,
 ) -> Result<Vec<Arc<dyn ToolProvider>>, String> {
@@ -79,9 +83,9 @@ pub fn providers(
                 builtin::Builtin::new(tools.as_deref()).map(|b| Arc::new(b) as Arc<dyn ToolProvider>)
             }
             UpstreamSettings::Http(s) => http_tool::HttpTool::new(s, shared.client.clone(), shared.policy)
-                .map(|t| Arc::new(t) as Arc<dyn ToolProvider>),
+                .map(|t| Arc::new(t.with_health(shared.health.of(tenant, &s.name))) as Arc<dyn ToolProvider>),
             UpstreamSettings::Mcp(s) => mcp::McpUpstream::new(s, shared.client.clone(), shared.policy)
-                .map(|t| Arc::new(t) as Arc<dyn ToolProvider>),
+                .map(|t| Arc::new(t.with_health(shared.health.of(tenant, &s.name))) as Arc<dyn ToolProvider>),
         })
         .collect()
 }

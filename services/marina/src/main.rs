@@ -1,8 +1,11 @@
 //! `marina`: the multi-tenant MCP hosting platform, as one binary.
 //!
-//! `marina serve` runs a gateway node; `marina keys new` makes an API key. With no configuration it listens on 127.0.0.1:8080 with an
+//! `marina serve` runs a gateway node; `marina keys new` makes an API key; `marina admin …` drives
+//! the admin API of running nodes. With no configuration it listens on 127.0.0.1:8080 with an
 //! in-memory store and the tenant `demo` (built-in tools); with `--redis-url` any number of nodes
 //! share sessions through Redis.
+
+mod admin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +42,12 @@ enum Command {
     /// Tenants' authorization policies (casbin, policies/model.conf).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Administer running nodes through their admin API (docs/admin-api.md): tenants, keys,
+    /// policy decisions, audit, sessions, upstreams.
+    ///
+    /// The key is read from MARINA_ADMIN_KEY (or --key-file), never from a flag. Exit status: 0
+    /// success, 1 the API refused, 2 usage error, 3 the API cannot be reached.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +146,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_command(args),
         Command::Keys(KeysCommand::New(args)) => new_key(args),
         Command::Policy(cmd) => policy_command(cmd),
+        Command::Admin(args) => admin::run(args),
     }
 }
 

@@ -40,7 +40,7 @@ const client = (id) => ({
 const provider = new Provider(ISSUER, {
   jwks: { keys: [jwk] },
   clients: [client('gw-test'), client('gw-other')],
-  scopes: ['mcp:tools', 'mcp:resources', 'mcp:admin'],
+  scopes: ['mcp:tools', 'mcp:resources', 'mcp:admin', 'marina:admin'],
   ttl: { ClientCredentials: TTL },
   extraTokenClaims: (ctx, token) => ({ roles: ROLES[token.clientId] ?? [] }),
   features: {
@@ -53,7 +53,7 @@ const provider = new Provider(ISSUER, {
       getResourceServerInfo: (ctx, resourceIndicator) => {
         if (!RESOURCES.includes(resourceIndicator)) throw new errors.InvalidTarget();
         return {
-          scope: 'mcp:tools mcp:resources mcp:admin',
+          scope: 'mcp:tools mcp:resources mcp:admin marina:admin',
           audience: resourceIndicator,
           accessTokenTTL: TTL,
           accessTokenFormat: 'jwt',

@@ -8,6 +8,8 @@
 //! | `<p>:{<sid>}:l` | string | lease `<instance>\|<token>`, valid while the node key lives | as the session |
 //! | `<p>:{<sid>}:i` | hash | in-flight calls (`<stream>` → call JSON) and `next` stream number | as the session |
 //! | `<p>:{<sid>}:e:<n>` | stream | events of stream `n` (`d` = JSON-RPC message) | as the session; MAXLEN ~cap |
+//! | `<p>:idx:{<tenant>}:s` | sorted set | the tenant's sessions → expiry (ms), for administrators | the longest session TTL; members past their expiry dropped on every add |
+//! | channel `<p>:sessions:ended` | pub/sub | ids of sessions an administrator ended | — |
 //! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
 
 use std::time::Duration;
@@ -165,6 +167,45 @@ impl RedisStore {
 
     fn key(&self, id: &SessionId, suffix: &str) -> String {
         format!("{}:{{{}}}:{}", self.prefix, id.as_str(), suffix)
+    }
+
+    fn index_key(&self, tenant: &str) -> String {
+        format!("{}:idx:{{{tenant}}}:s", self.prefix)
+    }
+
+    fn ended_channel(&self) -> String {
+        format!("{}:sessions:ended", self.prefix)
+    }
+
+    /// Keep session `id` in its tenant's index until its keys expire. The index key lives as long
+    /// as its longest-lived member (`NX` gives a new key a TTL, `GT` only ever extends it), and
+    /// every add drops the members already expired, so it holds at most the tenant's live
+    /// sessions.
+    async fn index(&self, id: &SessionId, rec: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.index_key(&rec.tenant);
+        let now = super::now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg(now + ttl.as_millis() as u64)
+            .arg(id.as_str())
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms(ttl))
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms(ttl))
+            .arg("GT")
+            .ignore();
+        self.query_pipe::<()>(pipe).await
     }
 
     fn stream_key(&self, id: &SessionId, stream: StreamId) -> String {
@@ -430,7 +471,7 @@ impl SessionStore for RedisStore {
             .eval::<i64, _>(&self.create, self.keys(id, &["s", "f"]), args)
             .await?
         {
-            1 => Ok(()),
+            1 => self.index(id, rec, ttl).await,
             _ => Err(StoreError::Corrupt("session id collision".into())),
         }
     }
@@ -473,7 +514,8 @@ impl SessionStore for RedisStore {
             encode_record(rec)?,
             ms(ttl),
         ];
-        check_status(self.eval(&self.save, keys, args).await?)
+        check_status(self.eval(&self.save, keys, args).await?)?;
+        self.index(&fence.session, rec, ttl).await
     }
 
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError> {
@@ -483,6 +525,38 @@ impl SessionStore for RedisStore {
         pipe.cmd("EXISTS").arg(&keys[0]).cmd("DEL").arg(keys);
         let (existed, _): (i64, i64) = self.query_pipe(pipe).await?;
         Ok(existed == 1)
+    }
+
+    async fn tenant_sessions(&self, tenant: &str, max: usize) -> Result<Vec<SessionId>, StoreError> {
+        let key = self.index_key(tenant);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(super::now_ms())
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(max.saturating_sub(1));
+        let (ids,): (Vec<String>,) = self.query_pipe(pipe).await?;
+        Ok(ids.iter().filter_map(|i| SessionId::parse(i)).collect())
+    }
+
+    async fn announce_ended(&self, id: &SessionId) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.ended_channel()).arg(id.as_str());
+        self.query::<i64>(cmd).await.map(|_| ())
+    }
+
+    async fn ended_sessions(&self) -> Result<Option<super::EndedSessions>, StoreError> {
+        use futures_util::StreamExt as _;
+        let mut ps = self.pubsub().await?;
+        ps.subscribe(self.ended_channel()).await.map_err(unavailable)?;
+        let ids = ps.into_on_message().filter_map(|m| {
+            std::future::ready(m.get_payload::<String>().ok().and_then(|p| SessionId::parse(&p)))
+        });
+        Ok(Some(Box::pin(ids)))
     }
 
     async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {

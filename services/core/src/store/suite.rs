@@ -27,6 +27,7 @@ fn record() -> SessionRecord {
         initialized: false,
         created_at_ms: now_ms(),
         expires_at_ms: now_ms() + 3_600_000,
+        last_used_ms: 0,
         next_stream: 1,
         inflight: BTreeMap::new(),
         version: 1,
@@ -58,6 +59,8 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     delete_removes_everything(s).await;
     sessions_expire_by_ttl(s).await;
     nodes_register_and_expire(s).await;
+    tenants_index_their_sessions(s).await;
+    ended_sessions_are_announced(s).await;
 }
 
 async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionStore) {
@@ -357,6 +360,63 @@ async fn nodes_register_and_expire(s: &dyn SessionStore) {
     s.register_node(&n, TTL).await.unwrap();
     s.unregister_node(&n.instance).await.unwrap();
     assert_eq!(s.node(&n.instance).await.unwrap(), None);
+}
+
+async fn tenants_index_their_sessions(s: &dyn SessionStore) {
+    let (x, y) = (format!("x{}", now_ms()), format!("y{}", now_ms()));
+    let rec = |tenant: &str| SessionRecord {
+        tenant: tenant.to_owned(),
+        ..record()
+    };
+    let (a, b, c, short) = (
+        SessionId::generate(),
+        SessionId::generate(),
+        SessionId::generate(),
+        SessionId::generate(),
+    );
+    s.create_session(&a, &rec(&x), TTL).await.unwrap();
+    s.create_session(&b, &rec(&x), TTL).await.unwrap();
+    s.create_session(&c, &rec(&y), TTL).await.unwrap();
+    s.create_session(&short, &rec(&x), Duration::from_millis(200))
+        .await
+        .unwrap();
+    let mut listed = s.tenant_sessions(&x, 100).await.unwrap();
+    listed.sort();
+    let mut want = vec![a.clone(), b.clone(), short.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(s.tenant_sessions(&y, 100).await.unwrap(), vec![c.clone()]);
+    assert_eq!(s.tenant_sessions(&x, 1).await.unwrap().len(), 1);
+    // A save keeps a session listed past its first TTL; an expired one drops out.
+    let f = acquire(s, &a, "a/1").await;
+    let mut saved = rec(&x);
+    saved.version = 2;
+    s.save_session(&f, &saved, TTL).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let listed = s.tenant_sessions(&x, 100).await.unwrap();
+    assert!(listed.contains(&a) && listed.contains(&b) && !listed.contains(&short));
+}
+
+async fn ended_sessions_are_announced(s: &dyn SessionStore) {
+    use futures_util::StreamExt as _;
+    let Some(mut ended) = s.ended_sessions().await.unwrap() else {
+        // A single-node store: nothing to announce to.
+        s.announce_ended(&SessionId::generate()).await.unwrap();
+        return;
+    };
+    let id = SessionId::generate();
+    // The subscription is live once the first announcement arrives; repeat until then.
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            s.announce_ended(&id).await.unwrap();
+            if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(200), ended.next()).await {
+                return got;
+            }
+        }
+    })
+    .await
+    .expect("announcement within 10 s");
+    assert_eq!(got, id);
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ use super::problem::Problem;
 /// The role every platform administrator holds.
 pub const PLATFORM_ADMIN: &str = "platform-admin";
 
+/// The scope an OAuth token must carry to administer the platform.
+pub const ADMIN_SCOPE: &str = "marina:admin";
+
 /// The role that makes a tenant's principal one of its administrators.
 pub const TENANT_ADMIN: &str = "tenant-admin";
 
@@ -65,10 +68,11 @@ pub struct AdminAuth {
 }
 
 impl AdminAuth {
-    /// From `admin.api_keys`; `Err` when the admin API would be open on a non-loopback bind.
+    /// From `admin.api_keys` and `admin.oauth`; `Err` when the admin API would be open on a
+    /// non-loopback bind, or `admin.oauth` names no audience of its own.
     pub fn new(settings: &Settings, fetch: Arc<dyn Fetch>) -> anyhow::Result<Self> {
         let a = &settings.admin;
-        if a.api_keys.is_empty() {
+        if a.api_keys.is_empty() && a.oauth.is_none() {
             let loopback = a
                 .bind
                 .parse::<std::net::SocketAddr>()
@@ -83,8 +87,27 @@ impl AdminAuth {
             }
             return Ok(Self { keys: None });
         }
+        let oauth = match &a.oauth {
+            None => None,
+            Some(o) => {
+                let Some(audience) = o.audience.as_deref().filter(|a| !a.is_empty()) else {
+                    anyhow::bail!(
+                        "admin.oauth.audience must name the admin API's own audience (tokens for a tenant's endpoint never administer)"
+                    );
+                };
+                anyhow::ensure!(
+                    !audience.contains("/t/"),
+                    "admin.oauth.audience {audience} looks like a tenant endpoint's; give the admin API an audience of its own"
+                );
+                let mut o = o.clone();
+                if !o.required_scopes.iter().any(|s| s == ADMIN_SCOPE) {
+                    o.required_scopes.push(ADMIN_SCOPE.to_owned());
+                }
+                Some(o)
+            }
+        };
         let auth = AuthSettings {
-            oauth: None,
+            oauth,
             api_keys: a
                 .api_keys
                 .iter()
@@ -112,10 +135,17 @@ impl AdminAuth {
             });
         };
         match keys.authenticate(&credentials(req)).await {
-            Ok(Some(p)) if p.roles.iter().any(|r| r == PLATFORM_ADMIN) => Some(Admin {
-                subject: p.owner.subject.clone(),
-                tenant: None,
-            }),
+            // An admin key carries the role; a token the scope (checked again here although
+            // the authenticator requires it: nothing else makes a platform administrator).
+            Ok(Some(p))
+                if p.roles.iter().any(|r| r == PLATFORM_ADMIN)
+                    || (p.owner.issuer != "api-key" && p.scopes.iter().any(|s| s == ADMIN_SCOPE)) =>
+            {
+                Some(Admin {
+                    subject: p.owner.subject.clone(),
+                    tenant: None,
+                })
+            }
             _ => None,
         }
     }

@@ -7,8 +7,11 @@ mod audit;
 mod auth;
 mod explain;
 mod keys;
+mod openapi;
 mod problem;
+mod sessions;
 mod tenants;
+mod upstreams;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -32,6 +35,20 @@ pub struct AdminState {
     pub audit: Arc<dyn AuditLog>,
     /// When tenants' API keys were last used.
     pub usage: Arc<dyn KeyUsage>,
+    /// This node: the session store and the sessions running here.
+    pub node: Arc<marina_actors::Node>,
+    /// What the nodes saw of the tenants' upstreams.
+    pub reports: Arc<dyn marina_control::UpstreamReports>,
+    /// What this node saw of them, not yet reported.
+    pub health: Arc<crate::upstream::health::HealthBook>,
+    /// Where the control plane keeps its data: `redis` (the cluster's) or `memory` (this node's
+    /// alone, lost when it stops) — said on every answer (`Marina-Store`).
+    pub store: &'static str,
+}
+
+/// The node id of an instance name (`<node id>/<boot nonce>`).
+pub fn node_id(instance: &str) -> &str {
+    instance.rsplit_once('/').map_or(instance, |(id, _)| id)
 }
 
 impl AdminState {
@@ -57,6 +74,7 @@ impl AdminState {
 pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::DefaultHeaders::new().add(("Marina-Store", state.store)))
             .app_data(web::Data::new(state.clone()))
             .app_data(
                 web::QueryConfig::default()
@@ -64,6 +82,11 @@ pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix
             )
             .service(
                 web::scope("/admin/v1")
+                    // Every route here is in the OpenAPI document (`openapi.rs` says how; its test
+                    // reads this list). The document itself is served without authentication: it
+                    // describes the API and holds no tenant data, and tools (client generators,
+                    // schemathesis) fetch it before they hold a key.
+                    .route("/openapi.json", web::get().to(openapi::document))
                     .route("/tenants", web::get().to(tenants::list))
                     .route("/tenants/{id}", web::get().to(tenants::get))
                     .route("/tenants/{id}", web::put().to(tenants::put))
@@ -73,6 +96,14 @@ pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix
                     .route("/tenants/{id}/api-keys", web::get().to(keys::list))
                     .route("/tenants/{id}/api-keys", web::post().to(keys::create))
                     .route("/tenants/{id}/api-keys/{key}", web::delete().to(keys::revoke))
+                    .route("/tenants/{id}/sessions", web::get().to(sessions::list))
+                    .route(
+                        "/tenants/{id}/sessions",
+                        web::delete().to(sessions::end_principal),
+                    )
+                    .route("/tenants/{id}/sessions/{sid}", web::get().to(sessions::get))
+                    .route("/tenants/{id}/sessions/{sid}", web::delete().to(sessions::end))
+                    .route("/tenants/{id}/upstreams", web::get().to(upstreams::status))
                     .route("/audit", web::get().to(audit::list)),
             )
             .default_service(web::to(|| async {

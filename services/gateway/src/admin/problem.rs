@@ -3,7 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::tenants::Invalid;
 
@@ -57,6 +58,12 @@ impl Problem {
         )
     }
 
+    /// The same problem, naming `field` (a query parameter or a document path) as at fault.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
+    }
+
     /// The same problem, its field named relative to what the caller sent: `prefix` removed
     /// (unchanged when the field is elsewhere).
     pub fn with_field_prefix(mut self, prefix: &str) -> Self {
@@ -71,19 +78,57 @@ impl Problem {
         self.status
     }
 
-    fn body(&self) -> Value {
-        let mut b = json!({
-            "type": "about:blank",
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(f) = &self.field {
-            b["field"] = json!(f);
-            b["errors"] = json!([{"field": f, "detail": self.detail}]);
+    pub(super) fn body(&self) -> ProblemDocument {
+        ProblemDocument {
+            kind: "about:blank",
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            field: self.field.clone(),
+            errors: self.field.as_ref().map(|f| {
+                vec![FieldError {
+                    field: f.clone(),
+                    detail: self.detail.clone(),
+                }]
+            }),
         }
-        b
     }
+}
+
+/// An RFC 9457 problem document, as every error of the admin API is sent
+/// (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"type": "about:blank", "title": "not found", "status": 404, "detail": "no tenant acme"}))]
+pub struct ProblemDocument {
+    /// Always `about:blank`: `title` and `status` say what happened.
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    kind: &'static str,
+    /// A short summary (`invalid document`, `bad request`, `not found`, …).
+    title: &'static str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    status: u16,
+    /// What is wrong, for a person.
+    detail: String,
+    /// The field at fault, as a path into the request's document (`auth.api_keys[0].sha256`;
+    /// empty for the whole document). Only when a field is at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    field: Option<String>,
+    /// The fields at fault, with what is wrong with each. Only when a field is at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    errors: Option<Vec<FieldError>>,
+}
+
+/// One field at fault.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldError {
+    /// A path into the request's document.
+    field: String,
+    /// What is wrong with it.
+    detail: String,
 }
 
 impl std::fmt::Display for Problem {
@@ -103,7 +148,7 @@ impl ResponseError for Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             r.insert_header(("www-authenticate", "Bearer realm=\"marina-admin\""));
         }
-        r.body(self.body().to_string())
+        r.body(serde_json::to_string(&self.body()).unwrap_or_default())
     }
 }
 

@@ -7,8 +7,13 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use marina_control::{Expect, WriteError};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AdminState;
+use super::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, TenantPath, Unauthorized,
+    Unavailable,
+};
 use super::problem::Problem;
 use crate::tenants::{Served, Source};
 
@@ -47,6 +52,38 @@ fn expect(req: &HttpRequest) -> Result<Expect, Problem> {
     }
 }
 
+/// `If-Match`, as a header parameter of the document's writes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: read by `expect`
+pub struct IfMatch {
+    /// Write only if the current version is this `ETag` (`"42"`), else 412; `*`: any version.
+    /// Not with `If-None-Match`.
+    #[param(
+        rename = "If-Match",
+        nullable = false,
+        pattern = r#"^(\*|(W/)?"[1-9][0-9]{0,18}")$"#
+    )]
+    if_match: Option<String>,
+}
+
+/// `If-None-Match`, as a header parameter of the document's writes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: read by `expect`
+pub struct IfNoneMatch {
+    /// Only `*`: create only (412 if the tenant exists). Not with `If-Match`.
+    #[param(rename = "If-None-Match", nullable = false, pattern = r"^\*$")]
+    if_none_match: Option<String>,
+}
+
+/// A JSON merge patch (RFC 7396) of a tenant document: an object whose keys are the document's;
+/// `null` removes one.
+#[derive(ToSchema)]
+#[schema(example = json!({"disabled": true}))]
+#[allow(dead_code)] // documentation only
+pub struct MergePatch(std::collections::BTreeMap<String, Value>);
+
 fn check_id(id: &str) -> Result<(), Problem> {
     if marina_core::settings::valid_tenant_id(id) {
         Ok(())
@@ -67,7 +104,7 @@ pub(super) fn read_only(id: &str) -> Problem {
 }
 
 /// Read the body, refusing it past [`MAX_DOCUMENT`] without reading further.
-async fn read_body(mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
+pub(super) async fn read_body(mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
     use futures_util::StreamExt as _;
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
@@ -118,24 +155,96 @@ pub(super) fn write_error(e: WriteError) -> Problem {
     }
 }
 
-fn summary(s: &Served) -> Value {
-    json!({
-        "id": s.tenant.id,
-        "source": s.source,
-        "version": s.version,
-        "disabled": s.tenant.settings.disabled,
-        "updatedMs": s.updated_ms,
-    })
+/// A tenant document: the `tenants.<id>` section of the configuration file as JSON, with exactly
+/// the same keys (docs/configuration.md). Unknown keys are refused; each key's value is checked
+/// exactly like the file's (the answer to an invalid one is a 400 naming the field).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "auth": {"api_keys": [{"subject": "ci-bot", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "roles": ["operator"]}]},
+    "rbac": {"policy": "p, operator, tool:*, call, allow"},
+    "upstreams": [{"kind": "builtin", "tools": ["echo"]}],
+    "limits": {"rate": {"tenant": "1000/s", "principal": "50/s"}}
+}))]
+#[allow(dead_code)] // documentation only: documents are handled as JSON values, checked by tenants::Builder
+pub struct TenantDocument {
+    /// Who may connect: `api_keys`, `oauth`, `anonymous`.
+    auth: Option<Value>,
+    /// What each role may see and use: `{"policy": "<casbin policy>"}`.
+    rbac: Option<Value>,
+    /// Tool sources, each with its `kind`: `builtin`, `http` or `mcp`.
+    upstreams: Option<Value>,
+    /// Rates and quotas.
+    limits: Option<Value>,
+    /// Origins allowed besides localhost ones: a list, or one comma-separated string.
+    allowed_origins: Option<Value>,
+    /// Hosts allowed besides localhost ones: a list, or one comma-separated string.
+    allowed_hosts: Option<Value>,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-*` headers are believed.
+    trusted_proxies: Option<Value>,
+    /// Check `tools/call` arguments against the tool's `inputSchema` (default true).
+    validate_arguments: Option<Value>,
+    /// Suspended: every request is refused. Only platform administrators may change it.
+    disabled: Option<Value>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// One tenant in the list.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSummary {
+    id: String,
+    /// Where its document lives: `file` (the configuration file, read-only here) or `store`.
+    source: Source,
+    /// Its version in the store (its `ETag`); 0 for the file's.
+    version: u64,
+    /// Suspended.
+    disabled: bool,
+    /// When it was last written (Unix ms); 0 for the file's.
+    updated_ms: u64,
+}
+
+/// A page of tenants.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct TenantPage {
+    items: Vec<TenantSummary>,
+    /// The `after` of the next page; null on the last one.
+    #[schema(required = true)]
+    next: Option<String>,
+}
+
+fn summary(s: &Served) -> TenantSummary {
+    TenantSummary {
+        id: s.tenant.id.clone(),
+        source: s.source,
+        version: s.version,
+        disabled: s.tenant.settings.disabled,
+        updated_ms: s.updated_ms,
+    }
+}
+
+#[derive(Debug, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// Tenants per page: 1-500, default 100 (other values are clamped).
+    #[param(minimum = 0)]
     limit: Option<usize>,
-    /// The last id of the previous page.
+    /// The last id of the previous page (its `next`).
     after: Option<String>,
 }
 
-/// `GET /admin/v1/tenants?limit=&after=`: tenants by id, a page at a time.
+/// List tenants
+///
+/// Tenants by id, a page at a time: what this node serves (every node converges to it within a
+/// second of a write). Platform administrators only.
+#[utoipa::path(
+    get, path = "/tenants", operation_id = "listTenants", tag = "tenants",
+    params(Page),
+    responses(
+        (status = 200, description = "A page of tenants, sorted by id", body = TenantPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+    )
+)]
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AdminState>,
@@ -152,12 +261,30 @@ pub async fn list(
         .collect();
     ids.sort();
     let more = ids.len() > limit;
-    let items: Vec<Value> = ids.iter().take(limit).map(|id| summary(&snapshot[*id])).collect();
+    let items = ids.iter().take(limit).map(|id| summary(&snapshot[*id])).collect();
     let next = more.then(|| ids[limit - 1].clone());
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next": next})))
+    Ok(HttpResponse::Ok().json(TenantPage { items, next }))
 }
 
-/// `GET /admin/v1/tenants/{id}`: the document, with its `ETag`.
+/// Read a tenant
+///
+/// The document exactly as written, with its `ETag`, or a configuration file's tenant (without
+/// an `ETag`; `{}` for the embedded default tenant, which no file section describes).
+#[utoipa::path(
+    get, path = "/tenants/{id}", operation_id = "getTenant", tag = "tenants",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The tenant's document", body = TenantDocument,
+            headers(
+                ("ETag" = String, description = "The document's version (`\"42\"`); only for `Marina-Source: store`"),
+                ("Marina-Source" = String, description = "`store` (the admin API's) or `file` (the configuration file's, read-only here)"),
+            )),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn get(
     req: HttpRequest,
     state: web::Data<AdminState>,
@@ -166,9 +293,11 @@ pub async fn get(
     let id = id.into_inner();
     state.auth.for_tenant(&req, &state.tenants, &id).await?;
     if let Some(s) = state.tenants.get(&id).filter(|s| s.source == Source::File) {
+        // The embedded default tenant has no section in the file: nothing was written for it.
+        let doc = if s.doc.is_null() { &json!({}) } else { &s.doc };
         return Ok(HttpResponse::Ok()
             .insert_header(("marina-source", "file"))
-            .json(&s.doc));
+            .json(doc));
     }
     match state.docs.get(&id).await? {
         Some(t) => Ok(HttpResponse::Ok()
@@ -241,7 +370,30 @@ fn written(status: StatusCode, version: u64, doc: &Value) -> HttpResponse {
         .json(doc)
 }
 
-/// `PUT /admin/v1/tenants/{id}`: create or replace.
+/// Create or replace a tenant
+///
+/// The document is checked exactly like the configuration file's before anything is stored.
+/// `If-None-Match: *` creates only; `If-Match: "<etag>"` replaces only that version; without
+/// either the write replaces whatever is there.
+#[utoipa::path(
+    put, path = "/tenants/{id}", operation_id = "putTenant", tag = "tenants",
+    params(TenantPath, IfMatch, IfNoneMatch),
+    request_body(content = TenantDocument, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced: the document as stored", body = TenantDocument,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 201, description = "Created: the document as stored", body = TenantDocument,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 412, response = PreconditionFailed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn put(
     req: HttpRequest,
     state: web::Data<AdminState>,
@@ -263,7 +415,31 @@ pub async fn put(
     Ok(written(status, version, &doc))
 }
 
-/// `PATCH /admin/v1/tenants/{id}`: a JSON merge patch (RFC 7396) of the document.
+/// Change some fields of a tenant
+///
+/// A JSON merge patch (RFC 7396) of the document: objects merge, `null` removes a key, anything
+/// else replaces. Without `If-Match` it applies to the version it was computed on (a concurrent
+/// write in between makes it fail with 412 rather than be lost).
+#[utoipa::path(
+    patch, path = "/tenants/{id}", operation_id = "patchTenant", tag = "tenants",
+    params(TenantPath, IfMatch, IfNoneMatch),
+    request_body(description = "A JSON merge patch of the tenant document", content(
+        (MergePatch = "application/merge-patch+json"),
+        (MergePatch = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The patched document as stored", body = TenantDocument,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 412, response = PreconditionFailed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn patch(
     req: HttpRequest,
     state: web::Data<AdminState>,
@@ -295,7 +471,24 @@ pub async fn patch(
     Ok(written(StatusCode::OK, version, &doc))
 }
 
-/// `DELETE /admin/v1/tenants/{id}`.
+/// Delete a tenant
+///
+/// Its endpoint answers 404 on every node within a second and its open streams end. Platform
+/// administrators only.
+#[utoipa::path(
+    delete, path = "/tenants/{id}", operation_id = "deleteTenant", tag = "tenants",
+    params(TenantPath, IfMatch, IfNoneMatch),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 412, response = PreconditionFailed),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn delete(
     req: HttpRequest,
     state: web::Data<AdminState>,

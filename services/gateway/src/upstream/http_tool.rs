@@ -34,6 +34,8 @@ pub struct HttpTool {
     max_bytes: usize,
     client: reqwest::Client,
     policy: Policy,
+    /// What this node sees of the tool's service (for the admin API's status).
+    health: std::sync::Arc<super::health::Health>,
 }
 
 impl std::fmt::Debug for HttpTool {
@@ -64,6 +66,12 @@ fn compile(schema: &Value, what: &str) -> Result<jsonschema::Validator, String> 
 }
 
 impl HttpTool {
+    /// Note what is seen of the tool's service in `health`.
+    pub fn with_health(mut self, health: std::sync::Arc<super::health::Health>) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Build a tool from its settings; every problem is a configuration error.
     pub fn new(s: &HttpToolSettings, client: reqwest::Client, policy: Policy) -> Result<Self, String> {
         let name = &s.name;
@@ -114,6 +122,7 @@ impl HttpTool {
             max_bytes: s.max_response_bytes,
             client,
             policy,
+            health: Default::default(),
         })
     }
 
@@ -153,7 +162,7 @@ impl HttpTool {
     async fn invoke(&self, args: &Map<String, Value>) -> Result<Value, String> {
         egress::check_url(&self.policy, &self.url).map_err(str::to_owned)?;
         let resp = self.request(args)?.send().await.map_err(|e| {
-            if e.is_timeout() {
+            let message = if e.is_timeout() {
                 format!(
                     "the tool's service did not answer within {} ms",
                     self.timeout.as_millis()
@@ -161,9 +170,19 @@ impl HttpTool {
             } else {
                 tracing::info!(tool = %self.def.name, error = %e, "http tool unreachable");
                 "the tool's service could not be reached".to_owned()
-            }
+            };
+            self.health.failed(&message);
+            message
         })?;
         let status = resp.status();
+        if status.is_server_error() {
+            self.health.failed(&format!(
+                "the tool's service answered with HTTP {}",
+                status.as_u16()
+            ));
+        } else {
+            self.health.succeeded();
+        }
         if !status.is_success() {
             return Err(format!(
                 "the tool's service answered with HTTP {}",

@@ -97,6 +97,8 @@ pub struct McpUpstream {
     client: reqwest::Client,
     policy: Policy,
     breaker: Breaker,
+    /// What this node sees of the upstream (for the admin API's status).
+    health: std::sync::Arc<super::health::Health>,
     /// One upstream-session initialization at a time per downstream session (two concurrent
     /// first requests must not start two upstream sessions).
     starting: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
@@ -341,6 +343,12 @@ impl McpUpstream {
         });
     }
 
+    /// Note what is seen of the upstream in `health`.
+    pub fn with_health(mut self, health: std::sync::Arc<super::health::Health>) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Build from settings; every problem is a configuration error.
     pub fn new(s: &McpUpstreamSettings, client: reqwest::Client, policy: Policy) -> Result<Self, String> {
         let name = &s.name;
@@ -379,6 +387,7 @@ impl McpUpstream {
             client,
             policy,
             breaker: Breaker::default(),
+            health: Default::default(),
             starting: Default::default(),
             followers: Default::default(),
         })
@@ -453,7 +462,7 @@ impl McpUpstream {
         let sent = self.post_request(session, body).timeout(timeout).send().await;
         let resp = sent.map_err(|e| {
             self.breaker.failed();
-            Failure::Upstream(if e.is_timeout() {
+            let message = if e.is_timeout() {
                 format!(
                     "the upstream {} did not answer within {} ms",
                     self.name,
@@ -462,12 +471,20 @@ impl McpUpstream {
             } else {
                 tracing::info!(upstream = %self.name, error = %e, "mcp upstream unreachable");
                 format!("the upstream {} could not be reached", self.name)
-            })
+            };
+            self.health.failed(&message);
+            Failure::Upstream(message)
         })?;
         if resp.status().is_server_error() {
             self.breaker.failed();
+            self.health.failed(&format!(
+                "the upstream {} answered with HTTP {}",
+                self.name,
+                resp.status().as_u16()
+            ));
         } else {
             self.breaker.succeeded();
+            self.health.succeeded();
         }
         if resp.status() == reqwest::StatusCode::NOT_FOUND && session.is_some_and(|s| s.id.is_some()) {
             return Err(Failure::SessionGone);
@@ -991,6 +1008,9 @@ impl ToolProvider for McpUpstream {
             }
             self.forget(ctx).await?;
         }
+        if let Ok(tools) = &result {
+            self.health.counted("tools", tools.len());
+        }
         result.map_err(Failure::into_rpc)
     }
 
@@ -1025,6 +1045,11 @@ impl ToolProvider for McpUpstream {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
                 _ => break,
             }
+        }
+        match key {
+            "resources" => self.health.counted("resources", items.len()),
+            "prompts" => self.health.counted("prompts", items.len()),
+            _ => {}
         }
         Ok(items)
     }

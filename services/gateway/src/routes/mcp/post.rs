@@ -186,6 +186,7 @@ async fn initialize(
         initialized: false,
         created_at_ms: now,
         expires_at_ms: now + s.max_lifetime_secs * 1000,
+        last_used_ms: now,
         next_stream: 1,
         inflight: Default::default(),
         version: 1,
