@@ -31,6 +31,30 @@ fn admin_config(dir: &std::path::Path, admin_key: &str) -> std::path::PathBuf {
     f
 }
 
+/// Two nodes sharing one Redis, each configured by [`admin_config`] with one administrator key.
+struct TwoNodes {
+    // Dropped in this order: the nodes before their store.
+    a: MarinaProc,
+    b: MarinaProc,
+    admin_key: String,
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+fn two_nodes(env: &[(&str, &str)]) -> TwoNodes {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let config = admin_config(dir.path(), &admin_key);
+    TwoNodes {
+        a: MarinaProc::start_with_config(&redis.url(), "a", env, &config),
+        b: MarinaProc::start_with_config(&redis.url(), "b", env, &config),
+        admin_key,
+        redis,
+        _dir: dir,
+    }
+}
+
 /// GET `url` as the administrator with `key`; the JSON body.
 async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
     http.get(url)
@@ -121,12 +145,7 @@ fn tenant_doc(key_digest: &str, policy: &str) -> Value {
 
 #[tokio::test]
 async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let admin_key = generate_key();
-    let config = admin_config(dir.path(), &admin_key);
-    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &config);
-    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &config);
+    let TwoNodes { a, b, admin_key, .. } = &two_nodes(&[]);
     let http = client();
     let bob = generate_key();
     let url_b = format!("{}/t/acme/mcp", b.base());
@@ -147,7 +166,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         &http,
         reqwest::Method::PUT,
         &format!("{}/tenants/acme", a.admin()),
-        &admin_key,
+        admin_key,
         &tenant_doc(&digest(&bob), "p, viewer, tool:echo, call, allow"),
     )
     .await;
@@ -170,12 +189,12 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         &http,
         reqwest::Method::GET,
         &format!("{}/tenants/acme", b.admin()),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag1);
-    let listed: Value = get_json(&http, &format!("{}/tenants", b.admin()), &admin_key).await;
+    let listed: Value = get_json(&http, &format!("{}/tenants", b.admin()), admin_key).await;
     let ids: Vec<&str> = listed["items"]
         .as_array()
         .unwrap()
@@ -191,7 +210,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     assert_eq!(get.status(), StatusCode::OK);
     let r = http
         .patch(format!("{}/tenants/acme", a.admin()))
-        .bearer_auth(&admin_key)
+        .bearer_auth(admin_key)
         .header("if-match", &etag1)
         .header("content-type", "application/merge-patch+json")
         .body(json!({"rbac": {"policy": "p, viewer, tool:*, call, allow"}}).to_string())
@@ -219,7 +238,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     // A write with the stale ETag is refused, and changes nothing.
     let r = http
         .put(format!("{}/tenants/acme", b.admin()))
-        .bearer_auth(&admin_key)
+        .bearer_auth(admin_key)
         .header("if-match", &etag1)
         .json(&tenant_doc(&digest(&bob), ""))
         .send()
@@ -234,7 +253,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
     let carol = generate_key();
     let r = http
         .put(format!("{}/tenants/acme", b.admin()))
-        .bearer_auth(&admin_key)
+        .bearer_auth(admin_key)
         .header("if-match", &etag2)
         .json(&tenant_doc(&digest(&carol), "p, viewer, tool:*, call, allow"))
         .send()
@@ -254,7 +273,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         &http,
         reqwest::Method::PATCH,
         &format!("{}/tenants/acme", a.admin()),
-        &admin_key,
+        admin_key,
         &json!({"disabled": true}),
     )
     .await;
@@ -267,7 +286,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         &http,
         reqwest::Method::DELETE,
         &format!("{}/tenants/acme", b.admin()),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -276,7 +295,7 @@ async fn a_tenant_written_on_one_node_is_served_by_another_within_a_second() {
         &http,
         reqwest::Method::GET,
         &format!("{}/tenants/acme", a.admin()),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -537,19 +556,13 @@ async fn changes_are_audited_and_explained() {
 
 #[tokio::test]
 async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everywhere() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let admin_key = generate_key();
-    let config = admin_config(dir.path(), &admin_key);
-    let env = [("MARINA__ADMIN__KEY_USAGE_FLUSH_MS", "100")];
-    let a = MarinaProc::start_with_config(&redis.url(), "a", &env, &config);
-    let b = MarinaProc::start_with_config(&redis.url(), "b", &env, &config);
+    let TwoNodes { a, b, admin_key, .. } = &two_nodes(&[("MARINA__ADMIN__KEY_USAGE_FLUSH_MS", "100")]);
     let http = client();
     let r = send(
         &http,
         reqwest::Method::PUT,
         &format!("{}/tenants/acme", a.admin()),
-        &admin_key,
+        admin_key,
         &json!({"auth": {"api_keys": []}, "upstreams": [{"kind": "builtin", "tools": ["echo"]}]}),
     )
     .await;
@@ -560,7 +573,7 @@ async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everyw
         &http,
         reqwest::Method::POST,
         &format!("{}/tenants/acme/api-keys", a.admin()),
-        &admin_key,
+        admin_key,
         &json!({"subject": "ci", "expires": "someday"}),
     )
     .await;
@@ -573,7 +586,7 @@ async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everyw
             &http,
             reqwest::Method::POST,
             &format!("{}/tenants/acme/api-keys", a.admin()),
-            &admin_key,
+            admin_key,
             &json!({"subject": "ci", "roles": ["operator"]}),
         )
         .await;
@@ -594,7 +607,7 @@ async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everyw
     // Listed on the other node without the secret, with its last use once flushed.
     let deadline = Instant::now() + Duration::from_secs(10);
     let listed = loop {
-        let l: Value = get_json(&http, &format!("{}/tenants/acme/api-keys", a.admin()), &admin_key).await;
+        let l: Value = get_json(&http, &format!("{}/tenants/acme/api-keys", a.admin()), admin_key).await;
         if l["items"][0]["lastUsedMs"].is_u64() {
             break l;
         }
@@ -618,7 +631,7 @@ async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everyw
         &http,
         reqwest::Method::DELETE,
         &format!("{}/tenants/acme/api-keys/{kid}", b.admin()),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -627,13 +640,13 @@ async fn api_keys_are_created_once_listed_with_their_last_use_and_revoked_everyw
         &http,
         reqwest::Method::DELETE,
         &format!("{}/tenants/acme/api-keys/{kid}", b.admin()),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let audit = http
         .get(format!("{}/audit?tenant=acme", a.admin()))
-        .bearer_auth(&admin_key)
+        .bearer_auth(admin_key)
         .send()
         .await
         .unwrap()
@@ -779,12 +792,8 @@ async fn ping_status(mcp: &Mcp) -> StatusCode {
 
 #[tokio::test]
 async fn sessions_are_listed_inspected_and_ended_on_every_node() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let admin_key = generate_key();
-    let config = admin_config(dir.path(), &admin_key);
-    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &config);
-    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &config);
+    let nodes = two_nodes(&[]);
+    let TwoNodes { a, b, admin_key, .. } = &nodes;
     let http = client();
     let (bob, carol) = (generate_key(), generate_key());
     let doc = json!({
@@ -796,7 +805,7 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
         "upstreams": [{"kind": "builtin", "tools": ["echo"]}],
     });
     let tenant = format!("{}/tenants/acme", a.admin());
-    let r = send(&http, reqwest::Method::PUT, &tenant, &admin_key, &doc).await;
+    let r = send(&http, reqwest::Method::PUT, &tenant, admin_key, &doc).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let (url_a, url_b) = (
         format!("{}/t/acme/mcp", a.base()),
@@ -814,7 +823,7 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
         &http,
         reqwest::Method::DELETE,
         &format!("{sessions}?principal=bob"),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -832,7 +841,7 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
     assert_eq!(stream.status(), StatusCode::OK);
 
     // Listed from either node, whichever node runs them, without their ids.
-    let listed = get_json(&http, &sessions, &admin_key).await;
+    let listed = get_json(&http, &sessions, admin_key).await;
     let items = listed["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "{listed}");
     let mut tags: Vec<String> = [&bob_a, &bob_b, &carol_a].iter().map(|m| tag(m)).collect();
@@ -846,19 +855,19 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
     assert_eq!(one["clientInfo"]["name"], "marina-tests");
     assert_eq!(one["node"], "b");
     assert!(one["createdMs"].as_u64().unwrap() <= one["lastUsedMs"].as_u64().unwrap());
-    let bobs = get_json(&http, &format!("{sessions}?principal=bob"), &admin_key).await;
+    let bobs = get_json(&http, &format!("{sessions}?principal=bob"), admin_key).await;
     assert_eq!(bobs["items"].as_array().unwrap().len(), 2);
 
     // Paged.
-    let page = get_json(&http, &format!("{sessions}?limit=2"), &admin_key).await;
+    let page = get_json(&http, &format!("{sessions}?limit=2"), admin_key).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let next = page["next"].as_str().unwrap();
-    let rest = get_json(&http, &format!("{sessions}?limit=2&after={next}"), &admin_key).await;
+    let rest = get_json(&http, &format!("{sessions}?limit=2&after={next}"), admin_key).await;
     assert_eq!(rest["items"][0]["id"], tags[2]);
     assert_eq!(rest["next"], Value::Null);
 
     // Inspected.
-    let detail = get_json(&http, &format!("{sessions}/{}", tag(&bob_a)), &admin_key).await;
+    let detail = get_json(&http, &format!("{sessions}/{}", tag(&bob_a)), admin_key).await;
     assert_eq!(detail["node"], "a");
     assert_eq!(detail["initialized"], true);
     assert_eq!(detail["inflightCalls"], 0);
@@ -866,7 +875,7 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
         &http,
         reqwest::Method::GET,
         &format!("{sessions}/nosuchtg"),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -877,7 +886,7 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
         &http,
         reqwest::Method::DELETE,
         &format!("{sessions}/{}", tag(&bob_a)),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -890,7 +899,7 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
     }
     let (_, ended) = read_events(stream, Duration::from_secs(5), |_| false).await;
     assert!(ended, "the ended session's stream closes");
-    let mut redis_cli = redis::Client::open(redis.url())
+    let mut redis_cli = redis::Client::open(nodes.redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -905,13 +914,13 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
     assert_eq!(ping_status(&carol_a).await, StatusCode::OK);
 
     // All of a principal's sessions at once.
-    let r = call(&http, reqwest::Method::DELETE, &sessions, &admin_key).await;
+    let r = call(&http, reqwest::Method::DELETE, &sessions, admin_key).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the principal must be named");
     let r = call(
         &http,
         reqwest::Method::DELETE,
         &format!("{sessions}?principal=bob"),
-        &admin_key,
+        admin_key,
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -924,11 +933,11 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
         .await;
     }
     assert_eq!(ping_status(&carol_a).await, StatusCode::OK);
-    let left = get_json(&http, &sessions, &admin_key).await;
+    let left = get_json(&http, &sessions, admin_key).await;
     assert_eq!(left["items"].as_array().unwrap().len(), 1);
 
     // Audited.
-    let audit = get_json(&http, &format!("{}/audit?tenant=acme", a.admin()), &admin_key).await;
+    let audit = get_json(&http, &format!("{}/audit?tenant=acme", a.admin()), admin_key).await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -943,14 +952,8 @@ async fn sessions_are_listed_inspected_and_ended_on_every_node() {
 
 #[tokio::test]
 async fn upstream_status_shows_reachability_the_last_error_and_counts_across_nodes() {
-    let redis = RedisServer::start();
     let mut peer = marina_tests::UpstreamPeer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let admin_key = generate_key();
-    let config = admin_config(dir.path(), &admin_key);
-    let env = [("MARINA__EGRESS__ALLOW_LOOPBACK", "true")];
-    let a = MarinaProc::start_with_config(&redis.url(), "a", &env, &config);
-    let b = MarinaProc::start_with_config(&redis.url(), "b", &env, &config);
+    let TwoNodes { a, b, admin_key, .. } = &two_nodes(&[("MARINA__EGRESS__ALLOW_LOOPBACK", "true")]);
     let http = client();
     let doc = json!({
         "auth": {"anonymous": true},
@@ -964,13 +967,13 @@ async fn upstream_status_shows_reachability_the_last_error_and_counts_across_nod
         &http,
         reqwest::Method::PUT,
         &format!("{}/tenants/ups", a.admin()),
-        &admin_key,
+        admin_key,
         &doc,
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let status_url = format!("{}/tenants/ups/upstreams", b.admin());
-    let status = || async { get_json(&http, &status_url, &admin_key).await };
+    let status = || async { get_json(&http, &status_url, admin_key).await };
     let of = |s: &Value, name: &str| {
         s["items"]
             .as_array()

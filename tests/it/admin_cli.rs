@@ -157,8 +157,16 @@ tenants:
     )
 }
 
-#[tokio::test]
-async fn the_admin_cli_manages_tenants_keys_and_audit() {
+/// A node with Redis, one administrator key and the file tenant `fixed` (anonymous, `echo`).
+struct Node {
+    // Dropped in this order: the node before its store.
+    node: MarinaProc,
+    admin_key: String,
+    dir: tempfile::TempDir,
+    _redis: RedisServer,
+}
+
+fn node() -> Node {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let admin_key = generate_key();
@@ -171,7 +179,19 @@ async fn the_admin_cli_manages_tenants_keys_and_audit() {
         ),
     )
     .unwrap();
-    let node = MarinaProc::start_with_config(&redis.url(), "cli", &[], &node_config);
+    Node {
+        node: MarinaProc::start_with_config(&redis.url(), "cli", &[], &node_config),
+        admin_key,
+        dir,
+        _redis: redis,
+    }
+}
+
+#[tokio::test]
+async fn the_admin_cli_manages_tenants_keys_and_audit() {
+    let Node {
+        node, admin_key, dir, ..
+    } = &node();
     // Either form of the URL.
     let cli = Cli {
         url: node.admin(),
@@ -269,7 +289,10 @@ async fn the_admin_cli_manages_tenants_keys_and_audit() {
         .find_map(|l| l.strip_prefix("id:"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| panic!("no id: {r:#?}"));
-    assert!(!r.stderr.contains(&admin_key), "the admin key was printed");
+    assert!(
+        !r.stderr.contains(admin_key.as_str()),
+        "the admin key was printed"
+    );
     until_initialize(&acme_mcp, &key, StatusCode::OK, Duration::from_secs(10)).await;
     let r = cli.run(&["keys", "list", "acme"]).await.expect(0);
     assert!(r.stdout.starts_with("ID "), "{r:#?}");
@@ -517,22 +540,10 @@ async fn the_admin_cli_exits_3_when_the_api_is_unreachable_and_2_when_misused() 
 
 #[tokio::test]
 async fn the_admin_cli_lists_and_ends_sessions_and_shows_upstream_status() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let admin_key = generate_key();
-    let node_config = dir.path().join("node.yaml");
-    std::fs::write(
-        &node_config,
-        format!(
-            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\ntenants:\n  fixed:\n    auth: {{anonymous: true}}\n    upstreams: [{{kind: builtin, tools: [echo]}}]\n",
-            digest(&admin_key)
-        ),
-    )
-    .unwrap();
-    let node = MarinaProc::start_with_config(&redis.url(), "cli", &[], &node_config);
+    let Node { node, admin_key, .. } = &node();
     let cli = Cli {
         url: node.admin(),
-        key: admin_key,
+        key: admin_key.clone(),
     };
     let endpoint = format!("{}/t/fixed/mcp", node.base());
     let a = marina_tests::Mcp::connect(&endpoint, VERSION, json!({})).await;
