@@ -18,5 +18,6 @@ mod origins;
 mod outage;
 mod protocol;
 mod rbac;
+mod stateless;
 mod store_redis;
 mod tls;

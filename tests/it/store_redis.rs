@@ -31,8 +31,10 @@ async fn every_session_key_has_a_ttl_and_shares_one_hash_tag() {
             .unwrap();
         let ttl: i64 = String::from_utf8(ttl.stdout).unwrap().trim().parse().unwrap();
         assert!(ttl > 0 || ttl == -2, "{key} has no TTL ({ttl})");
-        // Node records stand alone; a tenant's session index is tagged by its tenant.
-        if !key.starts_with("ttl:node:") && !key.starts_with("ttl:idx:{") {
+        // Node records stand alone; a tenant's session index is tagged by its tenant, a
+        // principal's upstream sessions by tenant and principal.
+        let own_tag = ["ttl:node:", "ttl:idx:{", "ttl:pu:{"];
+        if !own_tag.iter().any(|p| key.starts_with(p)) {
             assert!(
                 key.starts_with("ttl:{") && key.contains("}:"),
                 "{key} lacks the session hash tag"

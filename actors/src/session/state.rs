@@ -15,7 +15,6 @@ use marina_core::access::{Access, action};
 use marina_core::caps::{CALL_LEASE, principal_key};
 use marina_core::domain::{EventId, GET_STREAM, Owner, SessionId, StreamId};
 use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
-use marina_core::schema::Invalid;
 use marina_core::settings::CallResponseMode;
 use marina_core::store::{Fence, InflightCall, SessionRecord, StoreError, now_ms};
 use marina_core::telemetry::session_tag;
@@ -739,10 +738,7 @@ impl Shared {
     /// May `access` do `action` on `object`? Everything, on a tenant without a policy. (For
     /// filtering lists; a request for one item goes through [`Self::authorize`].)
     pub(crate) fn permits(&self, access: &Access, object: &str, action: &str) -> bool {
-        self.tenant()
-            .authorizer
-            .as_ref()
-            .is_none_or(|a| a.allows(access, object, action))
+        self.tenant().permits(access, object, action)
     }
 
     /// Remember the access of the owner's latest request: what it may see decides which
@@ -827,26 +823,10 @@ impl Shared {
             None | Some(Value::Null) | Some(Value::Object(_)) => {}
             Some(_) => return err(RpcError::invalid_params("arguments must be an object")),
         }
-        // Checked here, before any upstream sees them; a tool error (not a protocol error), so
-        // a model can correct its call.
-        if self.tenant().settings.validate_arguments
-            && let Some(schema) = def.definition.get("inputSchema")
-        {
-            let args = match params.get("arguments") {
-                Some(Value::Object(a)) => Value::Object(a.clone()),
-                _ => json!({}),
-            };
-            let problem = match self.tenant().schemas.check(schema, &args) {
-                Ok(()) => None,
-                Err(Invalid::Arguments(p)) => Some(format!("invalid arguments: {}", p.join("; "))),
-                Err(Invalid::Schema) => {
-                    Some("the tool's input schema is not a valid JSON Schema; it cannot be called".to_owned())
-                }
-            };
-            if let Some(text) = problem {
-                let result = json!({"content": [{"type": "text", "text": text}], "isError": true});
-                return Reply::Json(result_response(&id, result));
-            }
+        // Checked here, before any upstream sees them.
+        if let Some(text) = self.tenant().argument_problem(def, params.get("arguments")) {
+            let result = json!({"content": [{"type": "text", "text": text}], "isError": true});
+            return Reply::Json(result_response(&id, result));
         }
         let key = id_key(&id);
         let limits = &self.tenant().settings.limits;

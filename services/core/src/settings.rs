@@ -94,6 +94,8 @@ pub struct ServerSettings {
     /// How clients reach the cluster (`https://mcp.example.com`); tenants' default OAuth
     /// audiences and metadata URLs derive from it. Empty: `http://<bind address>`.
     pub public_url: String,
+    /// Serve MCP 2026-07-28 (stateless) requests beside the sessionful era (experimental).
+    pub stateless_era: bool,
     /// HTTPS served by Marina itself.
     pub tls: TlsSettings,
 }

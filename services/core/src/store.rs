@@ -9,7 +9,7 @@ mod redis;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -244,6 +244,18 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// a single node (nothing to listen to). A stream that ends lost its connection and may have
     /// missed some: the caller subscribes again and checks its own sessions.
     async fn ended_sessions(&self) -> Result<Option<EndedSessions>, StoreError>;
+    /// The upstream sessions one principal of a tenant shares across stateless (2026-07-28)
+    /// requests, under `key`: upstream name → session JSON. Any node continues them.
+    async fn principal_upstreams(&self, key: &str) -> Result<HashMap<String, String>, StoreError>;
+    /// Remember (`Some`) or forget (`None`) one of them; the set expires `ttl` after its last
+    /// write.
+    async fn set_principal_upstream(
+        &self,
+        key: &str,
+        upstream: &str,
+        session: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
     /// Announce (or refresh) a node; it is alive — and its leases valid — for `ttl`.
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
     /// Look a node up.

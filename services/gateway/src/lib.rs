@@ -8,6 +8,7 @@ mod cluster;
 mod cors;
 mod forward;
 mod limits;
+pub mod modern;
 mod origin;
 mod proxy;
 mod reply;

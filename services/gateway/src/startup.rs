@@ -323,6 +323,7 @@ impl Application {
             caps,
             buckets: Arc::default(),
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
+            stateless_era: settings.server.stateless_era,
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -25,4 +25,6 @@ pub struct AppState {
     pub buckets: Arc<crate::limits::BucketMemo>,
     /// The cluster secret (forwarded requests).
     pub cluster: crate::cluster::ClusterKey,
+    /// Serve MCP 2026-07-28 (stateless) requests (`server.stateless_era`).
+    pub stateless_era: bool,
 }

@@ -49,6 +49,7 @@ struct Inner {
     calls: HashMap<SessionId, (StreamId, BTreeMap<StreamId, String>)>,
     events: HashMap<(SessionId, StreamId), Expiring<EventLog>>,
     nodes: HashMap<String, Expiring<NodeInfo>>,
+    principal_upstreams: HashMap<String, Expiring<HashMap<String, String>>>,
     ops: u64,
 }
 
@@ -59,6 +60,7 @@ impl Inner {
             self.sessions.retain(|_, v| v.live());
             self.events.retain(|_, v| v.live());
             self.nodes.retain(|_, v| v.live());
+            self.principal_upstreams.retain(|_, v| v.live());
             let sessions = &self.sessions;
             self.fences.retain(|k, _| sessions.contains_key(k));
             self.leases.retain(|k, _| sessions.contains_key(k));
@@ -237,6 +239,40 @@ impl SessionStore for MemoryStore {
                 .take(max)
                 .collect()
         }))
+    }
+
+    async fn principal_upstreams(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
+        Ok(self.with(|s| {
+            s.principal_upstreams
+                .get(key)
+                .filter(|e| e.live())
+                .map(|e| e.value.clone())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn set_principal_upstream(
+        &self,
+        key: &str,
+        upstream: &str,
+        session: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.with(|s| {
+            let mut all = s
+                .principal_upstreams
+                .remove(key)
+                .filter(|e| e.live())
+                .map(|e| e.value)
+                .unwrap_or_default();
+            match session {
+                Some(v) => all.insert(upstream.to_owned(), v.to_owned()),
+                None => all.remove(upstream),
+            };
+            s.principal_upstreams
+                .insert(key.to_owned(), Expiring::new(all, ttl));
+        });
+        Ok(())
     }
 
     async fn announce_ended(&self, _id: &SessionId) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@
 //! | `<p>:{<sid>}:i` | hash | in-flight calls (`<stream>` → call JSON) and `next` stream number | as the session |
 //! | `<p>:{<sid>}:e:<n>` | stream | events of stream `n` (`d` = JSON-RPC message) | as the session; MAXLEN ~cap |
 //! | `<p>:idx:{<tenant>}:s` | sorted set | the tenant's sessions → expiry (ms), for administrators | the longest session TTL; members past their expiry dropped on every add |
+//! | `<p>:pu:{<tenant>:<principal>}` | hash | upstream sessions a principal shares across stateless requests (upstream → JSON) | idle TTL after the last write; one field per upstream |
 //! | channel `<p>:sessions:ended` | pub/sub | ids of sessions an administrator ended | — |
 //! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
 
@@ -171,6 +172,10 @@ impl RedisStore {
 
     fn index_key(&self, tenant: &str) -> String {
         format!("{}:idx:{{{tenant}}}:s", self.prefix)
+    }
+
+    fn principal_key(&self, key: &str) -> String {
+        format!("{}:pu:{{{key}}}", self.prefix)
     }
 
     fn ended_channel(&self) -> String {
@@ -541,6 +546,29 @@ impl SessionStore for RedisStore {
             .arg(max.saturating_sub(1));
         let (ids,): (Vec<String>,) = self.query_pipe(pipe).await?;
         Ok(ids.iter().filter_map(|i| SessionId::parse(i)).collect())
+    }
+
+    async fn principal_upstreams(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.principal_key(key));
+        self.query(cmd).await
+    }
+
+    async fn set_principal_upstream(
+        &self,
+        key: &str,
+        upstream: &str,
+        session: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.principal_key(key);
+        let mut pipe = redis::pipe();
+        match session {
+            Some(v) => pipe.cmd("HSET").arg(&key).arg(upstream).arg(v).ignore(),
+            None => pipe.cmd("HDEL").arg(&key).arg(upstream).ignore(),
+        };
+        pipe.cmd("PEXPIRE").arg(&key).arg(ms(ttl)).ignore();
+        self.query_pipe::<()>(pipe).await
     }
 
     async fn announce_ended(&self, id: &SessionId) -> Result<(), StoreError> {

@@ -61,6 +61,7 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     nodes_register_and_expire(s).await;
     tenants_index_their_sessions(s).await;
     ended_sessions_are_announced(s).await;
+    principals_share_upstream_sessions(s).await;
 }
 
 async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionStore) {
@@ -417,6 +418,27 @@ async fn ended_sessions_are_announced(s: &dyn SessionStore) {
     .await
     .expect("announcement within 10 s");
     assert_eq!(got, id);
+}
+
+async fn principals_share_upstream_sessions(s: &dyn SessionStore) {
+    let key = format!("acme:{}", now_ms());
+    assert!(s.principal_upstreams(&key).await.unwrap().is_empty());
+    s.set_principal_upstream(&key, "files", Some("{\"id\":\"u1\"}"), TTL)
+        .await
+        .unwrap();
+    s.set_principal_upstream(&key, "wiki", Some("{}"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    let got = s.principal_upstreams(&key).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["files"], "{\"id\":\"u1\"}");
+    s.set_principal_upstream(&key, "wiki", None, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(s.principal_upstreams(&key).await.unwrap().len(), 1);
+    // The whole set expires after its last write.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(s.principal_upstreams(&key).await.unwrap().is_empty());
 }
 
 #[cfg(test)]

@@ -53,9 +53,11 @@ pub async fn post(
         ));
     }
     let body = read_body(payload, t.settings.limits.max_body_bytes).await?;
-    let version = protocol_header(&req)?;
     let message: Value = serde_json::from_slice(&body)
         .map_err(|_| Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON"))?;
+    // The era of this request (modern/mod.rs has the decision table).
+    let stateless = crate::modern::wants(&state, &message, req.headers().contains_key("mcp-session-id"));
+    let version = if stateless { None } else { protocol_header(&req)? };
     if let Value::Array(items) = message {
         return batch(&state, &req, &t, &caller, version, items, body).await;
     }
@@ -72,6 +74,9 @@ pub async fn post(
     )
     .await
     .map_err(|r| r.with_id(request_id(&kind)))?;
+    if stateless {
+        return crate::modern::serve(&state, &req, &t, &caller, message).await;
+    }
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
             "initialize" => return initialize(&state, &t, &caller, id, &message).await,

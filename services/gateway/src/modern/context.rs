@@ -1,0 +1,183 @@
+//! The request context of a stateless request: what the session actor supplies for a sessionful
+//! request — the client's capabilities, its log level, the upstream sessions it continues, the
+//! stream its notifications go on — supplied by the request itself and the store.
+//!
+//! Upstream MCP servers of the sessionful era need a session: a principal's stateless requests
+//! share one per upstream, kept in the store (`SessionStore::principal_upstreams`), so any node
+//! continues it and no request pays an `initialize`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use marina_core::protocol::{self, RpcError, code};
+use marina_core::store::SessionStore;
+use marina_core::tools::{CallContext, SessionContext, UpstreamSession};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::meta::RequestMeta;
+
+/// One stateless request's context.
+pub struct RequestCtx {
+    /// `<tenant>:<principal digest>`: the key of the principal's shared upstream sessions.
+    key: String,
+    meta: RequestMeta,
+    store: Arc<dyn SessionStore>,
+    idle_ttl: Duration,
+    upstreams: RefCell<HashMap<String, UpstreamSession>>,
+    progress_token: Option<Value>,
+    /// The request's own response stream, when it has one (notifications go there).
+    out: Option<mpsc::UnboundedSender<Value>>,
+    cancel: CancellationToken,
+}
+
+impl RequestCtx {
+    /// The context of a request of `principal` (its cap key, `anonymous` without authentication)
+    /// of `tenant`, its upstream sessions loaded from the store.
+    pub async fn load(
+        tenant: &str,
+        principal: &str,
+        meta: RequestMeta,
+        store: Arc<dyn SessionStore>,
+        idle_ttl: Duration,
+    ) -> Result<Self, RpcError> {
+        let digest = sha2::Sha256::digest(principal.as_bytes());
+        let key = format!("{tenant}:{}", hex::encode(&digest[..12]));
+        let stored = store
+            .principal_upstreams(&key)
+            .await
+            .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))?;
+        let upstreams = stored
+            .into_iter()
+            .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|s| (k, s)))
+            .collect();
+        Ok(Self {
+            key,
+            meta,
+            store,
+            idle_ttl,
+            upstreams: RefCell::new(upstreams),
+            progress_token: None,
+            out: None,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// Notifications of the request (progress, log messages) go to `out`, with `token` naming
+    /// its progress; `cancel` fires when the client goes away.
+    pub fn streaming(
+        mut self,
+        token: Option<Value>,
+        out: mpsc::UnboundedSender<Value>,
+        cancel: CancellationToken,
+    ) -> Self {
+        self.progress_token = token;
+        self.out = Some(out);
+        self.cancel = cancel;
+        self
+    }
+
+    fn send(&self, method: &str, params: Value) {
+        if let Some(out) = &self.out {
+            let _ = out.send(protocol::notification(method, params));
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl SessionContext for RequestCtx {
+    fn session_key(&self) -> String {
+        self.key.clone()
+    }
+
+    fn client_capabilities(&self) -> Value {
+        self.meta.client_capabilities.clone()
+    }
+
+    fn log_level(&self) -> Option<String> {
+        self.meta.log_level.clone()
+    }
+
+    fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
+        self.upstreams.borrow().get(upstream).cloned()
+    }
+
+    async fn set_upstream_session(
+        &self,
+        upstream: &str,
+        session: Option<UpstreamSession>,
+    ) -> Result<(), RpcError> {
+        let json = session.as_ref().and_then(|s| serde_json::to_string(s).ok());
+        match session {
+            Some(s) => self.upstreams.borrow_mut().insert(upstream.to_owned(), s),
+            None => self.upstreams.borrow_mut().remove(upstream),
+        };
+        self.store
+            .set_principal_upstream(&self.key, upstream, json.as_deref(), self.idle_ttl)
+            .await
+            .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))
+    }
+}
+
+#[async_trait(?Send)]
+impl CallContext for RequestCtx {
+    fn progress_token(&self) -> Option<Value> {
+        self.progress_token.clone()
+    }
+
+    async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let Some(token) = &self.progress_token else {
+            return;
+        };
+        let mut params = json!({"progressToken": token, "progress": progress});
+        if let Some(t) = total {
+            params["total"] = json!(t);
+        }
+        if let Some(m) = message {
+            params["message"] = json!(m);
+        }
+        self.send("notifications/progress", params);
+    }
+
+    async fn log(&self, level: &str, logger: &str, data: Value) {
+        // No log messages unless the request asks for them (2026-07-28).
+        let Some(min) = self.meta.log_level.as_deref().and_then(protocol::log_level_rank) else {
+            return;
+        };
+        if protocol::log_level_rank(level).is_some_and(|r| r >= min) {
+            self.send(
+                "notifications/message",
+                json!({"level": level, "logger": logger, "data": data}),
+            );
+        }
+    }
+
+    async fn request_client(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
+        // The stateless era has no server-initiated requests; they become `input_required`
+        // results (multi round-trip requests), which this node does not offer yet.
+        Err(RpcError::new(
+            code::INTERNAL_ERROR,
+            format!(
+                "{method} needs a multi round-trip request, not yet served statelessly; use a session (initialize)"
+            ),
+        ))
+    }
+
+    fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    async fn notify(&self, method: &str, params: Value) {
+        // Only what relates to this request belongs on its stream.
+        if matches!(method, "notifications/progress" | "notifications/message") {
+            self.send(method, params);
+        }
+    }
+
+    fn tools_changed(&self) {}
+}

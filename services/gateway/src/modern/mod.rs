@@ -1,0 +1,366 @@
+//! MCP 2026-07-28, the stateless era, beside the sessionful one on the same endpoint (experimental:
+//! `server.stateless_era`). Which era serves a POST is decided per request:
+//!
+//! | the request | era |
+//! |---|---|
+//! | `server/discover` | stateless |
+//! | carries `Mcp-Session-Id` | sessionful (its session) |
+//! | `initialize` | sessionful (a new session) |
+//! | `params._meta["io.modelcontextprotocol/protocolVersion"]` names a stateless revision | stateless |
+//! | anything else | sessionful (without a session: 400) |
+//!
+//! A stateless request goes through the same steps as any other — tenant, origin, credentials,
+//! limits — then: its `_meta` (`meta.rs`), its routing headers (`routing.rs`), and the method,
+//! with a request context (`context.rs`) where the sessionful era has the session actor. The same
+//! policy decides what it lists and may call.
+
+mod context;
+pub mod meta;
+pub mod routing;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use base64::Engine as _;
+use bytes::Bytes;
+use marina_core::access::action;
+use marina_core::caps::{CALL_LEASE, principal_key};
+use marina_core::protocol::{self, RpcError, result_response};
+use marina_core::tenant::Tenant;
+use marina_core::tools::ToolIndex;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::context::RequestCtx;
+use crate::authn::Caller;
+use crate::reply::{self, Refusal};
+use crate::state::AppState;
+
+/// How long clients may keep a list or a discovery result (their `ttlMs`): short, since the
+/// control plane changes tenants live; notifications tell sessionful clients sooner.
+const LIST_TTL_MS: u64 = 60_000;
+
+/// Is this POST (its JSON-RPC message; `session`: it names one) one of the stateless era?
+pub fn wants(state: &AppState, message: &Value, session: bool) -> bool {
+    if !state.stateless_era || session {
+        return false;
+    }
+    match message.get("method").and_then(Value::as_str) {
+        Some("server/discover") => true,
+        Some("initialize") => false,
+        // A stateless revision — or one Marina does not know, which only that era can refuse
+        // properly (-32022); a sessionful revision without a session is the sessionful era's 400.
+        Some(_) => meta::declared_version(message)
+            .is_some_and(|v| meta::is_modern(v) || !protocol::is_supported_version(v)),
+        None => false,
+    }
+}
+
+/// Serve a stateless request of `caller` to tenant `t` (already admitted and charged).
+pub async fn serve(
+    state: &AppState,
+    req: &HttpRequest,
+    t: &Arc<Tenant>,
+    caller: &Caller,
+    message: Value,
+) -> Result<HttpResponse, Refusal> {
+    let Some(id) = message.get("id").cloned() else {
+        // A notification: nothing to answer (cancellation is the closing of a request's stream).
+        return Ok(HttpResponse::Accepted().finish());
+    };
+    let method = message["method"].as_str().unwrap_or_default().to_owned();
+    let params = message.get("params").cloned().unwrap_or_else(|| json!({}));
+    let answer = |e: RpcError| reply::json(meta::http_status(&e), &e.to_response(Some(&id)));
+    let meta = match meta::parse(&message, method == "server/discover") {
+        Ok(m) => m,
+        Err(e) => return Ok(answer(e)),
+    };
+    if let Err(e) = routing::check(req, &method, &params, &meta.version) {
+        return Ok(answer(e));
+    }
+    let ctx = match RequestCtx::load(
+        &t.id,
+        &principal_key(caller.owner().as_ref()),
+        meta.clone(),
+        state.node.store.clone(),
+        state.node.sessions().idle_ttl(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return Ok(answer(e)),
+    };
+    let result = match method.as_str() {
+        "server/discover" => Ok(discover(t)),
+        "tools/list" => list_tools(state, t, caller, &ctx, &params).await,
+        "tools/call" => return call_tool(state, req, t, caller, ctx, id, params).await,
+        // The sessionful era's methods, gone in 2026-07-28, and what is not served statelessly
+        // yet: 404 with -32601, as the transport asks for unknown methods.
+        _ => Err(RpcError::method_not_found(&method)),
+    };
+    Ok(match result {
+        Ok(r) => reply::json(StatusCode::OK, &result_response(&id, complete(r))),
+        Err(e) => answer(e),
+    })
+}
+
+/// A final result: `resultType: complete` and the server's identity.
+fn complete(mut result: Value) -> Value {
+    if result.get("resultType").is_none() {
+        result["resultType"] = json!("complete");
+    }
+    if !result.get("_meta").is_some_and(Value::is_object) {
+        result["_meta"] = json!({});
+    }
+    result["_meta"][meta::SERVER_INFO] = server_info();
+    result
+}
+
+fn server_info() -> Value {
+    json!({"name": "marina", "title": "Marina", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// `server/discover`: the versions, capabilities and identity of the tenant's endpoint. The
+/// same for every caller of the tenant: cacheable publicly.
+fn discover(t: &Tenant) -> Value {
+    json!({
+        "supportedVersions": meta::supported_versions(),
+        "capabilities": {"tools": {}},
+        "instructions": format!("Tools of tenant {}, hosted by Marina.", t.id),
+        "ttlMs": LIST_TTL_MS,
+        "cacheScope": "public",
+    })
+}
+
+/// Every provider's tools as this request's context sees them. A provider that cannot list (an
+/// upstream down) contributes nothing.
+async fn tool_index(t: &Tenant, ctx: &RequestCtx) -> ToolIndex {
+    let lists = futures_util::future::join_all(t.providers.iter().map(|p| p.list_tools(ctx))).await;
+    ToolIndex::new(
+        lists
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    tracing::warn!(tenant = %t.id, error = %e.message, "a tool source could not list its tools");
+                    Vec::new()
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Whether a list depends on who asks: it does when a policy filters it.
+fn cache_scope(t: &Tenant) -> &'static str {
+    if t.authorizer.is_some() {
+        "private"
+    } else {
+        "public"
+    }
+}
+
+/// A list cursor: an offset into the caller's filtered list, opaque to clients.
+fn cursor(list: &str, offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{list}:{offset}"))
+}
+
+fn offset(list: &str, cursor: Option<&Value>) -> Result<usize, RpcError> {
+    let Some(c) = cursor.filter(|c| !c.is_null()) else {
+        return Ok(0);
+    };
+    c.as_str()
+        .and_then(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix(&format!("{list}:")).and_then(|n| n.parse().ok()))
+        .ok_or_else(|| RpcError::invalid_params("invalid cursor"))
+}
+
+/// `tools/list`: the tools the caller may call, a page at a time.
+async fn list_tools(
+    state: &AppState,
+    t: &Tenant,
+    caller: &Caller,
+    ctx: &RequestCtx,
+    params: &Value,
+) -> Result<Value, RpcError> {
+    let from = offset("tools", params.get("cursor"))?;
+    let access = caller.access();
+    let index = tool_index(t, ctx).await;
+    let tools: Vec<&Value> = index
+        .tools()
+        .iter()
+        .filter(|d| t.permits(&access, &format!("tool:{}", d.name), action::CALL))
+        .map(|d| &d.definition)
+        .collect();
+    let size = state.node.sessions().page_size.max(1);
+    let page: Vec<&Value> = tools.iter().skip(from).take(size).copied().collect();
+    let mut result = json!({"tools": page, "ttlMs": LIST_TTL_MS, "cacheScope": cache_scope(t)});
+    if from + size < tools.len() {
+        result["nextCursor"] = json!(cursor("tools", from + size));
+    }
+    Ok(result)
+}
+
+/// `tools/call`: decided by the same policy and checks as in a session; answered with JSON, or
+/// with an SSE stream when the request wants progress or log messages (they go on its own
+/// stream, before its result).
+async fn call_tool(
+    state: &AppState,
+    req: &HttpRequest,
+    t: &Arc<Tenant>,
+    caller: &Caller,
+    ctx: RequestCtx,
+    id: Value,
+    params: Value,
+) -> Result<HttpResponse, Refusal> {
+    let answer = |e: RpcError| Ok(reply::json(meta::http_status(&e), &e.to_response(Some(&id))));
+    let Some(name) = params.get("name").and_then(Value::as_str).map(str::to_owned) else {
+        return answer(RpcError::invalid_params("tools/call needs a string name"));
+    };
+    let arguments = match params.get("arguments") {
+        None | Some(Value::Null) => json!({}),
+        Some(a @ Value::Object(_)) => a.clone(),
+        Some(_) => return answer(RpcError::invalid_params("arguments must be an object")),
+    };
+    let index = tool_index(t, &ctx).await;
+    let access = caller.access();
+    // A tool the caller may not call is answered exactly like one that does not exist.
+    let allowed = t.permits(&access, &format!("tool:{name}"), action::CALL);
+    if !allowed && index.get(&name).is_some() {
+        tracing::info!(
+            target: "marina::audit",
+            event = "access_denied",
+            reason = "policy",
+            tenant = %t.id,
+            subject = %access.subject,
+            object = %format!("tool:{name}"),
+            action = action::CALL,
+            request_id = %caller.request_id,
+            "access denied"
+        );
+    }
+    let Some((def, provider)) = index.get(&name).filter(|_| allowed) else {
+        return answer(RpcError::invalid_params(format!(
+            "unknown tool: {}",
+            protocol::truncate(&name, 128)
+        )));
+    };
+    if let Some(schema) = def.definition.get("inputSchema")
+        && let Err(e) = routing::check_params(req, schema, &arguments)
+    {
+        return answer(e);
+    }
+    if let Some(text) = t.argument_problem(def, Some(&arguments)) {
+        let result = json!({"content": [{"type": "text", "text": text}], "isError": true});
+        return Ok(reply::json(
+            StatusCode::OK,
+            &result_response(&id, complete(result)),
+        ));
+    }
+    let provider = t.providers[provider].clone();
+    let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
+    let token = params.pointer("/_meta/progressToken").cloned();
+    let wants_stream = token.is_some() || ctx_log_level(&params).is_some();
+    if !wants_stream {
+        let result = provider.call(&name, arguments, &ctx).await;
+        drop(call_cap);
+        return Ok(match result {
+            Ok(r) => reply::json(StatusCode::OK, &result_response(&id, complete(r))),
+            Err(e) => reply::json(StatusCode::OK, &e.to_response(Some(&id))),
+        });
+    }
+    // The call runs beside the response; closing the stream cancels it.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let ctx = ctx.streaming(token, tx.clone(), cancel.clone());
+    actix_web::rt::spawn(async move {
+        let _cap = call_cap;
+        let outcome = tokio::select! {
+            r = provider.call(&name, arguments, &ctx) => r,
+            () = ctx_cancelled(&ctx) => return,
+        };
+        let last = match outcome {
+            Ok(r) => result_response(&id, complete(r)),
+            Err(e) => e.to_response(Some(&id)),
+        };
+        let _ = tx.send(last);
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(request_stream(rx, cancel)))
+}
+
+fn ctx_log_level(params: &Value) -> Option<&str> {
+    params
+        .get("_meta")?
+        .get("io.modelcontextprotocol/logLevel")?
+        .as_str()
+}
+
+async fn ctx_cancelled(ctx: &RequestCtx) {
+    use marina_core::tools::CallContext as _;
+    ctx.cancellation().cancelled().await;
+}
+
+/// A request's own SSE stream: its notifications, then its response, which ends it (no event
+/// ids: the stateless era has no resumption). Dropped before the end (the client went away), it
+/// cancels the call.
+fn request_stream(
+    rx: mpsc::UnboundedReceiver<Value>,
+    cancel: CancellationToken,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(Some((rx, cancel.drop_guard())), |state| async move {
+        let (mut rx, guard) = state?;
+        let msg = rx.recv().await?;
+        let frame = Ok(Bytes::from(format!("event: message\ndata: {msg}\n\n")));
+        // The response is the last message: the call is over, nothing left to cancel.
+        if msg.get("id").is_some() && msg.get("method").is_none() {
+            guard.disarm();
+            return Some((frame, None));
+        }
+        Some((frame, Some((rx, guard))))
+    })
+}
+
+/// The tenant's count of calls in flight (`limits.max_inflight_calls`), held while a stateless
+/// call runs.
+struct CallCap {
+    release: Option<(Arc<dyn marina_core::caps::Caps>, String, String)>,
+}
+
+impl CallCap {
+    async fn begin(state: &AppState, t: &Tenant, request_id: &str) -> Result<Self, Refusal> {
+        let Some(max) = t.settings.limits.max_inflight_calls else {
+            return Ok(Self { release: None });
+        };
+        let member = format!("stateless:{request_id}");
+        match state.caps.begin_call(&t.id, &member, max, CALL_LEASE).await {
+            Ok(true) => Ok(Self {
+                release: Some((state.caps.clone(), t.id.clone(), member)),
+            }),
+            Ok(false) => Err(Refusal::rate_limited(
+                format!(
+                    "too many calls in flight for tenant {} (cap {max}); retry shortly",
+                    t.id
+                ),
+                1_000,
+                json!({"retryAfterMs": 1_000, "scope": "calls_tenant"}),
+                Vec::new(),
+            )),
+            Err(_) => Err(Refusal::unavailable("session store unavailable; retry shortly")),
+        }
+    }
+}
+
+impl Drop for CallCap {
+    fn drop(&mut self) {
+        if let Some((caps, tenant, member)) = self.release.take() {
+            actix_web::rt::spawn(async move {
+                let _ = caps.end_call(&tenant, &member).await;
+            });
+        }
+    }
+}

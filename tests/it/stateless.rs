@@ -1,0 +1,382 @@
+//! MCP 2026-07-28 (the stateless era) beside the sessionful era on one endpoint: the per-request
+//! era decision, `server/discover`, per-request `_meta`, the routing headers, and tools served
+//! with the same authentication, policy and checks as in a session.
+
+use std::time::Duration;
+
+use marina_auth::{digest, generate_key};
+use marina_tests::{MarinaProc, Mcp, RedisServer, read_events, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const MODERN: &str = "2026-07-28";
+
+/// A stateless request's body: `params` with the request's `_meta`.
+fn body(id: i64, method: &str, mut params: Value, meta: Value) -> Value {
+    let mut m = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "marina-tests", "version": "0"},
+    });
+    for (k, v) in meta.as_object().into_iter().flatten() {
+        m[k] = v.clone();
+    }
+    // Merged with what the params' own `_meta` holds (a progress token).
+    for (k, v) in params
+        .get("_meta")
+        .and_then(Value::as_object)
+        .cloned()
+        .into_iter()
+        .flatten()
+    {
+        m[k] = v;
+    }
+    params["_meta"] = m;
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// POST a stateless request with its routing headers (`name`: `Mcp-Name`), plus `extra` headers.
+async fn post(url: &str, msg: &Value, name: Option<&str>, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", msg["method"].as_str().unwrap());
+    if let Some(n) = name {
+        r = r.header("mcp-name", n);
+    }
+    for (k, v) in extra {
+        r = r.header(*k, *v);
+    }
+    r.json(msg).send().await.unwrap()
+}
+
+async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let f = dir.join("marina.yaml");
+    std::fs::write(&f, format!("server: {{stateless_era: true}}\n{extra}")).unwrap();
+    f
+}
+
+#[actix_rt::test]
+async fn server_discover_and_tools_are_served_statelessly_beside_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(Some(&config(dir.path(), "")), &[]).await;
+    let url = format!("{}/t/demo/mcp", app.base);
+
+    // server/discover: versions of both eras, capabilities, identity, cache hints.
+    let (status, d) =
+        json_of(post(&url, &body(1, "server/discover", json!({}), json!({})), None, &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    let r = &d["result"];
+    assert_eq!(r["resultType"], "complete");
+    let versions = r["supportedVersions"].as_array().unwrap();
+    assert_eq!(versions[0], MODERN);
+    assert!(versions.contains(&json!("2025-11-25")));
+    assert!(r["capabilities"]["tools"].is_object());
+    assert_eq!(r["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "marina");
+    assert!(r["ttlMs"].as_u64().is_some());
+    assert_eq!(r["cacheScope"], "public");
+
+    // tools/list and tools/call without a session.
+    let (status, l) =
+        json_of(post(&url, &body(2, "tools/list", json!({}), json!({})), None, &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{l}");
+    let names: Vec<&str> = l["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"echo") && names.contains(&"add"), "{names:?}");
+    assert_eq!(l["result"]["resultType"], "complete");
+    assert_eq!(
+        l["result"]["cacheScope"], "public",
+        "no policy: the same list for everyone"
+    );
+    let call = body(
+        3,
+        "tools/call",
+        json!({"name": "add", "arguments": {"a": 20, "b": 22}}),
+        json!({}),
+    );
+    let (status, c) = json_of(post(&url, &call, Some("add"), &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["result"]["content"][0]["text"], "42");
+    assert_eq!(c["result"]["resultType"], "complete");
+    // Invalid arguments: a tool error, as in a session.
+    let bad = body(
+        4,
+        "tools/call",
+        json!({"name": "add", "arguments": {"a": "x"}}),
+        json!({}),
+    );
+    let (_, c) = json_of(post(&url, &bad, Some("add"), &[]).await).await;
+    assert_eq!(c["result"]["isError"], true, "{c}");
+
+    // Progress and log messages on the request's own stream, then its result.
+    let count = body(
+        5,
+        "tools/call",
+        json!({"name": "countdown", "arguments": {"steps": 3, "interval_ms": 0}, "_meta": {"progressToken": "p1"}}),
+        json!({}),
+    );
+    let r = post(&url, &count, Some("countdown"), &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (events, ended) = read_events(r, Duration::from_secs(10), |_| false).await;
+    assert!(ended, "the stream ends with the result");
+    let msgs: Vec<Value> = events.iter().filter_map(|e| e.json()).collect();
+    assert!(
+        msgs.iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count()
+            >= 3,
+        "{msgs:?}"
+    );
+    assert_eq!(msgs.last().unwrap()["id"], 5);
+    assert!(
+        events.iter().all(|e| e.id.is_none()),
+        "no event ids: no resumption in 2026-07-28"
+    );
+    let log = |id: i64, meta: Value| {
+        body(
+            id,
+            "tools/call",
+            json!({"name": "log", "arguments": {"level": "warning", "message": "careful"}}),
+            meta,
+        )
+    };
+    let r = post(
+        &url,
+        &log(6, json!({"io.modelcontextprotocol/logLevel": "info"})),
+        Some("log"),
+        &[],
+    )
+    .await;
+    let (events, _) = read_events(r, Duration::from_secs(10), |_| false).await;
+    let msgs: Vec<Value> = events.iter().filter_map(|e| e.json()).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m["method"] == "notifications/message" && m["params"]["level"] == "warning")
+    );
+    // Without a log level in `_meta`, no log messages at all.
+    let (_, c) = json_of(post(&url, &log(7, json!({})), Some("log"), &[]).await).await;
+    assert!(c["result"].is_object(), "a plain JSON answer: {c}");
+
+    // The sessionful era on the same endpoint is untouched.
+    let mcp = Mcp::connect(&url, "2025-11-25", json!({})).await;
+    assert_eq!(mcp.call_text(1, "add", json!({"a": 1, "b": 2})).await, "3");
+}
+
+#[actix_rt::test]
+async fn bad_versions_headers_and_methods_get_the_errors_of_2026_07_28() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(Some(&config(dir.path(), "")), &[]).await;
+    let url = format!("{}/t/demo/mcp", app.base);
+    let call = body(
+        1,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+        json!({}),
+    );
+
+    // An unknown version: -32022 with what is supported.
+    let mut old = call.clone();
+    old["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("1900-01-01");
+    let (status, e) = json_of(
+        reqwest::Client::new()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "1900-01-01")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .json(&old)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["error"]["code"], -32022, "{e}");
+    assert_eq!(e["error"]["data"]["requested"], "1900-01-01");
+    assert!(
+        e["error"]["data"]["supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(MODERN))
+    );
+
+    // Routing headers: missing, contradicting, repeated → 400 HeaderMismatch.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
+        ("no Mcp-Name", vec![], None),
+        ("another Mcp-Name", vec![], Some("add")),
+        ("Mcp-Name twice", vec![("mcp-name", "echo")], Some("echo")),
+        (
+            "another Mcp-Method",
+            vec![("mcp-method", "tools/list")],
+            Some("echo"),
+        ),
+    ];
+    for (what, extra, name) in cases {
+        let (status, e) = json_of(post(&url, &call, name, &extra).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {e}");
+        assert_eq!(e["error"]["code"], -32020, "{what}: {e}");
+        assert_eq!(e["id"], 1, "{what}");
+    }
+    // The Base64 form of Mcp-Name is decoded before comparing.
+    let (status, e) = json_of(post(&url, &call, Some("=?base64?ZWNobw==?="), &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+
+    // Methods of the sessionful era, and unknown ones: 404 with -32601.
+    for method in ["ping", "logging/setLevel", "no/such"] {
+        let (status, e) = json_of(post(&url, &body(2, method, json!({}), json!({})), None, &[]).await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method}: {e}");
+        assert_eq!(e["error"]["code"], -32601, "{method}");
+    }
+
+    // A sessionful revision in `_meta` without a session stays in the sessionful era: 400.
+    let mut legacy = call.clone();
+    legacy["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2025-11-25");
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&legacy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[actix_rt::test]
+async fn a_stateless_request_is_authenticated_and_filtered_like_a_sessionful_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (viewer, operator) = (generate_key(), generate_key());
+    let tenant = format!(
+        "tenants:\n  acme:\n    auth:\n      api_keys:\n        - {{subject: vera, sha256: {}, roles: [viewer]}}\n        - {{subject: otto, sha256: {}, roles: [operator]}}\n    rbac:\n      policy: |\n        p, viewer, tool:echo, call, allow\n        p, operator, tool:*, call, allow\n    upstreams: [{{kind: builtin}}]\n",
+        digest(&viewer),
+        digest(&operator)
+    );
+    let app = spawn_app_with(Some(&config(dir.path(), &tenant)), &[]).await;
+    let url = format!("{}/t/acme/mcp", app.base);
+    let list = body(1, "tools/list", json!({}), json!({}));
+    let add = body(
+        2,
+        "tools/call",
+        json!({"name": "add", "arguments": {"a": 1, "b": 1}}),
+        json!({}),
+    );
+
+    // No credentials: 401, as on the sessionful path; discover too.
+    assert_eq!(
+        post(&url, &list, None, &[]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let discover = body(0, "server/discover", json!({}), json!({}));
+    assert_eq!(
+        post(&url, &discover, None, &[]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The viewer sees and may call only echo; a denied tool looks like no tool at all.
+    let as_viewer = [("x-api-key", viewer.as_str())];
+    let (_, l) = json_of(post(&url, &list, None, &as_viewer).await).await;
+    let names: Vec<&str> = l["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo"]);
+    assert_eq!(
+        l["result"]["cacheScope"], "private",
+        "the list depends on who asks"
+    );
+    let (status, e) = json_of(post(&url, &add, Some("add"), &as_viewer).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(e["error"]["code"], -32602);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("unknown tool"),
+        "{e}"
+    );
+
+    // The operator may.
+    let as_operator = [("x-api-key", operator.as_str())];
+    let (_, c) = json_of(post(&url, &add, Some("add"), &as_operator).await).await;
+    assert_eq!(c["result"]["content"][0]["text"], "2", "{c}");
+}
+
+#[tokio::test]
+async fn a_principal_shares_one_upstream_session_across_nodes() {
+    let redis = RedisServer::start();
+    let peer = marina_tests::UpstreamPeer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        dir.path(),
+        &format!(
+            "egress: {{allow_loopback: true}}\ntenants:\n  demo:\n    upstreams: [{{kind: mcp, name: conf, url: \"{}\"}}]\n",
+            peer.url
+        ),
+    );
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &file);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &file);
+    let (_, l) = json_of(
+        post(
+            &a.endpoint(),
+            &body(1, "tools/list", json!({}), json!({})),
+            None,
+            &[],
+        )
+        .await,
+    )
+    .await;
+    let tool = l["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .find(|n| n == "conf.test_simple_text")
+        .expect("the upstream's tools are listed");
+    let call = body(2, "tools/call", json!({"name": tool, "arguments": {}}), json!({}));
+    let upstream_session = || async {
+        let mut c = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:pu:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys.len(),
+            1,
+            "one principal, one set of upstream sessions: {keys:?}"
+        );
+        let v: String = redis::cmd("HGET")
+            .arg(&keys[0])
+            .arg("conf")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        v
+    };
+    let (_, c) = json_of(post(&a.endpoint(), &call, Some(&tool), &[]).await).await;
+    assert!(c["result"]["content"].is_array(), "{c}");
+    let first = upstream_session().await;
+    // Through the other node: the same upstream session, no new initialize.
+    let (_, c) = json_of(post(&b.endpoint(), &call, Some(&tool), &[]).await).await;
+    assert!(c["result"]["content"].is_array(), "{c}");
+    assert_eq!(upstream_session().await, first);
+}
