@@ -11,6 +11,6 @@ mod session;
 
 pub use node::{Node, NodeConfig, ResolveError, Resolved};
 pub use session::{
-    Describe, Dispatch, Drain, Ended, Frame, Lost, OpenStream, Rejection, Reply, SessionActor, StreamHandle,
-    Terminate,
+    Describe, Dispatch, Drain, Ended, FeatureCaller, Features, Frame, Lost, OpenStream, Rejection, Reply,
+    SessionActor, StreamHandle, Terminate,
 };

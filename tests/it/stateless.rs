@@ -379,4 +379,80 @@ async fn a_principal_shares_one_upstream_session_across_nodes() {
     let (_, c) = json_of(post(&b.endpoint(), &call, Some(&tool), &[]).await).await;
     assert!(c["result"]["content"].is_array(), "{c}");
     assert_eq!(upstream_session().await, first);
+
+    // Resources and prompts of the upstream, statelessly, with cache hints.
+    let (_, d) = json_of(
+        post(
+            &b.endpoint(),
+            &body(3, "server/discover", json!({}), json!({})),
+            None,
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert!(d["result"]["capabilities"]["resources"].is_object(), "{d}");
+    let (_, r) = json_of(
+        post(
+            &b.endpoint(),
+            &body(4, "resources/list", json!({}), json!({})),
+            None,
+            &[],
+        )
+        .await,
+    )
+    .await;
+    let uris: Vec<&str> = r["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["uri"].as_str())
+        .collect();
+    assert!(uris.contains(&"test://static-text"), "{r}");
+    assert_eq!(r["result"]["cacheScope"], "public");
+    assert_eq!(r["result"]["resultType"], "complete");
+    let read = body(
+        5,
+        "resources/read",
+        json!({"uri": "test://static-text"}),
+        json!({}),
+    );
+    let (status, r) = json_of(post(&a.endpoint(), &read, Some("test://static-text"), &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["result"]["contents"][0]["uri"], "test://static-text");
+    assert!(r["result"]["ttlMs"].as_u64().is_some());
+    let (_, p) = json_of(
+        post(
+            &a.endpoint(),
+            &body(6, "prompts/list", json!({}), json!({})),
+            None,
+            &[],
+        )
+        .await,
+    )
+    .await;
+    let prompt = p["result"]["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .find(|n| n.ends_with("test_simple_prompt"))
+        .unwrap_or_else(|| panic!("{p}"))
+        .to_owned();
+    let get = body(7, "prompts/get", json!({"name": prompt}), json!({}));
+    let (status, g) = json_of(post(&b.endpoint(), &get, Some(&prompt), &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{g}");
+    assert!(g["result"]["messages"].is_array(), "{g}");
+    // Subscriptions of the sessionful era are gone in 2026-07-28.
+    let sub = body(
+        8,
+        "resources/subscribe",
+        json!({"uri": "test://static-text"}),
+        json!({}),
+    );
+    assert_eq!(
+        post(&a.endpoint(), &sub, None, &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(upstream_session().await, first, "still the one upstream session");
 }

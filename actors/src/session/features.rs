@@ -11,19 +11,64 @@
 //! published under the same prefix scheme as tools. Lists are read from the upstreams on each
 //! request (not cached yet).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use marina_core::access::action;
+use marina_core::access::{Access, action};
 use marina_core::protocol::{RpcError, code};
-use marina_core::tools::ToolProvider;
+use marina_core::tenant::Tenant;
+use marina_core::tools::{SessionContext, ToolProvider};
 use serde_json::{Value, json};
 
 use super::call::SessionCtx;
 use super::state::{Shared, Who, page};
+
+/// A merged listing: items with the index of their provider.
+type Listing = Rc<Vec<(Value, usize)>>;
+
+/// What one client's resources, prompts and completion requests share: the URIs it was shown
+/// namespaced, and its last listings (for routing). A session keeps one for its life; a
+/// stateless request starts from an empty one.
+#[derive(Debug, Default)]
+pub struct Features {
+    /// Resource URIs shown namespaced (`marina://<upstream>/<uri>`, because an earlier upstream
+    /// publishes the same URI), as (upstream name, original URI): their update notifications and
+    /// links are rewritten to match.
+    namespaced: RefCell<HashSet<(String, String)>>,
+    /// The last merged listing per list method.
+    listings: RefCell<HashMap<String, (Instant, Listing)>>,
+}
+
+/// Cuts a page of a filtered list: (its field, its items, the request's cursor).
+pub type PageFn<'a> = dyn Fn(&str, &[Value], Option<&Value>) -> Result<Value, RpcError> + 'a;
+
+/// Who makes a feature request, and how its answers are cut.
+pub struct FeatureCaller<'a> {
+    /// The tenant as served now.
+    pub tenant: &'a Tenant,
+    /// The caller's access (lists are filtered by it).
+    pub access: &'a Access,
+    /// Decide a request for one item (object, action), auditing a denial.
+    pub authorize: &'a dyn Fn(&str, &str) -> bool,
+    /// A page of a filtered list: (its field, its items, the request's cursor).
+    pub page: &'a PageFn<'a>,
+    /// Names the caller in logs (a session tag, a request id).
+    pub label: &'a str,
+}
+
+/// The tenant's providers that serve resources, prompts and completion.
+fn feature_providers(tenant: &Tenant) -> Vec<Arc<dyn ToolProvider>> {
+    tenant
+        .providers
+        .iter()
+        .filter(|p| p.serves_features())
+        .cloned()
+        .collect()
+}
 
 /// Does `uri` match the URI template `template`? Level-1 templates only: every `{var}` matches a
 /// non-empty run of characters other than `/`, `?` and `#`; literal text must match exactly. (A
@@ -95,7 +140,7 @@ struct Route {
     published: Option<String>,
 }
 
-impl Shared {
+impl Features {
     /// Rewrite the URIs (field `key`) of a merged resource or template list: the first provider to
     /// publish a URI keeps it; later providers' copies are namespaced and remembered.
     fn namespace_duplicates(
@@ -121,12 +166,12 @@ impl Shared {
 
     /// A `notifications/resources/updated` from provider `provider`: name the resource as this
     /// session was shown it.
-    pub(crate) fn published_update(&self, provider: usize, mut params: Value) -> Value {
+    pub fn published_update(&self, tenant: &Tenant, provider: usize, mut params: Value) -> Value {
         let Some(uri) = params["uri"].as_str().map(str::to_owned) else {
             return params;
         };
         // (An index from before a tenant change may name no provider now.)
-        let Some(name) = self.tenant().providers.get(provider).map(|p| p.name().to_owned()) else {
+        let Some(name) = tenant.providers.get(provider).map(|p| p.name().to_owned()) else {
             return params;
         };
         if self.namespaced.borrow().contains(&(name.clone(), uri.clone())) {
@@ -137,12 +182,12 @@ impl Shared {
 
     /// Resource links and embedded resources in a tool result of provider `provider` name the
     /// resource as this session was shown it (namespaced when another upstream has the URI).
-    pub(crate) fn publish_links(&self, provider: usize, result: &mut Value) {
+    pub fn publish_links(&self, tenant: &Tenant, provider: usize, result: &mut Value) {
         let namespaced = self.namespaced.borrow();
         if namespaced.is_empty() {
             return;
         }
-        let Some(name) = self.tenant().providers.get(provider).map(|p| p.name().to_owned()) else {
+        let Some(name) = tenant.providers.get(provider).map(|p| p.name().to_owned()) else {
             return;
         };
         rewrite_links(result, &name, |uri| {
@@ -150,20 +195,12 @@ impl Shared {
         });
     }
 
-    fn feature_providers(&self) -> Vec<Arc<dyn ToolProvider>> {
-        self.tenant()
-            .providers
-            .iter()
-            .filter(|p| p.serves_features())
-            .cloned()
-            .collect()
-    }
-
     /// Every item of `method`'s list across upstreams (an upstream that fails contributes nothing),
     /// each with the index of its provider in `providers`.
     async fn gather(
         &self,
-        ctx: &SessionCtx,
+        ctx: &dyn SessionContext,
+        label: &str,
         providers: &[Arc<dyn ToolProvider>],
         method: &str,
     ) -> Vec<(Value, usize)> {
@@ -174,7 +211,7 @@ impl Shared {
             match list {
                 Ok(list) => items.extend(list.into_iter().map(|item| (item, i))),
                 Err(e) => {
-                    tracing::warn!(session = self.tag(), method, error = %e.message, "an upstream could not list")
+                    tracing::warn!(caller = label, method, error = %e.message, "an upstream could not list")
                 }
             }
         }
@@ -186,7 +223,8 @@ impl Shared {
     /// matches it, else — with a single upstream — that one.
     async fn resource_route(
         &self,
-        ctx: &SessionCtx,
+        ctx: &dyn SessionContext,
+        label: &str,
         providers: &[Arc<dyn ToolProvider>],
         uri: &str,
     ) -> Option<Route> {
@@ -208,7 +246,7 @@ impl Shared {
             return Some(plain(0));
         }
         if let Some(i) = self
-            .find_listed(ctx, providers, "resources/list", &|r| r["uri"] == uri)
+            .find_listed(ctx, label, providers, "resources/list", &|r| r["uri"] == uri)
             .await
         {
             return Some(plain(i));
@@ -218,7 +256,7 @@ impl Shared {
                 .as_str()
                 .is_some_and(|tpl| tpl == uri || template_matches(tpl, uri))
         };
-        self.find_listed(ctx, providers, "resources/templates/list", &by_template)
+        self.find_listed(ctx, label, providers, "resources/templates/list", &by_template)
             .await
             .map(plain)
     }
@@ -229,7 +267,8 @@ impl Shared {
     /// prompt costs one upstream round trip, not three, yet new items are found at once.
     async fn find_listed(
         &self,
-        ctx: &SessionCtx,
+        ctx: &dyn SessionContext,
+        label: &str,
         providers: &[Arc<dyn ToolProvider>],
         method: &str,
         wanted: &dyn Fn(&Value) -> bool,
@@ -245,7 +284,7 @@ impl Shared {
         {
             return Some(*i);
         }
-        let items = self.gather(ctx, providers, method).await;
+        let items = self.gather(ctx, label, providers, method).await;
         let found = items.iter().find(|(item, _)| wanted(item)).map(|(_, i)| *i);
         self.remember_listing(method, items);
         found
@@ -258,31 +297,31 @@ impl Shared {
     }
 
     /// An upstream's list changed: routing must not trust the session's last listing.
-    pub(crate) fn forget_listings(&self) {
+    pub fn forget_listings(&self) {
         self.listings.borrow_mut().clear();
     }
 
     async fn prompt_owner(
         &self,
-        ctx: &SessionCtx,
+        ctx: &dyn SessionContext,
+        label: &str,
         providers: &[Arc<dyn ToolProvider>],
         name: &str,
     ) -> Option<usize> {
-        self.find_listed(ctx, providers, "prompts/list", &|p| p["name"] == name)
+        self.find_listed(ctx, label, providers, "prompts/list", &|p| p["name"] == name)
             .await
     }
 
-    /// Serve a resources/prompts/completion request from the tenant's upstreams.
-    pub(crate) async fn feature_request(
-        self: Rc<Self>,
+    /// Serve a resources/prompts/completion request of `caller` from the tenant's upstreams.
+    pub async fn request(
+        &self,
+        caller: &FeatureCaller<'_>,
+        ctx: &dyn SessionContext,
         method: &str,
         params: Value,
-        who: &Who,
     ) -> Result<Value, RpcError> {
-        self.ensure_followers();
-        let providers = self.feature_providers();
-        let ctx = SessionCtx(self.clone());
-        let page_size = self.node.sessions().page_size;
+        let providers = feature_providers(caller.tenant);
+        let label = caller.label;
         let list = |key: &'static str, sort_by: &'static str| (key, sort_by);
         let listing = match method {
             "resources/list" => Some(list("resources", "uri")),
@@ -291,7 +330,7 @@ impl Shared {
             _ => None,
         };
         if let Some((key, sort_by)) = listing {
-            let mut gathered = self.gather(&ctx, &providers, method).await;
+            let mut gathered = self.gather(ctx, label, &providers, method).await;
             self.remember_listing(method, gathered.clone());
             if sort_by != "name" {
                 self.namespace_duplicates(&providers, &mut gathered, sort_by);
@@ -307,7 +346,7 @@ impl Shared {
                 .map(|(v, _)| v)
                 .filter(|v| {
                     let id = v[sort_by].as_str().unwrap_or_default();
-                    self.permits(&who.access, &format!("{kind}:{id}"), act)
+                    caller.tenant.permits(caller.access, &format!("{kind}:{id}"), act)
                 })
                 .collect();
             items.sort_by(|a, b| {
@@ -316,7 +355,7 @@ impl Shared {
                     .unwrap_or_default()
                     .cmp(b[sort_by].as_str().unwrap_or_default())
             });
-            return page(key, key, &self.id, &items, params.get("cursor"), page_size);
+            return (caller.page)(key, &items, params.get("cursor"));
         }
         let mut params = params;
         let (owner, published) = match method {
@@ -332,11 +371,11 @@ impl Shared {
                 };
                 // A resource the caller may not read is answered exactly like a missing one,
                 // before any upstream is asked.
-                if !self.authorize(who, &format!("resource:{uri}"), action::READ) {
+                if !(caller.authorize)(&format!("resource:{uri}"), action::READ) {
                     return Err(not_found());
                 }
                 let route = self
-                    .resource_route(&ctx, &providers, &uri)
+                    .resource_route(ctx, label, &providers, &uri)
                     .await
                     .ok_or_else(not_found)?;
                 if route.published.is_some() && method == "resources/subscribe" {
@@ -354,11 +393,11 @@ impl Shared {
                     .and_then(Value::as_str)
                     .ok_or_else(|| RpcError::invalid_params("name must be a string"))?;
                 let unknown = || RpcError::invalid_params("unknown prompt");
-                if !self.authorize(who, &format!("prompt:{name}"), action::GET) {
+                if !(caller.authorize)(&format!("prompt:{name}"), action::GET) {
                     return Err(unknown());
                 }
                 let owner = self
-                    .prompt_owner(&ctx, &providers, name)
+                    .prompt_owner(ctx, label, &providers, name)
                     .await
                     .ok_or_else(unknown)?;
                 (owner, None)
@@ -367,14 +406,14 @@ impl Shared {
                 let reference = params["ref"].clone();
                 let found = match reference["type"].as_str() {
                     Some("ref/prompt") => match reference["name"].as_str() {
-                        Some(name) if self.authorize(who, &format!("prompt:{name}"), action::GET) => {
-                            self.prompt_owner(&ctx, &providers, name).await
+                        Some(name) if (caller.authorize)(&format!("prompt:{name}"), action::GET) => {
+                            self.prompt_owner(ctx, label, &providers, name).await
                         }
                         _ => None,
                     },
                     Some("ref/resource") => match reference["uri"].as_str() {
-                        Some(uri) if !self.authorize(who, &format!("resource:{uri}"), action::READ) => None,
-                        Some(uri) => self.resource_route(&ctx, &providers, uri).await.map(|r| {
+                        Some(uri) if !(caller.authorize)(&format!("resource:{uri}"), action::READ) => None,
+                        Some(uri) => self.resource_route(ctx, label, &providers, uri).await.map(|r| {
                             params["ref"]["uri"] = Value::String(r.uri);
                             r.owner
                         }),
@@ -389,7 +428,7 @@ impl Shared {
             }
             _ => return Err(RpcError::method_not_found(method)),
         };
-        let mut result = providers[owner].request_feature(method, params, &ctx).await?;
+        let mut result = providers[owner].request_feature(method, params, ctx).await?;
         if let (Some((original, published)), Some(contents)) = (
             published,
             result.get_mut("contents").and_then(Value::as_array_mut),
@@ -400,6 +439,50 @@ impl Shared {
             }
         }
         Ok(result)
+    }
+}
+
+impl Shared {
+    /// A `notifications/resources/updated` from provider `provider`, named as this session was
+    /// shown the resource.
+    pub(crate) fn published_update(&self, provider: usize, params: Value) -> Value {
+        self.features.published_update(&self.tenant(), provider, params)
+    }
+
+    /// Name the resources a tool result of provider `provider` links as this session was shown
+    /// them.
+    pub(crate) fn publish_links(&self, provider: usize, result: &mut Value) {
+        self.features.publish_links(&self.tenant(), provider, result);
+    }
+
+    /// An upstream's list changed: routing must not trust the session's last listing.
+    pub(crate) fn forget_listings(&self) {
+        self.features.forget_listings();
+    }
+
+    /// Serve a resources/prompts/completion request of the session's owner.
+    pub(crate) async fn feature_request(
+        self: Rc<Self>,
+        method: &str,
+        params: Value,
+        who: &Who,
+    ) -> Result<Value, RpcError> {
+        self.ensure_followers();
+        let tenant = self.tenant();
+        let ctx = SessionCtx(self.clone());
+        let size = self.node.sessions().page_size;
+        let authorize = |object: &str, act: &str| self.authorize(who, object, act);
+        let page = |key: &str, items: &[Value], cursor: Option<&Value>| {
+            page(key, key, &self.id, items, cursor, size)
+        };
+        let caller = FeatureCaller {
+            tenant: &tenant,
+            access: &who.access,
+            authorize: &authorize,
+            page: &page,
+            label: self.tag(),
+        };
+        self.features.request(&caller, &ctx, method, params).await
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod call;
 mod features;
+pub use features::{FeatureCaller, Features};
 mod state;
 
 use std::rc::Rc;

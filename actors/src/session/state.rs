@@ -44,9 +44,6 @@ pub(crate) struct Call {
     pub(crate) cancel: CancellationToken,
 }
 
-/// A merged list of resources, templates or prompts: each item with its provider's index.
-pub(crate) type Listing = Rc<Vec<(Value, usize)>>;
-
 /// Shared state of one live session.
 pub(crate) struct Shared {
     pub(crate) node: Arc<Node>,
@@ -65,14 +62,10 @@ pub(crate) struct Shared {
     /// Cancels the followers of the tenant's current providers (a child of `stopping`, replaced
     /// when the tenant's configuration changes).
     pub(crate) follow_cancel: RefCell<CancellationToken>,
-    /// Resource URIs this session was shown namespaced (`marina://<upstream>/<uri>`, because an
-    /// earlier upstream publishes the same URI), as (upstream name, original URI): their update
-    /// notifications and links are rewritten to match (see `features.rs`).
-    pub(crate) namespaced: RefCell<std::collections::HashSet<(String, String)>>,
+    /// What its resources, prompts and completion requests share (see `features.rs`).
+    pub(crate) features: super::features::Features,
     /// The access of the owner's latest request (see [`Self::may_read`]).
     latest_access: RefCell<Option<Access>>,
-    /// The session's last merged listing per list method, for routing (see `features.rs`).
-    pub(crate) listings: RefCell<HashMap<String, (Instant, Listing)>>,
     next_client_request: Cell<u64>,
     /// Cancelled when the actor stops: every call ends, nothing more is written.
     pub(crate) stopping: CancellationToken,
@@ -137,7 +130,7 @@ impl Shared {
         let has_features = features(&now);
         *self.tenant.borrow_mut() = now;
         self.invalidate_tools();
-        self.listings.borrow_mut().clear();
+        self.features.forget_listings();
         let fresh = self.stopping.child_token();
         std::mem::replace(&mut *self.follow_cancel.borrow_mut(), fresh).cancel();
         self.followers.borrow_mut().clear();
@@ -181,9 +174,8 @@ impl Shared {
             index: RefCell::new(None),
             followers: RefCell::new(std::collections::HashSet::new()),
             follow_cancel: RefCell::new(stopping.child_token()),
-            namespaced: RefCell::new(std::collections::HashSet::new()),
+            features: Default::default(),
             latest_access: RefCell::new(None),
-            listings: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
             stopping,
             last_activity: Cell::new(now),

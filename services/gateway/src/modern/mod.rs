@@ -97,6 +97,12 @@ pub async fn serve(
         "server/discover" => Ok(discover(t)),
         "tools/list" => list_tools(state, t, caller, &ctx, &params).await,
         "tools/call" => return call_tool(state, req, t, caller, ctx, id, params).await,
+        "resources/list"
+        | "resources/templates/list"
+        | "resources/read"
+        | "prompts/list"
+        | "prompts/get"
+        | "completion/complete" => feature(state, t, caller, &ctx, &method, params).await,
         // The sessionful era's methods, gone in 2026-07-28, and what is not served statelessly
         // yet: 404 with -32601, as the transport asks for unknown methods.
         _ => Err(RpcError::method_not_found(&method)),
@@ -126,9 +132,15 @@ fn server_info() -> Value {
 /// `server/discover`: the versions, capabilities and identity of the tenant's endpoint. The
 /// same for every caller of the tenant: cacheable publicly.
 fn discover(t: &Tenant) -> Value {
+    let mut capabilities = json!({"tools": {}});
+    if t.providers.iter().any(|p| p.serves_features()) {
+        capabilities["resources"] = json!({});
+        capabilities["prompts"] = json!({});
+        capabilities["completions"] = json!({});
+    }
     json!({
         "supportedVersions": meta::supported_versions(),
-        "capabilities": {"tools": {}},
+        "capabilities": capabilities,
         "instructions": format!("Tools of tenant {}, hosted by Marina.", t.id),
         "ttlMs": LIST_TTL_MS,
         "cacheScope": "public",
@@ -161,20 +173,27 @@ fn cache_scope(t: &Tenant) -> &'static str {
     }
 }
 
-/// A list cursor: an offset into the caller's filtered list, opaque to clients.
-fn cursor(list: &str, offset: usize) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{list}:{offset}"))
-}
-
-fn offset(list: &str, cursor: Option<&Value>) -> Result<usize, RpcError> {
-    let Some(c) = cursor.filter(|c| !c.is_null()) else {
-        return Ok(0);
+/// A page of `items` (the caller's filtered list, field `key`) from `cursor`: an offset, opaque
+/// to clients, that names its list.
+fn page(key: &str, items: &[Value], cursor: Option<&Value>, size: usize) -> Result<Value, RpcError> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let from = match cursor.filter(|c| !c.is_null()) {
+        None => 0,
+        Some(c) => c
+            .as_str()
+            .and_then(|c| b64.decode(c).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix(&format!("{key}:")).and_then(|n| n.parse().ok()))
+            .filter(|n: &usize| *n <= items.len())
+            .ok_or_else(|| RpcError::invalid_params("invalid cursor"))?,
     };
-    c.as_str()
-        .and_then(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix(&format!("{list}:")).and_then(|n| n.parse().ok()))
-        .ok_or_else(|| RpcError::invalid_params("invalid cursor"))
+    let size = size.max(1);
+    let end = (from + size).min(items.len());
+    let mut result = json!({ key: items[from..end] });
+    if end < items.len() {
+        result["nextCursor"] = json!(b64.encode(format!("{key}:{end}")));
+    }
+    Ok(result)
 }
 
 /// `tools/list`: the tools the caller may call, a page at a time.
@@ -185,20 +204,72 @@ async fn list_tools(
     ctx: &RequestCtx,
     params: &Value,
 ) -> Result<Value, RpcError> {
-    let from = offset("tools", params.get("cursor"))?;
     let access = caller.access();
     let index = tool_index(t, ctx).await;
-    let tools: Vec<&Value> = index
+    let tools: Vec<Value> = index
         .tools()
         .iter()
         .filter(|d| t.permits(&access, &format!("tool:{}", d.name), action::CALL))
-        .map(|d| &d.definition)
+        .map(|d| d.definition.clone())
         .collect();
-    let size = state.node.sessions().page_size.max(1);
-    let page: Vec<&Value> = tools.iter().skip(from).take(size).copied().collect();
-    let mut result = json!({"tools": page, "ttlMs": LIST_TTL_MS, "cacheScope": cache_scope(t)});
-    if from + size < tools.len() {
-        result["nextCursor"] = json!(cursor("tools", from + size));
+    let mut result = page(
+        "tools",
+        &tools,
+        params.get("cursor"),
+        state.node.sessions().page_size,
+    )?;
+    result["ttlMs"] = json!(LIST_TTL_MS);
+    result["cacheScope"] = json!(cache_scope(t));
+    Ok(result)
+}
+
+/// Resources, templates, prompts and completion of the tenant's upstream MCP servers, merged
+/// and routed as for a session (`marina_actors::Features`), filtered and decided by the same
+/// policy. Lists and reads carry cache hints.
+async fn feature(
+    state: &AppState,
+    t: &Tenant,
+    caller: &Caller,
+    ctx: &RequestCtx,
+    method: &str,
+    params: Value,
+) -> Result<Value, RpcError> {
+    let access = caller.access();
+    let authorize = |object: &str, act: &str| {
+        let ok = t.permits(&access, object, act);
+        if !ok {
+            tracing::info!(
+                target: "marina::audit",
+                event = "access_denied",
+                reason = "policy",
+                tenant = %t.id,
+                subject = %access.subject,
+                object,
+                action = act,
+                request_id = %caller.request_id,
+                "access denied"
+            );
+        }
+        ok
+    };
+    let size = state.node.sessions().page_size;
+    let cut = |key: &str, items: &[Value], cursor: Option<&Value>| page(key, items, cursor, size);
+    let who = marina_actors::FeatureCaller {
+        tenant: t,
+        access: &access,
+        authorize: &authorize,
+        page: &cut,
+        label: &caller.request_id,
+    };
+    let mut result = marina_actors::Features::default()
+        .request(&who, ctx, method, params)
+        .await?;
+    if matches!(
+        method,
+        "resources/list" | "resources/templates/list" | "resources/read" | "prompts/list"
+    ) {
+        result["ttlMs"] = json!(LIST_TTL_MS);
+        result["cacheScope"] = json!(cache_scope(t));
     }
     Ok(result)
 }
