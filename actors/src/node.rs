@@ -141,7 +141,15 @@ pub struct Node {
     /// Actors started and not yet stopped (a retiring actor has left the registry but may still
     /// be releasing its lease; shutdown waits for it).
     running: AtomicUsize,
+    /// The ids of tenants whose configuration changed or that were removed, for what follows
+    /// them without a session (2026-07-28 `subscriptions/listen`).
+    changes: tokio::sync::broadcast::Sender<String>,
+    /// Cancelled when the node starts draining: long-lived streams end gracefully.
+    draining_token: tokio_util::sync::CancellationToken,
 }
+
+/// Tenant changes kept for a slow follower before it is told it lagged.
+const CHANGES_BUFFER: usize = 256;
 
 impl Node {
     /// A node serving `tenants` from `store`. It runs no session until its first successful
@@ -162,7 +170,20 @@ impl Node {
                 epoch: 0,
                 lapsed: true,
             }),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
+            draining_token: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Follow tenant changes: each message is the id of a tenant whose configuration changed or
+    /// that was removed (`Lagged`: some were missed — assume any changed).
+    pub fn tenant_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Fires when the node starts draining.
+    pub fn draining_signal(&self) -> tokio_util::sync::CancellationToken {
+        self.draining_token.clone()
     }
 
     /// A tenant by id, as configured now.
@@ -173,7 +194,17 @@ impl Node {
     /// Serve `tenants` from now on (the control plane applied a change). Sessions pick up
     /// their tenant's new configuration with their next request.
     pub fn set_tenants(&self, tenants: HashMap<String, Arc<Tenant>>) {
-        self.tenants.store(Arc::new(tenants));
+        let old = self.tenants.swap(Arc::new(tenants));
+        let new = self.tenants.load();
+        let changed = old
+            .iter()
+            .filter(|(id, t)| new.get(*id).is_none_or(|n| !Arc::ptr_eq(n, t)))
+            .map(|(id, _)| id)
+            .chain(new.keys().filter(|id| !old.contains_key(*id)));
+        for id in changed {
+            // Nobody following is no error.
+            let _ = self.changes.send(id.clone());
+        }
         // Open streams learn of it now (list_changed), not at the session's next request.
         for a in self.live_actors() {
             a.do_send(crate::session::TenantChanged);
@@ -573,6 +604,7 @@ impl Node {
     /// re-activates them and gives their calls a definite outcome).
     pub async fn drain(&self, timeout: Duration) {
         self.draining.store(true, Ordering::SeqCst);
+        self.draining_token.cancel();
         for a in &self.live_actors() {
             let _ = a.send(crate::session::Drain { force: false }).await;
         }

@@ -456,3 +456,117 @@ async fn a_principal_shares_one_upstream_session_across_nodes() {
     );
     assert_eq!(upstream_session().await, first, "still the one upstream session");
 }
+
+#[tokio::test]
+async fn subscriptions_listen_hears_a_change_made_through_another_node() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_key = generate_key();
+    let file = config(
+        dir.path(),
+        &format!(
+            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\n",
+            digest(&admin_key)
+        ),
+    );
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &file);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &file);
+    let http = reqwest::Client::new();
+    let doc = json!({"auth": {"anonymous": true}, "upstreams": [{"kind": "builtin"}],
+        "rbac": {"policy": "p, anonymous, tool:echo, call, allow"}});
+    let r = http
+        .put(format!("{}/tenants/live", b.admin()))
+        .bearer_auth(&admin_key)
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let url_a = format!("{}/t/live/mcp", a.base());
+    let discover = body(0, "server/discover", json!({}), json!({}));
+    for _ in 0..200 {
+        if post(&url_a, &discover, None, &[]).await.status() == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A listener on node A for tools and prompts (this tenant has no prompts: not honored).
+    let listen = body(
+        5,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
+        json!({}),
+    );
+    let stream = post(&url_a, &listen, None, &[]).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let sub_id = listen["id"].clone();
+
+    // A policy change through node B.
+    let change = async {
+        // (After the acknowledgment has been read, below.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = http
+            .patch(format!("{}/tenants/live", b.admin()))
+            .bearer_auth(&admin_key)
+            .header("content-type", "application/merge-patch+json")
+            .body(json!({"rbac": {"policy": "p, anonymous, tool:*, call, allow"}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    };
+    let read = read_events(stream, Duration::from_secs(10), |ev| {
+        ev.iter()
+            .filter_map(|e| e.json())
+            .any(|m| m["method"] == "notifications/tools/list_changed")
+    });
+    let ((events, _), ()) = tokio::join!(read, change);
+    let msgs: Vec<Value> = events.iter().filter_map(|e| e.json()).collect();
+    assert_eq!(
+        msgs[0]["method"], "notifications/subscriptions/acknowledged",
+        "{msgs:?}"
+    );
+    assert_eq!(
+        msgs[0]["params"]["notifications"],
+        json!({"toolsListChanged": true})
+    );
+    for m in &msgs {
+        assert_eq!(
+            m["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], sub_id,
+            "{m}"
+        );
+    }
+    assert!(
+        msgs.iter()
+            .any(|m| m["method"] == "notifications/tools/list_changed"),
+        "{msgs:?}"
+    );
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| m["method"] == "notifications/prompts/list_changed")
+    );
+
+    // The tenant deleted: the listener ends gracefully, with a response.
+    let stream = post(&url_a, &listen, None, &[]).await;
+    let delete = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = http
+            .delete(format!("{}/tenants/live", b.admin()))
+            .bearer_auth(&admin_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    };
+    let ((events, ended), ()) = tokio::join!(read_events(stream, Duration::from_secs(10), |_| false), delete);
+    assert!(ended, "the stream ends");
+    let last = events.iter().filter_map(|e| e.json()).last().unwrap();
+    assert_eq!(last["id"], sub_id);
+    assert_eq!(last["result"]["resultType"], "complete");
+    assert_eq!(
+        last["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        sub_id
+    );
+}

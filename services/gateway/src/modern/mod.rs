@@ -15,6 +15,7 @@
 //! policy decides what it lists and may call.
 
 mod context;
+mod listen;
 pub mod meta;
 pub mod routing;
 
@@ -97,6 +98,10 @@ pub async fn serve(
         "server/discover" => Ok(discover(t)),
         "tools/list" => list_tools(state, t, caller, &ctx, &params).await,
         "tools/call" => return call_tool(state, req, t, caller, ctx, id, params).await,
+        "subscriptions/listen" => {
+            let until = caller.principal.as_ref().and_then(|p| p.expires_at);
+            return Ok(listen::listen(state, t, id.clone(), &params, until).unwrap_or_else(answer));
+        }
         "resources/list"
         | "resources/templates/list"
         | "resources/read"
@@ -132,10 +137,10 @@ fn server_info() -> Value {
 /// `server/discover`: the versions, capabilities and identity of the tenant's endpoint. The
 /// same for every caller of the tenant: cacheable publicly.
 fn discover(t: &Tenant) -> Value {
-    let mut capabilities = json!({"tools": {}});
+    let mut capabilities = json!({"tools": {"listChanged": true}});
     if t.providers.iter().any(|p| p.serves_features()) {
-        capabilities["resources"] = json!({});
-        capabilities["prompts"] = json!({});
+        capabilities["resources"] = json!({"listChanged": true});
+        capabilities["prompts"] = json!({"listChanged": true});
         capabilities["completions"] = json!({});
     }
     json!({

@@ -1,0 +1,140 @@
+//! `subscriptions/listen` (2026-07-28): one long-lived response stream per listener, in place of
+//! the sessionful era's GET stream. It is acknowledged first, every message on it carries the
+//! subscription's id (the request's JSON-RPC id) in `_meta`, and it carries only the types asked
+//! for. A change of the tenant anywhere in the cluster reaches it: every node applies the control
+//! plane's changes and tells its listeners (`Node::tenant_changes`). Keep-alive comments flow well
+//! under the 100–125 s idle cut-offs of common proxies; the stream ends gracefully (a response)
+//! when the node drains, the tenant goes away or the credential expires.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix_web::HttpResponse;
+use bytes::Bytes;
+use marina_core::protocol::{self, RpcError, result_response};
+use marina_core::tenant::Tenant;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::state::AppState;
+
+/// The `_meta` key naming the subscription a message belongs to.
+const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+/// A comment line this often keeps proxies from cutting an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(25);
+
+/// The list-changed types a listener may ask for, with their notification.
+const LIST_CHANGES: [(&str, &str); 3] = [
+    ("toolsListChanged", "notifications/tools/list_changed"),
+    ("promptsListChanged", "notifications/prompts/list_changed"),
+    ("resourcesListChanged", "notifications/resources/list_changed"),
+];
+
+/// The types honored for a request's `notifications` filter on tenant `t`: list changes (tools
+/// always; prompts and resources when an upstream serves them). Resource subscriptions are not
+/// served yet, so they are left out of the acknowledgment, as the revision asks for unsupported
+/// types.
+fn honored(t: &Tenant, filter: &Value) -> Result<Vec<(&'static str, &'static str)>, RpcError> {
+    if !filter.is_object() && !filter.is_null() {
+        return Err(RpcError::invalid_params("notifications must be an object"));
+    }
+    let features = t.providers.iter().any(|p| p.serves_features());
+    Ok(LIST_CHANGES
+        .into_iter()
+        .filter(|(k, _)| filter.get(*k) == Some(&Value::Bool(true)))
+        .filter(|(k, _)| *k == "toolsListChanged" || features)
+        .collect())
+}
+
+fn tagged(id: &Value, method: &str, mut params: Value) -> Bytes {
+    params["_meta"] = json!({ SUBSCRIPTION_ID: id });
+    frame(&protocol::notification(method, params))
+}
+
+fn frame(msg: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {msg}\n\n"))
+}
+
+/// Open a listener for request `id` with `params`; `until`: when the caller's credential expires.
+pub fn listen(
+    state: &AppState,
+    t: &Arc<Tenant>,
+    id: Value,
+    params: &Value,
+    until: Option<SystemTime>,
+) -> Result<HttpResponse, RpcError> {
+    let types = honored(t, params.get("notifications").unwrap_or(&Value::Null))?;
+    let mut ack = json!({});
+    for (k, _) in &types {
+        ack[*k] = json!(true);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let node = state.node.clone();
+    let mut changes = node.tenant_changes();
+    let draining = node.draining_signal();
+    let tenant = t.id.clone();
+    let ack = tagged(
+        &id,
+        "notifications/subscriptions/acknowledged",
+        json!({"notifications": ack}),
+    );
+    actix_web::rt::spawn(async move {
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+        let expiry = until.map(|u| u.duration_since(SystemTime::now()).unwrap_or_default());
+        let expired = async move {
+            match expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        keep_alive.tick().await;
+        let graceful = loop {
+            let changed = tokio::select! {
+                () = tx.closed() => break false,
+                () = draining.cancelled() => break true,
+                () = &mut expired => break true,
+                _ = keep_alive.tick() => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        break false;
+                    }
+                    continue;
+                }
+                c = changes.recv() => c,
+            };
+            match changed {
+                Ok(t) if t != tenant => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break true,
+            }
+            let gone = node.tenant(&tenant).is_none_or(|t| t.settings.disabled);
+            if gone {
+                break true;
+            }
+            for (_, method) in &types {
+                if tx.send(tagged(&id, method, json!({}))).await.is_err() {
+                    return;
+                }
+            }
+        };
+        if graceful {
+            // A response ends the subscription cleanly (a dropped stream would mean "reconnect").
+            let done = result_response(
+                &id,
+                json!({"resultType": "complete", "_meta": { SUBSCRIPTION_ID: id }}),
+            );
+            let _ = tx.send(frame(&done)).await;
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body))
+}
