@@ -562,7 +562,7 @@ async fn subscriptions_listen_hears_a_change_made_through_another_node() {
     };
     let ((events, ended), ()) = tokio::join!(read_events(stream, Duration::from_secs(10), |_| false), delete);
     assert!(ended, "the stream ends");
-    let last = events.iter().filter_map(|e| e.json()).last().unwrap();
+    let last = events.iter().filter_map(|e| e.json()).next_back().unwrap();
     assert_eq!(last["id"], sub_id);
     assert_eq!(last["result"]["resultType"], "complete");
     assert_eq!(
