@@ -57,8 +57,13 @@ async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
 }
 
 fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    config_with(dir, "", extra)
+}
+
+/// A configuration with the stateless era on, more `server` fields (`, k: v`) and `extra`.
+fn config_with(dir: &std::path::Path, server: &str, extra: &str) -> std::path::PathBuf {
     let f = dir.join("marina.yaml");
-    std::fs::write(&f, format!("server: {{stateless_era: true}}\n{extra}")).unwrap();
+    std::fs::write(&f, format!("server: {{stateless_era: true{server}}}\n{extra}")).unwrap();
     f
 }
 
@@ -569,4 +574,106 @@ async fn subscriptions_listen_hears_a_change_made_through_another_node() {
         last["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
         sub_id
     );
+}
+
+#[tokio::test]
+async fn multi_round_trip_requests_are_sealed_bound_single_use_and_complete_on_any_node() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (generate_key(), generate_key());
+    let file = config_with(
+        dir.path(),
+        ", request_state_ttl_ms: 1500",
+        &format!(
+            "tenants:\n  acme:\n    auth:\n      api_keys:\n        - {{subject: alice, sha256: {}}}\n        - {{subject: bob, sha256: {}}}\n    upstreams: [{{kind: builtin}}]\n",
+            digest(&alice),
+            digest(&bob)
+        ),
+    );
+    let a = MarinaProc::start_with_config(&redis.url(), "a", &[], &file);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &file);
+    let (url_a, url_b) = (
+        format!("{}/t/acme/mcp", a.base()),
+        format!("{}/t/acme/mcp", b.base()),
+    );
+    let as_alice = [("x-api-key", alice.as_str())];
+    let elicit = json!({"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}});
+    let ask = |id: i64, extra: Value| {
+        let mut params = json!({"name": "confirm", "arguments": {"question": "Proceed?"}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            params[k] = v.clone();
+        }
+        body(id, "tools/call", params, elicit.clone())
+    };
+
+    // Round one on node A: the question, and a sealed state.
+    let (status, r) = json_of(post(&url_a, &ask(1, json!({})), Some("confirm"), &as_alice).await).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let result = &r["result"];
+    assert_eq!(result["resultType"], "input_required", "{r}");
+    assert!(
+        result.get("ttlMs").is_none(),
+        "an interim result is not cacheable"
+    );
+    let (key, question) = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    assert_eq!(question["method"], "elicitation/create");
+    assert_eq!(question["params"]["message"], "Proceed?");
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    let answer = json!({ key.as_str(): {"action": "accept", "content": {"answer": "yes"}} });
+    let retry = |id: i64, state: &str| ask(id, json!({"inputResponses": answer, "requestState": state}));
+
+    // Attacks, each refused without using the state up.
+    let refused = |r: &Value| {
+        r["error"]["code"] == -32602
+            && r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("requestState")
+    };
+    let mut tampered = state.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let (_, r) = json_of(post(&url_b, &retry(2, &tampered), Some("confirm"), &as_alice).await).await;
+    assert!(refused(&r), "tampered: {r}");
+    let (_, r) = json_of(
+        post(
+            &url_b,
+            &retry(3, &state),
+            Some("confirm"),
+            &[("x-api-key", bob.as_str())],
+        )
+        .await,
+    )
+    .await;
+    assert!(refused(&r), "another principal's: {r}");
+    let mut other_args = retry(4, &state);
+    other_args["params"]["arguments"]["question"] = json!("Delete everything?");
+    let (_, r) = json_of(post(&url_b, &other_args, Some("confirm"), &as_alice).await).await;
+    assert!(refused(&r), "other arguments: {r}");
+    let mut other_tool = retry(5, &state);
+    other_tool["params"]["name"] = json!("echo");
+    other_tool["params"]["arguments"] = json!({"text": "Proceed?"});
+    let (_, r) = json_of(post(&url_b, &other_tool, Some("echo"), &as_alice).await).await;
+    assert!(refused(&r), "another tool: {r}");
+
+    // The retry with the answer on node B completes the call.
+    let (_, r) = json_of(post(&url_b, &retry(6, &state), Some("confirm"), &as_alice).await).await;
+    assert_eq!(r["result"]["resultType"], "complete", "{r}");
+    assert_eq!(r["result"]["content"][0]["text"], "yes");
+    // Single use: the same state again is refused, on either node.
+    let (_, r) = json_of(post(&url_a, &retry(7, &state), Some("confirm"), &as_alice).await).await;
+    assert!(refused(&r), "replayed: {r}");
+
+    // A state past its TTL is refused.
+    let (_, r) = json_of(post(&url_a, &ask(8, json!({})), Some("confirm"), &as_alice).await).await;
+    let old = r["result"]["requestState"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let (_, r) = json_of(post(&url_b, &retry(9, &old), Some("confirm"), &as_alice).await).await;
+    assert!(refused(&r), "expired: {r}");
 }

@@ -96,6 +96,8 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Serve MCP 2026-07-28 (stateless) requests beside the sessionful era (experimental).
     pub stateless_era: bool,
+    /// How long a multi round-trip request's `requestState` may be used.
+    pub request_state_ttl_ms: u64,
     /// HTTPS served by Marina itself.
     pub tls: TlsSettings,
 }

@@ -256,6 +256,12 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         session: Option<&str>,
         ttl: Duration,
     ) -> Result<(), StoreError>;
+    /// Claim `token` for the first and only time within `ttl`: `true` the first time, `false` on
+    /// every later claim (a replayed single-use token).
+    async fn claim_once(&self, token: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// The cluster's key `name`: the first node to ask stores `candidate` and every node gets
+    /// that one.
+    async fn cluster_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Announce (or refresh) a node; it is alive — and its leases valid — for `ttl`.
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
     /// Look a node up.

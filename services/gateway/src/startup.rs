@@ -298,6 +298,23 @@ impl Application {
         if let Err(e) = node.heartbeat(&url).await {
             tracing::warn!(error = %e, "session store unavailable at start; will keep retrying");
         }
+        let state_ttl = Duration::from_millis(settings.server.request_state_ttl_ms);
+        let sealer = match crate::modern::mrtr::Sealer::for_cluster(
+            cluster_secret.as_deref(),
+            node.store.as_ref(),
+            state_ttl,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // The store is down at start: states sealed here open on this node only until
+                // it restarts. (Set cluster.secret to never depend on the store for this.)
+                tracing::warn!(error = %e, "cluster key for request states unavailable; using a node-local one");
+                let local: [u8; 32] = rand::rng().random();
+                crate::modern::mrtr::Sealer::new(&local, state_ttl)
+            }
+        };
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
@@ -324,6 +341,7 @@ impl Application {
             buckets: Arc::default(),
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
             stateless_era: settings.server.stateless_era,
+            sealer: Arc::new(sealer),
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

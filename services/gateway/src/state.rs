@@ -27,4 +27,6 @@ pub struct AppState {
     pub cluster: crate::cluster::ClusterKey,
     /// Serve MCP 2026-07-28 (stateless) requests (`server.stateless_era`).
     pub stateless_era: bool,
+    /// Seals the `requestState` of multi round-trip requests.
+    pub sealer: Arc<crate::modern::mrtr::Sealer>,
 }

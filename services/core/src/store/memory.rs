@@ -50,6 +50,8 @@ struct Inner {
     events: HashMap<(SessionId, StreamId), Expiring<EventLog>>,
     nodes: HashMap<String, Expiring<NodeInfo>>,
     principal_upstreams: HashMap<String, Expiring<HashMap<String, String>>>,
+    claimed: HashMap<String, Expiring<()>>,
+    keys: HashMap<String, Vec<u8>>,
     ops: u64,
 }
 
@@ -61,6 +63,7 @@ impl Inner {
             self.events.retain(|_, v| v.live());
             self.nodes.retain(|_, v| v.live());
             self.principal_upstreams.retain(|_, v| v.live());
+            self.claimed.retain(|_, v| v.live());
             let sessions = &self.sessions;
             self.fences.retain(|k, _| sessions.contains_key(k));
             self.leases.retain(|k, _| sessions.contains_key(k));
@@ -273,6 +276,25 @@ impl SessionStore for MemoryStore {
                 .insert(key.to_owned(), Expiring::new(all, ttl));
         });
         Ok(())
+    }
+
+    async fn claim_once(&self, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
+            if s.claimed.get(token).is_some_and(Expiring::live) {
+                return false;
+            }
+            s.claimed.insert(token.to_owned(), Expiring::new((), ttl));
+            true
+        }))
+    }
+
+    async fn cluster_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(self.with(|s| {
+            s.keys
+                .entry(name.to_owned())
+                .or_insert_with(|| candidate.to_vec())
+                .clone()
+        }))
     }
 
     async fn announce_ended(&self, _id: &SessionId) -> Result<(), StoreError> {

@@ -10,6 +10,8 @@
 //! | `<p>:{<sid>}:e:<n>` | stream | events of stream `n` (`d` = JSON-RPC message) | as the session; MAXLEN ~cap |
 //! | `<p>:idx:{<tenant>}:s` | sorted set | the tenant's sessions → expiry (ms), for administrators | the longest session TTL; members past their expiry dropped on every add |
 //! | `<p>:pu:{<tenant>:<principal>}` | hash | upstream sessions a principal shares across stateless requests (upstream → JSON) | idle TTL after the last write; one field per upstream |
+//! | `<p>:once:{<token>}` | string | a single-use token (an MRTR `requestState`) already claimed | until the token expires |
+//! | `<p>:key:<name>` | string | a key the cluster shares (the `requestState` sealing key when no cluster secret is set) | none: one per name |
 //! | channel `<p>:sessions:ended` | pub/sub | ids of sessions an administrator ended | — |
 //! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
 
@@ -569,6 +571,31 @@ impl SessionStore for RedisStore {
         };
         pipe.cmd("PEXPIRE").arg(&key).arg(ms(ttl)).ignore();
         self.query_pipe::<()>(pipe).await
+    }
+
+    async fn claim_once(&self, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}:once:{{{token}}}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(ttl));
+        let set: Option<String> = self.query(cmd).await?;
+        Ok(set.is_some())
+    }
+
+    async fn cluster_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let key = format!("{}:key:{name}", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key);
+        let (got,): (Vec<u8>,) = self.query_pipe(pipe).await?;
+        Ok(got)
     }
 
     async fn announce_ended(&self, id: &SessionId) -> Result<(), StoreError> {

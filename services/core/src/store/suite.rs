@@ -62,6 +62,7 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     tenants_index_their_sessions(s).await;
     ended_sessions_are_announced(s).await;
     principals_share_upstream_sessions(s).await;
+    tokens_are_claimed_once_and_keys_shared(s).await;
 }
 
 async fn records_round_trip_and_writes_are_fenced_and_versioned(s: &dyn SessionStore) {
@@ -439,6 +440,26 @@ async fn principals_share_upstream_sessions(s: &dyn SessionStore) {
     // The whole set expires after its last write.
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(s.principal_upstreams(&key).await.unwrap().is_empty());
+}
+
+async fn tokens_are_claimed_once_and_keys_shared(s: &dyn SessionStore) {
+    let token = format!("t{}", now_ms());
+    assert!(s.claim_once(&token, TTL).await.unwrap());
+    assert!(!s.claim_once(&token, TTL).await.unwrap(), "a replay");
+    let short = format!("s{}", now_ms());
+    assert!(s.claim_once(&short, Duration::from_millis(200)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        s.claim_once(&short, TTL).await.unwrap(),
+        "claimable again once expired"
+    );
+    let name = format!("k{}", now_ms());
+    assert_eq!(s.cluster_key(&name, b"first").await.unwrap(), b"first");
+    assert_eq!(
+        s.cluster_key(&name, b"second").await.unwrap(),
+        b"first",
+        "the first one stays"
+    );
 }
 
 #[cfg(test)]

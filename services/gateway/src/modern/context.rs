@@ -6,7 +6,7 @@
 //! share one per upstream, kept in the store (`SessionStore::principal_upstreams`), so any node
 //! continues it and no request pays an `initialize`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use marina_core::protocol::{self, RpcError, code};
 use marina_core::store::SessionStore;
 use marina_core::tools::{CallContext, SessionContext, UpstreamSession};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,12 @@ pub struct RequestCtx {
     /// The request's own response stream, when it has one (notifications go there).
     out: Option<mpsc::UnboundedSender<Value>>,
     cancel: CancellationToken,
+    /// Answers to the questions of earlier rounds of a multi round-trip request, by key `q<n>`.
+    answers: Map<String, Value>,
+    /// Questions asked this round that have no answer yet (its `inputRequests`).
+    asked: RefCell<Map<String, Value>>,
+    /// Questions asked so far this round (they are numbered in order).
+    questions: Cell<usize>,
 }
 
 impl RequestCtx {
@@ -65,7 +71,21 @@ impl RequestCtx {
             progress_token: None,
             out: None,
             cancel: CancellationToken::new(),
+            answers: Map::new(),
+            asked: RefCell::new(Map::new()),
+            questions: Cell::new(0),
         })
+    }
+
+    /// The answers of earlier rounds: the n-th question asked gets answer `q<n>`.
+    pub fn with_answers(mut self, answers: Map<String, Value>) -> Self {
+        self.answers = answers;
+        self
+    }
+
+    /// The questions asked this round without an answer (`inputRequests`).
+    pub fn take_asked(&self) -> Map<String, Value> {
+        std::mem::take(&mut *self.asked.borrow_mut())
     }
 
     /// Notifications of the request (progress, log messages) go to `out`, with `token` naming
@@ -157,15 +177,19 @@ impl CallContext for RequestCtx {
         }
     }
 
-    async fn request_client(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
-        // The stateless era has no server-initiated requests; they become `input_required`
-        // results (multi round-trip requests), which this node does not offer yet.
-        Err(RpcError::new(
-            code::INTERNAL_ERROR,
-            format!(
-                "{method} needs a multi round-trip request, not yet served statelessly; use a session (initialize)"
-            ),
-        ))
+    async fn request_client(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        // The stateless era has no server-initiated requests: a question is answered from an
+        // earlier round, or becomes one of this round's `inputRequests` (see `mrtr.rs`).
+        let n = self.questions.get();
+        self.questions.set(n + 1);
+        let key = format!("q{n}");
+        if let Some(answer) = self.answers.get(&key) {
+            return Ok(answer.clone());
+        }
+        self.asked
+            .borrow_mut()
+            .insert(key, json!({"method": method, "params": params}));
+        Err(RpcError::new(code::INTERRUPTED, "input required from the client"))
     }
 
     fn cancellation(&self) -> CancellationToken {

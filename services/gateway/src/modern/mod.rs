@@ -17,6 +17,7 @@
 mod context;
 mod listen;
 pub mod meta;
+pub mod mrtr;
 pub mod routing;
 
 use std::convert::Infallible;
@@ -336,16 +337,45 @@ async fn call_tool(
         ));
     }
     let provider = t.providers[provider].clone();
+    // Counted before a retry's state is used up, so a refused call can be retried with it.
     let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
+    // A retry of a multi round-trip request: its sealed state must be ours, for exactly this
+    // request, unexpired and unused; its answers and the new ones feed the re-run.
+    let expected = mrtr::RequestState {
+        t: t.id.clone(),
+        p: marina_core::tools::SessionContext::session_key(&ctx),
+        m: "tools/call".into(),
+        n: name.clone(),
+        a: mrtr::digest(&arguments),
+        exp: 0,
+        id: String::new(),
+        r: Default::default(),
+    };
+    let mut answers = serde_json::Map::new();
+    if let Some(sealed) = params.get("requestState") {
+        let Some(sealed) = sealed.as_str() else {
+            return answer(mrtr::refused("not a string"));
+        };
+        match mrtr::admit(&state.sealer, state.node.store.as_ref(), sealed, &expected).await {
+            Ok(st) => answers = st.r,
+            Err(e) => return answer(e),
+        }
+        if let Some(Value::Object(given)) = params.get("inputResponses") {
+            answers.extend(given.clone());
+        }
+    }
+    let ctx = ctx.with_answers(answers.clone());
+    let round = Round {
+        sealer: state.sealer.clone(),
+        expected,
+        answers,
+    };
     let token = params.pointer("/_meta/progressToken").cloned();
     let wants_stream = token.is_some() || ctx_log_level(&params).is_some();
     if !wants_stream {
-        let result = provider.call(&name, arguments, &ctx).await;
+        let outcome = provider.call(&name, arguments, &ctx).await;
         drop(call_cap);
-        return Ok(match result {
-            Ok(r) => reply::json(StatusCode::OK, &result_response(&id, complete(r))),
-            Err(e) => reply::json(StatusCode::OK, &e.to_response(Some(&id))),
-        });
+        return Ok(reply::json(StatusCode::OK, &round.outcome(&id, &ctx, outcome)));
     }
     // The call runs beside the response; closing the stream cancels it.
     let (tx, rx) = mpsc::unbounded_channel();
@@ -357,16 +387,41 @@ async fn call_tool(
             r = provider.call(&name, arguments, &ctx) => r,
             () = ctx_cancelled(&ctx) => return,
         };
-        let last = match outcome {
-            Ok(r) => result_response(&id, complete(r)),
-            Err(e) => e.to_response(Some(&id)),
-        };
-        let _ = tx.send(last);
+        let _ = tx.send(round.outcome(&id, &ctx, outcome));
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .streaming(request_stream(rx, cancel)))
+}
+
+/// One round of a (possibly multi round-trip) call.
+struct Round {
+    sealer: Arc<mrtr::Sealer>,
+    expected: mrtr::RequestState,
+    answers: serde_json::Map<String, Value>,
+}
+
+impl Round {
+    /// The response to the call's request: its result, or — when the tool asked the client
+    /// something not yet answered — `input_required` with the questions and a sealed state
+    /// carrying every answer so far (no cache hints: it is not cacheable).
+    fn outcome(self, id: &Value, ctx: &RequestCtx, outcome: Result<Value, RpcError>) -> Value {
+        let asked = ctx.take_asked();
+        if !asked.is_empty() {
+            let state = mrtr::next(&self.sealer, &self.expected, self.answers);
+            let result = json!({
+                "resultType": "input_required",
+                "inputRequests": asked,
+                "requestState": self.sealer.seal(&state),
+            });
+            return result_response(id, complete(result));
+        }
+        match outcome {
+            Ok(r) => result_response(id, complete(r)),
+            Err(e) => e.to_response(Some(id)),
+        }
+    }
 }
 
 fn ctx_log_level(params: &Value) -> Option<&str> {
