@@ -241,9 +241,10 @@ mod tests {
     #[test]
     fn a_sealed_state_opens_only_unaltered_and_under_its_key() {
         let sealer = Sealer::new(b"secret", Duration::from_secs(60));
-        let sealed = sealer.seal(&state());
-        assert_eq!(sealer.open(&sealed), Some(state()));
-        assert_ne!(sealed, sealer.seal(&state()), "a fresh nonce each time");
+        let original = state();
+        let sealed = sealer.seal(&original);
+        assert_eq!(sealer.open(&sealed), Some(original.clone()));
+        assert_ne!(sealed, sealer.seal(&original), "a fresh nonce each time");
         let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&sealed)
             .unwrap();
