@@ -221,6 +221,42 @@ async fn bad_versions_headers_and_methods_get_the_errors_of_2026_07_28() {
             .contains(&json!(MODERN))
     );
 
+    // Every request carries `_meta` with a version and capabilities (discover too): 400, -32602.
+    let mut bare = call.clone();
+    bare["params"].as_object_mut().unwrap().remove("_meta");
+    let mut no_caps = call.clone();
+    no_caps["params"]["_meta"]
+        .as_object_mut()
+        .unwrap()
+        .remove("io.modelcontextprotocol/clientCapabilities");
+    let mut bare_discover = body(9, "server/discover", json!({}), json!({}));
+    bare_discover["params"].as_object_mut().unwrap().remove("_meta");
+    for (what, msg, name) in [
+        ("no _meta", &bare, Some("echo")),
+        ("no capabilities", &no_caps, Some("echo")),
+        ("discover without _meta", &bare_discover, None),
+    ] {
+        let (status, e) = json_of(post(&url, msg, name, &[]).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {e}");
+        assert_eq!(e["error"]["code"], -32602, "{what}: {e}");
+    }
+    // A header that contradicts `_meta` is a mismatch, whatever the version says.
+    let (status, e) = json_of(
+        reqwest::Client::new()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", MODERN)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .json(&old)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["error"]["code"], -32020, "{e}");
+
     // Routing headers: missing, contradicting, repeated → 400 HeaderMismatch.
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
     let cases: Vec<Case<'_>> = vec![
@@ -243,8 +279,9 @@ async fn bad_versions_headers_and_methods_get_the_errors_of_2026_07_28() {
     let (status, e) = json_of(post(&url, &call, Some("=?base64?ZWNobw==?="), &[]).await).await;
     assert_eq!(status, StatusCode::OK, "{e}");
 
-    // Methods of the sessionful era, and unknown ones: 404 with -32601.
-    for method in ["ping", "logging/setLevel", "no/such"] {
+    // Methods of the sessionful era (initialize too, when it declares 2026-07-28), and unknown
+    // ones: 404 with -32601.
+    for method in ["initialize", "ping", "logging/setLevel", "no/such"] {
         let (status, e) = json_of(post(&url, &body(2, method, json!({}), json!({})), None, &[]).await).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method}: {e}");
         assert_eq!(e["error"]["code"], -32601, "{method}");

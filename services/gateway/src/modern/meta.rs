@@ -64,27 +64,32 @@ pub fn unsupported(requested: Option<&str>) -> RpcError {
         .with_data(json!({"supported": supported_versions(), "requested": requested}))
 }
 
-/// Read the request's `_meta`. `server/discover` may come without a version (it asks which to
-/// use); every other request must declare a modern one.
-pub fn parse(message: &Value, discover: bool) -> Result<RequestMeta, RpcError> {
-    let meta = message.get("params").and_then(|p| p.get("_meta"));
-    let field = |k: &str| meta.and_then(|m| m.get(k));
-    let version = match field(PROTOCOL_VERSION) {
-        Some(Value::String(v)) if is_modern(v) => v.clone(),
-        None if discover => MODERN_VERSIONS[0].to_owned(),
-        Some(Value::String(v)) => return Err(unsupported(Some(v))),
-        _ => return Err(unsupported(None)),
+/// The error for a request whose `_meta` lacks what every 2026-07-28 request carries.
+fn meta_invalid(what: &str) -> RpcError {
+    RpcError::invalid_params(format!(
+        "every request must carry params._meta with {PROTOCOL_VERSION} (a string) and {CLIENT_CAPABILITIES} (an object): {what}"
+    ))
+}
+
+/// Read the request's `_meta` (every request carries one, `server/discover` too). The version is
+/// read as given: [`check_version`] decides whether it is served, after the routing headers were
+/// compared with it.
+pub fn parse(message: &Value) -> Result<RequestMeta, RpcError> {
+    let Some(meta) = message
+        .get("params")
+        .and_then(|p| p.get("_meta"))
+        .filter(|m| m.is_object())
+    else {
+        return Err(meta_invalid("_meta is missing"));
     };
-    let client_capabilities = match field(CLIENT_CAPABILITIES) {
-        None | Some(Value::Null) => json!({}),
+    let Some(version) = meta.get(PROTOCOL_VERSION).and_then(Value::as_str) else {
+        return Err(meta_invalid("the protocol version is missing"));
+    };
+    let client_capabilities = match meta.get(CLIENT_CAPABILITIES) {
         Some(c @ Value::Object(_)) => c.clone(),
-        Some(_) => {
-            return Err(RpcError::invalid_params(format!(
-                "_meta[\"{CLIENT_CAPABILITIES}\"] must be an object"
-            )));
-        }
+        _ => return Err(meta_invalid("the client capabilities are missing")),
     };
-    let log_level = match field(LOG_LEVEL) {
+    let log_level = match meta.get(LOG_LEVEL) {
         None | Some(Value::Null) => None,
         Some(Value::String(l)) if protocol::log_level_rank(l).is_some() => Some(l.clone()),
         Some(_) => {
@@ -95,11 +100,20 @@ pub fn parse(message: &Value, discover: bool) -> Result<RequestMeta, RpcError> {
         }
     };
     Ok(RequestMeta {
-        version,
+        version: version.to_owned(),
         client_capabilities,
-        client_info: field(CLIENT_INFO).cloned().unwrap_or(Value::Null),
+        client_info: meta.get(CLIENT_INFO).cloned().unwrap_or(Value::Null),
         log_level,
     })
+}
+
+/// Is the request's version one Marina serves statelessly? (`-32022` otherwise.)
+pub fn check_version(meta: &RequestMeta) -> Result<(), RpcError> {
+    if is_modern(&meta.version) {
+        Ok(())
+    } else {
+        Err(unsupported(Some(&meta.version)))
+    }
 }
 
 /// The error for a request that needs a capability the client did not declare.
@@ -131,21 +145,23 @@ mod tests {
     }
 
     #[test]
-    fn a_modern_version_is_required_and_the_rest_is_read() {
-        let m = parse(
-            &msg(
-                json!({PROTOCOL_VERSION: "2026-07-28", CLIENT_CAPABILITIES: {"sampling": {}},
-                CLIENT_INFO: {"name": "c"}, LOG_LEVEL: "warning"}),
-            ),
-            false,
-        )
+    fn every_request_carries_a_version_and_capabilities_and_the_rest_is_read() {
+        let m = parse(&msg(
+            json!({PROTOCOL_VERSION: "2026-07-28", CLIENT_CAPABILITIES: {"sampling": {}},
+            CLIENT_INFO: {"name": "c"}, LOG_LEVEL: "warning"}),
+        ))
         .unwrap();
         assert_eq!(m.version, "2026-07-28");
+        assert!(check_version(&m).is_ok());
         assert_eq!(m.client_capabilities, json!({"sampling": {}}));
         assert_eq!(m.client_info["name"], "c");
         assert_eq!(m.log_level.as_deref(), Some("warning"));
 
-        let e = parse(&msg(json!({PROTOCOL_VERSION: "1900-01-01"})), false).unwrap_err();
+        let old = parse(&msg(
+            json!({PROTOCOL_VERSION: "1900-01-01", CLIENT_CAPABILITIES: {}}),
+        ))
+        .unwrap();
+        let e = check_version(&old).unwrap_err();
         assert_eq!(e.code, UNSUPPORTED_VERSION);
         let data = e.data.unwrap();
         assert_eq!(data["requested"], "1900-01-01");
@@ -156,18 +172,20 @@ mod tests {
                 .unwrap()
                 .contains(&json!("2025-11-25"))
         );
-        assert_eq!(
-            parse(&msg(json!({})), false).unwrap_err().code,
-            UNSUPPORTED_VERSION
-        );
-        assert!(
-            parse(&msg(json!({})), true).is_ok(),
-            "discover may ask without a version"
-        );
-        let bad_level = parse(
-            &msg(json!({PROTOCOL_VERSION: "2026-07-28", LOG_LEVEL: "loud"})),
-            false,
-        );
+        for missing in [
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}),
+            msg(json!({CLIENT_CAPABILITIES: {}})),
+            msg(json!({PROTOCOL_VERSION: "2026-07-28"})),
+        ] {
+            assert_eq!(
+                parse(&missing).unwrap_err().code,
+                code::INVALID_PARAMS,
+                "{missing}"
+            );
+        }
+        let bad_level = parse(&msg(
+            json!({PROTOCOL_VERSION: "2026-07-28", CLIENT_CAPABILITIES: {}, LOG_LEVEL: "loud"}),
+        ));
         assert_eq!(bad_level.unwrap_err().code, code::INVALID_PARAMS);
     }
 }

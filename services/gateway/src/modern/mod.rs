@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `server/discover` | stateless |
 //! | carries `Mcp-Session-Id` | sessionful (its session) |
-//! | `initialize` | sessionful (a new session) |
+//! | `initialize` | sessionful (a new session) — unless it declares a stateless revision (404) |
 //! | `params._meta["io.modelcontextprotocol/protocolVersion"]` names a stateless revision | stateless |
 //! | anything else | sessionful (without a session: 400) |
 //!
@@ -45,18 +45,22 @@ use crate::state::AppState;
 /// control plane changes tenants live; notifications tell sessionful clients sooner.
 const LIST_TTL_MS: u64 = 60_000;
 
-/// Is this POST (its JSON-RPC message; `session`: it names one) one of the stateless era?
-pub fn wants(state: &AppState, message: &Value, session: bool) -> bool {
+/// Is this POST (its JSON-RPC message, its `MCP-Protocol-Version` header; `session`: it names
+/// one) one of the stateless era?
+pub fn wants(state: &AppState, message: &Value, header_version: Option<&str>, session: bool) -> bool {
     if !state.stateless_era || session {
         return false;
     }
+    // A stateless revision — or one Marina does not know, which only that era can refuse
+    // properly (-32022); a sessionful revision without a session is the sessionful era's 400.
+    let stateless = |v: &str| meta::is_modern(v) || !protocol::is_supported_version(v);
+    let declared = meta::declared_version(message).or(header_version);
     match message.get("method").and_then(Value::as_str) {
         Some("server/discover") => true,
-        Some("initialize") => false,
-        // A stateless revision — or one Marina does not know, which only that era can refuse
-        // properly (-32022); a sessionful revision without a session is the sessionful era's 400.
-        Some(_) => meta::declared_version(message)
-            .is_some_and(|v| meta::is_modern(v) || !protocol::is_supported_version(v)),
+        // The handshake of the sessionful era — unless the request says it speaks a stateless
+        // revision, which has no `initialize` (404).
+        Some("initialize") => declared.is_some_and(meta::is_modern),
+        Some(_) => declared.is_some_and(stateless),
         None => false,
     }
 }
@@ -76,12 +80,17 @@ pub async fn serve(
     let method = message["method"].as_str().unwrap_or_default().to_owned();
     let params = message.get("params").cloned().unwrap_or_else(|| json!({}));
     let answer = |e: RpcError| reply::json(meta::http_status(&e), &e.to_response(Some(&id)));
-    let meta = match meta::parse(&message, method == "server/discover") {
+    // The request's own description, then its routing headers against it, then its version —
+    // each refusal a 400.
+    let bad_request = |e: RpcError| reply::json(StatusCode::BAD_REQUEST, &e.to_response(Some(&id)));
+    let meta = match meta::parse(&message) {
         Ok(m) => m,
-        Err(e) => return Ok(answer(e)),
+        Err(e) => return Ok(bad_request(e)),
     };
-    if let Err(e) = routing::check(req, &method, &params, &meta.version) {
-        return Ok(answer(e));
+    if let Err(e) =
+        routing::check(req, &method, &params, &meta.version).and_then(|()| meta::check_version(&meta))
+    {
+        return Ok(bad_request(e));
     }
     let ctx = match RequestCtx::load(
         &t.id,

@@ -56,7 +56,12 @@ pub async fn post(
     let message: Value = serde_json::from_slice(&body)
         .map_err(|_| Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON"))?;
     // The era of this request (modern/mod.rs has the decision table).
-    let stateless = crate::modern::wants(&state, &message, req.headers().contains_key("mcp-session-id"));
+    let stateless = crate::modern::wants(
+        &state,
+        &message,
+        header(&req, "mcp-protocol-version"),
+        req.headers().contains_key("mcp-session-id"),
+    );
     let version = if stateless { None } else { protocol_header(&req)? };
     if let Value::Array(items) = message {
         return batch(&state, &req, &t, &caller, version, items, body).await;
