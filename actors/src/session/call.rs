@@ -198,6 +198,14 @@ impl CallContext for CallCtx {
     }
 
     async fn request_client(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        if let Some(cap) = protocol::capability_of(method)
+            && !self.client_supports(cap)
+        {
+            return Err(RpcError::new(
+                code::MISSING_CAPABILITY,
+                format!("the client did not declare the {cap} capability, so it cannot be asked"),
+            ));
+        }
         let id = self.shared.next_client_request_id();
         let (tx, rx) = oneshot::channel();
         self.shared.pending.borrow_mut().insert(id.clone(), tx);

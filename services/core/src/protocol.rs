@@ -62,6 +62,9 @@ pub mod code {
     pub const UNAUTHORIZED: i64 = -32004;
     /// Implementation-defined: a rate limit was hit (HTTP 429; `data.retryAfterMs`).
     pub const RATE_LIMITED: i64 = -32005;
+    /// 2026-07-28 `MissingRequiredClientCapabilityError`: the request needs a capability the
+    /// client did not declare.
+    pub const MISSING_CAPABILITY: i64 = -32021;
 }
 
 /// A JSON-RPC request/notification id (string or integer, never null).
@@ -260,6 +263,16 @@ pub const LOG_LEVELS: [&str; 8] = [
     "alert",
     "emergency",
 ];
+
+/// The client capability a server→client request needs (`elicitation/create` → `elicitation`).
+pub fn capability_of(method: &str) -> Option<&'static str> {
+    match method {
+        "elicitation/create" => Some("elicitation"),
+        "sampling/createMessage" => Some("sampling"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
 
 /// Severity rank of an MCP log level, or `None` if it is not one.
 pub fn log_level_rank(level: &str) -> Option<usize> {

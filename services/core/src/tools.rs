@@ -104,6 +104,14 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     fn serves_features(&self) -> bool {
         false
     }
+    /// May a call be run again from the start to put the client's answers to its questions
+    /// (`request_client`) to it — it asks the same questions in the same order and does nothing
+    /// before its last answer that a re-run would repeat? Stateless (2026-07-28) calls answer
+    /// such a source's questions with multi round-trip requests; any other source's questions
+    /// fail there until they can be parked.
+    fn replays_questions(&self) -> bool {
+        false
+    }
     /// Every item of a list of resources, resource templates or prompts (`method` is
     /// `resources/list`, `resources/templates/list` or `prompts/list`), all pages read, prompts
     /// under their published names.

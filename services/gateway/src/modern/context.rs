@@ -40,6 +40,11 @@ pub struct RequestCtx {
     asked: RefCell<Map<String, Value>>,
     /// Questions asked so far this round (they are numbered in order).
     questions: Cell<usize>,
+    /// The source of the running call may be re-run with the answers (see
+    /// `ToolProvider::replays_questions`); if not, its questions fail.
+    replays: bool,
+    /// A capability a question needed that the client did not declare.
+    missing: RefCell<Option<&'static str>>,
 }
 
 impl RequestCtx {
@@ -74,13 +79,22 @@ impl RequestCtx {
             answers: Map::new(),
             asked: RefCell::new(Map::new()),
             questions: Cell::new(0),
+            replays: false,
+            missing: RefCell::new(None),
         })
     }
 
-    /// The answers of earlier rounds: the n-th question asked gets answer `q<n>`.
-    pub fn with_answers(mut self, answers: Map<String, Value>) -> Self {
+    /// The answers of earlier rounds (the n-th question asked gets answer `q<n>`), for a call
+    /// whose source `replays` its questions.
+    pub fn with_answers(mut self, answers: Map<String, Value>, replays: bool) -> Self {
         self.answers = answers;
+        self.replays = replays;
         self
+    }
+
+    /// The capability a question needed that the client did not declare, if one did.
+    pub fn missing_capability(&self) -> Option<&'static str> {
+        *self.missing.borrow()
     }
 
     /// The questions asked this round without an answer (`inputRequests`).
@@ -180,6 +194,23 @@ impl CallContext for RequestCtx {
     async fn request_client(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         // The stateless era has no server-initiated requests: a question is answered from an
         // earlier round, or becomes one of this round's `inputRequests` (see `mrtr.rs`).
+        if let Some(cap) = protocol::capability_of(method)
+            && !self.client_supports(cap)
+        {
+            self.missing.replace(Some(cap));
+            return Err(RpcError::new(
+                code::MISSING_CAPABILITY,
+                format!("the client did not declare the {cap} capability"),
+            ));
+        }
+        if !self.replays {
+            // Re-running this source could repeat what it did before asking; until its call
+            // can be parked, its questions fail (the call may still complete without them).
+            return Err(RpcError::new(
+                code::INTERNAL_ERROR,
+                format!("{method} is not served to 2026-07-28 requests for this tool's source yet"),
+            ));
+        }
         let n = self.questions.get();
         self.questions.set(n + 1);
         let key = format!("q{n}");

@@ -19,7 +19,7 @@ pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 /// `UnsupportedProtocolVersionError`.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 /// `MissingRequiredClientCapabilityError`.
-pub const MISSING_CAPABILITY: i64 = -32021;
+pub const MISSING_CAPABILITY: i64 = code::MISSING_CAPABILITY;
 
 /// The request's own description of its client.
 #[derive(Debug, Clone)]

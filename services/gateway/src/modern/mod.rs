@@ -373,7 +373,7 @@ async fn call_tool(
             answers.extend(given.clone());
         }
     }
-    let ctx = ctx.with_answers(answers.clone());
+    let ctx = ctx.with_answers(answers.clone(), provider.replays_questions());
     let round = Round {
         sealer: state.sealer.clone(),
         expected,
@@ -384,7 +384,8 @@ async fn call_tool(
     if !wants_stream {
         let outcome = provider.call(&name, arguments, &ctx).await;
         drop(call_cap);
-        return Ok(reply::json(StatusCode::OK, &round.outcome(&id, &ctx, outcome)));
+        let (status, body) = round.outcome(&id, &ctx, outcome);
+        return Ok(reply::json(status, &body));
     }
     // The call runs beside the response; closing the stream cancels it.
     let (tx, rx) = mpsc::unbounded_channel();
@@ -396,7 +397,7 @@ async fn call_tool(
             r = provider.call(&name, arguments, &ctx) => r,
             () = ctx_cancelled(&ctx) => return,
         };
-        let _ = tx.send(round.outcome(&id, &ctx, outcome));
+        let _ = tx.send(round.outcome(&id, &ctx, outcome).1);
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -415,7 +416,14 @@ impl Round {
     /// The response to the call's request: its result, or — when the tool asked the client
     /// something not yet answered — `input_required` with the questions and a sealed state
     /// carrying every answer so far (no cache hints: it is not cacheable).
-    fn outcome(self, id: &Value, ctx: &RequestCtx, outcome: Result<Value, RpcError>) -> Value {
+    fn outcome(self, id: &Value, ctx: &RequestCtx, outcome: Result<Value, RpcError>) -> (StatusCode, Value) {
+        if let Some(cap) = ctx.missing_capability() {
+            // The request needs a capability its client did not declare: 400, -32021.
+            return (
+                StatusCode::BAD_REQUEST,
+                meta::missing_capability(cap).to_response(Some(id)),
+            );
+        }
         let asked = ctx.take_asked();
         if !asked.is_empty() {
             let state = mrtr::next(&self.sealer, &self.expected, self.answers);
@@ -424,12 +432,13 @@ impl Round {
                 "inputRequests": asked,
                 "requestState": self.sealer.seal(&state),
             });
-            return result_response(id, complete(result));
+            return (StatusCode::OK, result_response(id, complete(result)));
         }
-        match outcome {
+        let body = match outcome {
             Ok(r) => result_response(id, complete(r)),
             Err(e) => e.to_response(Some(id)),
-        }
+        };
+        (StatusCode::OK, body)
     }
 }
 

@@ -108,6 +108,11 @@ fn uint_arg(args: &Value, key: &str, max: u64) -> Result<u64, Value> {
 
 #[async_trait(?Send)]
 impl ToolProvider for Builtin {
+    /// The built-in tools ask their questions first and act only on the answers.
+    fn replays_questions(&self) -> bool {
+        true
+    }
+
     fn tools(&self) -> Vec<ToolDef> {
         self.enabled
             .iter()
@@ -190,11 +195,7 @@ async fn log(args: &Value, ctx: &dyn CallContext) -> Result<Value, Value> {
 
 async fn confirm(args: &Value, ctx: &dyn CallContext) -> Result<Value, Value> {
     let question = string_arg(args, "question")?;
-    if !ctx.client_supports("elicitation") {
-        return Err(tool_error(
-            "this client does not support elicitation, so the question cannot be asked",
-        ));
-    }
+    // (The context refuses it when the client did not declare elicitation.)
     let params = json!({
         "message": question,
         "requestedSchema": {"type": "object", "properties": {"answer": {"type": "string", "title": "Answer"}}, "required": ["answer"]}
