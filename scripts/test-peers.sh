@@ -2,7 +2,7 @@
 # Runs Marina's real-client peer tests, stopping at the first failing stage:
 #   1. scripts/install-test-deps.sh     (redis, node_modules, Python venv)
 #   2. pytest tests/peers/python        (official Python SDK client; memory + Redis stores)
-#   3. node --test tests/peers/node/    (official TypeScript SDK client, system Node)
+#   3. node --test tests/peers/node/    (official TypeScript SDK clients v1 and v2, system Node)
 #   4. tests/peers/conformance/run.sh   (MCP conformance suite vs baseline.yml)
 # Needs a built marina: target/debug/marina, or MARINA_BIN.
 set -euo pipefail
