@@ -104,6 +104,12 @@ pub trait ToolProvider: Send + Sync + std::fmt::Debug {
     fn serves_features(&self) -> bool {
         false
     }
+    /// Does this source keep sessions with an upstream server (`SessionContext::upstream_session`)?
+    /// A stateless request loads its principal's upstream sessions only when one of its tenant's
+    /// sources does.
+    fn keeps_upstream_sessions(&self) -> bool {
+        false
+    }
     /// May a call be run again from the start to put the client's answers to its questions
     /// (`request_client`) to it — it asks the same questions in the same order and does nothing
     /// before its last answer that a re-run would repeat? Stateless (2026-07-28) calls answer

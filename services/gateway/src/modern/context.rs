@@ -49,20 +49,26 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// The context of a request of `principal` (its cap key, `anonymous` without authentication)
-    /// of `tenant`, its upstream sessions loaded from the store.
+    /// of `tenant`, with its upstream sessions loaded from the store when `upstreams` (a source
+    /// of the tenant keeps them) — one store round trip only for requests that may need them.
     pub async fn load(
         tenant: &str,
         principal: &str,
         meta: RequestMeta,
         store: Arc<dyn SessionStore>,
         idle_ttl: Duration,
+        upstreams: bool,
     ) -> Result<Self, RpcError> {
         let digest = sha2::Sha256::digest(principal.as_bytes());
         let key = format!("{tenant}:{}", hex::encode(&digest[..12]));
-        let stored = store
-            .principal_upstreams(&key)
-            .await
-            .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))?;
+        let stored = if upstreams {
+            store
+                .principal_upstreams(&key)
+                .await
+                .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))?
+        } else {
+            HashMap::new()
+        };
         let upstreams = stored
             .into_iter()
             .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|s| (k, s)))

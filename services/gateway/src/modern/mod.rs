@@ -27,7 +27,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use base64::Engine as _;
 use bytes::Bytes;
-use marina_core::access::action;
+use marina_core::access::{Access, action};
 use marina_core::caps::{CALL_LEASE, principal_key};
 use marina_core::protocol::{self, RpcError, result_response};
 use marina_core::tenant::Tenant;
@@ -98,6 +98,7 @@ pub async fn serve(
         meta.clone(),
         state.node.store.clone(),
         state.node.sessions().idle_ttl(),
+        method != "server/discover" && t.providers.iter().any(|p| p.keeps_upstream_sessions()),
     )
     .await
     {
@@ -211,6 +212,26 @@ fn page(key: &str, items: &[Value], cursor: Option<&Value>, size: usize) -> Resu
     Ok(result)
 }
 
+/// May `access` do `act` on `object` (a request for one item)? A denial is an audit event, as
+/// in a session.
+fn authorize(t: &Tenant, access: &Access, request_id: &str, object: &str, act: &str) -> bool {
+    let ok = t.permits(access, object, act);
+    if !ok {
+        tracing::info!(
+            target: "marina::audit",
+            event = "access_denied",
+            reason = "policy",
+            tenant = %t.id,
+            subject = %access.subject,
+            object,
+            action = act,
+            request_id,
+            "access denied"
+        );
+    }
+    ok
+}
+
 /// `tools/list`: the tools the caller may call, a page at a time.
 async fn list_tools(
     state: &AppState,
@@ -250,23 +271,7 @@ async fn feature(
     params: Value,
 ) -> Result<Value, RpcError> {
     let access = caller.access();
-    let authorize = |object: &str, act: &str| {
-        let ok = t.permits(&access, object, act);
-        if !ok {
-            tracing::info!(
-                target: "marina::audit",
-                event = "access_denied",
-                reason = "policy",
-                tenant = %t.id,
-                subject = %access.subject,
-                object,
-                action = act,
-                request_id = %caller.request_id,
-                "access denied"
-            );
-        }
-        ok
-    };
+    let authorize = |object: &str, act: &str| authorize(t, &access, &caller.request_id, object, act);
     let size = state.node.sessions().page_size;
     let cut = |key: &str, items: &[Value], cursor: Option<&Value>| page(key, items, cursor, size);
     let who = marina_actors::FeatureCaller {
@@ -313,21 +318,16 @@ async fn call_tool(
     let index = tool_index(t, &ctx).await;
     let access = caller.access();
     // A tool the caller may not call is answered exactly like one that does not exist.
-    let allowed = t.permits(&access, &format!("tool:{name}"), action::CALL);
-    if !allowed && index.get(&name).is_some() {
-        tracing::info!(
-            target: "marina::audit",
-            event = "access_denied",
-            reason = "policy",
-            tenant = %t.id,
-            subject = %access.subject,
-            object = %format!("tool:{name}"),
-            action = action::CALL,
-            request_id = %caller.request_id,
-            "access denied"
-        );
-    }
-    let Some((def, provider)) = index.get(&name).filter(|_| allowed) else {
+    let found = index.get(&name).filter(|_| {
+        authorize(
+            t,
+            &access,
+            &caller.request_id,
+            &format!("tool:{name}"),
+            action::CALL,
+        )
+    });
+    let Some((def, provider)) = found else {
         return answer(RpcError::invalid_params(format!(
             "unknown tool: {}",
             protocol::truncate(&name, 128)

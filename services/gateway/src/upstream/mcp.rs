@@ -1018,6 +1018,10 @@ impl ToolProvider for McpUpstream {
         true
     }
 
+    fn keeps_upstream_sessions(&self) -> bool {
+        true
+    }
+
     async fn list_feature(&self, method: &str, ctx: &dyn SessionContext) -> Result<Vec<Value>, RpcError> {
         let key = match method {
             "resources/list" => "resources",
