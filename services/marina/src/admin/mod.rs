@@ -228,8 +228,8 @@ struct SessionArgs {
     /// Tenant id.
     #[arg(value_parser = NonEmptyStringValueParser::new())]
     tenant: String,
-    /// Session id.
-    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    /// Session tag (8 characters; it may begin with `-`).
+    #[arg(value_parser = NonEmptyStringValueParser::new(), allow_hyphen_values = true)]
     sid: String,
 }
 
@@ -239,8 +239,8 @@ struct KillArgs {
     /// Tenant id.
     #[arg(value_parser = NonEmptyStringValueParser::new())]
     tenant: String,
-    /// Session id.
-    #[arg(value_parser = NonEmptyStringValueParser::new())]
+    /// Session tag (8 characters; it may begin with `-`).
+    #[arg(value_parser = NonEmptyStringValueParser::new(), allow_hyphen_values = true)]
     sid: Option<String>,
     /// Every session of this principal (its subject) instead.
     #[arg(long, value_name = "SUBJECT", value_parser = NonEmptyStringValueParser::new())]
@@ -1034,6 +1034,18 @@ mod tests {
         assert!(parse(&["sessions", "kill", "acme"]).is_err());
         assert!(parse(&["sessions", "kill", "acme", "0123", "--principal", "b"]).is_err());
         assert!(parse(&["tenants", "get", ""]).is_err());
+        // Session tags are base64url: one may begin with `-`.
+        let a = parse(&["sessions", "get", "acme", "-xAbc12_", "--json"]).unwrap();
+        let AdminCommand::Sessions(SessionsCommand::Get(g)) = a.command else {
+            panic!("not sessions get");
+        };
+        assert_eq!(g.sid, "-xAbc12_");
+        assert!(a.json);
+        let a = parse(&["sessions", "kill", "acme", "-xAbc12_"]).unwrap();
+        let AdminCommand::Sessions(SessionsCommand::Kill(k)) = a.command else {
+            panic!("not sessions kill");
+        };
+        assert_eq!(k.sid.as_deref(), Some("-xAbc12_"));
         let a = parse(&[
             "keys",
             "create",
