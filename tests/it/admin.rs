@@ -984,7 +984,12 @@ async fn upstream_status_shows_reachability_the_last_error_and_counts_across_nod
             .unwrap()
     };
 
-    // Nothing seen yet.
+    // Nothing seen yet. The tenant was written through node A: node B serves its status once it
+    // has applied the change (within a second).
+    within(Duration::from_secs(3), || async {
+        status().await["items"].is_array()
+    })
+    .await;
     let s = status().await;
     assert_eq!(of(&s, "peer")["reachable"], Value::Null);
     assert_eq!(of(&s, "peer")["kind"], "mcp");
