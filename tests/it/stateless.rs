@@ -722,3 +722,127 @@ async fn multi_round_trip_requests_are_sealed_bound_single_use_and_complete_on_a
     let (_, r) = json_of(post(&url_b, &retry(9, &old), Some("confirm"), &as_alice).await).await;
     assert!(refused(&r), "expired: {r}");
 }
+
+#[tokio::test]
+async fn an_upstream_question_parks_the_call_and_the_answer_continues_it_from_any_node() {
+    let redis = RedisServer::start();
+    let peer = marina_tests::UpstreamPeer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(
+        dir.path(),
+        &format!(
+            "egress: {{allow_loopback: true}}\ntenants:\n  demo:\n    upstreams: [{{kind: mcp, name: conf, url: \"{}\"}}]\n",
+            peer.url
+        ),
+    );
+    let mut a = MarinaProc::start_with_config(&redis.url(), "a", &[], &file);
+    let b = MarinaProc::start_with_config(&redis.url(), "b", &[], &file);
+    let tool = "conf.test_elicitation";
+    let elicit = json!({"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}});
+    let ask = |id: i64, message: &str, extra: Value| {
+        let mut params = json!({"name": tool, "arguments": {"message": message}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            params[k] = v.clone();
+        }
+        body(id, "tools/call", params, elicit.clone())
+    };
+    // The upstream's question, as `input_required` (its key and the sealed state).
+    let parked = |r: &Value| -> (String, String) {
+        let result = &r["result"];
+        assert_eq!(result["resultType"], "input_required", "{r}");
+        let (key, question) = result["inputRequests"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        assert_eq!(question["method"], "elicitation/create", "{r}");
+        (key.clone(), result["requestState"].as_str().unwrap().to_owned())
+    };
+
+    // A client without elicitation: the upstream's question cannot be put to it (-32021).
+    let mut undeclared = ask(0, "who?", json!({}));
+    undeclared["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({});
+    let (status, e) = json_of(post(&a.endpoint(), &undeclared, Some(tool), &[]).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], -32021, "{e}");
+
+    // Asked on node A, answered on node B: the same upstream call continues to its result.
+    let (status, r) =
+        json_of(post(&a.endpoint(), &ask(1, "Who are you?", json!({})), Some(tool), &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["result"]["inputRequests"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["params"]["message"],
+        "Who are you?"
+    );
+    let (key, state) = parked(&r);
+    let answer = json!({ key.as_str(): {"action": "accept", "content": {"username": "ann", "email": "ann@example.com"}} });
+    let retry = ask(
+        2,
+        "Who are you?",
+        json!({"inputResponses": answer, "requestState": state}),
+    );
+    let (status, r) = json_of(post(&b.endpoint(), &retry, Some(tool), &[]).await).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["result"]["resultType"], "complete", "{r}");
+    let text = r["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("action=accept") && text.contains("ann@example.com"),
+        "{text}"
+    );
+
+    // The state is single-use, wherever it is replayed.
+    for node in [&a, &b] {
+        let (_, r) = json_of(post(&node.endpoint(), &retry, Some(tool), &[]).await).await;
+        assert_eq!(r["error"]["code"], -32602, "replayed: {r}");
+    }
+    // Bound to its arguments.
+    let (_, r) = json_of(post(&a.endpoint(), &ask(3, "Who?", json!({})), Some(tool), &[]).await).await;
+    let (key, state) = parked(&r);
+    let answer = json!({ key.as_str(): {"action": "decline"} });
+    let other = ask(
+        4,
+        "Something else",
+        json!({"inputResponses": answer, "requestState": state}),
+    );
+    let (_, r) = json_of(post(&b.endpoint(), &other, Some(tool), &[]).await).await;
+    assert_eq!(r["error"]["code"], -32602, "another request's state: {r}");
+    // An answer for a question that was not asked is refused without using the state up; the
+    // right one then continues the call.
+    let wrong = ask(
+        5,
+        "Who?",
+        json!({"inputResponses": {"q9": {"action": "decline"}}, "requestState": state}),
+    );
+    let (_, r) = json_of(post(&b.endpoint(), &wrong, Some(tool), &[]).await).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let right = ask(
+        6,
+        "Who?",
+        json!({"inputResponses": answer, "requestState": state}),
+    );
+    let (_, r) = json_of(post(&a.endpoint(), &right, Some(tool), &[]).await).await;
+    let text = r["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("action=decline"), "{r}");
+
+    // The node holding a parked call dies: the retry on the other node gets a definite error.
+    let (_, r) =
+        json_of(post(&a.endpoint(), &ask(7, "Still there?", json!({})), Some(tool), &[]).await).await;
+    let (key, state) = parked(&r);
+    a.kill9();
+    let answer =
+        json!({ key.as_str(): {"action": "accept", "content": {"username": "x", "email": "x@example.com"}} });
+    let retry = ask(
+        8,
+        "Still there?",
+        json!({"inputResponses": answer, "requestState": state}),
+    );
+    let (_, r) = json_of(post(&b.endpoint(), &retry, Some(tool), &[]).await).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("gone"), "{r}");
+}

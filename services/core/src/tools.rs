@@ -56,6 +56,12 @@ pub trait SessionContext {
     }
     /// The log level the client set with `logging/setLevel`, if any.
     fn log_level(&self) -> Option<String>;
+    /// Are this context's upstream sessions shared by requests of differing capabilities (a
+    /// principal's stateless requests)? Then an upstream session declares every capability that
+    /// can be relayed, and each question is checked against its own request's capabilities.
+    fn upstream_sessions_shared(&self) -> bool {
+        false
+    }
     /// This session's session with upstream `upstream`, if one was established.
     fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession>;
     /// Remember (or forget, with `None`) the session with `upstream`; written through.

@@ -12,11 +12,15 @@ use crate::cluster::FORWARDED;
 use crate::state::AppState;
 
 /// Request headers a forwarded request keeps.
-const PASS_REQUEST: [&str; 11] = [
+const PASS_REQUEST: [&str; 13] = [
     "accept",
     "content-type",
     "mcp-session-id",
     "mcp-protocol-version",
+    // The routing headers of 2026-07-28 requests (and `mcp-param-*`, below): the holder checks
+    // them against the body again.
+    "mcp-method",
+    "mcp-name",
     "last-event-id",
     "origin",
     "host",
@@ -61,6 +65,11 @@ pub async fn forward(
     for name in PASS_REQUEST {
         for v in req.headers().get_all(name) {
             out = out.header(name, v.as_bytes());
+        }
+    }
+    for (name, v) in req.headers() {
+        if name.as_str().starts_with("mcp-param-") {
+            out = out.header(name.as_str(), v.as_bytes());
         }
     }
     if !body.is_empty() {

@@ -342,6 +342,7 @@ impl Application {
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
             stateless_era: settings.server.stateless_era,
             sealer: Arc::new(sealer),
+            parked: Default::default(),
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -29,4 +29,6 @@ pub struct AppState {
     pub stateless_era: bool,
     /// Seals the `requestState` of multi round-trip requests.
     pub sealer: Arc<crate::modern::mrtr::Sealer>,
+    /// Stateless calls waiting here for their client's answer.
+    pub parked: Arc<crate::modern::park::ParkedCalls>,
 }

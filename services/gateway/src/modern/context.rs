@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::meta::RequestMeta;
+use super::park::AskLink;
 
 /// One stateless request's context.
 pub struct RequestCtx {
@@ -31,8 +32,11 @@ pub struct RequestCtx {
     idle_ttl: Duration,
     upstreams: RefCell<HashMap<String, UpstreamSession>>,
     progress_token: Option<Value>,
-    /// The request's own response stream, when it has one (notifications go there).
-    out: Option<mpsc::UnboundedSender<Value>>,
+    /// The request's own response stream, when it has one (notifications go there; dropped
+    /// when it is full).
+    out: Option<mpsc::Sender<Value>>,
+    /// A call that cannot be re-run asks its client through this (see `park.rs`).
+    link: Option<AskLink>,
     cancel: CancellationToken,
     /// Answers to the questions of earlier rounds of a multi round-trip request, by key `q<n>`.
     answers: Map<String, Value>,
@@ -87,6 +91,7 @@ impl RequestCtx {
             questions: Cell::new(0),
             replays: false,
             missing: RefCell::new(None),
+            link: None,
         })
     }
 
@@ -113,7 +118,7 @@ impl RequestCtx {
     pub fn streaming(
         mut self,
         token: Option<Value>,
-        out: mpsc::UnboundedSender<Value>,
+        out: mpsc::Sender<Value>,
         cancel: CancellationToken,
     ) -> Self {
         self.progress_token = token;
@@ -122,9 +127,24 @@ impl RequestCtx {
         self
     }
 
+    /// The context of a call running in the background (`park.rs`): notifications go to
+    /// `notes`, questions through `link`, and `cancel` fires when the call is given up.
+    pub fn running(mut self, notes: mpsc::Sender<Value>, link: AskLink, cancel: CancellationToken) -> Self {
+        self.out = Some(notes);
+        self.link = Some(link);
+        self.cancel = cancel;
+        self
+    }
+
+    /// The progress token the call's notifications carry.
+    pub fn with_progress_token(mut self, token: Option<Value>) -> Self {
+        self.progress_token = token;
+        self
+    }
+
     fn send(&self, method: &str, params: Value) {
         if let Some(out) = &self.out {
-            let _ = out.send(protocol::notification(method, params));
+            let _ = out.try_send(protocol::notification(method, params));
         }
     }
 }
@@ -141,6 +161,10 @@ impl SessionContext for RequestCtx {
 
     fn log_level(&self) -> Option<String> {
         self.meta.log_level.clone()
+    }
+
+    fn upstream_sessions_shared(&self) -> bool {
+        true
     }
 
     fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
@@ -210,12 +234,15 @@ impl CallContext for RequestCtx {
             ));
         }
         if !self.replays {
-            // Re-running this source could repeat what it did before asking; until its call
-            // can be parked, its questions fail (the call may still complete without them).
-            return Err(RpcError::new(
-                code::INTERNAL_ERROR,
-                format!("{method} is not served to 2026-07-28 requests for this tool's source yet"),
-            ));
+            // Re-running this source could repeat what it did before asking: the call waits,
+            // parked, for the answer (`park.rs`).
+            return match &self.link {
+                Some(link) => link.ask(method, params).await,
+                None => Err(RpcError::new(
+                    code::INTERNAL_ERROR,
+                    format!("{method} cannot be asked outside a running call"),
+                )),
+            };
         }
         let n = self.questions.get();
         self.questions.set(n + 1);

@@ -18,6 +18,7 @@ mod context;
 mod listen;
 pub mod meta;
 pub mod mrtr;
+pub mod park;
 pub mod routing;
 
 use std::convert::Infallible;
@@ -44,6 +45,9 @@ use crate::state::AppState;
 /// How long clients may keep a list or a discovery result (their `ttlMs`): short, since the
 /// control plane changes tenants live; notifications tell sessionful clients sooner.
 const LIST_TTL_MS: u64 = 60_000;
+/// Notifications queued for a request's stream; more are dropped (a slow reader must not make
+/// the call's memory grow).
+const STREAM_QUEUE: usize = 256;
 
 /// Is this POST (its JSON-RPC message, its `MCP-Protocol-Version` header; `session`: it names
 /// one) one of the stateless era?
@@ -346,10 +350,6 @@ async fn call_tool(
         ));
     }
     let provider = t.providers[provider].clone();
-    // Counted before a retry's state is used up, so a refused call can be retried with it.
-    let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
-    // A retry of a multi round-trip request: its sealed state must be ours, for exactly this
-    // request, unexpired and unused; its answers and the new ones feed the re-run.
     let expected = mrtr::RequestState {
         t: t.id.clone(),
         p: marina_core::tools::SessionContext::session_key(&ctx),
@@ -359,28 +359,52 @@ async fn call_tool(
         exp: 0,
         id: String::new(),
         r: Default::default(),
+        k: None,
     };
-    let mut answers = serde_json::Map::new();
-    if let Some(sealed) = params.get("requestState") {
-        let Some(sealed) = sealed.as_str() else {
-            return answer(mrtr::refused("not a string"));
+    let sealed = match params.get("requestState") {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return answer(mrtr::refused("not a string")),
+    };
+    let token = params.pointer("/_meta/progressToken").cloned();
+    let wants_stream = token.is_some() || ctx_log_level(&params).is_some();
+    if !provider.replays_questions() {
+        // A source that cannot be re-run: its call starts here and, when it asks the client
+        // something, waits parked for the answer (park.rs).
+        let Some(sealed) = sealed else {
+            let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
+            let ctx = ctx.with_progress_token(token.clone());
+            let running = park::Running::start(provider, name, arguments, ctx, call_cap);
+            let follow = Follow::new(state, expected, id, token);
+            return Ok(follow.serve(running, wants_stream).await);
         };
+        let follow = Follow::new(state, expected, id.clone(), token);
+        return Ok(match follow.resume(state, req, sealed, &params).await {
+            Ok(resp) => resp,
+            Err(e) => reply::json(meta::http_status(&e), &e.to_response(Some(&id))),
+        });
+    }
+    // Counted before a retry's state is used up, so a refused call can be retried with it.
+    let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
+    // A retry of a multi round-trip request: its sealed state must be ours, for exactly this
+    // request, unexpired and unused; its answers and the new ones feed the re-run.
+    let mut answers = serde_json::Map::new();
+    if let Some(sealed) = sealed {
         match mrtr::admit(&state.sealer, state.node.store.as_ref(), sealed, &expected).await {
-            Ok(st) => answers = st.r,
+            Ok(st) if st.k.is_none() => answers = st.r,
+            Ok(_) => return answer(mrtr::refused("issued for another request")),
             Err(e) => return answer(e),
         }
         if let Some(Value::Object(given)) = params.get("inputResponses") {
             answers.extend(given.clone());
         }
     }
-    let ctx = ctx.with_answers(answers.clone(), provider.replays_questions());
+    let ctx = ctx.with_answers(answers.clone(), true);
     let round = Round {
         sealer: state.sealer.clone(),
         expected,
         answers,
     };
-    let token = params.pointer("/_meta/progressToken").cloned();
-    let wants_stream = token.is_some() || ctx_log_level(&params).is_some();
     if !wants_stream {
         let outcome = provider.call(&name, arguments, &ctx).await;
         drop(call_cap);
@@ -388,7 +412,7 @@ async fn call_tool(
         return Ok(reply::json(status, &body));
     }
     // The call runs beside the response; closing the stream cancels it.
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let cancel = CancellationToken::new();
     let ctx = ctx.streaming(token, tx.clone(), cancel.clone());
     actix_web::rt::spawn(async move {
@@ -397,15 +421,40 @@ async fn call_tool(
             r = provider.call(&name, arguments, &ctx) => r,
             () = ctx_cancelled(&ctx) => return,
         };
-        let _ = tx.send(round.outcome(&id, &ctx, outcome).1);
+        let _ = tx.send(round.outcome(&id, &ctx, outcome).1).await;
     });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("cache-control", "no-cache"))
-        .streaming(request_stream(rx, cancel)))
+    Ok(stream_response(rx, cancel))
 }
 
-/// One round of a (possibly multi round-trip) call.
+/// The SSE response of a request that streams: its notifications, then its response.
+fn stream_response(rx: mpsc::Receiver<Value>, cancel: CancellationToken) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(request_stream(rx, cancel))
+}
+
+/// The response to a call that ended: its result or error, or -32021 (HTTP 400) when it needed a
+/// capability its client did not declare.
+fn final_response(
+    id: &Value,
+    missing: Option<&'static str>,
+    outcome: Result<Value, RpcError>,
+) -> (StatusCode, Value) {
+    if let Some(cap) = missing {
+        return (
+            StatusCode::BAD_REQUEST,
+            meta::missing_capability(cap).to_response(Some(id)),
+        );
+    }
+    let body = match outcome {
+        Ok(r) => result_response(id, complete(r)),
+        Err(e) => e.to_response(Some(id)),
+    };
+    (StatusCode::OK, body)
+}
+
+/// One round of a (possibly multi round-trip) call of a source that re-runs with the answers.
 struct Round {
     sealer: Arc<mrtr::Sealer>,
     expected: mrtr::RequestState,
@@ -417,29 +466,177 @@ impl Round {
     /// something not yet answered — `input_required` with the questions and a sealed state
     /// carrying every answer so far (no cache hints: it is not cacheable).
     fn outcome(self, id: &Value, ctx: &RequestCtx, outcome: Result<Value, RpcError>) -> (StatusCode, Value) {
-        if let Some(cap) = ctx.missing_capability() {
-            // The request needs a capability its client did not declare: 400, -32021.
+        let asked = ctx.take_asked();
+        if ctx.missing_capability().is_none() && !asked.is_empty() {
+            let state = mrtr::next(&self.sealer, &self.expected, self.answers);
             return (
-                StatusCode::BAD_REQUEST,
-                meta::missing_capability(cap).to_response(Some(id)),
+                StatusCode::OK,
+                input_required(id, asked, self.sealer.seal(&state)),
             );
         }
-        let asked = ctx.take_asked();
-        if !asked.is_empty() {
-            let state = mrtr::next(&self.sealer, &self.expected, self.answers);
-            let result = json!({
-                "resultType": "input_required",
-                "inputRequests": asked,
-                "requestState": self.sealer.seal(&state),
-            });
-            return (StatusCode::OK, result_response(id, complete(result)));
-        }
-        let body = match outcome {
-            Ok(r) => result_response(id, complete(r)),
-            Err(e) => e.to_response(Some(id)),
-        };
-        (StatusCode::OK, body)
+        final_response(id, ctx.missing_capability(), outcome)
     }
+}
+
+/// An `input_required` result.
+fn input_required(id: &Value, asked: serde_json::Map<String, Value>, state: String) -> Value {
+    let result = json!({
+        "resultType": "input_required",
+        "inputRequests": asked,
+        "requestState": state,
+    });
+    result_response(id, complete(result))
+}
+
+/// A request following a call that runs in the background (park.rs): the request that started
+/// it, or a retry that answered its question.
+struct Follow {
+    parked: Arc<park::ParkedCalls>,
+    sealer: Arc<mrtr::Sealer>,
+    instance: String,
+    expected: mrtr::RequestState,
+    id: Value,
+    /// This request's progress token (a retry's may differ from the first request's).
+    token: Option<Value>,
+}
+
+impl Follow {
+    fn new(state: &AppState, expected: mrtr::RequestState, id: Value, token: Option<Value>) -> Self {
+        Self {
+            parked: state.parked.clone(),
+            sealer: state.sealer.clone(),
+            instance: state.node.config.instance.clone(),
+            expected,
+            id,
+            token,
+        }
+    }
+
+    /// Continue the call parked under `sealed`, with the answer in `params.inputResponses` —
+    /// here, or on the node where it waits.
+    async fn resume(
+        self,
+        state: &AppState,
+        req: &HttpRequest,
+        sealed: &str,
+        params: &Value,
+    ) -> Result<HttpResponse, RpcError> {
+        let st = mrtr::open_for(&self.sealer, sealed, &self.expected)?;
+        let Some(at) = st.k.clone() else {
+            return Err(mrtr::refused("issued for another request"));
+        };
+        if at.node != self.instance {
+            // Never forwarded twice: a peer sent it here because the call was here.
+            if state.cluster.is_forwarded(req) {
+                return Err(park::lost());
+            }
+            return self.elsewhere(state, req, &at.node, params).await;
+        }
+        let Some(answer) = params.get("inputResponses").and_then(|r| r.get(&at.q)).cloned() else {
+            return Err(RpcError::invalid_params(format!(
+                "inputResponses must answer {}",
+                at.q
+            )));
+        };
+        mrtr::claim(state.node.store.as_ref(), st).await?;
+        let Some(parked) = self.parked.take(&at.id) else {
+            return Err(park::lost());
+        };
+        let _ = parked.reply.send(answer);
+        let stream = self.token.is_some() || ctx_log_level(params).is_some();
+        Ok(self.serve(parked.running, stream).await)
+    }
+
+    /// Hand the retry to `node`, where its call waits; a node that is gone (or cannot be
+    /// reached) took the call with it.
+    async fn elsewhere(
+        &self,
+        state: &AppState,
+        req: &HttpRequest,
+        node: &str,
+        params: &Value,
+    ) -> Result<HttpResponse, RpcError> {
+        let unavailable = |_| RpcError::new(protocol::code::SERVICE_UNAVAILABLE, "session store unavailable");
+        let Some(peer) = state.node.store.node(node).await.map_err(unavailable)? else {
+            return Err(park::lost());
+        };
+        let message = json!({"jsonrpc": "2.0", "id": self.id, "method": "tools/call", "params": params});
+        let body = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
+        crate::forward::forward(state, req, &peer.url, body)
+            .await
+            .map_err(|e| {
+                tracing::info!(node, error = %e, "the node of a parked call is unreachable");
+                park::lost()
+            })
+    }
+
+    /// Follow the call to its next question or its end: one JSON response, or an SSE stream
+    /// of its notifications ending with it.
+    async fn serve(self, mut running: park::Running, stream: bool) -> HttpResponse {
+        if !stream {
+            let (status, body) = loop {
+                match running.next().await {
+                    park::Step::Note(_) => {}
+                    park::Step::Ask(ask) => break (StatusCode::OK, self.park(running, ask)),
+                    park::Step::Done(o) => break final_response(&self.id, o.missing, o.result),
+                }
+            };
+            return reply::json(status, &body);
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        actix_web::rt::spawn(async move {
+            loop {
+                // The client went away: dropping the call cancels it.
+                let step = tokio::select! {
+                    s = running.next() => s,
+                    () = tx.closed() => return,
+                };
+                let last = match step {
+                    park::Step::Note(n) => {
+                        if let Some(n) = retag(n, self.token.as_ref()) {
+                            let _ = tx.try_send(n);
+                        }
+                        continue;
+                    }
+                    park::Step::Ask(ask) => self.park(running, ask),
+                    park::Step::Done(o) => final_response(&self.id, o.missing, o.result).1,
+                };
+                let _ = tx.send(last).await;
+                return;
+            }
+        });
+        stream_response(rx, CancellationToken::new())
+    }
+
+    /// Park the call on its question: `input_required` with a state pointing at it.
+    fn park(&self, mut running: park::Running, ask: park::Ask) -> Value {
+        let key = format!("q{}", running.asked);
+        running.asked += 1;
+        let mut asked = serde_json::Map::new();
+        asked.insert(key.clone(), json!({"method": ask.method, "params": ask.params}));
+        let call = park::Parked {
+            running,
+            key: key.clone(),
+            reply: ask.reply,
+        };
+        let id = self.parked.park(call, self.sealer.ttl());
+        let mut st = mrtr::next(&self.sealer, &self.expected, serde_json::Map::new());
+        st.k = Some(mrtr::ParkRef {
+            node: self.instance.clone(),
+            id,
+            q: key,
+        });
+        input_required(&self.id, asked, self.sealer.seal(&st))
+    }
+}
+
+/// A notification of a followed call for this request: progress carries this request's token
+/// (and is dropped when it has none).
+fn retag(mut note: Value, token: Option<&Value>) -> Option<Value> {
+    if note["method"] == "notifications/progress" {
+        note["params"]["progressToken"] = token?.clone();
+    }
+    Some(note)
 }
 
 fn ctx_log_level(params: &Value) -> Option<&str> {
@@ -458,7 +655,7 @@ async fn ctx_cancelled(ctx: &RequestCtx) {
 /// ids: the stateless era has no resumption). Dropped before the end (the client went away), it
 /// cancels the call.
 fn request_stream(
-    rx: mpsc::UnboundedReceiver<Value>,
+    rx: mpsc::Receiver<Value>,
     cancel: CancellationToken,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     futures_util::stream::unfold(Some((rx, cancel.drop_guard())), |state| async move {

@@ -49,6 +49,21 @@ pub struct RequestState {
     pub id: String,
     /// Answers gathered in earlier rounds, by question key.
     pub r: Map<String, Value>,
+    /// The parked call the retry continues, when the source cannot be re-run (`park.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<ParkRef>,
+}
+
+/// Where a parked call waits: the node's instance name, the call's id there, and the key of the
+/// question it waits on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ParkRef {
+    /// Instance name of the node running the call.
+    pub node: String,
+    /// The call's id in that node's parked calls.
+    pub id: String,
+    /// The pending question's key (`inputRequests` / `inputResponses`).
+    pub q: String,
 }
 
 /// Seals and opens request states.
@@ -183,6 +198,13 @@ pub async fn admit(
     sealed: &str,
     expected: &RequestState,
 ) -> Result<RequestState, RpcError> {
+    let state = open_for(sealer, sealed, expected)?;
+    claim(store, state).await
+}
+
+/// Open a state for a retry of `expected`: sealed by this cluster, for exactly this request, not
+/// expired. Not claimed yet (see [`claim`]).
+pub fn open_for(sealer: &Sealer, sealed: &str, expected: &RequestState) -> Result<RequestState, RpcError> {
     let Some(state) = sealer.open(sealed) else {
         return Err(refused("not issued by this cluster, or altered"));
     };
@@ -194,11 +216,15 @@ pub async fn admit(
     if !same {
         return Err(refused("issued for another request"));
     }
-    let now = now_ms();
-    if state.exp <= now {
+    if state.exp <= now_ms() {
         return Err(refused("expired"));
     }
-    let left = Duration::from_millis(state.exp - now);
+    Ok(state)
+}
+
+/// Use an opened state up: the first claim of its id succeeds, every later one is refused.
+pub async fn claim(store: &dyn SessionStore, state: RequestState) -> Result<RequestState, RpcError> {
+    let left = Duration::from_millis(state.exp.saturating_sub(now_ms()).max(1));
     match store.claim_once(&state.id, left).await {
         Ok(true) => Ok(state),
         Ok(false) => Err(refused("already used")),
@@ -235,6 +261,7 @@ mod tests {
             exp: now_ms() + 60_000,
             id: "id1".into(),
             r: Map::new(),
+            k: None,
         }
     }
 

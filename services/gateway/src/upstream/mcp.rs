@@ -696,7 +696,9 @@ impl McpUpstream {
             None => {}
             Some(id) => {
                 let answer = match RELAYED_REQUESTS.iter().find(|(m, _)| *m == method) {
-                    Some((_, capability)) if ctx.client_supports(capability) => {
+                    Some((_, capability))
+                        if ctx.client_supports(capability) || ctx.upstream_sessions_shared() =>
+                    {
                         ctx.request_client(method, params).await
                     }
                     _ if method == "ping" => Ok(json!({})),
@@ -741,8 +743,14 @@ impl McpUpstream {
     }
 
     async fn initialize(&self, ctx: &dyn SessionContext) -> Result<UpstreamSession, Failure> {
-        // Declare upstream only what the client declared and Marina relays.
-        let client = ctx.client_capabilities();
+        // Declare upstream only what the client declared and Marina relays — or, for a session
+        // that requests of several clients share, all of it (each question is checked against
+        // its own request's capabilities; form-mode elicitation only, as `{}` means).
+        let client = if ctx.upstream_sessions_shared() {
+            json!({"sampling": {}, "elicitation": {}, "roots": {}})
+        } else {
+            ctx.client_capabilities()
+        };
         let mut capabilities = json!({});
         for (_, capability) in RELAYED_REQUESTS {
             if let Some(v) = client.get(capability).filter(|v| v.is_object()) {
