@@ -1,0 +1,145 @@
+"""A 2026-07-28 client in front of sessionful upstreams, through a two-node Marina cluster.
+
+The official Python SDK (2.3, default `auto` mode) speaks MCP 2026-07-28 to Marina (`server.stateless_era`
+on); Marina translates to the upstreams, which speak only the sessionful era: the test upstream
+(`tests/peers/upstream/server.mjs`) and `@modelcontextprotocol/server-everything`. An upstream's
+question during a call (sampling, elicitation) reaches the SDK as `input_required`; its callback
+answers and the SDK retries — through the *other* node (the transport of `test_upstream_relay`
+alternates `tools/call` between A and B), which hands the answer to the node where the upstream
+call waits, parked. Progress of such a call reaches the request that follows it. Every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import types
+
+from conftest import _start_marina, _stop
+from test_upstream_relay import (
+    CALL_TIMEOUT_S,
+    SAMPLING_ANSWER,
+    TENANT,
+    Asked,
+    Cluster,
+    _start_conf_upstream,
+    _start_everything,
+    callbacks,
+    connect,
+    new_transport,
+    texts,
+)
+
+pytestmark = pytest.mark.anyio
+
+MODE = "auto"  # the SDK's default: `server/discover` first, 2026-07-28 when the server speaks it
+
+
+@pytest.fixture(scope="module")
+def modern_cluster(tmp_root: Path, redis_url: str) -> Iterator[Cluster]:
+    log_dir = tmp_root / "modern-translation"
+    log_dir.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        conf, conf_url = _start_conf_upstream(log_dir / "conf-upstream.log")
+        procs.append(conf)
+        ev, ev_url = _start_everything(log_dir)
+        procs.append(ev)
+        config = log_dir / "marina.yaml"
+        config.write_text(
+            "server: {stateless_era: true}\n"
+            "egress:\n"
+            "  allow_loopback: true\n"
+            "tenants:\n"
+            f"  {TENANT}:\n"
+            "    upstreams:\n"
+            f'      - {{kind: mcp, name: conf, url: "{conf_url}"}}\n'
+            f'      - {{kind: mcp, name: ev, url: "{ev_url}"}}\n'
+        )
+        a = _start_marina(log_dir, "redis", redis_url, node_id="modern-A", config=config, tenant=TENANT)
+        procs.append(a.proc)
+        b = _start_marina(log_dir, "redis", redis_url, node_id="modern-B", config=config, tenant=TENANT)
+        procs.append(b.proc)
+        yield Cluster(a=a, b=b)
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+
+
+def retried_on_the_other_node(t: object, count: int) -> None:
+    """`count` calls were answered `input_required` and retried on the other node: every
+    `tools/call` of the test alternates nodes, so a call and its retry never share one."""
+    calls = [h for h in t.hops if h.mcp_method == "tools/call"]  # type: ignore[attr-defined]
+    assert len(calls) >= 2 * count, calls
+    assert all(h.status == 200 for h in calls), calls
+    assert all(x.node != y.node for x, y in zip(calls, calls[1:])), calls
+    assert not any(h.answer_to is not None for h in t.hops), "no server-initiated requests in 2026-07-28"  # type: ignore[attr-defined]
+
+
+async def test_the_sdk_speaks_2026_07_28_to_the_translating_gateway(modern_cluster: Cluster) -> None:
+    t = new_transport(modern_cluster)
+    async with connect(modern_cluster, MODE, t, **callbacks(Asked())) as c:
+        assert c.protocol_version == "2026-07-28"
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            names = {tool.name for tool in (await c.list_tools()).tools}
+            echo = await c.call_tool("ev.echo", {"message": "stateless via A and B"})
+            simple = await c.call_tool("conf.test_simple_text", {})
+    assert {"conf.test_sampling", "conf.test_elicitation", "ev.trigger-sampling-request"} <= names, names
+    assert texts(echo) == "Echo: stateless via A and B"
+    assert texts(simple) == "This is a simple text response for testing."
+    assert {h.node for h in t.hops if h.mcp_method == "tools/call"} == {"A", "B"}
+
+
+async def test_upstream_sampling_becomes_input_required_answered_on_the_other_node(modern_cluster: Cluster) -> None:
+    t = new_transport(modern_cluster)
+    asked = Asked()
+    async with connect(modern_cluster, MODE, t, **callbacks(asked)) as c:
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            conf = await c.call_tool("conf.test_sampling", {"prompt": "What is 2+2?"})
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            ev = await c.call_tool("ev.trigger-sampling-request", {"prompt": "Say hi", "maxTokens": 20})
+    assert texts(conf) == f"LLM response: {SAMPLING_ANSWER} #1"
+    assert f"{SAMPLING_ANSWER} #2" in texts(ev), texts(ev)
+    assert [p.messages[0].content.text for p in asked.sampling][0] == "What is 2+2?"  # type: ignore[union-attr]
+    assert asked.sampling[1].max_tokens == 20
+    retried_on_the_other_node(t, 2)
+
+
+async def test_upstream_elicitation_becomes_input_required_answered_on_the_other_node(
+    modern_cluster: Cluster,
+) -> None:
+    t = new_transport(modern_cluster)
+    asked = Asked()
+    async with connect(modern_cluster, MODE, t, **callbacks(asked)) as c:
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            conf = await c.call_tool("conf.test_elicitation", {"message": "Who are you?"})
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            ev = await c.call_tool("ev.trigger-elicitation-request", {})
+    conf_text = texts(conf)
+    prefix = "User response: action=accept, content="
+    assert conf_text.startswith(prefix), conf_text
+    assert json.loads(conf_text[len(prefix) :]) == {"username": "ada", "email": "ada@example.com"}
+    ev_text = texts(ev)
+    assert "- Name: Ada Lovelace" in ev_text and "- Favorite Integer: 7" in ev_text, ev_text
+    assert [p.message for p in asked.elicitation][0] == "Who are you?"
+    retried_on_the_other_node(t, 2)
+
+
+async def test_progress_of_a_translated_call_reaches_its_request(modern_cluster: Cluster) -> None:
+    t = new_transport(modern_cluster)
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with connect(modern_cluster, MODE, t, **callbacks(Asked())) as c:
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            conf = await c.call_tool("conf.test_tool_with_progress", {}, progress_callback=on_progress)
+    assert texts(conf) == "Tool with progress executed successfully"
+    assert seen == [(0.0, 100.0, "step 1 of 3"), (50.0, 100.0, "step 2 of 3"), (100.0, 100.0, "step 3 of 3")]
