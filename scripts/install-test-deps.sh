@@ -5,6 +5,8 @@
 #   - redis-server (apt, needs root) for the Redis-backed store tests
 #   - tests/peers/node/node_modules  (npm ci from the lockfile; includes a local Node 22)
 #   - tests/peers/upstream/node_modules (npm ci from the lockfile; the test upstream MCP server)
+#   - tests/peers/upstream-v2/node_modules (npm ci from the lockfile; the TS SDK v2 test upstream,
+#     plus the 0.2.0-alpha.12 conformance suite and a local Node 22 for conformance/run-2026.sh)
 #   - tests/peers/oidc/node_modules     (npm ci from the lockfile; oidc-provider, a real OAuth issuer)
 #   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
 #   - tests/peers/schemathesis/.venv (the same, for schemathesis: the admin API's OpenAPI check)
@@ -17,6 +19,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NODE_DIR=$REPO/tests/peers/node
 UPSTREAM_DIR=$REPO/tests/peers/upstream
+UPSTREAM_V2_DIR=$REPO/tests/peers/upstream-v2
 OIDC_DIR=$REPO/tests/peers/oidc
 PY_DIR=$REPO/tests/peers/python
 VENV=$PY_DIR/.venv
@@ -76,6 +79,20 @@ upstream_stamp=$UPSTREAM_DIR/node_modules/.deps-stamp
 if [[ ! -f $upstream_stamp || $(cat "$upstream_stamp") != "$upstream_want" ]]; then
   quiet npm ci --prefix "$UPSTREAM_DIR" --no-audit --no-fund
   echo "$upstream_want" >"$upstream_stamp"
+fi
+
+# --- node: test upstream MCP server on the TS SDK v2 (both protocol eras) + conformance 0.2 ---
+upstream_v2_want=$( (cat "$UPSTREAM_V2_DIR/package.json" "$UPSTREAM_V2_DIR/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)
+upstream_v2_stamp=$UPSTREAM_V2_DIR/node_modules/.deps-stamp
+if [[ ! -f $upstream_v2_stamp || $(cat "$upstream_v2_stamp") != "$upstream_v2_want" ]]; then
+  # Its devDependency `node@22` installs its binary in a preinstall script (see above).
+  quiet npm ci --prefix "$UPSTREAM_V2_DIR" --no-audit --no-fund --ignore-scripts=false
+  echo "$upstream_v2_want" >"$upstream_v2_stamp"
+fi
+if ! "$UPSTREAM_V2_DIR/node_modules/.bin/node" --version 2>/dev/null | grep -q '^v22\.'; then
+  echo "install-test-deps: tests/peers/upstream-v2/node_modules/.bin/node is not Node 22 (conformance 0.2 needs it)" >&2
+  rm -f "$upstream_v2_stamp"
+  exit 1
 fi
 
 # --- node: a real OAuth authorization server (oidc-provider) for the authentication tests ----
