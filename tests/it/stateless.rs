@@ -649,7 +649,10 @@ async fn multi_round_trip_requests_are_sealed_bound_single_use_and_complete_on_a
     let (status, e) = json_of(post(&url_a, &undeclared, Some("confirm"), &as_alice).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
     assert_eq!(e["error"]["code"], -32021, "{e}");
-    assert_eq!(e["error"]["data"]["requiredCapabilities"], json!(["elicitation"]));
+    assert_eq!(
+        e["error"]["data"]["requiredCapabilities"],
+        json!({"elicitation": {}})
+    );
 
     // Round one on node A: the question, and a sealed state.
     let (status, r) = json_of(post(&url_a, &ask(1, json!({})), Some("confirm"), &as_alice).await).await;

@@ -122,7 +122,8 @@ pub fn missing_capability(capability: &str) -> RpcError {
         MISSING_CAPABILITY,
         format!("this request needs the client capability {capability:?}"),
     )
-    .with_data(json!({"requiredCapabilities": [capability]}))
+    // A `ClientCapabilities` object naming what is missing, as the schema defines it.
+    .with_data(json!({"requiredCapabilities": {capability: {}}}))
 }
 
 /// Map a stateless request's protocol error to its HTTP status.

@@ -77,6 +77,19 @@ impl Breaker {
         *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
+/// Drop the per-request envelope of a 2026-07-28 request (`_meta["io.modelcontextprotocol/…"]`:
+/// version, client capabilities and identity, log level) from params relayed within an upstream
+/// session: the session negotiated those, and an upstream that knows both eras refuses a
+/// sessionful request that claims a stateless revision.
+fn without_envelope(params: &mut Value) {
+    if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+        if meta.is_empty() {
+            params.as_object_mut().map(|p| p.remove("_meta"));
+        }
+    }
+}
+
 /// Server→client requests relayed, with the capability the client must have declared.
 const RELAYED_REQUESTS: [(&str, &str); 3] = [
     ("sampling/createMessage", "sampling"),
@@ -884,8 +897,9 @@ impl McpUpstream {
         &self,
         ctx: &dyn SessionContext,
         method: &str,
-        params: Value,
+        mut params: Value,
     ) -> Result<Value, RpcError> {
+        without_envelope(&mut params);
         for _ in 0..2 {
             let session = self.session(ctx).await.map_err(Failure::into_rpc)?;
             let id = upstream_request_id("req");
