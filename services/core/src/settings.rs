@@ -561,6 +561,15 @@ pub struct McpUpstreamSettings {
     /// Largest accepted response (JSON body, or each SSE event).
     #[serde(default = "default_max_body")]
     pub max_response_bytes: usize,
+    /// The protocol revision to speak: `auto` (probe `server/discover`, else `initialize`),
+    /// `2026-07-28` (stateless), or a sessionful revision (`2025-11-25`, `2025-06-18`,
+    /// `2025-03-26`) to offer in `initialize`.
+    #[serde(default = "default_upstream_protocol")]
+    pub protocol: String,
+}
+
+fn default_upstream_protocol() -> String {
+    "auto".into()
 }
 
 /// An HTTP tool: a JSON Schema for its arguments and the endpoint that runs it.

@@ -89,6 +89,17 @@ pub trait CallContext: SessionContext {
     async fn notify(&self, method: &str, params: Value);
     /// The session's tool list changed upstream: rebuild it on next use.
     fn tools_changed(&self);
+    /// Does the client take `input_required` results itself (a 2026-07-28 request)? Then an
+    /// upstream's `input_required` is passed on; otherwise its questions are put to the client
+    /// with [`Self::request_client`] and the upstream is retried with the answers.
+    fn passes_input_required(&self) -> bool {
+        false
+    }
+    /// For a retry of a call that an upstream answered `input_required`: the params to add to
+    /// the upstream request (`inputResponses`, the upstream's `requestState`).
+    fn continuation(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// A source of tools.

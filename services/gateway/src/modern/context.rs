@@ -37,6 +37,8 @@ pub struct RequestCtx {
     out: Option<mpsc::Sender<Value>>,
     /// A call that cannot be re-run asks its client through this (see `park.rs`).
     link: Option<AskLink>,
+    /// A retry of a call an upstream answered `input_required`: what its request adds.
+    continuation: Option<Value>,
     cancel: CancellationToken,
     /// Answers to the questions of earlier rounds of a multi round-trip request, by key `q<n>`.
     answers: Map<String, Value>,
@@ -92,6 +94,7 @@ impl RequestCtx {
             replays: false,
             missing: RefCell::new(None),
             link: None,
+            continuation: None,
         })
     }
 
@@ -133,6 +136,13 @@ impl RequestCtx {
         self.out = Some(notes);
         self.link = Some(link);
         self.cancel = cancel;
+        self
+    }
+
+    /// Continue an upstream's multi round-trip request: `more` (`inputResponses`, the
+    /// upstream's `requestState`) goes into the upstream request.
+    pub fn with_continuation(mut self, more: Value) -> Self {
+        self.continuation = Some(more);
         self
     }
 
@@ -268,4 +278,12 @@ impl CallContext for RequestCtx {
     }
 
     fn tools_changed(&self) {}
+
+    fn passes_input_required(&self) -> bool {
+        true
+    }
+
+    fn continuation(&self) -> Option<Value> {
+        self.continuation.clone()
+    }
 }

@@ -285,9 +285,49 @@ async fn feature(
         page: &cut,
         label: &caller.request_id,
     };
+    // The retry of an upstream's multi round-trip request (prompts/get, resources/read, …): our
+    // sealed state, bound to this very request, gives back the upstream's.
+    let expected = mrtr::RequestState {
+        t: t.id.clone(),
+        p: marina_core::tools::SessionContext::session_key(ctx),
+        m: method.to_owned(),
+        n: ["name", "uri"]
+            .iter()
+            .find_map(|k| params.get(*k).and_then(Value::as_str))
+            .unwrap_or_default()
+            .to_owned(),
+        a: mrtr::digest(&without_round(&params)),
+        exp: 0,
+        id: String::new(),
+        r: Default::default(),
+        k: None,
+        u: false,
+        w: None,
+    };
+    let mut params = params;
+    if let Some(sealed) = params.get("requestState") {
+        let st = match sealed.as_str() {
+            Some(sealed) => mrtr::open_for(&state.sealer, sealed, &expected)?,
+            None => return Err(mrtr::refused("not a string")),
+        };
+        if !st.u {
+            return Err(mrtr::refused("issued for another request"));
+        }
+        let upstream_state = st.w.clone();
+        mrtr::claim(state.node.store.as_ref(), st).await?;
+        match upstream_state {
+            Some(w) => params["requestState"] = json!(w),
+            None => {
+                params.as_object_mut().map(|p| p.remove("requestState"));
+            }
+        }
+    }
     let mut result = marina_actors::Features::default()
         .request(&who, ctx, method, params)
         .await?;
+    if result["resultType"] == "input_required" {
+        return Ok(wrap_input_required(&state.sealer, &expected, &result));
+    }
     if matches!(
         method,
         "resources/list" | "resources/templates/list" | "resources/read" | "prompts/list"
@@ -360,6 +400,8 @@ async fn call_tool(
         id: String::new(),
         r: Default::default(),
         k: None,
+        u: false,
+        w: None,
     };
     let sealed = match params.get("requestState") {
         None => None,
@@ -370,19 +412,38 @@ async fn call_tool(
     let wants_stream = token.is_some() || ctx_log_level(&params).is_some();
     if !provider.replays_questions() {
         // A source that cannot be re-run: its call starts here and, when it asks the client
-        // something, waits parked for the answer (park.rs).
-        let Some(sealed) = sealed else {
-            let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
-            let ctx = ctx.with_progress_token(token.clone());
-            let running = park::Running::start(provider, name, arguments, ctx, call_cap);
-            let follow = Follow::new(state, expected, id, token);
-            return Ok(follow.serve(running, wants_stream).await);
-        };
-        let follow = Follow::new(state, expected, id.clone(), token);
-        return Ok(match follow.resume(state, req, sealed, &params).await {
-            Ok(resp) => resp,
-            Err(e) => reply::json(meta::http_status(&e), &e.to_response(Some(&id))),
-        });
+        // something, waits parked for the answer (park.rs) — or, when its upstream speaks
+        // 2026-07-28 and answers `input_required`, the client retries it through us.
+        let follow = Follow::new(state, expected, id.clone(), token.clone());
+        let mut ctx = ctx.with_progress_token(token);
+        let mut continued = None;
+        if let Some(sealed) = sealed {
+            let st = match mrtr::open_for(&state.sealer, sealed, &follow.expected) {
+                Ok(st) => st,
+                Err(e) => return answer(e),
+            };
+            if st.k.is_some() {
+                return Ok(match follow.resume(state, req, st, &params).await {
+                    Ok(resp) => resp,
+                    Err(e) => reply::json(meta::http_status(&e), &e.to_response(Some(&id))),
+                });
+            }
+            if !st.u {
+                return answer(mrtr::refused("issued for another request"));
+            }
+            continued = Some(st);
+        }
+        // Counted before a retry's state is used up, so a refused call can be retried with it.
+        let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
+        if let Some(st) = continued {
+            let upstream_state = st.w.clone();
+            if let Err(e) = mrtr::claim(state.node.store.as_ref(), st).await {
+                return answer(e);
+            }
+            ctx = ctx.with_continuation(continuation(&params, upstream_state));
+        }
+        let running = park::Running::start(provider, name, arguments, ctx, call_cap);
+        return Ok(follow.serve(running, wants_stream).await);
     }
     // Counted before a retry's state is used up, so a refused call can be retried with it.
     let call_cap = CallCap::begin(state, t, &caller.request_id).await?;
@@ -447,11 +508,11 @@ fn final_response(
             meta::missing_capability(cap).to_response(Some(id)),
         );
     }
-    let body = match outcome {
-        Ok(r) => result_response(id, complete(r)),
-        Err(e) => e.to_response(Some(id)),
-    };
-    (StatusCode::OK, body)
+    match outcome {
+        Ok(r) => (StatusCode::OK, result_response(id, complete(r))),
+        // An upstream's protocol error keeps its HTTP status (-32021 is a 400).
+        Err(e) => (meta::http_status(&e), e.to_response(Some(id))),
+    }
 }
 
 /// One round of a (possibly multi round-trip) call of a source that re-runs with the answers.
@@ -518,10 +579,9 @@ impl Follow {
         self,
         state: &AppState,
         req: &HttpRequest,
-        sealed: &str,
+        st: mrtr::RequestState,
         params: &Value,
     ) -> Result<HttpResponse, RpcError> {
-        let st = mrtr::open_for(&self.sealer, sealed, &self.expected)?;
         let Some(at) = st.k.clone() else {
             return Err(mrtr::refused("issued for another request"));
         };
@@ -578,7 +638,7 @@ impl Follow {
                 match running.next().await {
                     park::Step::Note(_) => {}
                     park::Step::Ask(ask) => break (StatusCode::OK, self.park(running, ask)),
-                    park::Step::Done(o) => break final_response(&self.id, o.missing, o.result),
+                    park::Step::Done(o) => break self.finish(o),
                 }
             };
             return reply::json(status, &body);
@@ -599,13 +659,28 @@ impl Follow {
                         continue;
                     }
                     park::Step::Ask(ask) => self.park(running, ask),
-                    park::Step::Done(o) => final_response(&self.id, o.missing, o.result).1,
+                    park::Step::Done(o) => self.finish(o).1,
                 };
                 let _ = tx.send(last).await;
                 return;
             }
         });
         stream_response(rx, CancellationToken::new())
+    }
+
+    /// The response to the call's end — an upstream's own `input_required` passed on, with its
+    /// state sealed inside ours.
+    fn finish(&self, o: park::Outcome) -> (StatusCode, Value) {
+        match (o.missing, &o.result) {
+            (None, Ok(r)) if r["resultType"] == "input_required" => (
+                StatusCode::OK,
+                result_response(
+                    &self.id,
+                    complete(wrap_input_required(&self.sealer, &self.expected, r)),
+                ),
+            ),
+            _ => final_response(&self.id, o.missing, o.result),
+        }
     }
 
     /// Park the call on its question: `input_required` with a state pointing at it.
@@ -628,6 +703,45 @@ impl Follow {
         });
         input_required(&self.id, asked, self.sealer.seal(&st))
     }
+}
+
+/// An upstream's `input_required` `result` for the client: its questions as they are, its
+/// `requestState` (if any) sealed inside a state of ours bound to `expected`.
+fn wrap_input_required(sealer: &mrtr::Sealer, expected: &mrtr::RequestState, result: &Value) -> Value {
+    let mut st = mrtr::next(sealer, expected, serde_json::Map::new());
+    st.u = true;
+    st.w = result
+        .get("requestState")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    json!({
+        "resultType": "input_required",
+        "inputRequests": result["inputRequests"].as_object().cloned().unwrap_or_default(),
+        "requestState": sealer.seal(&st),
+    })
+}
+
+/// A request's params without what changes from round to round of a multi round-trip request.
+fn without_round(params: &Value) -> Value {
+    let mut p = params.clone();
+    if let Some(o) = p.as_object_mut() {
+        for k in ["_meta", "requestState", "inputResponses"] {
+            o.remove(k);
+        }
+    }
+    p
+}
+
+/// What the retry of an upstream's multi round-trip request adds to the upstream request: the
+/// client's `inputResponses` and the upstream's own `requestState`.
+fn continuation(params: &Value, upstream_state: Option<String>) -> Value {
+    let mut more = json!({
+        "inputResponses": params.get("inputResponses").cloned().unwrap_or_else(|| json!({})),
+    });
+    if let Some(w) = upstream_state {
+        more["requestState"] = json!(w);
+    }
+    more
 }
 
 /// A notification of a followed call for this request: progress carries this request's token

@@ -52,6 +52,13 @@ pub struct RequestState {
     /// The parked call the retry continues, when the source cannot be re-run (`park.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<ParkRef>,
+    /// The retry continues an upstream's own multi round-trip request (a 2026-07-28 upstream
+    /// answered `input_required`), whose `requestState`, if it gave one, is `w`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub u: bool,
+    /// The upstream's `requestState` (see `u`), carried sealed inside ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w: Option<String>,
 }
 
 /// Where a parked call waits: the node's instance name, the call's id there, and the key of the
@@ -262,6 +269,8 @@ mod tests {
             id: "id1".into(),
             r: Map::new(),
             k: None,
+            u: false,
+            w: None,
         }
     }
 

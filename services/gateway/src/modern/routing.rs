@@ -94,6 +94,54 @@ fn marks(schema: &Value) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// A header value as a 2026-07-28 client sends it: as it is when it is visible ASCII without
+/// surrounding spaces, else in the `=?base64?…?=` form.
+pub fn encode(value: &str) -> String {
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+        && !value.starts_with("=?base64?");
+    if plain {
+        value.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(value)
+        )
+    }
+}
+
+/// Does a tool's `inputSchema` mark any argument with `x-mcp-header`?
+pub fn has_marks(input_schema: &Value) -> bool {
+    !marks(input_schema).is_empty()
+}
+
+/// The `Mcp-Param-{Name}` headers a 2026-07-28 client sends with a `tools/call` of a tool with
+/// `input_schema` and these `arguments` (the client side of [`check_params`]).
+pub fn param_headers(input_schema: &Value, arguments: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, path) in marks(input_schema) {
+        let mut value = Some(arguments);
+        for k in &path {
+            value = value.and_then(|v| v.get(k));
+        }
+        let text = match value {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ (Value::Bool(_) | Value::Number(_))) => v.to_string(),
+            _ => continue,
+        };
+        // A name that cannot be a header name is not sent (the upstream refuses such a tool).
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            continue;
+        }
+        out.push((format!("mcp-param-{name}"), encode(&text)));
+    }
+    out
+}
+
 /// Check the `Mcp-Param-{Name}` headers of a `tools/call` against its `arguments`: every marked
 /// argument present in the body must be mirrored, with the same value (integers compared as
 /// numbers).

@@ -26,6 +26,8 @@ use marina_core::tools::{CallContext, SessionContext, ToolDef, ToolProvider, Ups
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 
+mod modern;
+
 use super::egress::{self, Policy};
 use super::http_tool::valid_tool_name;
 
@@ -117,6 +119,16 @@ pub struct McpUpstream {
     starting: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// The running follower of each downstream session (see [`FollowerLink`]).
     followers: std::sync::Mutex<std::collections::HashMap<String, FollowerLink>>,
+    /// The protocol the configuration asks for.
+    protocol: modern::Protocol,
+    /// The era probed (`protocol: auto`), once known.
+    era: std::sync::Mutex<Option<modern::Era>>,
+    /// Input schemas of the upstream's tools that mark arguments with `x-mcp-header` (by
+    /// upstream name, from its last list): a 2026-07-28 call of one mirrors them in headers.
+    marked: std::sync::Mutex<std::collections::HashMap<String, Value>>,
+    /// The resources each downstream session subscribed to on a 2026-07-28 upstream (served
+    /// by the session's follower through `subscriptions/listen`).
+    subscribed: std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 /// How a new upstream session reaches its downstream session's follower (which lives as long as
@@ -154,6 +166,11 @@ impl Drop for Unlink<'_> {
             .is_some_and(|l| std::sync::Arc::ptr_eq(&l.wake, &self.wake))
         {
             followers.remove(&self.key);
+            self.upstream
+                .subscribed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.key);
         }
     }
 }
@@ -185,6 +202,8 @@ enum Follow {
 enum Failure {
     /// The upstream no longer knows our session (404): initialize a new one.
     SessionGone,
+    /// The upstream answered with an HTTP error status (and no JSON-RPC error to relay).
+    Refused(String),
     /// Anything else, as a message safe to show the client.
     Upstream(String),
 }
@@ -193,7 +212,7 @@ impl Failure {
     fn into_rpc(self) -> RpcError {
         match self {
             Failure::SessionGone => RpcError::new(code::INTERNAL_ERROR, "the upstream lost its session"),
-            Failure::Upstream(m) => RpcError::new(code::INTERNAL_ERROR, m),
+            Failure::Refused(m) | Failure::Upstream(m) => RpcError::new(code::INTERNAL_ERROR, m),
         }
     }
 }
@@ -382,6 +401,13 @@ impl McpUpstream {
             ));
         }
         let url = super::http_url(&format!("mcp upstream {name}"), &s.url)?;
+        let protocol = modern::Protocol::parse(&s.protocol).ok_or_else(|| {
+            format!(
+                "mcp upstream {name}: protocol must be auto, {} or one of {}",
+                modern::MODERN,
+                protocol::SUPPORTED_VERSIONS.join(", ")
+            )
+        })?;
         let headers = super::credential_headers(
             &format!("mcp upstream {name}"),
             &s.headers,
@@ -403,6 +429,10 @@ impl McpUpstream {
             health: Default::default(),
             starting: Default::default(),
             followers: Default::default(),
+            protocol,
+            era: Default::default(),
+            marked: Default::default(),
+            subscribed: Default::default(),
         })
     }
 
@@ -446,6 +476,17 @@ impl McpUpstream {
                 req = req.header("mcp-session-id", id);
             }
             req = req.header("mcp-protocol-version", &s.protocol_version);
+            if s.protocol_version == modern::MODERN {
+                let marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+                let schema = body
+                    .pointer("/params/name")
+                    .and_then(Value::as_str)
+                    .filter(|_| body["method"] == "tools/call")
+                    .and_then(|n| marked.get(n));
+                for (name, value) in modern::routing_headers(body, schema) {
+                    req = req.header(name, value);
+                }
+            }
         }
         req
     }
@@ -527,7 +568,12 @@ impl McpUpstream {
             .await?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(Failure::Upstream(format!(
+            // A JSON-RPC error for our request (a 2026-07-28 server answers errors with 4xx) is
+            // relayed as it is; anything else is a failure.
+            if let Some(msg) = self.error_body(resp, id).await {
+                return Ok((msg, None));
+            }
+            return Err(Failure::Refused(format!(
                 "the upstream {} answered {method} with HTTP {}",
                 self.name,
                 status.as_u16()
@@ -651,6 +697,21 @@ impl McpUpstream {
         )))
     }
 
+    /// The JSON-RPC error answering request `id` in an error response's body, if it holds one.
+    async fn error_body(&self, resp: reqwest::Response, id: &Value) -> Option<Value> {
+        let json = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        if !json || resp.content_length().is_some_and(|n| n > self.max_bytes as u64) {
+            return None;
+        }
+        let body = resp.bytes().await.ok().filter(|b| b.len() <= self.max_bytes)?;
+        let msg: Value = serde_json::from_slice(&body).ok()?;
+        (msg.get("id") == Some(id) && msg.get("error").is_some_and(Value::is_object)).then_some(msg)
+    }
+
     /// Reopen an interrupted answer stream: GET + `Last-Event-ID` on the upstream session.
     async fn resume(
         &self,
@@ -721,7 +782,8 @@ impl McpUpstream {
                     Ok(result) => result_response(id, result),
                     Err(e) => e.to_response(Some(id)),
                 };
-                if let Err(Failure::Upstream(m)) = self.post(session, &reply).await.map(drop) {
+                if let Err(f) = self.post(session, &reply).await.map(drop) {
+                    let m = f.into_rpc().message;
                     tracing::info!(upstream = %self.name, error = %m, "could not answer an upstream request");
                 }
             }
@@ -770,13 +832,25 @@ impl McpUpstream {
                 capabilities[capability] = v.clone();
             }
         }
+        let offered = match self.protocol {
+            modern::Protocol::Sessionful(v) => v,
+            _ => protocol::LATEST_VERSION,
+        };
         let params = json!({
-            "protocolVersion": protocol::LATEST_VERSION,
+            "protocolVersion": offered,
             "capabilities": capabilities,
             "clientInfo": {"name": "marina", "version": env!("CARGO_PKG_VERSION")},
         });
         let id = upstream_request_id("init");
-        let (msg, sid) = self.request(None, &id, "initialize", params, None).await?;
+        let (msg, sid) = self
+            .request(None, &id, "initialize", params, None)
+            .await
+            .inspect_err(|f| {
+                // Refused: perhaps it speaks only the stateless era now; probe again next time.
+                if matches!(f, Failure::Refused(_)) {
+                    self.forget_era();
+                }
+            })?;
         let version = msg
             .pointer("/result/protocolVersion")
             .and_then(Value::as_str)
@@ -832,11 +906,20 @@ impl McpUpstream {
         }
     }
 
-    async fn list_all(&self, session: &UpstreamSession) -> Result<Vec<ToolDef>, Failure> {
+    async fn list_all(
+        &self,
+        session: &UpstreamSession,
+        ctx: &dyn SessionContext,
+    ) -> Result<Vec<ToolDef>, Failure> {
+        let stateless = session.protocol_version == modern::MODERN;
         let mut tools = Vec::new();
+        let mut marked = std::collections::HashMap::new();
         let mut cursor: Option<Value> = None;
         for _ in 0..MAX_PAGES {
-            let params = cursor.take().map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let mut params = cursor.take().map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            if stateless {
+                modern::envelope(&mut params, ctx);
+            }
             let id = upstream_request_id("list");
             let (msg, _) = self
                 .request(Some(session), &id, "tools/list", params, None)
@@ -856,6 +939,9 @@ impl McpUpstream {
                     tracing::info!(upstream = %self.name, tool = name, "tool not published: its name would be invalid");
                     continue;
                 };
+                if stateless && crate::modern::routing::has_marks(&tool["inputSchema"]) {
+                    marked.insert(name.to_owned(), tool["inputSchema"].clone());
+                }
                 let mut definition = tool.clone();
                 definition["name"] = json!(published);
                 safe_icons(&mut definition);
@@ -866,8 +952,11 @@ impl McpUpstream {
             }
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
-                _ => return Ok(tools),
+                _ => break,
             }
+        }
+        if stateless {
+            *self.marked.lock().unwrap_or_else(|p| p.into_inner()) = marked;
         }
         Ok(tools)
     }
@@ -900,6 +989,9 @@ impl McpUpstream {
         mut params: Value,
     ) -> Result<Value, RpcError> {
         without_envelope(&mut params);
+        if self.era().await.map_err(Failure::into_rpc)? == modern::Era::Modern {
+            return self.exchange_modern(ctx, method, params).await;
+        }
         for _ in 0..2 {
             let session = self.session(ctx).await.map_err(Failure::into_rpc)?;
             let id = upstream_request_id("req");
@@ -1023,8 +1115,11 @@ impl ToolProvider for McpUpstream {
     async fn list_tools(&self, ctx: &dyn SessionContext) -> Result<Vec<ToolDef>, RpcError> {
         let mut result = Err(Failure::SessionGone);
         for _ in 0..2 {
-            let session = self.session(ctx).await.map_err(Failure::into_rpc)?;
-            result = self.list_all(&session).await;
+            let session = match self.era().await.map_err(Failure::into_rpc)? {
+                modern::Era::Modern => modern::stateless(),
+                modern::Era::Sessionful => self.session(ctx).await.map_err(Failure::into_rpc)?,
+            };
+            result = self.list_all(&session, ctx).await;
             if !matches!(result, Err(Failure::SessionGone)) {
                 break;
             }
@@ -1041,7 +1136,7 @@ impl ToolProvider for McpUpstream {
     }
 
     fn keeps_upstream_sessions(&self) -> bool {
-        true
+        self.known_era() != Some(modern::Era::Modern)
     }
 
     async fn list_feature(&self, method: &str, ctx: &dyn SessionContext) -> Result<Vec<Value>, RpcError> {
@@ -1086,6 +1181,11 @@ impl ToolProvider for McpUpstream {
         mut params: Value,
         ctx: &dyn SessionContext,
     ) -> Result<Value, RpcError> {
+        if matches!(method, "resources/subscribe" | "resources/unsubscribe")
+            && self.era().await.map_err(Failure::into_rpc)? == modern::Era::Modern
+        {
+            return Ok(self.subscribe(ctx, method, &params));
+        }
         // Prompt names are published under the prefix: map them back.
         let prompt = match method {
             "prompts/get" => params.get_mut("name"),
@@ -1126,6 +1226,10 @@ impl ToolProvider for McpUpstream {
             wake: wake.clone(),
         };
         loop {
+            // A 2026-07-28 upstream has no session to follow: its listener instead.
+            if self.known_era() == Some(modern::Era::Modern) {
+                return self.listen(ctx, &wake).await;
+            }
             let outcome = self
                 .follow_once(ctx, &mut last_event_id, &mut session_id, &tried)
                 .await;
@@ -1172,6 +1276,11 @@ impl ToolProvider for McpUpstream {
                 protocol::truncate(name, 128)
             )));
         };
+        match self.era().await {
+            Ok(modern::Era::Modern) => return self.call_modern(upstream_name, arguments, ctx).await,
+            Ok(modern::Era::Sessionful) => {}
+            Err(f) => return Ok(tool_error(f.into_rpc().message)),
+        }
         let mut params = json!({"name": upstream_name, "arguments": arguments});
         if let Some(token) = ctx.progress_token() {
             // The upstream session belongs to this downstream session alone, so the client's
@@ -1213,7 +1322,7 @@ impl ToolProvider for McpUpstream {
                     };
                 }
                 Err(Failure::SessionGone) => self.forget(ctx).await?,
-                Err(Failure::Upstream(m)) => return Ok(tool_error(m)),
+                Err(f) => return Ok(tool_error(f.into_rpc().message)),
             }
         }
         Ok(tool_error(format!(
