@@ -3,6 +3,7 @@
 # nothing when everything is already in place, and a step's full output only when it fails.
 #
 #   - redis-server (apt, needs root) for the Redis-backed store tests
+#   - haproxy (apt, needs root): the round-robin load balancer of conformance/cluster-2026.sh
 #   - tests/peers/node/node_modules  (npm ci from the lockfile; includes a local Node 22)
 #   - tests/peers/upstream/node_modules (npm ci from the lockfile; the test upstream MCP server)
 #   - tests/peers/upstream-v2/node_modules (npm ci from the lockfile; the TS SDK v2 test upstream,
@@ -55,6 +56,11 @@ stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 # --- redis ---------------------------------------------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server redis-tools
+fi
+
+# --- haproxy (per-request load balancer in front of a two-node cluster) ----------------------
+if ! command -v haproxy >/dev/null 2>&1; then
+  apt_install haproxy
 fi
 
 # --- node: conformance suite, TS SDK, local Node 22 ----------------------------------------

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Every test of Marina, from a fresh machine: installs what the tests need (Redis from apt, the
-# Node and Python MCP clients, the conformance suite and schemathesis from npm/PyPI), then runs
-# formatting and lint checks, the Rust unit and integration tests (which start their own
-# redis-server and marina processes on free loopback ports), the real-client and conformance
-# tests, and schemathesis against the admin API's OpenAPI document.
+# Every test of Marina, from a fresh machine: installs what the tests need (Redis and HAProxy
+# from apt, the Node and Python MCP clients, the conformance suites and schemathesis from
+# npm/PyPI), then runs formatting and lint checks, the Rust unit and integration tests (which
+# start their own redis-server and marina processes on free loopback ports), the real-client and
+# conformance tests (conformance 0.1.16 against one node; 0.2.0-alpha.12, both requirement sets,
+# through two nodes on one Redis behind a round-robin HAProxy), and schemathesis against the
+# admin API's OpenAPI document.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -31,7 +33,7 @@ export MARINA_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/marina"
 step "Rust unit and integration tests"
 cargo test --workspace --quiet
 
-step "real clients (Python and TypeScript SDKs) and the conformance suite"
+step "real clients (Python and TypeScript SDKs) and the conformance suites (single node, and a two-node cluster)"
 bash scripts/test-peers.sh
 
 step "the admin API against its own OpenAPI document (schemathesis)"

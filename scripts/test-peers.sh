@@ -4,6 +4,9 @@
 #   2. pytest tests/peers/python        (official Python SDK client; memory + Redis stores)
 #   3. node --test tests/peers/node/    (official TypeScript SDK clients v1 and v2, system Node)
 #   4. tests/peers/conformance/run.sh   (MCP conformance suite vs baseline.yml)
+#   5. tests/peers/conformance/cluster-2026.sh (conformance 0.2.0-alpha.12, --requirements
+#      2026-07-28 vs baseline-2026-07-28.yml and 2025-11-25 complete, through two marina nodes on
+#      one Redis behind HAProxy round robin, in front of the TS SDK v2 upstream)
 # Needs a built marina: target/debug/marina, or MARINA_BIN.
 set -euo pipefail
 
@@ -28,5 +31,8 @@ node --test tests/peers/node/ || fail "node --test (TypeScript SDK client)"
 
 stage "conformance suite"
 bash tests/peers/conformance/run.sh || fail "conformance suite"
+
+stage "conformance suite 0.2 (2026-07-28 and 2025-11-25) through a two-node cluster"
+bash tests/peers/conformance/cluster-2026.sh || fail "conformance suite 0.2 through a two-node cluster"
 
 printf '\n=== test-peers: all stages passed\n'
