@@ -849,3 +849,64 @@ async fn an_upstream_question_parks_the_call_and_the_answer_continues_it_from_an
     assert_eq!(r["error"]["code"], -32001, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("gone"), "{r}");
 }
+
+#[actix_rt::test]
+async fn a_denied_call_is_denied_in_every_era_and_translation_direction() {
+    let old = marina_tests::UpstreamPeer::start();
+    let new = marina_tests::UpstreamPeer::start_v2();
+    let dir = tempfile::tempdir().unwrap();
+    let (viewer, operator) = (generate_key(), generate_key());
+    let tenant = format!(
+        "egress: {{allow_loopback: true}}\ntenants:\n  acme:\n    auth:\n      api_keys:\n        - {{subject: vera, sha256: {}, roles: [viewer]}}\n        - {{subject: otto, sha256: {}, roles: [operator]}}\n    rbac:\n      policy: |\n        p, viewer, tool:*.test_simple_text, call, allow\n        p, operator, tool:*, call, allow\n    upstreams:\n      - {{kind: mcp, name: old, url: \"{}\", protocol: \"2025-11-25\"}}\n      - {{kind: mcp, name: new, url: \"{}\"}}\n",
+        digest(&viewer),
+        digest(&operator),
+        old.url,
+        new.url
+    );
+    let app = spawn_app_with(Some(&config(dir.path(), &tenant)), &[]).await;
+    let url = format!("{}/t/acme/mcp", app.base);
+    let simple = "This is a simple text response for testing.";
+
+    for (who, key) in [("viewer", &viewer), ("operator", &operator)] {
+        let allowed = who == "operator";
+        let session = Mcp::new(&url)
+            .with_header("x-api-key", key)
+            .open("2025-11-25", json!({}))
+            .await;
+        let listed = session.tool_names(1).await;
+        for upstream in ["old", "new"] {
+            let open = format!("{upstream}.test_simple_text");
+            let guarded = format!("{upstream}.test_error_handling");
+            assert_eq!(listed.contains(&guarded), allowed, "{who}: {listed:?}");
+            // A sessionful client, to an upstream of either era.
+            assert_eq!(
+                session.call_text(2, &open, json!({})).await,
+                simple,
+                "{who} {open}"
+            );
+            let r = session
+                .rpc(3, "tools/call", json!({"name": guarded, "arguments": {}}))
+                .await;
+            if allowed {
+                assert_eq!(r["result"]["isError"], true, "{who} {guarded}: {r}");
+            } else {
+                assert_eq!(r["error"]["code"], -32602, "{who} {guarded}: {r}");
+                assert!(
+                    r["error"]["message"].as_str().unwrap().contains("unknown tool"),
+                    "{r}"
+                );
+            }
+            // A 2026-07-28 client, to an upstream of either era.
+            let as_who = [("x-api-key", key.as_str())];
+            let call = |name: &str| body(4, "tools/call", json!({"name": name, "arguments": {}}), json!({}));
+            let (_, r) = json_of(post(&url, &call(&open), Some(&open), &as_who).await).await;
+            assert_eq!(r["result"]["content"][0]["text"], simple, "{who} {open}: {r}");
+            let (_, r) = json_of(post(&url, &call(&guarded), Some(&guarded), &as_who).await).await;
+            if allowed {
+                assert_eq!(r["result"]["isError"], true, "{who} {guarded}: {r}");
+            } else {
+                assert_eq!(r["error"]["code"], -32602, "{who} {guarded}: {r}");
+            }
+        }
+    }
+}

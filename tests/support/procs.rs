@@ -514,6 +514,33 @@ impl UpstreamPeer {
         }
     }
 
+    /// The upstream of `tests/peers/upstream-v2` instead: the TypeScript SDK v2, speaking
+    /// 2026-07-28 (stateless, `input_required`) and 2025-11-25 on one URL.
+    pub fn start_v2() -> Self {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream-v2");
+        assert!(
+            dir.join("node_modules").exists(),
+            "tests/peers/upstream-v2/node_modules is missing: run scripts/install-test-deps.sh"
+        );
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node not found");
+        let url = first_line(&mut child, Duration::from_secs(20), |l| {
+            l.strip_prefix("upstream listening on ")
+                .map(|u| u.trim().to_owned())
+        })
+        .expect("the v2 upstream peer did not start");
+        Self {
+            child: Some(child),
+            url,
+        }
+    }
+
     /// `@modelcontextprotocol/server-everything` (npm, installed next to the peer) instead: a
     /// second, independent upstream implementation.
     pub fn start_everything() -> Self {

@@ -441,6 +441,10 @@ async fn call_tool(
                 return answer(e);
             }
             ctx = ctx.with_continuation(continuation(&params, upstream_state));
+        } else if params.get("inputResponses").is_some_and(Value::is_object) {
+            // Answers sent ahead of any question go to the upstream as they are (it uses what
+            // it recognizes); our sources never ask by those keys.
+            ctx = ctx.with_continuation(continuation(&params, None));
         }
         let running = park::Running::start(provider, name, arguments, ctx, call_cap);
         return Ok(follow.serve(running, wants_stream).await);
