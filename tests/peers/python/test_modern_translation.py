@@ -1,4 +1,4 @@
-"""A 2026-07-28 client in front of sessionful upstreams, through a two-node Marina cluster.
+"""Clients of one era in front of upstreams of the other, through a two-node Marina cluster.
 
 The official Python SDK (2.3, default `auto` mode) speaks MCP 2026-07-28 to Marina (`server.stateless_era`
 on); Marina translates to the upstreams, which speak only the sessionful era: the test upstream
@@ -6,8 +6,13 @@ on); Marina translates to the upstreams, which speak only the sessionful era: th
 question during a call (sampling, elicitation) reaches the SDK as `input_required`; its callback
 answers and the SDK retries — through the *other* node (the transport of `test_upstream_relay`
 alternates `tools/call` between A and B), which hands the answer to the node where the upstream
-call waits, parked. Progress of such a call reaches the request that follows it. Every wait is
-bounded.
+call waits, parked. Progress of such a call reaches the request that follows it.
+
+The other way round: the TypeScript SDK v2 upstream (`tests/peers/upstream-v2`, probed as
+2026-07-28) asks for input with `input_required`. A sessionful client (`mode="legacy"`) gets its
+questions as requests on the call's stream, answers them through the other node, and Marina
+retries the upstream with the answers; a 2026-07-28 client gets the upstream's own questions,
+keys and all, with the upstream's state sealed inside Marina's. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import anyio
 import pytest
 from mcp import types
 
-from conftest import _start_marina, _stop
+from conftest import REPO_ROOT, _start_marina, _stop
 from test_upstream_relay import (
+    ROOTS,
+    assert_answered_through_other_node,
     CALL_TIMEOUT_S,
     SAMPLING_ANSWER,
     TENANT,
     Asked,
     Cluster,
     _start_conf_upstream,
+    _start_upstream_at,
     _start_everything,
     callbacks,
     connect,
@@ -143,3 +151,68 @@ async def test_progress_of_a_translated_call_reaches_its_request(modern_cluster:
             conf = await c.call_tool("conf.test_tool_with_progress", {}, progress_callback=on_progress)
     assert texts(conf) == "Tool with progress executed successfully"
     assert seen == [(0.0, 100.0, "step 1 of 3"), (50.0, 100.0, "step 2 of 3"), (100.0, 100.0, "step 3 of 3")]
+
+
+V2_DIR = REPO_ROOT / "tests" / "peers" / "upstream-v2"
+
+
+@pytest.fixture(scope="module")
+def v2_cluster(tmp_root: Path, redis_url: str) -> Iterator[Cluster]:
+    log_dir = tmp_root / "modern-upstream"
+    log_dir.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        v2, v2_url = _start_upstream_at(V2_DIR, log_dir / "v2-upstream.log")
+        procs.append(v2)
+        config = log_dir / "marina.yaml"
+        config.write_text(
+            "server: {stateless_era: true}\n"
+            "egress:\n"
+            "  allow_loopback: true\n"
+            "tenants:\n"
+            f"  {TENANT}:\n"
+            "    upstreams:\n"
+            f'      - {{kind: mcp, name: v2, url: "{v2_url}"}}\n'
+        )
+        a = _start_marina(log_dir, "redis", redis_url, node_id="v2-A", config=config, tenant=TENANT)
+        procs.append(a.proc)
+        b = _start_marina(log_dir, "redis", redis_url, node_id="v2-B", config=config, tenant=TENANT)
+        procs.append(b.proc)
+        yield Cluster(a=a, b=b)
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+
+
+MULTIPLE = "v2.test_input_required_result_multiple_inputs"
+
+
+async def test_a_sessionful_client_answers_a_modern_upstreams_questions_through_the_other_node(
+    v2_cluster: Cluster,
+) -> None:
+    t = new_transport(v2_cluster)
+    asked = Asked()
+    async with connect(v2_cluster, "legacy", t, **callbacks(asked)) as c:
+        assert c.protocol_version == "2025-11-25"
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            res = await c.call_tool(MULTIPLE, {})
+    # One round of three questions, each put to the client on the call's stream.
+    assert texts(res) == f"{SAMPLING_ANSWER} #1 Ada Lovelace - {len(ROOTS)} root(s) visible", texts(res)
+    assert [p.message for p in asked.elicitation] == ["What is your name?"]
+    assert len(asked.sampling) == 1 and asked.roots == 1
+    for method in ("elicitation/create", "sampling/createMessage", "roots/list"):
+        assert_answered_through_other_node(t, method, 1)
+
+
+async def test_a_modern_client_gets_a_modern_upstreams_own_questions(v2_cluster: Cluster) -> None:
+    t = new_transport(v2_cluster)
+    asked = Asked()
+    async with connect(v2_cluster, MODE, t, **callbacks(asked)) as c:
+        assert c.protocol_version == "2026-07-28"
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            res = await c.call_tool(MULTIPLE, {})
+            hello = await c.call_tool("v2.test_input_required_result_elicitation", {})
+    assert texts(res) == f"{SAMPLING_ANSWER} #1 Ada Lovelace - {len(ROOTS)} root(s) visible", texts(res)
+    assert texts(hello) == "Hello, Ada Lovelace!", texts(hello)
+    assert len(asked.elicitation) == 2 and len(asked.sampling) == 1 and asked.roots == 1
+    retried_on_the_other_node(t, 2)

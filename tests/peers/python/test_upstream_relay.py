@@ -73,10 +73,15 @@ def _node() -> str:
 
 def _start_conf_upstream(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """server.mjs on PORT=0; its URL comes from its first stdout line (bounded wait)."""
+    return _start_upstream_at(UPSTREAM_DIR, log_path)
+
+
+def _start_upstream_at(directory: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`directory`/server.mjs (a test upstream) on PORT=0; its URL from its first stdout line."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [_node(), str(UPSTREAM_DIR / "server.mjs")],
-            cwd=UPSTREAM_DIR,
+            [_node(), str(directory / "server.mjs")],
+            cwd=directory,
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
