@@ -89,6 +89,9 @@ pub trait CallContext: SessionContext {
     async fn notify(&self, method: &str, params: Value);
     /// The session's tool list changed upstream: rebuild it on next use.
     fn tools_changed(&self);
+    /// A follower (`ToolProvider::follow`) has its upstream stream open: what the upstream
+    /// announces from now on reaches this context.
+    fn stream_opened(&self) {}
     /// Does the client take `input_required` results itself (a 2026-07-28 request)? Then an
     /// upstream's `input_required` is passed on; otherwise its questions are put to the client
     /// with [`Self::request_client`] and the upstream is retried with the answers.

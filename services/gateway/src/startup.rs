@@ -343,6 +343,7 @@ impl Application {
             stateless_era: settings.server.stateless_era,
             sealer: Arc::new(sealer),
             parked: Default::default(),
+            watchers: Default::default(),
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -31,4 +31,6 @@ pub struct AppState {
     pub sealer: Arc<crate::modern::mrtr::Sealer>,
     /// Stateless calls waiting here for their client's answer.
     pub parked: Arc<crate::modern::park::ParkedCalls>,
+    /// What tenants' upstreams announce, for this node's `subscriptions/listen` streams.
+    pub watchers: Arc<crate::modern::watch::Watchers>,
 }

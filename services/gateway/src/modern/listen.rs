@@ -23,6 +23,8 @@ use crate::state::AppState;
 const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 /// A comment line this often keeps proxies from cutting an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// Longest wait for a tenant's upstreams to be followed before a listener is acknowledged.
+const READY_WAIT: Duration = Duration::from_secs(3);
 
 /// The list-changed types a listener may ask for, with their notification.
 const LIST_CHANGES: [(&str, &str); 3] = [
@@ -71,6 +73,8 @@ pub fn listen(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let node = state.node.clone();
+    let watchers = state.watchers.clone();
+    let mut watching = watchers.join(t);
     let mut changes = node.tenant_changes();
     let draining = node.draining_signal();
     let tenant = t.id.clone();
@@ -80,6 +84,9 @@ pub fn listen(
         json!({"notifications": ack}),
     );
     actix_web::rt::spawn(async move {
+        // Acknowledged once the tenant's upstreams are followed (or after a bound, when one
+        // cannot be): a change they announce after the acknowledgment is heard.
+        watching.ready(READY_WAIT).await;
         if tx.send(ack).await.is_err() {
             return;
         }
@@ -105,16 +112,35 @@ pub fn listen(
                     continue;
                 }
                 c = changes.recv() => c,
+                n = watching.rx.recv() => match n {
+                    // An upstream's own change: passed on when the listener asked for its type.
+                    Ok(note) => {
+                        let method = note["method"].as_str().unwrap_or_default();
+                        if types.iter().any(|(_, m)| *m == method) {
+                            let mut params = note.get("params").cloned().unwrap_or_else(|| json!({}));
+                            params.as_object_mut().map(|p| p.remove("_meta"));
+                            if tx.send(tagged(&id, method, params)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    // Missed some: say that everything may have changed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => Ok(tenant.clone()),
+                    // The tenant changed and its watcher with it (handled below).
+                    Err(broadcast::error::RecvError::Closed) => Ok(tenant.clone()),
+                },
             };
             match changed {
                 Ok(t) if t != tenant => continue,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break true,
             }
-            let gone = node.tenant(&tenant).is_none_or(|t| t.settings.disabled);
-            if gone {
+            let Some(current) = node.tenant(&tenant).filter(|t| !t.settings.disabled) else {
                 break true;
-            }
+            };
+            // The tenant may have new upstreams: watch what it is now.
+            watching = watchers.join(&current);
             for (_, method) in &types {
                 if tx.send(tagged(&id, method, json!({}))).await.is_err() {
                     return;

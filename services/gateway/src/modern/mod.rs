@@ -20,6 +20,7 @@ pub mod meta;
 pub mod mrtr;
 pub mod park;
 pub mod routing;
+pub mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;

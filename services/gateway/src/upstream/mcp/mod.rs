@@ -1055,6 +1055,7 @@ impl McpUpstream {
             s if !s.is_success() => return Follow::Failed,
             _ => {}
         }
+        ctx.stream_opened();
         let mut events = resp.bytes_stream().eventsource();
         let mut relays = Relays::new(self, Some(&session), ctx);
         loop {

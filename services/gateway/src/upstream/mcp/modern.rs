@@ -370,6 +370,7 @@ impl McpUpstream {
         if !resp.status().is_success() {
             return false;
         }
+        ctx.stream_opened();
         let mut events = resp.bytes_stream().eventsource();
         while let Some(Ok(event)) = events.next().await {
             if event.data.is_empty() || event.data.len() > self.max_bytes {

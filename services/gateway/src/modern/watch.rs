@@ -1,0 +1,272 @@
+//! What a tenant's upstreams announce, for the `subscriptions/listen` streams of this node: while
+//! a tenant has listeners here, one watcher follows each of its upstream MCP servers — a
+//! 2026-07-28 upstream through its own `subscriptions/listen`, a sessionful one through the GET
+//! stream of a node-level upstream session — and hands their list changes to every listener of
+//! the tenant on this node. Every node with listeners watches for itself, so an upstream's
+//! change reaches listeners on every node without crossing the cluster.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use marina_core::protocol::{self, RpcError, code};
+use marina_core::tenant::Tenant;
+use marina_core::tools::{CallContext, SessionContext, ToolProvider, UpstreamSession};
+use rand::RngExt as _;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Notifications buffered per listener; a listener that lags assumes every list changed.
+const QUEUE: usize = 64;
+/// Longest pause before following an upstream that failed again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The watchers of this node, by tenant.
+#[derive(Default)]
+pub struct Watchers {
+    tenants: Mutex<HashMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchers").finish_non_exhaustive()
+    }
+}
+
+struct Entry {
+    /// The tenant snapshot watched (a changed tenant is watched afresh).
+    tenant: Weak<Tenant>,
+    tx: broadcast::Sender<Value>,
+    /// How many of its watchers have their upstream stream open, and how many it has.
+    ready: (tokio::sync::watch::Receiver<usize>, usize),
+    listeners: usize,
+    _stop: DropGuard,
+}
+
+/// A listener's share of its tenant's watcher: what the upstreams announce. Leaving (dropping
+/// it) stops the watcher with its last listener.
+pub struct Watching {
+    /// The upstreams' notifications.
+    pub rx: broadcast::Receiver<Value>,
+    ready: (tokio::sync::watch::Receiver<usize>, usize),
+    _leave: Leave,
+}
+
+impl Watching {
+    /// Wait (at most `limit`) until every upstream of the tenant is being followed, so that a
+    /// change it announces after this is heard.
+    pub async fn ready(&mut self, limit: Duration) {
+        let (rx, all) = &mut self.ready;
+        let all = *all;
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n >= all)).await;
+    }
+}
+
+struct Leave {
+    watchers: Weak<Watchers>,
+    tenant: String,
+    snapshot: Weak<Tenant>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let Some(watchers) = self.watchers.upgrade() else {
+            return;
+        };
+        let mut tenants = watchers.lock();
+        if let Some(e) = tenants.get_mut(&self.tenant)
+            && e.tenant.ptr_eq(&self.snapshot)
+        {
+            e.listeners -= 1;
+            if e.listeners == 0 {
+                tenants.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl Watchers {
+    /// Join the watcher of tenant snapshot `t`, starting it if this is its first listener here.
+    pub fn join(self: &Arc<Self>, t: &Arc<Tenant>) -> Watching {
+        let mut tenants = self.lock();
+        let current = tenants
+            .get(&t.id)
+            .is_some_and(|e| e.tenant.ptr_eq(&Arc::downgrade(t)));
+        if !current {
+            let (tx, _) = broadcast::channel(QUEUE);
+            let stop = CancellationToken::new();
+            let (opened, ready) = tokio::sync::watch::channel(0);
+            let opened = Arc::new(opened);
+            let watched: Vec<_> = t.providers.iter().filter(|p| p.serves_features()).collect();
+            for provider in &watched {
+                spawn_watcher(
+                    &t.id,
+                    (*provider).clone(),
+                    tx.clone(),
+                    stop.clone(),
+                    opened.clone(),
+                );
+            }
+            // Replacing an older snapshot's entry stops its watchers.
+            tenants.insert(
+                t.id.clone(),
+                Entry {
+                    tenant: Arc::downgrade(t),
+                    tx,
+                    ready: (ready, watched.len()),
+                    listeners: 0,
+                    _stop: stop.drop_guard(),
+                },
+            );
+        }
+        let e = tenants.get_mut(&t.id).expect("just ensured");
+        e.listeners += 1;
+        Watching {
+            rx: e.tx.subscribe(),
+            ready: e.ready.clone(),
+            _leave: Leave {
+                watchers: Arc::downgrade(self),
+                tenant: t.id.clone(),
+                snapshot: Arc::downgrade(t),
+            },
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Follow `provider` for the listeners of `tenant` until `stop`: list it (which also finds its
+/// era and, for a sessionful upstream, starts the watcher's own upstream session), then follow
+/// what it sends; again after a failure, with back-off.
+fn spawn_watcher(
+    tenant: &str,
+    provider: Arc<dyn ToolProvider>,
+    tx: broadcast::Sender<Value>,
+    stop: CancellationToken,
+    opened: Arc<tokio::sync::watch::Sender<usize>>,
+) {
+    let nonce = hex::encode(rand::rng().random::<[u8; 6]>());
+    let ctx = WatchCtx {
+        key: format!("watch:{tenant}:{}:{nonce}", provider.name()),
+        tx,
+        upstreams: RefCell::new(HashMap::new()),
+        cancel: stop.clone(),
+        lost: tokio::sync::Notify::new(),
+        opened,
+        counted: std::cell::Cell::new(false),
+    };
+    actix_web::rt::spawn(async move {
+        let follow = async {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                if provider.list_tools(&ctx).await.is_ok() {
+                    delay = Duration::from_millis(500);
+                    // Until the upstream forgets the watcher's session: then list (and so start
+                    // a session) again.
+                    tokio::select! {
+                        () = provider.follow(&ctx) => {}
+                        () = ctx.lost.notified() => {}
+                    }
+                }
+                // Failed or ended: listeners are not held up waiting for this one.
+                ctx.stream_opened();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        };
+        tokio::select! {
+            () = follow => {}
+            () = stop.cancelled() => {}
+        }
+    });
+}
+
+/// The context a watcher follows an upstream with: no client behind it (the upstream is told
+/// of no capability, and what it asks is refused); notifications go to the tenant's listeners.
+struct WatchCtx {
+    key: String,
+    tx: broadcast::Sender<Value>,
+    upstreams: RefCell<HashMap<String, UpstreamSession>>,
+    cancel: CancellationToken,
+    /// Fires when an upstream session of the watcher is forgotten.
+    lost: tokio::sync::Notify,
+    /// Counts the tenant's watchers whose upstream stream has been open (this one once).
+    opened: Arc<tokio::sync::watch::Sender<usize>>,
+    counted: std::cell::Cell<bool>,
+}
+
+#[async_trait(?Send)]
+impl SessionContext for WatchCtx {
+    fn session_key(&self) -> String {
+        self.key.clone()
+    }
+
+    fn client_capabilities(&self) -> Value {
+        json!({})
+    }
+
+    fn log_level(&self) -> Option<String> {
+        None
+    }
+
+    fn upstream_session(&self, upstream: &str) -> Option<UpstreamSession> {
+        self.upstreams.borrow().get(upstream).cloned()
+    }
+
+    async fn set_upstream_session(
+        &self,
+        upstream: &str,
+        session: Option<UpstreamSession>,
+    ) -> Result<(), RpcError> {
+        match session {
+            Some(s) => {
+                self.upstreams.borrow_mut().insert(upstream.to_owned(), s);
+            }
+            None => {
+                self.upstreams.borrow_mut().remove(upstream);
+                self.lost.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait(?Send)]
+impl CallContext for WatchCtx {
+    fn progress_token(&self) -> Option<Value> {
+        None
+    }
+
+    async fn progress(&self, _progress: f64, _total: Option<f64>, _message: Option<&str>) {}
+
+    async fn log(&self, _level: &str, _logger: &str, _data: Value) {}
+
+    async fn request_client(&self, method: &str, _params: Value) -> Result<Value, RpcError> {
+        Err(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("{method}: no client behind this listener"),
+        ))
+    }
+
+    fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    async fn notify(&self, method: &str, params: Value) {
+        // Nobody listening at this instant is fine: the next listener joins a live watcher.
+        let _ = self.tx.send(protocol::notification(method, params));
+    }
+
+    fn tools_changed(&self) {}
+
+    fn stream_opened(&self) {
+        if !self.counted.replace(true) {
+            self.opened.send_modify(|n| *n += 1);
+        }
+    }
+}
