@@ -910,3 +910,48 @@ async fn a_denied_call_is_denied_in_every_era_and_translation_direction() {
         }
     }
 }
+
+#[actix_rt::test]
+async fn a_listener_gets_updates_of_the_upstream_resources_it_may_read() {
+    let peer = marina_tests::UpstreamPeer::start_env(&[("WATCH_INTERVAL_MS", "100")]);
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = format!(
+        "egress: {{allow_loopback: true}}\ntenants:\n  acme:\n    auth: {{anonymous: true}}\n    rbac:\n      policy: |\n        p, anonymous, resource:test://watched-resource, read, allow\n    upstreams: [{{kind: mcp, name: conf, url: \"{}\"}}]\n",
+        peer.url
+    );
+    let app = spawn_app_with(Some(&config(dir.path(), &tenant)), &[]).await;
+    let url = format!("{}/t/acme/mcp", app.base);
+    let watched = "test://watched-resource";
+    let listen = body(
+        7,
+        "subscriptions/listen",
+        json!({"notifications": {"resourceSubscriptions": [watched, "test://static-text"]}}),
+        json!({}),
+    );
+    let stream = post(&url, &listen, None, &[]).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let updated = |e: &marina_tests::SseEvent| e.data.contains("notifications/resources/updated");
+    let (events, _) = read_events(stream, Duration::from_secs(15), |evs| evs.iter().any(updated)).await;
+    let messages: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(&e.data).ok())
+        .collect();
+    // Acknowledged with what the caller may read only (as if the other did not exist).
+    let ack = &messages[0];
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged", "{ack}");
+    assert_eq!(
+        ack["params"]["notifications"]["resourceSubscriptions"],
+        json!([watched]),
+        "{ack}"
+    );
+    // The upstream's update, tagged with the subscription.
+    let update = messages
+        .iter()
+        .find(|m| m["method"] == "notifications/resources/updated")
+        .unwrap_or_else(|| panic!("no update in {messages:?}"));
+    assert_eq!(update["params"]["uri"], watched);
+    assert_eq!(
+        update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        7
+    );
+}

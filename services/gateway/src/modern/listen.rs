@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::HttpResponse;
 use bytes::Bytes;
+use marina_core::access::{Access, action};
 use marina_core::protocol::{self, RpcError, result_response};
 use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
@@ -33,10 +34,60 @@ const LIST_CHANGES: [(&str, &str); 3] = [
     ("resourcesListChanged", "notifications/resources/list_changed"),
 ];
 
+/// Most resources one listener may subscribe to.
+const MAX_SUBSCRIPTIONS: usize = 100;
+/// Longest resource URI a listener may subscribe to.
+const MAX_URI: usize = 2048;
+
+/// The resources of a request's `notifications.resourceSubscriptions` that `access` may read on
+/// tenant `t` (none when no upstream serves resources). What it may not read is left out of the
+/// acknowledgment, exactly like what does not exist.
+fn subscriptions(t: &Tenant, filter: &Value, access: &Access) -> Result<Vec<String>, RpcError> {
+    let Some(asked) = filter.get("resourceSubscriptions") else {
+        return Ok(Vec::new());
+    };
+    let bad = || {
+        RpcError::invalid_params(format!(
+            "resourceSubscriptions must be an array of at most {MAX_SUBSCRIPTIONS} URIs"
+        ))
+    };
+    let asked = asked
+        .as_array()
+        .filter(|a| a.len() <= MAX_SUBSCRIPTIONS)
+        .ok_or_else(bad)?;
+    let mut uris = Vec::new();
+    for uri in asked {
+        let uri = uri
+            .as_str()
+            .filter(|u| !u.is_empty() && u.len() <= MAX_URI)
+            .ok_or_else(bad)?;
+        if !uris.iter().any(|u| u == uri) {
+            uris.push(uri.to_owned());
+        }
+    }
+    if !t.providers.iter().any(|p| p.serves_features()) {
+        return Ok(Vec::new());
+    }
+    uris.retain(|u| t.permits(access, &format!("resource:{u}"), action::READ));
+    Ok(uris)
+}
+
+/// An upstream's resource update for a listener subscribed to `uris`: under the URI the listener
+/// used (plain, or `marina://<upstream>/<uri>`), `None` when it subscribed to neither.
+fn update_for(uris: &[String], source: &str, mut params: Value) -> Option<Value> {
+    let uri = params["uri"].as_str()?.to_owned();
+    let namespaced = format!("marina://{source}/{uri}");
+    if uris.contains(&uri) {
+        return Some(params);
+    }
+    uris.contains(&namespaced).then(|| {
+        params["uri"] = json!(namespaced);
+        params
+    })
+}
+
 /// The types honored for a request's `notifications` filter on tenant `t`: list changes (tools
-/// always; prompts and resources when an upstream serves them). Resource subscriptions are not
-/// served yet, so they are left out of the acknowledgment, as the revision asks for unsupported
-/// types.
+/// always; prompts and resources when an upstream serves them).
 fn honored(t: &Tenant, filter: &Value) -> Result<Vec<(&'static str, &'static str)>, RpcError> {
     if !filter.is_object() && !filter.is_null() {
         return Err(RpcError::invalid_params("notifications must be an object"));
@@ -65,16 +116,23 @@ pub fn listen(
     id: Value,
     params: &Value,
     until: Option<SystemTime>,
+    access: Access,
 ) -> Result<HttpResponse, RpcError> {
-    let types = honored(t, params.get("notifications").unwrap_or(&Value::Null))?;
+    let filter = params.get("notifications").unwrap_or(&Value::Null);
+    let types = honored(t, filter)?;
+    let mut uris = subscriptions(t, filter, &access)?;
+    let asked_uris = filter.get("resourceSubscriptions").cloned();
     let mut ack = json!({});
     for (k, _) in &types {
         ack[*k] = json!(true);
     }
+    if asked_uris.is_some() && !uris.is_empty() {
+        ack["resourceSubscriptions"] = json!(uris);
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let node = state.node.clone();
     let watchers = state.watchers.clone();
-    let mut watching = watchers.join(t);
+    let mut watching = watchers.join(t, &uris);
     let mut changes = node.tenant_changes();
     let draining = node.draining_signal();
     let tenant = t.id.clone();
@@ -116,12 +174,17 @@ pub fn listen(
                     // An upstream's own change: passed on when the listener asked for its type.
                     Ok(note) => {
                         let method = note["method"].as_str().unwrap_or_default();
-                        if types.iter().any(|(_, m)| *m == method) {
-                            let mut params = note.get("params").cloned().unwrap_or_else(|| json!({}));
-                            params.as_object_mut().map(|p| p.remove("_meta"));
-                            if tx.send(tagged(&id, method, params)).await.is_err() {
-                                return;
-                            }
+                        let mut params = note.get("params").cloned().unwrap_or_else(|| json!({}));
+                        params.as_object_mut().map(|p| p.remove("_meta"));
+                        let relayed = if method == "notifications/resources/updated" {
+                            update_for(&uris, note["source"].as_str().unwrap_or_default(), params)
+                        } else {
+                            types.iter().any(|(_, m)| *m == method).then_some(params)
+                        };
+                        if let Some(params) = relayed
+                            && tx.send(tagged(&id, method, params)).await.is_err()
+                        {
+                            return;
                         }
                         continue;
                     }
@@ -139,8 +202,10 @@ pub fn listen(
             let Some(current) = node.tenant(&tenant).filter(|t| !t.settings.disabled) else {
                 break true;
             };
-            // The tenant may have new upstreams: watch what it is now.
-            watching = watchers.join(&current);
+            // The tenant may have new upstreams, and a new policy: watch what it is now, and
+            // only what the caller may still read.
+            uris.retain(|u| current.permits(&access, &format!("resource:{u}"), action::READ));
+            watching = watchers.join(&current, &uris);
             for (_, method) in &types {
                 if tx.send(tagged(&id, method, json!({}))).await.is_err() {
                     return;

@@ -116,7 +116,9 @@ pub async fn serve(
         "tools/call" => return call_tool(state, req, t, caller, ctx, id, params).await,
         "subscriptions/listen" => {
             let until = caller.principal.as_ref().and_then(|p| p.expires_at);
-            return Ok(listen::listen(state, t, id.clone(), &params, until).unwrap_or_else(answer));
+            return Ok(
+                listen::listen(state, t, id.clone(), &params, until, caller.access()).unwrap_or_else(answer),
+            );
         }
         "resources/list"
         | "resources/templates/list"

@@ -4,6 +4,11 @@
 //! stream of a node-level upstream session — and hands their list changes to every listener of
 //! the tenant on this node. Every node with listeners watches for itself, so an upstream's
 //! change reaches listeners on every node without crossing the cluster.
+//!
+//! Resource subscriptions: the watchers subscribe (`resources/subscribe` on their upstream
+//! session, or their upstream listener's `resourceSubscriptions`) to every URI some listener of
+//! the tenant on this node asked for, counted, and unsubscribe when the last one leaves. A URI
+//! `marina://<upstream>/<uri>` goes to that upstream alone, as `<uri>`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,6 +47,10 @@ struct Entry {
     tx: broadcast::Sender<Value>,
     /// How many of its watchers have their upstream stream open, and how many it has.
     ready: (tokio::sync::watch::Receiver<usize>, usize),
+    /// Each watcher's subscription commands (`true`: subscribe), with its upstream's name.
+    commands: Vec<(String, tokio::sync::mpsc::UnboundedSender<(bool, String)>)>,
+    /// How many listeners want each URI (as they wrote it).
+    uris: HashMap<String, usize>,
     listeners: usize,
     _stop: DropGuard,
 }
@@ -69,6 +78,7 @@ struct Leave {
     watchers: Weak<Watchers>,
     tenant: String,
     snapshot: Weak<Tenant>,
+    uris: Vec<String>,
 }
 
 impl Drop for Leave {
@@ -83,14 +93,19 @@ impl Drop for Leave {
             e.listeners -= 1;
             if e.listeners == 0 {
                 tenants.remove(&self.tenant);
+                return;
+            }
+            for uri in &self.uris {
+                e.want(uri, false);
             }
         }
     }
 }
 
 impl Watchers {
-    /// Join the watcher of tenant snapshot `t`, starting it if this is its first listener here.
-    pub fn join(self: &Arc<Self>, t: &Arc<Tenant>) -> Watching {
+    /// Join the watcher of tenant snapshot `t`, starting it if this is its first listener here;
+    /// `uris`: the resources whose updates the listener wants.
+    pub fn join(self: &Arc<Self>, t: &Arc<Tenant>, uris: &[String]) -> Watching {
         let mut tenants = self.lock();
         let current = tenants
             .get(&t.id)
@@ -101,13 +116,17 @@ impl Watchers {
             let (opened, ready) = tokio::sync::watch::channel(0);
             let opened = Arc::new(opened);
             let watched: Vec<_> = t.providers.iter().filter(|p| p.serves_features()).collect();
+            let mut commands = Vec::new();
             for provider in &watched {
+                let (cmd, cmds) = tokio::sync::mpsc::unbounded_channel();
+                commands.push((provider.name().to_owned(), cmd));
                 spawn_watcher(
                     &t.id,
                     (*provider).clone(),
                     tx.clone(),
                     stop.clone(),
                     opened.clone(),
+                    cmds,
                 );
             }
             // Replacing an older snapshot's entry stops its watchers.
@@ -117,6 +136,8 @@ impl Watchers {
                     tenant: Arc::downgrade(t),
                     tx,
                     ready: (ready, watched.len()),
+                    commands,
+                    uris: HashMap::new(),
                     listeners: 0,
                     _stop: stop.drop_guard(),
                 },
@@ -124,6 +145,9 @@ impl Watchers {
         }
         let e = tenants.get_mut(&t.id).expect("just ensured");
         e.listeners += 1;
+        for uri in uris {
+            e.want(uri, true);
+        }
         Watching {
             rx: e.tx.subscribe(),
             ready: e.ready.clone(),
@@ -131,12 +155,44 @@ impl Watchers {
                 watchers: Arc::downgrade(self),
                 tenant: t.id.clone(),
                 snapshot: Arc::downgrade(t),
+                uris: uris.to_vec(),
             },
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Entry {
+    /// One more (`on`) or one fewer listener wants `uri`: the watchers subscribe to it with its
+    /// first and unsubscribe with its last.
+    fn want(&mut self, uri: &str, on: bool) {
+        let n = self.uris.entry(uri.to_owned()).or_default();
+        let before = *n;
+        *n = if on { before + 1 } else { before.saturating_sub(1) };
+        let edge = (before == 0) != (*n == 0);
+        if *n == 0 {
+            self.uris.remove(uri);
+        }
+        if !edge {
+            return;
+        }
+        let target = uri
+            .strip_prefix("marina://")
+            .and_then(|rest| rest.split_once('/'));
+        for (name, cmd) in &self.commands {
+            match target {
+                Some((upstream, inner)) if upstream == name => {
+                    let _ = cmd.send((on, inner.to_owned()));
+                }
+                Some(_) => {}
+                None => {
+                    let _ = cmd.send((on, uri.to_owned()));
+                }
+            }
+        }
     }
 }
 
@@ -149,10 +205,12 @@ fn spawn_watcher(
     tx: broadcast::Sender<Value>,
     stop: CancellationToken,
     opened: Arc<tokio::sync::watch::Sender<usize>>,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<(bool, String)>,
 ) {
     let nonce = hex::encode(rand::rng().random::<[u8; 6]>());
     let ctx = WatchCtx {
         key: format!("watch:{tenant}:{}:{nonce}", provider.name()),
+        upstream: provider.name().to_owned(),
         tx,
         upstreams: RefCell::new(HashMap::new()),
         cancel: stop.clone(),
@@ -161,11 +219,30 @@ fn spawn_watcher(
         counted: std::cell::Cell::new(false),
     };
     actix_web::rt::spawn(async move {
+        let subscribed = RefCell::new(std::collections::BTreeSet::new());
+        let subscribe = |on: bool, uri: String| {
+            let (provider, ctx) = (&provider, &ctx);
+            async move {
+                let method = if on {
+                    "resources/subscribe"
+                } else {
+                    "resources/unsubscribe"
+                };
+                if let Err(e) = provider.request_feature(method, json!({"uri": uri}), ctx).await {
+                    tracing::debug!(upstream = provider.name(), uri, error = %e.message, "listener subscription not passed on");
+                }
+            }
+        };
         let follow = async {
             let mut delay = Duration::from_millis(500);
             loop {
                 if provider.list_tools(&ctx).await.is_ok() {
                     delay = Duration::from_millis(500);
+                    // A new upstream session knows none of the listeners' subscriptions.
+                    let uris: Vec<String> = subscribed.borrow().iter().cloned().collect();
+                    for uri in uris {
+                        subscribe(true, uri).await;
+                    }
                     // Until the upstream forgets the watcher's session: then list (and so start
                     // a session) again.
                     tokio::select! {
@@ -179,8 +256,19 @@ fn spawn_watcher(
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
         };
+        let commands = async {
+            while let Some((on, uri)) = commands.recv().await {
+                if on {
+                    subscribed.borrow_mut().insert(uri.clone());
+                } else {
+                    subscribed.borrow_mut().remove(&uri);
+                }
+                subscribe(on, uri).await;
+            }
+        };
         tokio::select! {
             () = follow => {}
+            () = commands => {}
             () = stop.cancelled() => {}
         }
     });
@@ -190,6 +278,8 @@ fn spawn_watcher(
 /// of no capability, and what it asks is refused); notifications go to the tenant's listeners.
 struct WatchCtx {
     key: String,
+    /// The upstream's configured name (resource updates are matched with it).
+    upstream: String,
     tx: broadcast::Sender<Value>,
     upstreams: RefCell<HashMap<String, UpstreamSession>>,
     cancel: CancellationToken,
@@ -259,7 +349,9 @@ impl CallContext for WatchCtx {
 
     async fn notify(&self, method: &str, params: Value) {
         // Nobody listening at this instant is fine: the next listener joins a live watcher.
-        let _ = self.tx.send(protocol::notification(method, params));
+        let mut note = protocol::notification(method, params);
+        note["source"] = json!(self.upstream);
+        let _ = self.tx.send(note);
     }
 
     fn tools_changed(&self) {}
