@@ -94,7 +94,7 @@ pub struct ServerSettings {
     /// How clients reach the cluster (`https://mcp.example.com`); tenants' default OAuth
     /// audiences and metadata URLs derive from it. Empty: `http://<bind address>`.
     pub public_url: String,
-    /// Serve MCP 2026-07-28 (stateless) requests beside the sessionful era (experimental).
+    /// Serve MCP 2026-07-28 (stateless) requests beside the sessionful era (on by default).
     pub stateless_era: bool,
     /// How long a multi round-trip request's `requestState` may be used.
     pub request_state_ttl_ms: u64,

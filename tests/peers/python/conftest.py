@@ -153,8 +153,10 @@ def _start_marina(
     config: Path | None = None,
     tenant: str = TENANT,
     public_url: str | None = None,
+    stateless_era: bool | None = None,
 ) -> Marina:
-    """Start a node; `public_url` sets `server.public_url` ("self": the node's own base URL)."""
+    """Start a node; `public_url` sets `server.public_url` ("self": the node's own base URL);
+    `stateless_era` sets `server.stateless_era` (default: the node's own default, on)."""
     exe = _marina_bin()
     last_err = ""
     for attempt in range(3):  # bounded retry only for the free-port race
@@ -177,6 +179,11 @@ def _start_marina(
                     **os.environ,
                     "RUST_BACKTRACE": "1",
                     **({"MARINA__SERVER__PUBLIC_URL": base if public_url == "self" else public_url} if public_url else {}),
+                    **(
+                        {"MARINA__SERVER__STATELESS_ERA": "true" if stateless_era else "false"}
+                        if stateless_era is not None
+                        else {}
+                    ),
                 },
             )
         marina = Marina(base_url=base, store=store, log_path=log_path, proc=proc, tenant=tenant)
@@ -209,7 +216,9 @@ def start_marina(request: pytest.FixtureRequest, tmp_root: Path) -> Iterator[Cal
 
     def start(store: str) -> Marina:
         redis = request.getfixturevalue("redis_url") if store == "redis" else None
-        m = _start_marina(tmp_root, store, redis, node_id=f"pytest-{store}-{len(started)}")
+        # These nodes test the sessionful era, and the fallback of dual-era clients to it: with
+        # the stateless era off, as an operator may run them.
+        m = _start_marina(tmp_root, store, redis, node_id=f"pytest-{store}-{len(started)}", stateless_era=False)
         started.append(m)
         return m
 

@@ -32,7 +32,6 @@ from test_upstream_relay import (
     assert_answered_through_other_node,
     CALL_TIMEOUT_S,
     SAMPLING_ANSWER,
-    TENANT,
     Asked,
     Cluster,
     _start_conf_upstream,
@@ -47,6 +46,7 @@ from test_upstream_relay import (
 pytestmark = pytest.mark.anyio
 
 MODE = "auto"  # the SDK's default: `server/discover` first, 2026-07-28 when the server speaks it
+TENANT = "translation"  # its own (the Redis store is shared with other modules' clusters)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Each test runs twice per store: with `mode="legacy"` (plain initialize handshake) and with the
 SDK default `mode="auto"` (which first probes `server/discover`, must get an error and then
-falls back to initialize). Every wait is bounded with `anyio.fail_after`.
+falls back to initialize: these nodes run with the stateless era off, as an operator may;
+`test_modern_client` covers it on). Every wait is bounded with `anyio.fail_after`.
 """
 
 from __future__ import annotations

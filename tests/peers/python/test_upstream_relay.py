@@ -13,7 +13,8 @@ one whose SSE stream carried the request. So every relayed request is answered t
 that did not deliver it, and Marina must forward the answer to the node holding the session.
 
 Each test runs with `mode="legacy"` (initialize handshake) and the SDK default `mode="auto"`
-(`server/discover` probe, rejected, then initialize). Every wait is bounded.
+(`server/discover` probe, rejected, then initialize: the nodes run with the stateless era off, as
+an operator may; `test_modern_translation` covers the era on). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ def cluster(tmp_root: Path, redis_url: str) -> Iterator[Cluster]:
             f'      - {{kind: mcp, name: conf, url: "{conf_url}"}}\n'
             f'      - {{kind: mcp, name: ev, url: "{ev_url}"}}\n'
         )
-        a = _start_marina(log_dir, "redis", redis_url, node_id="relay-A", config=config, tenant=TENANT)
+        a = _start_marina(log_dir, "redis", redis_url, node_id="relay-A", config=config, tenant=TENANT, stateless_era=False)
         procs.append(a.proc)
-        b = _start_marina(log_dir, "redis", redis_url, node_id="relay-B", config=config, tenant=TENANT)
+        b = _start_marina(log_dir, "redis", redis_url, node_id="relay-B", config=config, tenant=TENANT, stateless_era=False)
         procs.append(b.proc)
         yield Cluster(a=a, b=b)
     finally:
@@ -889,7 +890,7 @@ def tapped(tmp_root: Path, redis_url: str) -> Iterator[Tapped]:
         )
         nodes = []
         for node_id in ("tap-A", "tap-B"):
-            nodes.append(_start_marina(log_dir, "redis", redis_url, node_id=node_id, config=config, tenant="relaytap"))
+            nodes.append(_start_marina(log_dir, "redis", redis_url, node_id=node_id, config=config, tenant="relaytap", stateless_era=False))
             procs.append(nodes[-1].proc)
         yield Tapped(a=nodes[0], b=nodes[1], conf=taps[0], ev=taps[1])
     finally:

@@ -1,4 +1,4 @@
-//! MCP 2026-07-28, the stateless era, beside the sessionful one on the same endpoint (experimental:
+//! MCP 2026-07-28, the stateless era, beside the sessionful one on the same endpoint (on by default:
 //! `server.stateless_era`). Which era serves a POST is decided per request:
 //!
 //! | the request | era |

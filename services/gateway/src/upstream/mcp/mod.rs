@@ -79,6 +79,16 @@ impl Breaker {
         *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
+/// What the body of an upstream's error response says (see `McpUpstream::error_body`).
+enum ErrorBody {
+    /// A JSON-RPC error answering our request: relayed as it is.
+    Answer(Value),
+    /// An error answering no request, about the session: the upstream does not know it.
+    NoSession,
+    /// Anything else.
+    Other,
+}
+
 /// Drop the per-request envelope of a 2026-07-28 request (`_meta["io.modelcontextprotocol/…"]`:
 /// version, client capabilities and identity, log level) from params relayed within an upstream
 /// session: the session negotiated those, and an upstream that knows both eras refuses a
@@ -570,8 +580,14 @@ impl McpUpstream {
         if !status.is_success() {
             // A JSON-RPC error for our request (a 2026-07-28 server answers errors with 4xx) is
             // relayed as it is; anything else is a failure.
-            if let Some(msg) = self.error_body(resp, id).await {
-                return Ok((msg, None));
+            let in_session = session.is_some_and(|s| s.id.is_some());
+            match self.error_body(resp, id).await {
+                ErrorBody::Answer(msg) => return Ok((msg, None)),
+                // Some servers answer an unknown session with 400 rather than 404.
+                ErrorBody::NoSession if in_session && status == reqwest::StatusCode::BAD_REQUEST => {
+                    return Err(Failure::SessionGone);
+                }
+                _ => {}
             }
             return Err(Failure::Refused(format!(
                 "the upstream {} answered {method} with HTTP {}",
@@ -697,19 +713,38 @@ impl McpUpstream {
         )))
     }
 
-    /// The JSON-RPC error answering request `id` in an error response's body, if it holds one.
-    async fn error_body(&self, resp: reqwest::Response, id: &Value) -> Option<Value> {
+    /// What an error response's body says: a JSON-RPC error answering request `id`, or one
+    /// answering no request that is about the session (the upstream does not know it).
+    async fn error_body(&self, resp: reqwest::Response, id: &Value) -> ErrorBody {
         let json = resp
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/json"));
         if !json || resp.content_length().is_some_and(|n| n > self.max_bytes as u64) {
-            return None;
+            return ErrorBody::Other;
         }
-        let body = resp.bytes().await.ok().filter(|b| b.len() <= self.max_bytes)?;
-        let msg: Value = serde_json::from_slice(&body).ok()?;
-        (msg.get("id") == Some(id) && msg.get("error").is_some_and(Value::is_object)).then_some(msg)
+        let Some(body) = resp.bytes().await.ok().filter(|b| b.len() <= self.max_bytes) else {
+            return ErrorBody::Other;
+        };
+        let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+            return ErrorBody::Other;
+        };
+        let Some(error) = msg.get("error").filter(|e| e.is_object()) else {
+            return ErrorBody::Other;
+        };
+        if msg.get("id") == Some(id) {
+            return ErrorBody::Answer(msg);
+        }
+        let unanswered = msg.get("id").is_none_or(Value::is_null);
+        let about_session = error["message"]
+            .as_str()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("session"));
+        if unanswered && about_session {
+            ErrorBody::NoSession
+        } else {
+            ErrorBody::Other
+        }
     }
 
     /// Reopen an interrupted answer stream: GET + `Last-Event-ID` on the upstream session.
