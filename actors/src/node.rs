@@ -603,15 +603,24 @@ impl Node {
     /// `timeout` passed; then the remaining actors are stopped (their leases released, so a peer
     /// re-activates them and gives their calls a definite outcome).
     pub async fn drain(&self, timeout: Duration) {
+        self.drain_with(timeout, std::future::ready(())).await;
+    }
+
+    /// [`Self::drain`], also waiting (within the same `timeout`) for `also`: other work of the
+    /// node that must end while it is still in the directory (peers forward requests to it).
+    pub async fn drain_with(&self, timeout: Duration, also: impl std::future::Future<Output = ()>) {
         self.draining.store(true, Ordering::SeqCst);
         self.draining_token.cancel();
         for a in &self.live_actors() {
             let _ = a.send(crate::session::Drain { force: false }).await;
         }
         let deadline = Instant::now() + timeout;
-        while self.running_actors() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let actors = async {
+            while self.running_actors() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, futures_util::future::join(actors, also)).await;
         for a in &self.live_actors() {
             let _ = a.send(crate::session::Drain { force: true }).await;
         }

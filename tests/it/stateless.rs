@@ -833,6 +833,28 @@ async fn an_upstream_question_parks_the_call_and_the_answer_continues_it_from_an
     let text = r["result"]["content"][0]["text"].as_str().unwrap_or_default();
     assert!(text.contains("action=decline"), "{r}");
 
+    // The node holding a parked call drains (SIGTERM): it waits for the call, whose retry
+    // through the other node still reaches it and completes, and then stops.
+    let (_, r) = json_of(post(&a.endpoint(), &ask(9, "Leaving?", json!({})), Some(tool), &[]).await).await;
+    let (key, state) = parked(&r);
+    a.sigterm();
+    let answer =
+        json!({ key.as_str(): {"action": "accept", "content": {"username": "d", "email": "d@example.com"}} });
+    let retry = ask(
+        10,
+        "Leaving?",
+        json!({"inputResponses": answer, "requestState": state}),
+    );
+    let (_, r) = json_of(post(&b.endpoint(), &retry, Some(tool), &[]).await).await;
+    let text = r["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("d@example.com"), "completed while draining: {r}");
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "then the node stops"
+    );
+    let mut a = MarinaProc::start_with_config(&redis.url(), "a", &[], &file);
+
     // The node holding a parked call dies: the retry on the other node gets a definite error.
     let (_, r) =
         json_of(post(&a.endpoint(), &ask(7, "Still there?", json!({})), Some(tool), &[]).await).await;

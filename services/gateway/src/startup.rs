@@ -48,6 +48,8 @@ pub struct Application {
     reports: Arc<dyn UpstreamReports>,
     health: Arc<crate::upstream::health::HealthBook>,
     node: Arc<Node>,
+    /// Stateless calls parked here, waiting for their clients (drained like sessions' calls).
+    parked: Arc<crate::modern::park::ParkedCalls>,
     url: String,
     settings: Arc<Settings>,
     local_addr: std::net::SocketAddr,
@@ -332,6 +334,7 @@ impl Application {
         }
         let http = http.build().context("cannot build the HTTP client")?;
         let hsts = tls.is_some();
+        let parked: Arc<crate::modern::park::ParkedCalls> = Arc::default();
         let state = AppState {
             node: node.clone(),
             http,
@@ -342,7 +345,7 @@ impl Application {
             cluster: crate::cluster::ClusterKey::new(cluster_secret.as_deref()),
             stateless_era: settings.server.stateless_era,
             sealer: Arc::new(sealer),
-            parked: Default::default(),
+            parked: parked.clone(),
             watchers: Default::default(),
         };
         let workers = match settings.server.workers {
@@ -496,6 +499,7 @@ impl Application {
             reports,
             health: egress.health.clone(),
             node,
+            parked,
             url,
             settings,
             local_addr,
@@ -586,8 +590,19 @@ impl Application {
         });
         shutdown.await;
         tracing::info!("shutdown requested; draining");
+        // Calls parked here wait for their clients' answers, which peers forward here while the
+        // node drains; within the same budget as the sessions' calls.
+        let parked = self.parked.clone();
+        let parked_done = async move {
+            while !parked.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
         self.node
-            .drain(Duration::from_millis(self.settings.server.drain_timeout_ms))
+            .drain_with(
+                Duration::from_millis(self.settings.server.drain_timeout_ms),
+                parked_done,
+            )
             .await;
         heartbeat.abort();
         follow.abort();
