@@ -5,8 +5,12 @@
 --   MCP_TOOL      tool name (default echo); MCP_ARGS arguments JSON (default {"text":"hello"})
 --   MCP_METHOD    "call" (default), "list" (tools/list) or "initialize" (then no session is used)
 --   MCP_AUTH      Authorization header value, if any (e.g. "Bearer <token>")
+--   MCP_STATELESS "1": requests of the stateless era (MCP 2026-07-28): no session, MCP_PROTO
+--                 defaults to 2026-07-28, the routing headers Mcp-Method (and Mcp-Name on
+--                 tools/call) and the request's own `_meta` in params (version, capabilities,
+--                 client info); not with MCP_METHOD=initialize
 -- A response counts as ok when HTTP 200 and the body (JSON or SSE) contains "result" and no
--- "isError":true. Ids are unique per thread.
+-- "isError":true (with MCP_STATELESS, also "resultType":"complete"). Ids are unique per thread.
 local threads = {}
 local nthreads = 0
 
@@ -28,22 +32,39 @@ function init(args)
   if os.getenv("MCP_AUTH") then
     headers["Authorization"] = os.getenv("MCP_AUTH")
   end
+  local stateless = os.getenv("MCP_STATELESS") == "1"
+  local proto = os.getenv("MCP_PROTO") or (stateless and "2026-07-28" or "2025-11-25")
   if mode ~= "initialize" then
-    headers["MCP-Protocol-Version"] = os.getenv("MCP_PROTO") or "2025-11-25"
-    if #sessions > 0 then  -- none: a stateless server
+    headers["MCP-Protocol-Version"] = proto
+    if #sessions > 0 and not stateless then  -- none: a stateless server
       headers["MCP-Session-Id"] = sessions[((tid - 1) % #sessions) + 1]
     end
   end
   local tool = os.getenv("MCP_TOOL") or "echo"
   local targs = os.getenv("MCP_ARGS") or '{"text":"hello"}'
+  -- The stateless era: each request describes its client in its own `_meta`.
+  local meta = ""
+  if stateless then
+    meta = '"_meta":{"io.modelcontextprotocol/protocolVersion":"' .. proto .. '",'
+      .. '"io.modelcontextprotocol/clientCapabilities":{},'
+      .. '"io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"0"}}'
+    headers["Mcp-Method"] = (mode == "list") and "tools/list" or "tools/call"
+    if mode ~= "list" then
+      headers["Mcp-Name"] = tool
+    end
+  end
   prefix = '{"jsonrpc":"2.0","id":"t' .. tid .. '-'
   if mode == "list" then
-    suffix = '","method":"tools/list","params":{}}'
+    suffix = '","method":"tools/list","params":{' .. meta .. '}}'
   elseif mode == "initialize" then
     suffix = '","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"wrk","version":"0"}}}'
+  elseif stateless then
+    suffix = '","method":"tools/call","params":{"name":"' .. tool .. '","arguments":' .. targs .. ',' .. meta .. '}}'
   else
     suffix = '","method":"tools/call","params":{"name":"' .. tool .. '","arguments":' .. targs .. '}}'
   end
+  -- A stateless answer must also say it is complete (not, e.g., input_required).
+  complete = stateless and mode ~= "initialize"
   n, ok, bad = 0, 0, 0
 end
 
@@ -54,7 +75,8 @@ end
 
 function response(status, hdrs, body)
   if status == 200 and string.find(body, '"result"', 1, true)
-     and not string.find(body, '"isError"%s*:%s*true') then
+     and not string.find(body, '"isError"%s*:%s*true')
+     and (not complete or string.find(body, '"resultType":"complete"', 1, true)) then
     ok = ok + 1
   else
     bad = bad + 1

@@ -102,12 +102,14 @@ def open_sessions(port, n, version="2025-11-25", path="/t/demo/mcp", auth=None):
 
 def wrk(url, conns, duration, env):
     e = dict(os.environ, **env)
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
-                          "-s", os.path.join(HERE, "mcp_call.lua"), url], env=e, capture_output=True, text=True).stdout
+    p = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
+                        "-s", os.path.join(HERE, "mcp_call.lua"), url], env=e, capture_output=True, text=True)
+    out = p.stdout
     m = re.search(r"MCPRESULT ok=(\d+) bad=(\d+) calls_per_s=(\d+) p50_ms=([\d.]+) p99_ms=([\d.]+)", out)
     if not m:
         raise RuntimeError("wrk failed: " + out)
-    return {"ok": int(m[1]), "bad": int(m[2]), "rate": int(m[3]), "p50": float(m[4]), "p99": float(m[5])}
+    errors = re.findall(r"(?:Socket errors|Non-2xx or 3xx responses):.*", out) + re.findall(r"BAD .*", p.stderr)
+    return {"ok": int(m[1]), "bad": int(m[2]), "rate": int(m[3]), "p50": float(m[4]), "p99": float(m[5]), "errors": errors}
 
 
 def measured(m, url, conns, args, env):
@@ -118,6 +120,7 @@ def measured(m, url, conns, args, env):
         c0 = m.cpu_s(); runs.append(wrk(url, conns, args.duration, env)); runs[-1]["cpu"] = (m.cpu_s() - c0) / args.duration
     med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
     med["runs"] = [r["rate"] for r in runs]
+    med["failed"] = sum(r["bad"] for r in runs)
     return med
 
 
@@ -200,6 +203,233 @@ def overhead(args):
     print("|---|---:|---:|---|---:|---:|---:|")
     for name, c, r in rows:
         print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} |")
+
+
+def stateless_call(port, path, tool, arguments, rid=1):
+    """One stateless (MCP 2026-07-28) tools/call by hand: (HTTP status, JSON answer)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": tool, "arguments": arguments, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"}}}}
+    conn.request("POST", path, json.dumps(body), dict(H, **{"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+                                                          "Mcp-Name": tool}))
+    r = conn.getresponse(); raw = r.read(); conn.close()
+    return r.status, json.loads(raw)
+
+
+class CountingProxy:
+    """A reverse proxy in this process (threads) counting the HTTP requests it forwards to
+    `upstream` (host:port), by HTTP method and JSON-RPC method. For counting, not for timing."""
+    def __init__(self, upstream):
+        import collections, threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.counts = collections.Counter(); self.lock = threading.Lock()
+        host, up_port = upstream.split(":"); proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def forward(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                try:
+                    msg = json.loads(body) if body else None
+                except ValueError:
+                    msg = None
+                methods = [m.get("method", "(response)") for m in (msg if isinstance(msg, list) else [msg]) if isinstance(m, dict)]
+                with proxy.lock:
+                    proxy.counts[f"{self.command} {'+'.join(methods) or '-'}"] += 1
+                if not hasattr(self, "up"):
+                    self.up = http.client.HTTPConnection(host, int(up_port))
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "content-length")}
+                self.up.request(self.command, self.path, body, hdrs)
+                r = self.up.getresponse()
+                stream = r.getheader("Content-Length") is None and "text/event-stream" in (r.getheader("Content-Type") or "")
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                if not stream:
+                    data = r.read()
+                    self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+                    return
+                self.send_header("Transfer-Encoding", "chunked"); self.end_headers()
+                while True:  # an SSE stream: pass it on as it comes
+                    chunk = r.read1(65536)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk)); self.wfile.flush()
+                    if not chunk:
+                        return
+
+            do_GET = do_POST = do_DELETE = forward
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self):
+        """The counts since the last take, and their total."""
+        with self.lock:
+            c = dict(self.counts); self.counts.clear()
+        return c, sum(c.values())
+
+    def stop(self):
+        self.server.shutdown(); self.server.server_close()
+
+
+def redis_commands(redis):
+    """Commands Redis has executed (all kinds)."""
+    return sum(int(v.split("calls=")[1].split(",")[0]) for k, v in redis.info("commandstats").items() if k.startswith("cmdstat_"))
+
+
+def stateless(args):
+    """The stateless era (MCP 2026-07-28): tools/call echo through Marina to rmcp-echo without a
+    session, beside the sessionful era on the same node (one session, as in --overhead), against
+    the harness ceiling (rmcp-echo sharing CPU 1 with wrk). One tenant per upstream revision in
+    `--protocols` (`auto`: rmcp-echo answers server/discover with 2026-07-28, so it is spoken to
+    statelessly; `2025-11-25`: pinned sessionful, so a stateless call is translated onto the
+    principal's upstream session kept in the store); all (tenant, client era) pairs in interleaved
+    rounds. Then, in a short separate run through a counting proxy, the upstream HTTP requests per
+    call once the upstream session (if any) exists."""
+    echo_args = {"MCP_TOOL": "echo", "MCP_ARGS": '{"message":"hello"}'}
+    levels = (1, 8, 32)
+    protocols = args.protocols.split(",")
+    tenant = lambda proto: "up-" + proto.replace(".", "-")
+    up_port = free_port()
+    url = f"http://127.0.0.1:{up_port}/mcp"
+    up_env = {"ADDR": f"127.0.0.1:{up_port}", "THREADS": "1"}
+    rows, ceiling, eras = [], {}, {}
+    # direct: upstream alone on CPU 0 (wrk on CPU 1)
+    up = Proc([args.echo], 0, up_port, up_env)
+    try:
+        rows.append(("direct: rmcp-echo on CPU 0", 8, measured(up, url, 8, args, echo_args)))
+    finally:
+        up.stop()
+    # ceiling: upstream shares CPU 1 with wrk — exactly its placement in the gateway runs
+    up = Proc([args.echo], 1, up_port, up_env)
+    redis = m = proxy = None
+
+    def config(upstream_url):
+        d = tempfile.mkdtemp()
+        cfg = os.path.join(d, "marina.yaml")
+        with open(cfg, "w") as f:
+            f.write("server: {stateless_era: true}\negress:\n  allow_loopback: true\ntenants:\n")
+            for proto in protocols:
+                f.write(f"  {tenant(proto)}:\n    upstreams:\n      - {{kind: mcp, name: up, prefix: \"\", url: \"{upstream_url}\", protocol: \"{proto}\"}}\n")
+        return cfg
+
+    def check(port, path):
+        status, ans = stateless_call(port, path, "echo", {"message": "hello"})
+        if status != 200 or ans.get("result", {}).get("content", [{}])[0].get("text") != "hello" \
+                or ans["result"].get("resultType") != "complete":
+            raise RuntimeError(f"stateless tools/call on {path} failed: {status} {ans}")
+    json_mode = {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}
+    counted = []
+    try:
+        for c in levels:
+            ceiling[c] = measured(up, url, c, args, echo_args)
+            rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", c, ceiling[c]))
+        redis = Redis()
+        m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", json_mode, config(url))
+        plans = []
+        for proto in protocols:
+            path = f"/t/{tenant(proto)}/mcp"
+            check(m.port, path)  # also makes the principal's upstream session, if the upstream needs one
+            sids = ",".join(open_sessions(m.port, 8, path=path))
+            plans.append(((proto, "sessionful"), f"http://127.0.0.1:{m.port}{path}", dict(echo_args, MCP_SESSIONS=sids)))
+            plans.append(((proto, "stateless"), f"http://127.0.0.1:{m.port}{path}", dict(echo_args, MCP_STATELESS="1")))
+        for c in levels:
+            print(f"C={c}: {len(plans)} (upstream revision, client era) pairs, {args.repeats} interleaved rounds", file=sys.stderr)
+            for _, murl, env in plans:
+                wrk(murl, c, 2, env)  # warm-up
+            runs = {key: [] for key, _, _ in plans}
+            cmds = {key: 0 for key, _, _ in plans}
+            for _ in range(args.repeats):  # interleaved: a slower spell of the host hits every pair alike
+                for key, murl, env in plans:
+                    c0, k0 = m.cpu_s(), redis_commands(redis)
+                    r = wrk(murl, c, args.duration, env)
+                    r["cpu"] = (m.cpu_s() - c0) / args.duration
+                    for e in r["errors"]:
+                        print(f"  {key}, C={c}: {e}", file=sys.stderr)
+                    cmds[key] += redis_commands(redis) - k0 - 1  # less the INFO that read the count
+                    runs[key].append(r)
+            for key, _, _ in plans:
+                med = dict(sorted(runs[key], key=lambda r: r["rate"])[len(runs[key]) // 2])
+                med["runs"] = [r["rate"] for r in runs[key]]
+                med["failed"] = sum(r["bad"] for r in runs[key])
+                med["redis_per_call"] = cmds[key] / max(1, sum(r["ok"] + r["bad"] for r in runs[key]))
+                eras[(key, c)] = med
+        m.stop(); m = None
+        # Upstream requests per call: Marina -> counting proxy -> rmcp-echo, a node of its own on
+        # an empty store (so the principal's upstream session, if any, is made here).
+        redis.cli("flushall")
+        proxy = CountingProxy(f"127.0.0.1:{up_port}")
+        m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", json_mode, config(f"http://127.0.0.1:{proxy.port}/mcp"))
+        time.sleep(0.5)
+        start = proxy.take()
+        for proto in protocols:
+            path = f"/t/{tenant(proto)}/mcp"
+            status, _ = stateless_call(m.port, path, "echo", {"message": "hello"})
+            first = proxy.take()
+            ok = 0
+            for i in range(args.count_calls):
+                st, ans = stateless_call(m.port, path, "echo", {"message": f"m{i}"}, rid=i + 2)
+                ok += st == 200 and ans.get("result", {}).get("content", [{}])[0].get("text") == f"m{i}"
+            seq = proxy.take()
+            cr = wrk(f"http://127.0.0.1:{m.port}{path}", 8, 2, dict(echo_args, MCP_STATELESS="1"))
+            time.sleep(0.2)
+            conc = proxy.take()
+            # The sessionful era for comparison: its session (and upstream session), then calls.
+            sids = ",".join(open_sessions(m.port, 1, path=path))
+            opened = proxy.take()
+            sr = wrk(f"http://127.0.0.1:{m.port}{path}", 8, 2, dict(echo_args, MCP_SESSIONS=sids))
+            time.sleep(0.2)
+            counted.append((proto, status, first, ok, seq, cr, conc, opened, sr, proxy.take()))
+        m.stop(); m = None
+    finally:
+        if m:
+            m.stop()
+        if proxy:
+            proxy.stop()
+        if redis:
+            redis.stop()
+        up.stop()
+    label = lambda proto, era: (f"through Marina (CPU 0), {era} client, upstream "
+                                + ("2026-07-28 (`protocol: auto`, probed)" if proto == "auto" else f"pinned `{proto}`"))
+    for c in levels:
+        for proto in protocols:
+            for era in ("sessionful", "stateless"):
+                rows.append((label(proto, era), c, eras[((proto, era), c)]))
+    print("| measurement | C | calls/s (median) | runs | p50 ms | p99 ms | CPU of the measured process | failed | Redis commands per call |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for name, c, r in rows:
+        per = f"{r['redis_per_call']:.2f}" if "redis_per_call" in r else "-"
+        print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | "
+              f"{r['cpu']:.2f} | {r['failed']} | {per} |")
+    print()
+    print("| upstream | C | ceiling calls/s | sessionful client | share of ceiling | stateless client | share of ceiling | "
+          "stateless / sessionful | stateless added p50 / p99 (vs ceiling) | Marina CPU µs per call, sessionful / stateless |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for proto in protocols:
+        for c in levels:
+            ce, a, b = ceiling[c], eras[((proto, "sessionful"), c)], eras[((proto, "stateless"), c)]
+            print(f"| {proto} | {c} | {ce['rate']:,} | {a['rate']:,} | {a['rate'] / ce['rate']:.1%} | {b['rate']:,} | "
+                  f"{b['rate'] / ce['rate']:.1%} | {b['rate'] / a['rate']:.1%} | +{b['p50'] - ce['p50']:.2f} / +{b['p99'] - ce['p99']:.2f} ms | "
+                  f"{a['cpu'] * 1e6 / a['rate']:.0f} / {b['cpu'] * 1e6 / b['rate']:.0f} |")
+    print()
+    fmt = lambda c: ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) or "none"
+    print(f"Upstream HTTP requests through a counting proxy, at the node's start: {start[1]} ({fmt(start[0])})")
+    # Per call: per upstream tools/call (wrk stops with up to C calls in flight, which its count leaves out).
+    per = lambda c: c[1] / max(1, c[0].get("POST tools/call", 0))
+    for proto, status, first, ok, seq, cr, conc, opened, sr, sconc in counted:
+        print(f"- upstream `{proto}`, stateless client: the first call ({status}): {first[1]} ({fmt(first[0])}); "
+              f"then {args.count_calls} sequential calls ({ok} ok): {seq[1]} ({fmt(seq[0])}) = **{per(seq):.3f} per call**; "
+              f"then wrk C=8 for 2 s ({cr['ok']} ok, {cr['bad']} failed): {conc[1]} ({fmt(conc[0])}) = {per(conc):.3f} per call")
+        print(f"- upstream `{proto}`, sessionful client: initialize + initialized: {opened[1]} ({fmt(opened[0])}); "
+              f"then wrk C=8 for 2 s ({sr['ok']} ok, {sr['bad']} failed): {sconc[1]} ({fmt(sconc[0])}) = {per(sconc):.3f} per call")
 
 
 def security(args):
@@ -500,10 +730,15 @@ def main():
     ap.add_argument("--only", help="with --security: only these tenants (comma-separated: open, secure, auth-only, auth-policy, many)")
     ap.add_argument("--propagation", action="store_true", help="measure control-plane propagation between two nodes and the request-path price of live configuration instead")
     ap.add_argument("--changes", type=int, default=100, help="with --propagation: policy changes to time")
+    ap.add_argument("--stateless", action="store_true", help="measure stateless-era (MCP 2026-07-28) tools/call against rmcp-echo beside the sessionful era, and the upstream requests per translated call, instead")
+    ap.add_argument("--count-calls", type=int, default=500, help="with --stateless: sequential calls through the counting proxy")
+    ap.add_argument("--protocols", default="2025-11-25,auto", help="with --stateless: the upstream revisions to measure (`protocol` of the upstream; comma-separated)")
     ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
     args = ap.parse_args()
     if args.overhead:
         return overhead(args)
+    if args.stateless:
+        return stateless(args)
     if args.security:
         return security(args)
     if args.limiter:
