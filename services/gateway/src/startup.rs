@@ -335,6 +335,7 @@ impl Application {
         let http = http.build().context("cannot build the HTTP client")?;
         let hsts = tls.is_some();
         let parked: Arc<crate::modern::park::ParkedCalls> = Arc::default();
+        let indexes: Arc<crate::modern::index::IndexCache> = Arc::default();
         let state = AppState {
             node: node.clone(),
             http,
@@ -346,7 +347,8 @@ impl Application {
             stateless_era: settings.server.stateless_era,
             sealer: Arc::new(sealer),
             parked: parked.clone(),
-            watchers: Default::default(),
+            watchers: Arc::new(crate::modern::watch::Watchers::new(indexes.clone())),
+            indexes,
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

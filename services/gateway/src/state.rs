@@ -33,4 +33,6 @@ pub struct AppState {
     pub parked: Arc<crate::modern::park::ParkedCalls>,
     /// What tenants' upstreams announce, for this node's `subscriptions/listen` streams.
     pub watchers: Arc<crate::modern::watch::Watchers>,
+    /// Recent tool indexes of stateless callers.
+    pub indexes: Arc<crate::modern::index::IndexCache>,
 }

@@ -15,6 +15,7 @@
 //! policy decides what it lists and may call.
 
 mod context;
+pub mod index;
 mod listen;
 pub mod meta;
 pub mod mrtr;
@@ -172,19 +173,30 @@ fn discover(t: &Tenant) -> Value {
 
 /// Every provider's tools as this request's context sees them. A provider that cannot list (an
 /// upstream down) contributes nothing.
-async fn tool_index(t: &Tenant, ctx: &RequestCtx) -> ToolIndex {
+/// The caller's tool index: this node's recent one (`index.rs`), or listed from every source.
+async fn tool_index(state: &AppState, t: &Arc<Tenant>, ctx: &RequestCtx) -> Arc<ToolIndex> {
+    use marina_core::tools::SessionContext as _;
+    let key = ctx.session_key();
+    if let Some(index) = state.indexes.get(t, &key) {
+        return index;
+    }
     let lists = futures_util::future::join_all(t.providers.iter().map(|p| p.list_tools(ctx))).await;
-    ToolIndex::new(
-        lists
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|e| {
-                    tracing::warn!(tenant = %t.id, error = %e.message, "a tool source could not list its tools");
-                    Vec::new()
-                })
+    let mut complete = true;
+    let lists = lists
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|e| {
+                complete = false;
+                tracing::warn!(tenant = %t.id, error = %e.message, "a tool source could not list its tools");
+                Vec::new()
             })
-            .collect(),
-    )
+        })
+        .collect();
+    let index = Arc::new(ToolIndex::new(lists));
+    if complete {
+        state.indexes.put(t, &key, index.clone());
+    }
+    index
 }
 
 /// Whether a list depends on who asks: it does when a policy filters it.
@@ -242,13 +254,13 @@ fn authorize(t: &Tenant, access: &Access, request_id: &str, object: &str, act: &
 /// `tools/list`: the tools the caller may call, a page at a time.
 async fn list_tools(
     state: &AppState,
-    t: &Tenant,
+    t: &Arc<Tenant>,
     caller: &Caller,
     ctx: &RequestCtx,
     params: &Value,
 ) -> Result<Value, RpcError> {
     let access = caller.access();
-    let index = tool_index(t, ctx).await;
+    let index = tool_index(state, t, ctx).await;
     let tools: Vec<Value> = index
         .tools()
         .iter()
@@ -362,7 +374,7 @@ async fn call_tool(
         Some(a @ Value::Object(_)) => a.clone(),
         Some(_) => return answer(RpcError::invalid_params("arguments must be an object")),
     };
-    let index = tool_index(t, &ctx).await;
+    let index = tool_index(state, t, &ctx).await;
     let access = caller.access();
     // A tool the caller may not call is answered exactly like one that does not exist.
     let found = index.get(&name).filter(|_| {

@@ -33,6 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Watchers {
     tenants: Mutex<HashMap<String, Entry>>,
+    /// Stateless callers' tool indexes, dropped when an upstream's tool list changes.
+    indexes: Arc<super::index::IndexCache>,
 }
 
 impl std::fmt::Debug for Watchers {
@@ -103,6 +105,14 @@ impl Drop for Leave {
 }
 
 impl Watchers {
+    /// Watchers that drop `indexes` of a tenant whose upstream announces a new tool list.
+    pub fn new(indexes: Arc<super::index::IndexCache>) -> Self {
+        Self {
+            tenants: Mutex::default(),
+            indexes,
+        }
+    }
+
     /// Join the watcher of tenant snapshot `t`, starting it if this is its first listener here;
     /// `uris`: the resources whose updates the listener wants.
     pub fn join(self: &Arc<Self>, t: &Arc<Tenant>, uris: &[String]) -> Watching {
@@ -127,6 +137,7 @@ impl Watchers {
                     stop.clone(),
                     opened.clone(),
                     cmds,
+                    self.indexes.clone(),
                 );
             }
             // Replacing an older snapshot's entry stops its watchers.
@@ -206,6 +217,7 @@ fn spawn_watcher(
     stop: CancellationToken,
     opened: Arc<tokio::sync::watch::Sender<usize>>,
     mut commands: tokio::sync::mpsc::UnboundedReceiver<(bool, String)>,
+    indexes: Arc<super::index::IndexCache>,
 ) {
     let nonce = hex::encode(rand::rng().random::<[u8; 6]>());
     let ctx = WatchCtx {
@@ -217,6 +229,8 @@ fn spawn_watcher(
         lost: tokio::sync::Notify::new(),
         opened,
         counted: std::cell::Cell::new(false),
+        tenant: tenant.to_owned(),
+        indexes,
     };
     actix_web::rt::spawn(async move {
         let subscribed = RefCell::new(std::collections::BTreeSet::new());
@@ -288,6 +302,8 @@ struct WatchCtx {
     /// Counts the tenant's watchers whose upstream stream has been open (this one once).
     opened: Arc<tokio::sync::watch::Sender<usize>>,
     counted: std::cell::Cell<bool>,
+    tenant: String,
+    indexes: Arc<super::index::IndexCache>,
 }
 
 #[async_trait(?Send)]
@@ -354,7 +370,10 @@ impl CallContext for WatchCtx {
         let _ = self.tx.send(note);
     }
 
-    fn tools_changed(&self) {}
+    fn tools_changed(&self) {
+        // Stateless callers list again (a session's actor does so on its own notice).
+        self.indexes.forget_tenant(&self.tenant);
+    }
 
     fn stream_opened(&self) {
         if !self.counted.replace(true) {
