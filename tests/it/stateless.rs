@@ -977,3 +977,70 @@ async fn a_listener_gets_updates_of_the_upstream_resources_it_may_read() {
         7
     );
 }
+
+#[actix_rt::test]
+async fn an_upstreams_own_request_state_is_sealed_in_ours_and_as_well_guarded() {
+    let new = marina_tests::UpstreamPeer::start_v2();
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (generate_key(), generate_key());
+    let tenant = format!(
+        "egress: {{allow_loopback: true}}\ntenants:\n  acme:\n    auth:\n      api_keys:\n        - {{subject: alice, sha256: {}}}\n        - {{subject: bob, sha256: {}}}\n    upstreams: [{{kind: mcp, name: v2, url: \"{}\"}}]\n",
+        digest(&alice),
+        digest(&bob),
+        new.url
+    );
+    let app = spawn_app_with(Some(&config(dir.path(), &tenant)), &[]).await;
+    let url = format!("{}/t/acme/mcp", app.base);
+    let tool = "v2.test_input_required_result_request_state";
+    let caps = json!({"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}});
+    let call = |id: i64, extra: Value| {
+        let mut params = json!({"name": tool, "arguments": {}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            params[k] = v.clone();
+        }
+        body(id, "tools/call", params, caps.clone())
+    };
+    let as_alice = [("x-api-key", alice.as_str())];
+
+    // The upstream's question comes with its own key; its state is inside ours, unreadable.
+    let (_, r) = json_of(post(&url, &call(1, json!({})), Some(tool), &as_alice).await).await;
+    assert_eq!(r["result"]["resultType"], "input_required", "{r}");
+    assert!(r["result"]["inputRequests"]["confirm"].is_object(), "{r}");
+    let state = r["result"]["requestState"].as_str().unwrap().to_owned();
+    assert!(
+        !state.starts_with("v1."),
+        "the upstream's own state format is not exposed"
+    );
+    let answer = json!({"confirm": {"action": "accept", "content": {"ok": true}}});
+    let retry = |id: i64, state: &str| call(id, json!({"inputResponses": answer, "requestState": state}));
+    let refused = |r: &Value| r["error"]["code"] == -32602;
+
+    // Another principal's retry, and a tampered state: refused, the state not used up.
+    let (_, r) = json_of(
+        post(
+            &url,
+            &retry(2, &state),
+            Some(tool),
+            &[("x-api-key", bob.as_str())],
+        )
+        .await,
+    )
+    .await;
+    assert!(refused(&r), "another principal's: {r}");
+    let mut tampered = state.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let (_, r) = json_of(post(&url, &retry(3, &tampered), Some(tool), &as_alice).await).await;
+    assert!(refused(&r), "tampered: {r}");
+
+    // The owner's retry completes: the upstream got its own state back, verified.
+    let (_, r) = json_of(post(&url, &retry(4, &state), Some(tool), &as_alice).await).await;
+    assert_eq!(
+        r["result"]["content"][0]["text"], "state-ok: requestState verified and confirmation received",
+        "{r}"
+    );
+    // Single use.
+    let (_, r) = json_of(post(&url, &retry(5, &state), Some(tool), &as_alice).await).await;
+    assert!(refused(&r), "replayed: {r}");
+}
