@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import httpx2
 import pytest
 from mcp import types
 
 from conftest import REPO_ROOT, _start_marina, _stop
 from test_upstream_relay import (
     ROOTS,
+    Tap,
+    wait_until,
     assert_answered_through_other_node,
     CALL_TIMEOUT_S,
     SAMPLING_ANSWER,
@@ -216,3 +220,67 @@ async def test_a_modern_client_gets_a_modern_upstreams_own_questions(v2_cluster:
     assert texts(hello) == "Hello, Ada Lovelace!", texts(hello)
     assert len(asked.elicitation) == 2 and len(asked.sampling) == 1 and asked.roots == 1
     retried_on_the_other_node(t, 2)
+
+
+@pytest.fixture(scope="module")
+def tapped_node(tmp_root: Path) -> Iterator[tuple[str, Tap]]:
+    """One node (memory store) whose requestStates live 1.5 s, in front of the sessionful test
+    upstream behind a Tap (what Marina sends it is recorded)."""
+    log_dir = tmp_root / "modern-tapped"
+    log_dir.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    tap = None
+    try:
+        conf, conf_url = _start_conf_upstream(log_dir / "conf-upstream.log")
+        procs.append(conf)
+        tap = Tap(httpx2.URL(conf_url).port)  # type: ignore[arg-type]
+        config = log_dir / "marina.yaml"
+        config.write_text(
+            "server: {stateless_era: true, request_state_ttl_ms: 1500}\n"
+            "egress: {allow_loopback: true}\n"
+            f"tenants:\n  tapped:\n    upstreams:\n"
+            f'      - {{kind: mcp, name: conf, url: "http://127.0.0.1:{tap.port}/mcp"}}\n'
+        )
+        m = _start_marina(log_dir, "memory", None, node_id="modern-tap", config=config, tenant="tapped")
+        procs.append(m.proc)
+        yield m.mcp_url, tap
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+        if tap is not None:
+            tap.close()
+
+
+async def test_a_parked_call_nobody_resumes_is_cancelled_upstream(tapped_node: tuple[str, Tap]) -> None:
+    url, tap = tapped_node
+    t0 = time.monotonic()
+    tool = "conf.test_elicitation"
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "marina-tests", "version": "0"},
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": {"message": "Anyone?"}, "_meta": meta},
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
+    async with httpx2.AsyncClient(timeout=10) as http:
+        r = await http.post(url, json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["resultType"] == "input_required", r.text
+    # Nobody answers: once the state has expired, Marina gives the call up upstream.
+    up_call = tap.request("tools/call", "test_elicitation", since=t0)
+    await wait_until(
+        lambda: bool(tap.cancels_of(up_call["id"], since=t0)),
+        f"notifications/cancelled upstream (sent: {tap.sent})",
+        timeout=15,
+    )
+    assert tap.cancels_of(up_call["id"], since=t0)[0] - t0 >= 1.5, "not before the state expired"
