@@ -489,14 +489,25 @@ impl UpstreamPeer {
 
     /// Like [`Self::start`], with extra environment (`WATCH_INTERVAL_MS`, ...: see its README).
     pub fn start_env(env: &[(&str, &str)]) -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream");
+        Self::start_peer("upstream", env)
+    }
+
+    /// The upstream of `tests/peers/upstream-v2` instead: the TypeScript SDK v2, speaking
+    /// 2026-07-28 (stateless, `input_required`) and 2025-11-25 on one URL.
+    pub fn start_v2() -> Self {
+        Self::start_peer("upstream-v2", &[])
+    }
+
+    /// `tests/peers/<dir>/server.mjs` on a free port, waited for (bounded) by its "listening" line.
+    fn start_peer(dir: &str, env: &[(&str, &str)]) -> Self {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers").join(dir);
         assert!(
-            dir.join("node_modules").exists(),
-            "tests/peers/upstream/node_modules is missing: run scripts/install-test-deps.sh"
+            path.join("node_modules").exists(),
+            "tests/peers/{dir}/node_modules is missing: run scripts/install-test-deps.sh"
         );
         let mut child = Command::new("node")
             .arg("server.mjs")
-            .current_dir(&dir)
+            .current_dir(&path)
             .env("PORT", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -507,34 +518,7 @@ impl UpstreamPeer {
             l.strip_prefix("upstream listening on ")
                 .map(|u| u.trim().to_owned())
         })
-        .expect("the upstream peer did not start");
-        Self {
-            child: Some(child),
-            url,
-        }
-    }
-
-    /// The upstream of `tests/peers/upstream-v2` instead: the TypeScript SDK v2, speaking
-    /// 2026-07-28 (stateless, `input_required`) and 2025-11-25 on one URL.
-    pub fn start_v2() -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/upstream-v2");
-        assert!(
-            dir.join("node_modules").exists(),
-            "tests/peers/upstream-v2/node_modules is missing: run scripts/install-test-deps.sh"
-        );
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(&dir)
-            .env("PORT", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node not found");
-        let url = first_line(&mut child, Duration::from_secs(20), |l| {
-            l.strip_prefix("upstream listening on ")
-                .map(|u| u.trim().to_owned())
-        })
-        .expect("the v2 upstream peer did not start");
+        .unwrap_or_else(|| panic!("the {dir} peer did not start"));
         Self {
             child: Some(child),
             url,
