@@ -53,6 +53,22 @@ MODE = "auto"  # the SDK's default: `server/discover` first, 2026-07-28 when the
 TENANT = "translation"  # its own (the Redis store is shared with other modules' clusters)
 
 
+def _two_nodes(log_dir: Path, redis_url: str, upstreams: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> Cluster:
+    """Two nodes sharing `redis_url`, the stateless era on, tenant TENANT with the mcp
+    `upstreams` (name -> URL); their processes are added to `procs`."""
+    config = log_dir / "marina.yaml"
+    config.write_text(
+        "server: {stateless_era: true}\negress:\n  allow_loopback: true\ntenants:\n"
+        f"  {TENANT}:\n    upstreams:\n"
+        + "".join(f'      - {{kind: mcp, name: {name}, url: "{url}"}}\n' for name, url in upstreams.items())
+    )
+    nodes = []
+    for node in ("A", "B"):
+        nodes.append(_start_marina(log_dir, "redis", redis_url, node_id=f"{log_dir.name}-{node}", config=config, tenant=TENANT))
+        procs.append(nodes[-1].proc)
+    return Cluster(a=nodes[0], b=nodes[1])
+
+
 @pytest.fixture(scope="module")
 def modern_cluster(tmp_root: Path, redis_url: str) -> Iterator[Cluster]:
     log_dir = tmp_root / "modern-translation"
@@ -63,22 +79,7 @@ def modern_cluster(tmp_root: Path, redis_url: str) -> Iterator[Cluster]:
         procs.append(conf)
         ev, ev_url = _start_everything(log_dir)
         procs.append(ev)
-        config = log_dir / "marina.yaml"
-        config.write_text(
-            "server: {stateless_era: true}\n"
-            "egress:\n"
-            "  allow_loopback: true\n"
-            "tenants:\n"
-            f"  {TENANT}:\n"
-            "    upstreams:\n"
-            f'      - {{kind: mcp, name: conf, url: "{conf_url}"}}\n'
-            f'      - {{kind: mcp, name: ev, url: "{ev_url}"}}\n'
-        )
-        a = _start_marina(log_dir, "redis", redis_url, node_id="modern-A", config=config, tenant=TENANT)
-        procs.append(a.proc)
-        b = _start_marina(log_dir, "redis", redis_url, node_id="modern-B", config=config, tenant=TENANT)
-        procs.append(b.proc)
-        yield Cluster(a=a, b=b)
+        yield _two_nodes(log_dir, redis_url, {"conf": conf_url, "ev": ev_url}, procs)
     finally:
         for p in reversed(procs):
             _stop(p)
@@ -168,21 +169,7 @@ def v2_cluster(tmp_root: Path, redis_url: str) -> Iterator[Cluster]:
     try:
         v2, v2_url = _start_upstream_at(V2_DIR, log_dir / "v2-upstream.log")
         procs.append(v2)
-        config = log_dir / "marina.yaml"
-        config.write_text(
-            "server: {stateless_era: true}\n"
-            "egress:\n"
-            "  allow_loopback: true\n"
-            "tenants:\n"
-            f"  {TENANT}:\n"
-            "    upstreams:\n"
-            f'      - {{kind: mcp, name: v2, url: "{v2_url}"}}\n'
-        )
-        a = _start_marina(log_dir, "redis", redis_url, node_id="v2-A", config=config, tenant=TENANT)
-        procs.append(a.proc)
-        b = _start_marina(log_dir, "redis", redis_url, node_id="v2-B", config=config, tenant=TENANT)
-        procs.append(b.proc)
-        yield Cluster(a=a, b=b)
+        yield _two_nodes(log_dir, redis_url, {"v2": v2_url}, procs)
     finally:
         for p in reversed(procs):
             _stop(p)

@@ -302,23 +302,16 @@ async fn feature(
     };
     // The retry of an upstream's multi round-trip request (prompts/get, resources/read, …): our
     // sealed state, bound to this very request, gives back the upstream's.
-    let expected = mrtr::RequestState {
-        t: t.id.clone(),
-        p: marina_core::tools::SessionContext::session_key(ctx),
-        m: method.to_owned(),
-        n: ["name", "uri"]
+    let expected = mrtr::RequestState::expected(
+        &t.id,
+        marina_core::tools::SessionContext::session_key(ctx),
+        method,
+        ["name", "uri"]
             .iter()
             .find_map(|k| params.get(*k).and_then(Value::as_str))
-            .unwrap_or_default()
-            .to_owned(),
-        a: mrtr::digest(&without_round(&params)),
-        exp: 0,
-        id: String::new(),
-        r: Default::default(),
-        k: None,
-        u: false,
-        w: None,
-    };
+            .unwrap_or_default(),
+        mrtr::digest(&without_round(&params)),
+    );
     let mut params = params;
     if let Some(sealed) = params.get("requestState") {
         let st = match sealed.as_str() {
@@ -405,19 +398,13 @@ async fn call_tool(
         ));
     }
     let provider = t.providers[provider].clone();
-    let expected = mrtr::RequestState {
-        t: t.id.clone(),
-        p: marina_core::tools::SessionContext::session_key(&ctx),
-        m: "tools/call".into(),
-        n: name.clone(),
-        a: mrtr::digest(&arguments),
-        exp: 0,
-        id: String::new(),
-        r: Default::default(),
-        k: None,
-        u: false,
-        w: None,
-    };
+    let expected = mrtr::RequestState::expected(
+        &t.id,
+        marina_core::tools::SessionContext::session_key(&ctx),
+        "tools/call",
+        &name,
+        mrtr::digest(&arguments),
+    );
     let sealed = match params.get("requestState") {
         None => None,
         Some(Value::String(s)) => Some(s.as_str()),

@@ -61,6 +61,27 @@ pub struct RequestState {
     pub w: Option<String>,
 }
 
+impl RequestState {
+    /// What a retry of `method` on `name` (a tool, prompt or URI) with arguments of digest
+    /// `arguments` by principal `principal` of `tenant` must carry: the binding a state is
+    /// checked against, and the base of every state issued for that request.
+    pub fn expected(tenant: &str, principal: String, method: &str, name: &str, arguments: String) -> Self {
+        Self {
+            t: tenant.to_owned(),
+            p: principal,
+            m: method.to_owned(),
+            n: name.to_owned(),
+            a: arguments,
+            exp: 0,
+            id: String::new(),
+            r: Map::new(),
+            k: None,
+            u: false,
+            w: None,
+        }
+    }
+}
+
 /// Where a parked call waits: the node's instance name, the call's id there, and the key of the
 /// question it waits on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -71,7 +71,11 @@ pub fn stateless() -> UpstreamSession {
 /// Put the per-request envelope into `params._meta`: the revision, the client's capabilities
 /// that Marina relays, Marina's identity, and the client's log level.
 pub fn envelope(params: &mut Value, ctx: &dyn SessionContext) {
-    let client = ctx.client_capabilities();
+    envelope_of(params, &ctx.client_capabilities(), ctx.log_level());
+}
+
+/// [`envelope`] for a client with capabilities `client` and log level `log_level`.
+fn envelope_of(params: &mut Value, client: &Value, log_level: Option<String>) {
     let mut capabilities = json!({});
     for (_, capability) in RELAYED_REQUESTS {
         if let Some(v) = client.get(capability).filter(|v| v.is_object()) {
@@ -89,7 +93,7 @@ pub fn envelope(params: &mut Value, ctx: &dyn SessionContext) {
     meta["io.modelcontextprotocol/clientCapabilities"] = capabilities;
     meta["io.modelcontextprotocol/clientInfo"] =
         json!({"name": "marina", "version": env!("CARGO_PKG_VERSION")});
-    match ctx.log_level() {
+    match log_level {
         Some(level) => meta["io.modelcontextprotocol/logLevel"] = json!(level),
         None => {
             meta.as_object_mut()
@@ -153,7 +157,8 @@ impl McpUpstream {
     /// sessionful era. Only no answer at all (unreachable, timeout) decides nothing.
     async fn discover(&self) -> Result<Era, Failure> {
         let mut params = json!({});
-        envelope(&mut params, &NoClient);
+        // A probe has no client behind it: no capabilities, no log level.
+        envelope_of(&mut params, &json!({}), None);
         let id = upstream_request_id("discover");
         let body = protocol::request(&id, "server/discover", params);
         let resp = self
@@ -411,36 +416,6 @@ impl McpUpstream {
 const LISTEN_FOR: Duration = Duration::from_secs(3600);
 /// Longest pause between failed attempts to listen.
 const LISTEN_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The context of a probe: no client behind it.
-struct NoClient;
-
-#[async_trait::async_trait(?Send)]
-impl SessionContext for NoClient {
-    fn session_key(&self) -> String {
-        String::new()
-    }
-
-    fn client_capabilities(&self) -> Value {
-        json!({})
-    }
-
-    fn log_level(&self) -> Option<String> {
-        None
-    }
-
-    fn upstream_session(&self, _upstream: &str) -> Option<UpstreamSession> {
-        None
-    }
-
-    async fn set_upstream_session(
-        &self,
-        _upstream: &str,
-        _session: Option<UpstreamSession>,
-    ) -> Result<(), RpcError> {
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {
