@@ -50,6 +50,8 @@ SLO_WINDOWS = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
 
 # A Marina node in both set-ups: Kubernetes (namespace/pod target labels) and a plain static config.
 NODE = "namespace, pod, instance"
+# A node's name in an alert: its pod in Kubernetes, else its scrape address.
+NODE_NAME = "{{ if $labels.pod }}{{ $labels.pod }}{{ else }}{{ $labels.instance }}{{ end }}"
 
 
 def runbook(alert: str) -> str:
@@ -139,7 +141,7 @@ def slo_alerts() -> list[dict]:
     slow_ratio = "namespace_tenant:marina_request_processing_slow:ratio_rate"
 
     def windows(ws):
-        return " and ".join(f"{l}/{s} above {f:g}x" for l, s, f in ws)
+        return " or ".join(f"{l} and {s} above {f:g}x" for l, s, f in ws)
 
     out = []
     for speed, ws, severity, horizon in [("Fast", FAST_BURN, "critical", "within hours"),
@@ -151,10 +153,11 @@ def slo_alerts() -> list[dict]:
             summary="Tenant {{ $labels.tenant }} burns its error budget %s" % (
                 "fast" if speed == "Fast" else "slowly"),
             description=(
-                "Tenant {{ $labels.tenant }} (namespace {{ $labels.namespace }}): the share of MCP "
-                "requests ending in a server-side error (JSON-RPC codes other than -32700, -32600, "
-                "-32601, -32602 and -32002, or a tool error) consumes the %g%% availability SLO's "
-                "error budget %s (burn rate windows %s); at this pace the 30-day budget is gone %s."
+                "Tenant {{ $labels.tenant }} (namespace {{ $labels.namespace }}): "
+                "{{ $value | humanizePercentage }} of MCP requests end in a server-side error "
+                "(JSON-RPC codes other than -32700, -32600, -32601, -32602 and -32002, or a tool "
+                "error); that burns the %g%% availability SLO's error budget %s (burn rate windows "
+                "%s); at this pace the 30-day budget is gone %s."
                 % (AVAILABILITY_SLO * 100, "fast" if speed == "Fast" else "steadily", windows(ws), horizon)),
         ))
         out.append(alert(
@@ -164,9 +167,10 @@ def slo_alerts() -> list[dict]:
             summary="Tenant {{ $labels.tenant }}: Marina's own latency burns its SLO budget %s" % (
                 "fast" if speed == "Fast" else "slowly"),
             description=(
-                "Tenant {{ $labels.tenant }} (namespace {{ $labels.namespace }}): too many MCP requests "
-                "take Marina itself (time spent waiting on upstreams excluded) more than %s s; the "
-                "%g%% latency SLO's budget burns %s (windows %s); at this pace it is gone %s."
+                "Tenant {{ $labels.tenant }} (namespace {{ $labels.namespace }}): "
+                "{{ $value | humanizePercentage }} of MCP requests take Marina itself (time spent "
+                "waiting on upstreams excluded) more than %s s; that burns the %g%% latency SLO's "
+                "budget %s (burn rate windows %s); at this pace it is gone %s."
                 % (LATENCY_THRESHOLD, LATENCY_SLO * 100, "fast" if speed == "Fast" else "steadily",
                    windows(ws), horizon)),
         ))
@@ -181,7 +185,7 @@ def component_alerts() -> list[dict]:
             f"  / sum by ({NODE}) (rate(marina_store_operation_duration_seconds_count[5m]))\n"
             f"> 0.01",
             for_="5m", severity="critical",
-            summary="Marina node {{ $labels.pod }}{{ $labels.instance }} fails store (Redis) calls",
+            summary="Marina node " + NODE_NAME + " fails store (Redis) calls",
             description=(
                 "{{ $value | humanizePercentage }} of this node's store calls (Redis round trips) "
                 "failed over the last 5 minutes. Sessions, leases, event logs and limits live in "
@@ -231,7 +235,7 @@ def component_alerts() -> list[dict]:
             "MarinaNodeDown",
             "up == 0\nand on (job, instance)\n  max_over_time(marina_build_info[1h])",
             for_="2m", severity="warning",
-            summary="Marina node {{ $labels.pod }}{{ $labels.instance }} is not scraped",
+            summary="Marina node " + NODE_NAME + " is not scraped",
             description=(
                 "Prometheus has failed to scrape the Marina node {{ $labels.instance }} "
                 "(job {{ $labels.job }}) for 2 minutes, though it served metrics within the last "
@@ -251,7 +255,7 @@ def component_alerts() -> list[dict]:
             "sum without (kind) (marina_sse_streams_open)\n"
             "  / (marina_sse_streams_max > 0)\n> 0.9",
             for_="5m", severity="warning",
-            summary="Marina node {{ $labels.pod }}{{ $labels.instance }} is near its SSE stream cap",
+            summary="Marina node " + NODE_NAME + " is near its SSE stream cap",
             description=(
                 "{{ $value | humanizePercentage }} of this node's server.max_open_streams are open; "
                 "past the cap new streams are refused (reason refused_cap)."),
