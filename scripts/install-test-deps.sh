@@ -11,6 +11,8 @@
 #   - tests/peers/oidc/node_modules     (npm ci from the lockfile; oidc-provider, a real OAuth issuer)
 #   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
 #   - tests/peers/schemathesis/.venv (the same, for schemathesis: the admin API's OpenAPI check)
+#   - promtool (apt `prometheus`, needs root): rule checks and rule unit tests (tests/dashboards)
+#   - tests/dashboards/.venv (grafana-foundation-sdk, promql-parser, pytest: dashboards/rules)
 #
 # node_modules and .venv each carry a .deps-stamp with the hash of the files they were
 # installed from, so a changed lockfile / requirements.txt triggers a reinstall.
@@ -115,10 +117,11 @@ command -v python3 >/dev/null 2>&1 || apt_install python3
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   apt_install python3-venv
 fi
-# A venv at $1 holding exactly $2 (a requirements file), reinstalled when either changes.
+# A venv at $1 holding exactly $2 (a requirements file), reinstalled when either changes (or any
+# further file given, e.g. one that $2 includes with -r).
 venv_install() {
   local venv=$1 req=$2 want stamp
-  want=$( (cat "$req"; python3 --version) | sha256sum | cut -d' ' -f1)
+  want=$( (cat "$req" "${@:3}"; python3 --version) | sha256sum | cut -d' ' -f1)
   stamp=$venv/.deps-stamp
   if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     # A venv made by another python (or half-made) is rebuilt from scratch.
@@ -135,3 +138,10 @@ venv_install "$VENV" "$PY_DIR/requirements.txt"
 
 # --- python: schemathesis, in its own venv (its dependencies never move the SDK's pins) ------
 venv_install "$ST_DIR/.venv" "$ST_DIR/requirements.txt"
+
+# --- promtool (Debian's prometheus package) and the dashboards' Python tools -----------------
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
+fi
+venv_install "$REPO/tests/dashboards/.venv" "$REPO/tests/dashboards/requirements.txt" \
+  "$REPO/dashboards/requirements.txt"

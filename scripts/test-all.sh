@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of Marina, from a fresh machine: installs what the tests need (Redis and HAProxy
 # from apt, the Node and Python MCP clients, the conformance suites and schemathesis from
-# npm/PyPI), then runs formatting and lint checks, the Rust unit and integration tests (which
+# npm/PyPI, promtool from apt), then checks the dashboards and alert rules (tests/dashboards),
+# runs formatting and lint checks, the Rust unit and integration tests (which
 # start their own redis-server and marina processes on free loopback ports), the real-client and
 # conformance tests (conformance 0.1.16 against one node; 0.2.0-alpha.12, both requirement sets,
 # through two nodes on one Redis behind a round-robin HAProxy), and schemathesis against the
@@ -19,6 +20,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "installing test dependencies"
 bash scripts/install-test-deps.sh
+
+step "dashboards and Prometheus rules (generated files fresh, lint, promtool check/test rules)"
+bash tests/dashboards/run.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
