@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             r.status, r.detail = "ok", "no data (allowed)"
         bad = r.status != "ok" and r.kind != "variable"
         failed += bad
-        if bad or args.verbose or r.kind == "variable":
+        if bad or args.verbose:
             line = f"{r.status.upper():8} {r.kind:9} {r.id}"
             if r.detail:
                 line += f"  [{r.detail}]"

@@ -3,7 +3,8 @@
 # generation; promtool (Debian's prometheus package) checks the rules and every dashboard
 # expression, and runs the alert fixtures (rules.test.yaml); pytest runs the dashboard lint
 # (grafana/dashboard-linter's rules, the metrics contract), the rule conventions and the unit
-# tests of check_live.py. Needs what scripts/install-test-deps.sh installs (promtool and
+# tests of check_live.py; then live_smoke.sh runs every panel and rule on a real Prometheus
+# scraping synthetic nodes. Needs what scripts/install-test-deps.sh installs (prometheus, promtool and
 # tests/dashboards/.venv).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -35,3 +36,7 @@ promtool test rules tests/dashboards/rules.test.yaml
 step "dashboard lint, rule conventions, check_live unit tests (pytest)"
 cd tests/dashboards
 "$PY" -m pytest -q -p no:cacheprovider .
+
+step "the dashboards and rules on a real Prometheus scraping synthetic nodes (live_smoke.sh)"
+cd "$REPO"
+bash tests/dashboards/live_smoke.sh
