@@ -114,7 +114,8 @@ def timeseries(title: str, desc: str, unit: str, targets: list, stack: bool = Fa
     return p
 
 
-def stat(title: str, desc: str, unit: str, expr: str, decimals: int | None = None):
+def stat(title: str, desc: str, unit: str, expr: str, decimals: int | None = None,
+         steps: list[tuple[float | None, str]] | None = None):
     p = (stat_b.Panel().title(title).description(desc).unit(unit).datasource(DS)
          .graph_mode(common_m.BigValueGraphMode.AREA)
          .color_mode(common_m.BigValueColorMode.VALUE)
@@ -122,12 +123,21 @@ def stat(title: str, desc: str, unit: str, expr: str, decimals: int | None = Non
          .with_target(target(expr, instant=False)))
     if decimals is not None:
         p = p.decimals(decimals)
+    if steps:
+        p = p.thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
+                         .steps([dm.Threshold(value=v, color=c) for v, c in steps]))
     return p
 
 
-def table(title: str, desc: str, unit: str, expr: str, value_name: str):
+# Opens the Tenants dashboard on the clicked row's tenant, keeping the other variables and the time.
+TENANT_LINK = (db.DashboardLink("Open tenant ${__data.fields.tenant}").type(dm.DashboardLinkType.LINK)
+               .url("/d/marina-tenants/marina-tenants?${datasource:queryparam}&${namespace:queryparam}"
+                    "&${pod:queryparam}&var-tenant=${__data.fields.tenant}&${__url_time_range}"))
+
+
+def table(title: str, desc: str, unit: str, expr: str, value_name: str, tenant_link: bool = False):
     """An instant top-N table: one row per series, the value column named `value_name`."""
-    return (table_b.Panel().title(title).description(desc).unit(unit).datasource(DS)
+    p = (table_b.Panel().title(title).description(desc).unit(unit).datasource(DS)
             .with_target(target(expr, instant=True, table=True))
             .with_transformation(dm.DataTransformerConfig(
                 id_val="organize",
@@ -135,6 +145,9 @@ def table(title: str, desc: str, unit: str, expr: str, value_name: str):
                          "renameByName": {"Value": value_name}}))
             .with_transformation(dm.DataTransformerConfig(
                 id_val="sortBy", options={"sort": [{"field": value_name, "desc": True}]})))
+    if tenant_link:
+        p = p.data_links([TENANT_LINK])
+    return p
 
 
 # --- dashboards -----------------------------------------------------------------------------
@@ -183,7 +196,8 @@ def overview() -> db.Dashboard:
             (stat("Request rate", "MCP requests (and notifications) per second received by the selected nodes for the selected tenants.",
                   "reqps", ALL), 4, 4),
             (stat("Error ratio", "Share of MCP requests ending in a server-side error. JSON-RPC -32700, -32600, -32601, -32602 and -32002 are the client's and do not count.",
-                  "percentunit", f"{ERR}\n/\n{ALL}", 2), 4, 4),
+                  "percentunit", f"{ERR}\n/\n{ALL}", 2,
+                  steps=[(None, "green"), (0.001, "yellow"), (0.01, "red")]), 4, 4),
             (stat("p95 latency", "95th percentile of MCP request duration, receipt to result (upstream time included).",
                   "s", quantile(0.95, "mcp_server_operation_duration_seconds")), 4, 4),
             (stat("Active sessions", "Sessionful-era sessions whose actor lives on the selected nodes.",
@@ -243,12 +257,12 @@ def tenants() -> db.Dashboard:
     return rows(d, [
         ("Top tenants (last 5 minutes)", [
             (table("Top tenants by request rate", "The 10 busiest of the selected tenants (recording rule, 5-minute rate).",
-                   "reqps", top(f"sum by (tenant) ({REC_OPS}{{{T}}})"), "requests/s"), 8, 9),
+                   "reqps", top(f"sum by (tenant) ({REC_OPS}{{{T}}})"), "requests/s", tenant_link=True), 8, 9),
             (table("Top tenants by error ratio", "The 10 selected tenants with the highest server-side error ratio (5-minute).",
                    "percentunit", top(f"sum by (tenant) ({REC_ERR}{{{T}}})\n/\nsum by (tenant) ({REC_OPS}{{{T}}})"),
-                   "error ratio"), 8, 9),
+                   "error ratio", tenant_link=True), 8, 9),
             (table("Slowest tenants (p95)", "The 10 selected tenants with the highest p95 MCP request duration (5-minute).",
-                   "s", top(f"histogram_quantile(0.95, sum by (tenant, le) ({REC_LE}{{{T}}}))"), "p95"), 8, 9),
+                   "s", top(f"histogram_quantile(0.95, sum by (tenant, le) ({REC_LE}{{{T}}}))"), "p95", tenant_link=True), 8, 9),
         ]),
         ("Over time", [
             (timeseries("Request rate by tenant", "MCP requests per second per tenant (recording rule, 5-minute rate).",
@@ -360,7 +374,7 @@ def security() -> db.Dashboard:
             (timeseries("Auth failures by tenant", "Refused authentications per second by tenant; MarinaAuthFailureSurge fires above 1/s for 10 minutes.",
                         "reqps", [(f"sum by (tenant) ({rate('marina_auth_failures_total')})", "{{tenant}}")]), 12, 8),
             (table("Top tenants by auth failures", "The 10 selected tenants with the most refused authentications (recording rule, 5-minute rate).",
-                   "reqps", f"topk(10, sum by (tenant) (namespace_pod_tenant:marina_auth_failures:rate5m{{{T}}}))", "failures/s"), 24, 7),
+                   "reqps", f"topk(10, sum by (tenant) (namespace_pod_tenant:marina_auth_failures:rate5m{{{T}}}))", "failures/s", tenant_link=True), 24, 7),
         ]),
         ("Authorization", [
             (timeseries("RBAC denials by action", "Denied authorization decisions per second by tenant and action.", "reqps",

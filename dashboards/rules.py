@@ -90,8 +90,6 @@ def dashboard_rules() -> list[dict]:
         record("namespace_pod_tenant_le:mcp_server_operation_duration_seconds_bucket:rate5m",
                "sum by (namespace, pod, tenant, le) "
                "(rate(mcp_server_operation_duration_seconds_bucket[5m]))"),
-        record("namespace_pod_tenant:marina_sessions_started:rate5m",
-               f"{by} (rate(marina_sessions_started_total[5m]))"),
         record("namespace_pod_tenant:marina_auth_failures:rate5m",
                f"{by} (rate(marina_auth_failures_total[5m]))"),
         record("namespace_pod_tenant:marina_authz_denials:rate5m",

@@ -222,3 +222,12 @@ T = N + ', tenant=~"$tenant"'
 def test_lint_catches(expr, problem):
     problems = target_problems(DASHBOARDS["marina-overview"], expr)
     assert any(problem in p for p in problems), problems
+
+
+def test_every_recording_rule_is_used_by_a_dashboard_or_an_alert():
+    used = set()
+    for d, t in all_targets():
+        used |= {s.name for s in dashlib.selectors(pp.parse(substituted(d, t.expr)))}
+    for _, rule in dashlib.rules(RULES):
+        used |= {s.name for s in dashlib.selectors(pp.parse(rule["expr"]))}
+    assert RECORDED - used == set(), "recording rules nothing reads"
