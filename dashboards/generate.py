@@ -135,7 +135,8 @@ TENANT_LINK = (db.DashboardLink("Open tenant ${__data.fields.tenant}").type(dm.D
                     "&${pod:queryparam}&var-tenant=${__data.fields.tenant}&${__url_time_range}"))
 
 
-def table(title: str, desc: str, unit: str, expr: str, value_name: str, tenant_link: bool = False):
+def table(title: str, desc: str, unit: str, expr: str, value_name: str, tenant_link: bool = False,
+          ascending: bool = False):
     """An instant top-N table: one row per series, the value column named `value_name`."""
     p = (table_b.Panel().title(title).description(desc).unit(unit).datasource(DS)
             .with_target(target(expr, instant=True, table=True))
@@ -144,7 +145,7 @@ def table(title: str, desc: str, unit: str, expr: str, value_name: str, tenant_l
                 options={"excludeByName": {"Time": True},
                          "renameByName": {"Value": value_name}}))
             .with_transformation(dm.DataTransformerConfig(
-                id_val="sortBy", options={"sort": [{"field": value_name, "desc": True}]})))
+                id_val="sortBy", options={"sort": [{"field": value_name, "desc": not ascending}]})))
     if tenant_link:
         p = p.data_links([TENANT_LINK])
     return p
@@ -337,8 +338,11 @@ def upstreams() -> db.Dashboard:
     by = "tenant, upstream"
     return rows(d, [
         ("Health", [
-            (table("Upstreams down", "Upstreams that no selected node can reach right now (marina_upstream_up is 0 on every node).",
-                   "short", f"max by ({by}) ({sel('marina_upstream_up')}) == 0", "up"), 8, 8),
+            (table("Upstream health", "Every upstream of the selected tenants: down when no selected node reaches it (marina_upstream_up is 0 on every node; MarinaUpstreamDown after 5 minutes). Down ones first.",
+                   "short", f"max by ({by}) ({sel('marina_upstream_up')})", "state", ascending=True)
+             .mappings([dm.ValueMap(options={
+                 "0": dm.ValueMappingResult(text="down", color="red", index=0),
+                 "1": dm.ValueMappingResult(text="up", color="green", index=1)})]), 8, 8),
             (timeseries("Upstream up (nodes reaching it)", "Nodes whose last contact with the upstream succeeded.", "short",
                         [(f"sum by ({by}) ({sel('marina_upstream_up')})", "{{tenant}}/{{upstream}}")]), 16, 8),
         ]),
