@@ -142,8 +142,8 @@ def slo_alerts() -> list[dict]:
         return " or ".join(f"{l} and {s} above {f:g}x" for l, s, f in ws)
 
     out = []
-    for speed, ws, severity, horizon in [("Fast", FAST_BURN, "critical", "within hours"),
-                                         ("Slow", SLOW_BURN, "warning", "within days")]:
+    for speed, ws, severity, horizon in [("Fast", FAST_BURN, "critical", "in 2 to 5 days"),
+                                         ("Slow", SLOW_BURN, "warning", "in 10 to 30 days")]:
         out.append(alert(
             f"MarinaErrorBudgetBurn{speed}", burn_expr(err_ratio, err_budget, ws),
             for_="2m" if speed == "Fast" else "15m", severity=severity,
