@@ -11,10 +11,13 @@
 #   - tests/peers/oidc/node_modules     (npm ci from the lockfile; oidc-provider, a real OAuth issuer)
 #   - tests/peers/python/.venv       (python3 -m venv + pip install -r requirements.txt)
 #   - tests/peers/schemathesis/.venv (the same, for schemathesis: the admin API's OpenAPI check)
+#   - the Helm chart's test tools (tests/helm/run.sh), cached in $MARINA_TOOLS (default
+#     ~/.cache/marina-tools): helm v3.22.0 and tests/helm/crdcheck built with `go install`
+#     (Go module proxy), kubernetes-validate from PyPI in a venv (its bundled schemas)
 #
 # node_modules and .venv each carry a .deps-stamp with the hash of the files they were
 # installed from, so a changed lockfile / requirements.txt triggers a reinstall.
-# Only the package registries are contacted (Debian apt, npm, PyPI).
+# Only the package registries are contacted (Debian apt, npm, PyPI, the Go module proxy).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -135,3 +138,23 @@ venv_install "$VENV" "$PY_DIR/requirements.txt"
 
 # --- python: schemathesis, in its own venv (its dependencies never move the SDK's pins) ------
 venv_install "$ST_DIR/.venv" "$ST_DIR/requirements.txt"
+
+# --- Helm chart tests: helm, kubernetes-validate, crdcheck (tests/helm/run.sh) ---------------
+# Cached outside the repo, keyed by version (and for crdcheck by the hash of its sources), so a
+# second run does nothing. Cold: helm ~4 min of `go install` on two cores, the rest seconds.
+TOOLS=${MARINA_TOOLS:-$HOME/.cache/marina-tools}
+HELM_VERSION=v3.22.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+mkdir -p "$TOOLS/bin"
+command -v go >/dev/null 2>&1 || apt_install golang-go
+if [[ ! -x $TOOLS/bin/helm ]] || ! "$TOOLS/bin/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+  GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false quiet nice -n 10 go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+crdcheck_want=$( (cat "$REPO"/tests/helm/crdcheck/go.mod "$REPO"/tests/helm/crdcheck/go.sum "$REPO"/tests/helm/crdcheck/*.go; go version) | sha256sum | cut -d' ' -f1)
+if [[ ! -x $TOOLS/bin/crdcheck || ! -f $TOOLS/bin/.crdcheck-stamp || $(cat "$TOOLS/bin/.crdcheck-stamp") != "$crdcheck_want" ]]; then
+  (cd "$REPO/tests/helm/crdcheck" && GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false quiet nice -n 10 go install .)
+  echo "$crdcheck_want" >"$TOOLS/bin/.crdcheck-stamp"
+fi
+kv_req=$TOOLS/kubernetes-validate.requirements.txt
+echo "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >"$kv_req"
+venv_install "$TOOLS/kubernetes-validate" "$kv_req"

@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# Tests of the Helm chart helm/marina, offline (tools from scripts/install-test-deps.sh, cached in
+# $MARINA_TOOLS, default ~/.cache/marina-tools):
+#
+#   1. helm lint --strict with every value set of tests/helm/values/;
+#   2. helm template with each value set, compared with tests/helm/golden/<set>.yaml, and its
+#      NOTES.txt with <set>.notes.txt (`tests/helm/run.sh --update` rewrites the golden files);
+#      NOTES.txt's warnings (tests/helm/fixtures/notes-warnings.yaml);
+#   3. every rendered manifest validated strictly (unknown fields are errors) against the
+#      Kubernetes schemas bundled in the kubernetes-validate PyPI package, for the oldest
+#      Kubernetes the chart supports and the newest bundled; the prometheus-operator objects
+#      (ServiceMonitor, PodMonitor, PrometheusRule) strictly decoded into the operator's Go types
+#      (tests/helm/crdcheck);
+#   4. the same with stand-in dashboards and rules (tests/helm/fixtures) while the chart ships
+#      none, so the PrometheusRule and dashboard templates are exercised;
+#   5. each file of tests/helm/bad/ (layered over values/defaults.yaml) must be refused, with the
+#      message its `# expect:` line names;
+#   6. the validators themselves refuse the broken manifests of tests/helm/fixtures/invalid;
+#   7. properties of the rendered output (security context, termination arithmetic, no Secret
+#      rendered, capability gating) and the Dockerfile's agreement with the chart.
+#
+# The Dockerfile itself is not built: there is no Docker daemon and no registry for base images
+# here (see helm/marina/README.md).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CHART=$REPO/helm/marina
+TOOLS=${MARINA_TOOLS:-$HOME/.cache/marina-tools}
+HELM=$TOOLS/bin/helm
+CRDCHECK=$TOOLS/bin/crdcheck
+KV=$TOOLS/kubernetes-validate/bin/kubernetes-validate
+PY=$TOOLS/kubernetes-validate/bin/python
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with bundled
+# schemas.
+KUBE_VERSIONS=(1.27.0 1.37.0)
+RELEASE=marina
+NAMESPACE=marina
+
+UPDATE=0
+[[ ${1:-} == --update ]] && UPDATE=1
+
+for t in "$HELM" "$CRDCHECK" "$KV" "$PY"; do
+  if [[ ! -x $t ]]; then
+    echo "tests/helm: $t is missing; run scripts/install-test-deps.sh" >&2
+    exit 1
+  fi
+done
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+failures=0
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+ok() { echo "ok: $*"; }
+
+# helm template of the chart at $1 with value files $2..; extra flags in TEMPLATE_FLAGS.
+render() {
+  local chart=$1; shift
+  local args=()
+  for v in "$@"; do args+=(-f "$v"); done
+  "$HELM" template "$RELEASE" "$chart" --namespace "$NAMESPACE" \
+    --kube-version "${KUBE_VERSIONS[-1]}" "${args[@]}" ${TEMPLATE_FLAGS:-}
+}
+
+# Validate one rendered file: Kubernetes kinds with kubernetes-validate --strict (every
+# version), monitoring.coreos.com kinds with crdcheck.
+validate() {
+  local file=$1 name=$2
+  local core=$WORK/$name.core.yaml
+  "$PY" - "$file" "$core" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+core = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+yaml.safe_dump_all(core, open(sys.argv[2], "w"), sort_keys=False)
+EOF
+  local v out
+  for v in "${KUBE_VERSIONS[@]}"; do
+    if out=$("$KV" --strict --quiet -k "$v" "$core" 2>&1); then
+      ok "$name: Kubernetes $v schemas (strict)"
+    else
+      fail "$name: Kubernetes $v schemas"; echo "$out" >&2
+    fi
+  done
+  if out=$("$CRDCHECK" "$file" 2>&1); then
+    ok "$name: ${out#crdcheck: }"
+  else
+    fail "$name: prometheus-operator types"; echo "$out" >&2
+  fi
+}
+
+echo "== the validators refuse broken manifests (tests/helm/fixtures/invalid)"
+for broken in "$HERE"/fixtures/invalid/*.yaml; do
+  name=$(basename "$broken" .yaml)
+  case $name in
+    servicemonitor-* | podmonitor-* | prometheusrule-*) check=("$CRDCHECK" "$broken") ;;
+    *) check=("$KV" --strict --quiet -k "${KUBE_VERSIONS[-1]}" "$broken") ;;
+  esac
+  if "${check[@]}" >/dev/null 2>&1; then
+    fail "invalid/$name was accepted by $(basename "${check[0]}")"
+  else
+    ok "invalid/$name refused by $(basename "${check[0]}")"
+  fi
+done
+
+echo "== helm lint --strict"
+for values in "$HERE"/values/*.yaml; do
+  set_name=$(basename "$values" .yaml)
+  if out=$("$HELM" lint --strict "$CHART" --namespace "$NAMESPACE" \
+      --kube-version "${KUBE_VERSIONS[0]}" -f "$values" 2>&1); then
+    ok "lint $set_name"
+  else
+    fail "lint $set_name"; echo "$out" >&2
+  fi
+done
+
+echo "== helm template: golden files and schema validation"
+# As in a cluster with the prometheus-operator CRDs (capability-gated objects render).
+for values in "$HERE"/values/*.yaml; do
+  set_name=$(basename "$values" .yaml)
+  out=$WORK/$set_name.yaml
+  if ! TEMPLATE_FLAGS="--api-versions monitoring.coreos.com/v1" render "$CHART" "$values" >"$out" 2>"$WORK/err"; then
+    fail "template $set_name"; cat "$WORK/err" >&2; continue
+  fi
+  golden=$HERE/golden/$set_name.yaml
+  if [[ $UPDATE == 1 ]]; then
+    cp "$out" "$golden"; ok "golden $set_name updated"
+  elif [[ ! -f $golden ]]; then
+    fail "golden $set_name: $golden is missing (tests/helm/run.sh --update)"
+  elif ! diff -u "$golden" "$out" >"$WORK/diff"; then
+    fail "golden $set_name differs from the rendered output (tests/helm/run.sh --update if intended):"
+    head -60 "$WORK/diff" >&2
+  else
+    ok "golden $set_name"
+  fi
+  validate "$out" "$set_name"
+done
+
+echo "== NOTES.txt (golden tests/helm/golden/<set>.notes.txt, and its warnings)"
+# helm template does not render NOTES.txt: a copy of the chart renders it through tpl.
+cp -r "$CHART" "$WORK/notes-chart"
+mkdir "$WORK/notes-chart/notes"
+cp "$CHART/templates/NOTES.txt" "$WORK/notes-chart/notes/"
+echo 'notes: {{ tpl (.Files.Get "notes/NOTES.txt") . | toJson }}' >"$WORK/notes-chart/templates/zz-notes.yaml"
+notes() {
+  TEMPLATE_FLAGS="--show-only templates/zz-notes.yaml" render "$WORK/notes-chart" "$@" |
+    "$PY" -c 'import sys, yaml; sys.stdout.write(yaml.safe_load(sys.stdin)["notes"] + "\n")'
+}
+for values in "$HERE"/values/*.yaml; do
+  set_name=$(basename "$values" .yaml)
+  notes "$values" >"$WORK/$set_name.notes.txt"
+  golden=$HERE/golden/$set_name.notes.txt
+  if [[ $UPDATE == 1 ]]; then
+    cp "$WORK/$set_name.notes.txt" "$golden"; ok "golden $set_name.notes.txt updated"
+  elif ! diff -u "$golden" "$WORK/$set_name.notes.txt" >"$WORK/diff" 2>&1; then
+    fail "golden $set_name.notes.txt differs (tests/helm/run.sh --update if intended):"; head -40 "$WORK/diff" >&2
+  else
+    ok "golden $set_name.notes.txt"
+  fi
+done
+notes "$HERE/fixtures/notes-warnings.yaml" >"$WORK/warnings.notes.txt"
+for w in "more than one pod without Redis" "admin.enabled=false: no admin API and no /metrics" \
+    "both a ServiceMonitor and a PodMonitor" "does not serve monitoring.coreos.com/v1" \
+    "ships no files/prometheus-rules.yaml" "ships no files/dashboards/*.json"; do
+  if grep -qF -- "$w" "$WORK/warnings.notes.txt"; then ok "NOTES warns: $w"; else fail "NOTES does not warn: $w"; fi
+done
+if grep -q WARNING "$WORK/defaults.notes.txt"; then fail "NOTES warns with the default values"; else ok "NOTES: no warning with the default values"; fi
+
+echo "== dashboards and rules (the chart's files, or stand-ins from tests/helm/fixtures)"
+cp -r "$CHART" "$WORK/chart"
+if ! compgen -G "$CHART/files/dashboards/*.json" >/dev/null; then
+  mkdir -p "$WORK/chart/files/dashboards"
+  cp "$HERE"/fixtures/dashboards/*.json "$WORK/chart/files/dashboards/"
+  echo "(the chart ships no dashboards: using tests/helm/fixtures/dashboards)"
+fi
+if [[ ! -f $CHART/files/prometheus-rules.yaml ]]; then
+  mkdir -p "$WORK/chart/files"
+  cp "$HERE/fixtures/prometheus-rules.yaml" "$WORK/chart/files/"
+  echo "(the chart ships no rules: using tests/helm/fixtures/prometheus-rules.yaml)"
+fi
+if TEMPLATE_FLAGS="--api-versions monitoring.coreos.com/v1" render "$WORK/chart" "$HERE/values/full.yaml" \
+    >"$WORK/files.yaml" 2>"$WORK/err"; then
+  validate "$WORK/files.yaml" "full+files"
+  cp "$WORK/files.yaml" "$WORK/files-rendered.yaml"
+else
+  fail "template full+files"; cat "$WORK/err" >&2
+fi
+
+echo "== rendering refuses bad values (tests/helm/bad, each over values/defaults.yaml)"
+for bad in "$HERE"/bad/*.yaml; do
+  name=$(basename "$bad" .yaml)
+  expect=$(sed -n 's/^# expect: //p' "$bad" | head -1)
+  if [[ -z $expect ]]; then fail "bad/$name has no '# expect:' line"; continue; fi
+  if render "$CHART" "$HERE/values/defaults.yaml" "$bad" >/dev/null 2>"$WORK/err"; then
+    fail "bad/$name was accepted"
+  elif ! grep -qF -- "$expect" "$WORK/err"; then
+    fail "bad/$name was refused, but not with \"$expect\":"; cat "$WORK/err" >&2
+  else
+    ok "bad/$name refused: $(grep -F -- "$expect" "$WORK/err" | head -1 | cut -c1-150)"
+  fi
+done
+
+echo "== the chart with nothing given is refused with a clear message"
+if render "$CHART" >/dev/null 2>"$WORK/err"; then
+  fail "the chart rendered without the required Secret references"
+elif grep -qF "redis.existingSecret.name is required" "$WORK/err"; then
+  ok "no values: $(grep -oF 'redis.existingSecret.name is required' "$WORK/err")"
+else
+  fail "no values: unexpected error"; cat "$WORK/err" >&2
+fi
+
+echo "== monitoring objects need the prometheus-operator API (or skipCapabilityCheck)"
+render "$CHART" "$HERE/values/full.yaml" >"$WORK/nocrd.yaml"
+printf 'monitoring:\n  skipCapabilityCheck: true\n' >"$WORK/skip.yaml"
+render "$CHART" "$HERE/values/full.yaml" "$WORK/skip.yaml" >"$WORK/forced.yaml"
+
+echo "== properties of the rendered output, and the Dockerfile against the chart"
+if "$PY" - "$WORK" "$REPO" <<'EOF'
+import json, re, sys, yaml
+work, repo = sys.argv[1], sys.argv[2]
+problems = []
+def check(cond, msg):
+    if not cond:
+        problems.append(msg)
+    else:
+        print("ok:", msg)
+def load(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d]
+values = yaml.safe_load(open(f"{repo}/helm/marina/values.yaml"))
+chart = yaml.safe_load(open(f"{repo}/helm/marina/Chart.yaml"))
+
+for name in ["defaults", "minimal", "full"]:
+    docs = load(f"{work}/{name}.yaml")
+    kinds = [d["kind"] for d in docs]
+    check("Secret" not in kinds, f"{name}: no Secret is rendered (secrets come from existing Secrets)")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "marina.yaml" in d["data"])
+    cfg = yaml.safe_load(cm["data"]["marina.yaml"])
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    sc = c["securityContext"]
+    check(sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
+          and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault",
+          f"{name}: restrictive container securityContext")
+    check(spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault",
+          f"{name}: restrictive pod securityContext")
+    check(any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
+          and any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), f"{name}: /tmp is an emptyDir")
+    s = cfg["server"]
+    need = -(-(s["shutdown_delay_ms"] + s["drain_timeout_ms"]) // 1000)
+    check(spec["terminationGracePeriodSeconds"] > need,
+          f"{name}: terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} > shutdown delay + drain ({need} s)")
+    check(re.fullmatch(r"[0-9a-f]{64}", pod["metadata"]["annotations"].get("checksum/config", "")),
+          f"{name}: checksum/config annotation")
+    env = {e["name"]: e for e in c["env"]}
+    check(env["MARINA__SERVER__ADVERTISE_URL"]["value"] == f"http://$(POD_IP):{values['containerPorts']['mcp']}"
+          and env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP",
+          f"{name}: advertise_url from the pod IP")
+    check(s["bind"] == f"0.0.0.0:{values['containerPorts']['mcp']}", f"{name}: MCP binds 0.0.0.0")
+    probes = {p: c[p]["httpGet"] for p in ["startupProbe", "livenessProbe", "readinessProbe"]}
+    check(probes["livenessProbe"]["path"] == "/healthz" and probes["readinessProbe"]["path"] == "/readyz"
+          and all(p["port"] == "mcp" for p in probes.values()), f"{name}: probes /healthz and /readyz on the MCP port")
+    check(c["image"].split("@")[0].endswith(":" + (chart["appVersion"] if name != "full" else "0.1.0")),
+          f"{name}: image tag pinned ({c['image']})")
+    for d in docs:
+        labels = d["metadata"]["labels"]
+        for k in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "helm.sh/chart"]:
+            if k not in labels:
+                problems.append(f"{name}: {d['kind']}/{d['metadata']['name']} lacks the label {k}")
+    redis = "MARINA__STORE__REDIS_URL" in env
+    check(redis == (name != "minimal"), f"{name}: Redis URL from a Secret only with Redis")
+    if redis:
+        check("secretKeyRef" in env["MARINA__STORE__REDIS_URL"]["valueFrom"], f"{name}: Redis URL from secretKeyRef")
+        check(cfg["cluster"]["secret_file"].startswith("/var/run/secrets/marina/cluster/")
+              and any("secret" in v for v in spec["volumes"] if v["name"] == "cluster-secret"),
+              f"{name}: cluster secret mounted from a Secret")
+    check(("admin" in [p["name"] for p in c["ports"]]) == (name != "minimal"), f"{name}: admin port iff admin.enabled")
+
+full = load(f"{work}/full.yaml")
+kinds = {d["kind"] for d in full}
+check({"Deployment", "Service", "ConfigMap", "ServiceAccount", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+       "NetworkPolicy", "ServiceMonitor"} <= kinds, f"full: every object kind ({sorted(kinds)})")
+check("replicas" not in next(d for d in full if d["kind"] == "Deployment")["spec"], "full: no replicas with an HPA")
+minimal = load(f"{work}/minimal.yaml")
+check({d["kind"] for d in minimal} == {"Deployment", "Service", "ConfigMap", "ServiceAccount"},
+      "minimal: Deployment, Service, ConfigMap and ServiceAccount only (no PDB for one replica)")
+nocrd = {d["kind"] for d in load(f"{work}/nocrd.yaml")}
+check(not nocrd & {"ServiceMonitor", "PodMonitor", "PrometheusRule"},
+      "without monitoring.coreos.com/v1 no monitor or rule is rendered")
+forced = {d["kind"] for d in load(f"{work}/forced.yaml")}
+check("ServiceMonitor" in forced, "skipCapabilityCheck renders the ServiceMonitor anyway")
+files = load(f"{work}/files-rendered.yaml")
+rule = [d for d in files if d["kind"] == "PrometheusRule"]
+check(len(rule) == 1 and rule[0]["spec"]["groups"], "PrometheusRule rendered from files/prometheus-rules.yaml")
+dash = [d for d in files if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+check(dash and all(json.loads(v) for d in dash for v in d["data"].values()),
+      f"dashboards as ConfigMaps labelled grafana_dashboard=\"1\" ({len(dash)})")
+
+# The Dockerfile against the chart: binary path, ports, numeric user.
+dockerfile = open(f"{repo}/Dockerfile").read()
+runtime = dockerfile.split("AS runtime", 1)[1]
+check(re.search(r"cargo build --release --locked --bin marina", dockerfile), "Dockerfile: builds --release --bin marina")
+entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", runtime, re.M).group(1))
+check(entry == ["/usr/local/bin/marina"] and "COPY --from=build /out/marina /usr/local/bin/marina" in runtime,
+      "Dockerfile: ENTRYPOINT is the copied binary")
+dep = next(d for d in full if d["kind"] == "Deployment")
+check(dep["spec"]["template"]["spec"]["containers"][0]["args"][0] == "serve" and "command" not in dep["spec"]["template"]["spec"]["containers"][0],
+      "chart: runs the image's ENTRYPOINT with `serve`")
+exposed = sorted(int(p) for p in re.search(r"^EXPOSE (.+)$", runtime, re.M).group(1).split())
+check(exposed == sorted(values["containerPorts"].values()), f"Dockerfile EXPOSE {exposed} = chart containerPorts")
+user = re.search(r"^USER (\d+):(\d+)$", runtime, re.M)
+check(user and int(user.group(1)) == values["podSecurityContext"]["runAsUser"]
+      and int(user.group(2)) == values["podSecurityContext"]["runAsGroup"], "Dockerfile USER = chart runAsUser:runAsGroup")
+check(not re.search(r"(?i)^(ENV|ARG)\s+\S*(SECRET|PASSWORD|TOKEN|REDIS_URL)", dockerfile, re.M), "Dockerfile: no secret in ENV/ARG")
+dockerignore = open(f"{repo}/.dockerignore").read().split()
+check(".git" in dockerignore and "target" in dockerignore, ".dockerignore keeps .git and target out of the context")
+
+if problems:
+    for p in problems:
+        print("FAIL:", p, file=sys.stderr)
+    sys.exit(1)
+EOF
+then :; else fail "properties"; fi
+
+echo
+if [[ $failures -gt 0 ]]; then
+  echo "tests/helm: $failures failure(s)" >&2
+  exit 1
+fi
+echo "tests/helm: all passed"
