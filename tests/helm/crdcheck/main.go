@@ -1,8 +1,9 @@
 // crdcheck validates the prometheus-operator objects (ServiceMonitor, PodMonitor, PrometheusRule)
 // of rendered manifests by strict decoding into the operator's own Go types
 // (github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring): an unknown field or a
-// wrong type is an error, as the API server's structural schema would make it. It also checks the
-// few fields those types cannot mark as required.
+// wrong type is an error, as the API server's structural schema would make it. It also checks what
+// the types carry only as kubebuilder markers (required fields, the Duration pattern, the Scheme
+// enum) for the fields the chart sets.
 //
 // Usage: crdcheck FILE...   (multi-document YAML; other kinds are skipped and counted)
 // Exit status 1 when any object is invalid.
@@ -14,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
@@ -27,6 +29,32 @@ type header struct {
 	Metadata   struct {
 		Name string `json:"name"`
 	} `json:"metadata"`
+}
+
+// The CRD patterns and enums (kubebuilder markers in monitoring/v1/types.go).
+var (
+	durationRe = regexp.MustCompile(`^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$`)
+	schemes    = map[string]bool{"http": true, "https": true, "HTTP": true, "HTTPS": true}
+)
+
+func duration(field string, d *monitoringv1.Duration) error {
+	if d != nil && !durationRe.MatchString(string(*d)) {
+		return fmt.Errorf("%s %q is not a Prometheus duration", field, string(*d))
+	}
+	return nil
+}
+
+func endpoint(i int, port *string, scheme *monitoringv1.Scheme, interval, timeout monitoringv1.Duration) error {
+	if port == nil || *port == "" {
+		return fmt.Errorf("endpoint %d: port (a named port) is required", i)
+	}
+	if scheme != nil && !schemes[string(*scheme)] {
+		return fmt.Errorf("endpoint %d: scheme %q is not one of http, https", i, string(*scheme))
+	}
+	if err := duration(fmt.Sprintf("endpoint %d: interval", i), &interval); err != nil {
+		return err
+	}
+	return duration(fmt.Sprintf("endpoint %d: scrapeTimeout", i), &timeout)
 }
 
 func check(doc []byte) (string, error) {
@@ -50,6 +78,12 @@ func check(doc []byte) (string, error) {
 		if len(o.Spec.Endpoints) == 0 {
 			return id, errors.New("spec.endpoints is empty")
 		}
+		for i, e := range o.Spec.Endpoints {
+			port := e.Port
+			if err := endpoint(i, &port, e.Scheme, e.Interval, e.ScrapeTimeout); err != nil {
+				return id, err
+			}
+		}
 		if len(o.Spec.Selector.MatchLabels) == 0 && len(o.Spec.Selector.MatchExpressions) == 0 {
 			return id, errors.New("spec.selector selects everything")
 		}
@@ -60,6 +94,11 @@ func check(doc []byte) (string, error) {
 		}
 		if len(o.Spec.PodMetricsEndpoints) == 0 {
 			return id, errors.New("spec.podMetricsEndpoints is empty")
+		}
+		for i, e := range o.Spec.PodMetricsEndpoints {
+			if err := endpoint(i, e.Port, e.Scheme, e.Interval, e.ScrapeTimeout); err != nil {
+				return id, err
+			}
 		}
 		if len(o.Spec.Selector.MatchLabels) == 0 && len(o.Spec.Selector.MatchExpressions) == 0 {
 			return id, errors.New("spec.selector selects everything")
@@ -76,12 +115,18 @@ func check(doc []byte) (string, error) {
 			if g.Name == "" || len(g.Rules) == 0 {
 				return id, fmt.Errorf("group %q: a name and at least one rule are required", g.Name)
 			}
+			if err := duration(fmt.Sprintf("group %q: interval", g.Name), g.Interval); err != nil {
+				return id, err
+			}
 			for i, r := range g.Rules {
 				if (r.Alert == "") == (r.Record == "") {
 					return id, fmt.Errorf("group %q rule %d: exactly one of alert and record", g.Name, i)
 				}
 				if r.Expr.String() == "" {
 					return id, fmt.Errorf("group %q rule %d: expr is empty", g.Name, i)
+				}
+				if err := duration(fmt.Sprintf("group %q rule %d: for", g.Name, i), r.For); err != nil {
+					return id, err
 				}
 			}
 		}
