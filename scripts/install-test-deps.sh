@@ -146,7 +146,11 @@ TOOLS=${MARINA_TOOLS:-$HOME/.cache/marina-tools}
 HELM_VERSION=v3.22.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
 mkdir -p "$TOOLS/bin"
-command -v go >/dev/null 2>&1 || apt_install golang-go
+# helm v3.22.0 needs Go >= 1.26 (Debian's golang-go is older): the machine's Go toolchain.
+if ! command -v go >/dev/null 2>&1 || ! go version | grep -Eq 'go1\.(2[6-9]|[3-9][0-9])'; then
+  echo "install-test-deps: the Helm chart tests need Go >= 1.26 on PATH to build helm (found: $(go version 2>&1))" >&2
+  exit 1
+fi
 if [[ ! -x $TOOLS/bin/helm ]] || ! "$TOOLS/bin/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
   GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false quiet nice -n 10 go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
