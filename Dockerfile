@@ -29,12 +29,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /out/marina /usr/local/bin/marina
-# The embedded default configuration binds 127.0.0.1; in a container bind every interface.
-# (The chart sets both listeners in its configuration file.)
-ENV MARINA__SERVER__BIND=0.0.0.0:8080 \
-    MARINA__SERVER__LOG_FORMAT=json
 USER 65532:65532
 # 8080: MCP (/t/<tenant>/mcp, /healthz, /readyz); 9090: admin API and /metrics.
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/marina"]
-CMD ["serve"]
+# The built-in default binds 127.0.0.1, unreachable from outside a container: `docker run` serves
+# MCP on every interface (the admin listener stays on loopback until configured). No ENV MARINA__…
+# here: environment variables override the configuration file, and would override the chart's
+# (which replaces these arguments with `serve --config /etc/marina/marina.yaml`).
+CMD ["serve", "--bind", "0.0.0.0:8080"]

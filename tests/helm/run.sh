@@ -235,8 +235,13 @@ echo "== marina accepts the chart's configuration files (MARINA_BIN; skipped wit
 # in for Redis; the Secret mounts for files in a temporary directory.
 # Start marina with config $1, logging to $2; true once it listens (then stopped), false if it exits.
 run_marina() {
-  MARINA__SERVER__ADVERTISE_URL=http://10.0.0.1:8080 MARINA__SERVER__NODE_ID=test-pod \
-    "$MARINA_BIN" serve --config "$1" >"$2" 2>&1 </dev/null &
+  # Only the pod's MARINA__ variables (scripts/test-all.sh exports MARINA__ADMIN__BIND, which
+  # would override the file's admin listener).
+  (
+    for v in $(compgen -e | grep '^MARINA__' || true); do unset "$v"; done
+    MARINA__SERVER__ADVERTISE_URL=http://10.0.0.1:8080 MARINA__SERVER__NODE_ID=test-pod \
+      exec "$MARINA_BIN" serve --config "$1"
+  ) >"$2" 2>&1 </dev/null &
   local pid=$! i
   for i in $(seq 1 150); do
     if grep -q "marina listening on" "$2"; then kill "$pid"; wait "$pid" 2>/dev/null || true; return 0; fi
@@ -384,6 +389,11 @@ user = re.search(r"^USER (\d+):(\d+)$", runtime, re.M)
 check(user and int(user.group(1)) == values["podSecurityContext"]["runAsUser"]
       and int(user.group(2)) == values["podSecurityContext"]["runAsGroup"], "Dockerfile USER = chart runAsUser:runAsGroup")
 check(not re.search(r"(?i)^(ENV|ARG)\s+\S*(SECRET|PASSWORD|TOKEN|REDIS_URL)", dockerfile, re.M), "Dockerfile: no secret in ENV/ARG")
+check(not re.search(r"^ENV\s+.*MARINA__", dockerfile, re.M),
+      "Dockerfile: no MARINA__ environment (it would override the chart's configuration file)")
+cmd = json.loads(re.search(r"^CMD (.+)$", runtime, re.M).group(1))
+check(cmd[0] == "serve" and f"0.0.0.0:{values['containerPorts']['mcp']}" in cmd,
+      f"Dockerfile: CMD serves MCP on 0.0.0.0:{values['containerPorts']['mcp']} ({cmd})")
 # The build context after .dockerignore (its patterns here: paths and **/name, no negation):
 # every workspace member's manifest and targets, and every file the sources include_str!, are in
 # it; .git and target are not.
