@@ -372,6 +372,14 @@ check(len(rule) == 1 and rule[0]["spec"]["groups"], "PrometheusRule rendered fro
 dash = [d for d in files if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"]
 check(dash and all(json.loads(v) for d in dash for v in d["data"].values()),
       f"dashboards as ConfigMaps labelled grafana_dashboard=\"1\" ({len(dash)})")
+# Shipped verbatim: the rules equal the rule file's groups, each dashboard its file (text with
+# {{ }}, e.g. $labels in annotations or legend formats, is not rendered as a Helm template).
+import glob, os
+src_rules = yaml.safe_load(open(f"{work}/chart/files/prometheus-rules.yaml"))["groups"]
+check(rule and rule[0]["spec"]["groups"] == src_rules, "PrometheusRule groups equal files/prometheus-rules.yaml's")
+src_dash = {os.path.basename(f): json.load(open(f)) for f in glob.glob(f"{work}/chart/files/dashboards/*.json")}
+shipped = {k: json.loads(v) for d in dash for k, v in d["data"].items()}
+check(shipped == src_dash, f"dashboard ConfigMaps equal files/dashboards/*.json ({sorted(src_dash)})")
 
 # The Dockerfile against the chart: binary path, ports, numeric user.
 dockerfile = open(f"{repo}/Dockerfile").read()
