@@ -13,10 +13,13 @@
 #   - tests/peers/schemathesis/.venv (the same, for schemathesis: the admin API's OpenAPI check)
 #   - promtool (apt `prometheus`, needs root): rule checks and rule unit tests (tests/dashboards)
 #   - tests/dashboards/.venv (grafana-foundation-sdk, promql-parser, pytest: dashboards/rules)
+#   - the Helm chart's test tools (tests/helm/run.sh), cached in $MARINA_TOOLS (default
+#     ~/.cache/marina-tools): helm v3.22.0 and tests/helm/crdcheck built with `go install`
+#     (Go module proxy), kubernetes-validate from PyPI in a venv (its bundled schemas)
 #
 # node_modules and .venv each carry a .deps-stamp with the hash of the files they were
 # installed from, so a changed lockfile / requirements.txt triggers a reinstall.
-# Only the package registries are contacted (Debian apt, npm, PyPI).
+# Only the package registries are contacted (Debian apt, npm, PyPI, the Go module proxy).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -145,3 +148,27 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 venv_install "$REPO/tests/dashboards/.venv" "$REPO/tests/dashboards/requirements.txt" \
   "$REPO/dashboards/requirements.txt"
+# --- Helm chart tests: helm, kubernetes-validate, crdcheck (tests/helm/run.sh) ---------------
+# Cached outside the repo, keyed by version (and for crdcheck by the hash of its sources), so a
+# second run does nothing. Cold (empty Go caches): helm ~6 min of CPU (11.5 min on two busy
+# cores), crdcheck ~1.5 min, kubernetes-validate ~45 s; with warm Go caches all three ~1 min.
+TOOLS=${MARINA_TOOLS:-$HOME/.cache/marina-tools}
+HELM_VERSION=v3.22.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+mkdir -p "$TOOLS/bin"
+# helm v3.22.0 needs Go >= 1.26 (Debian's golang-go is older): the machine's Go toolchain.
+if ! command -v go >/dev/null 2>&1 || ! go version | grep -Eq 'go1\.(2[6-9]|[3-9][0-9])'; then
+  echo "install-test-deps: the Helm chart tests need Go >= 1.26 on PATH to build helm (found: $(go version 2>&1))" >&2
+  exit 1
+fi
+if [[ ! -x $TOOLS/bin/helm ]] || ! "$TOOLS/bin/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+  GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false quiet nice -n 10 go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+crdcheck_want=$( (cat "$REPO"/tests/helm/crdcheck/go.mod "$REPO"/tests/helm/crdcheck/go.sum "$REPO"/tests/helm/crdcheck/*.go; go version) | sha256sum | cut -d' ' -f1)
+if [[ ! -x $TOOLS/bin/crdcheck || ! -f $TOOLS/bin/.crdcheck-stamp || $(cat "$TOOLS/bin/.crdcheck-stamp") != "$crdcheck_want" ]]; then
+  (cd "$REPO/tests/helm/crdcheck" && GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false quiet nice -n 10 go install .)
+  echo "$crdcheck_want" >"$TOOLS/bin/.crdcheck-stamp"
+fi
+kv_req=$TOOLS/kubernetes-validate.requirements.txt
+echo "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >"$kv_req"
+venv_install "$TOOLS/kubernetes-validate" "$kv_req"

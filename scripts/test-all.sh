@@ -6,7 +6,8 @@
 # start their own redis-server and marina processes on free loopback ports), the real-client and
 # conformance tests (conformance 0.1.16 against one node; 0.2.0-alpha.12, both requirement sets,
 # through two nodes on one Redis behind a round-robin HAProxy), and schemathesis against the
-# admin API's OpenAPI document.
+# admin API's OpenAPI document, and the Helm chart's tests (lint, golden renders, offline schema
+# validation, refused bad values).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -42,5 +43,8 @@ bash scripts/test-peers.sh
 
 step "the admin API against its own OpenAPI document (schemathesis)"
 bash tests/peers/schemathesis/run.sh
+
+step "the Helm chart (helm lint/template, golden files, Kubernetes and prometheus-operator schemas)"
+bash tests/helm/run.sh
 
 step "all tests passed"
