@@ -422,6 +422,27 @@ async fn a_principal_shares_one_upstream_session_across_nodes() {
     assert!(c["result"]["content"].is_array(), "{c}");
     assert_eq!(upstream_session().await, first);
 
+    // The upstream loses that session. Both nodes keep a copy of it (`cache.rs`): the node that
+    // finds out first makes a new one; the other, finding out next, continues that one rather
+    // than making a third.
+    let lost: Value = serde_json::from_str(&first).unwrap();
+    let deleted = reqwest::Client::new()
+        .delete(&peer.url)
+        .header("mcp-session-id", lost["id"].as_str().unwrap())
+        .header("mcp-protocol-version", lost["protocol_version"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (_, c) = json_of(post(&b.endpoint(), &call, Some(&tool), &[]).await).await;
+    assert!(c["result"]["content"].is_array(), "{c}");
+    let second = upstream_session().await;
+    assert_ne!(second, first, "a new upstream session");
+    let (_, c) = json_of(post(&a.endpoint(), &call, Some(&tool), &[]).await).await;
+    assert!(c["result"]["content"].is_array(), "{c}");
+    assert_eq!(upstream_session().await, second, "node a continues node b's new session");
+    let first = second;
+
     // Resources and prompts of the upstream, statelessly, with cache hints.
     let (_, d) = json_of(
         post(

@@ -335,7 +335,7 @@ impl Application {
         let http = http.build().context("cannot build the HTTP client")?;
         let hsts = tls.is_some();
         let parked: Arc<crate::modern::park::ParkedCalls> = Arc::default();
-        let indexes: Arc<crate::modern::index::IndexCache> = Arc::default();
+        let indexes: Arc<crate::modern::cache::IndexCache> = Arc::default();
         let state = AppState {
             node: node.clone(),
             http,
@@ -349,6 +349,7 @@ impl Application {
             parked: parked.clone(),
             watchers: Arc::new(crate::modern::watch::Watchers::new(indexes.clone())),
             indexes,
+            upstream_sessions: Arc::default(),
         };
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

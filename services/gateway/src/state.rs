@@ -34,5 +34,7 @@ pub struct AppState {
     /// What tenants' upstreams announce, for this node's `subscriptions/listen` streams.
     pub watchers: Arc<crate::modern::watch::Watchers>,
     /// Recent tool indexes of stateless callers.
-    pub indexes: Arc<crate::modern::index::IndexCache>,
+    pub indexes: Arc<crate::modern::cache::IndexCache>,
+    /// Stateless callers' upstream sessions this node keeps (written through to the store).
+    pub upstream_sessions: Arc<crate::modern::cache::UpstreamSessions>,
 }

@@ -8,18 +8,20 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use marina_core::protocol::{self, RpcError, code};
 use marina_core::store::SessionStore;
+use marina_core::tenant::Tenant;
 use marina_core::tools::{CallContext, SessionContext, UpstreamSession};
 use serde_json::{Map, Value, json};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cache::UpstreamSessions;
 use super::meta::RequestMeta;
 use super::park::AskLink;
 
@@ -27,8 +29,12 @@ use super::park::AskLink;
 pub struct RequestCtx {
     /// `<tenant>:<principal digest>`: the key of the principal's shared upstream sessions.
     key: String,
+    /// The tenant snapshot the request is served from (what `kept` is valid for).
+    tenant: Weak<Tenant>,
     meta: RequestMeta,
     store: Arc<dyn SessionStore>,
+    /// This node's copy of principals' upstream sessions, written through.
+    kept: Arc<UpstreamSessions>,
     idle_ttl: Duration,
     upstreams: RefCell<HashMap<String, UpstreamSession>>,
     progress_token: Option<Value>,
@@ -55,34 +61,38 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// The context of a request of `principal` (its cap key, `anonymous` without authentication)
-    /// of `tenant`, with its upstream sessions loaded from the store when `upstreams` (a source
-    /// of the tenant keeps them) — one store round trip only for requests that may need them.
+    /// of tenant snapshot `t`, with its upstream sessions when `upstreams` (a source of the tenant
+    /// keeps them): those this node keeps (`cache.rs`), or else read from the store — one store
+    /// round trip only for requests that may need them, and only when the node has none.
     pub async fn load(
-        tenant: &str,
+        t: &Arc<Tenant>,
         principal: &str,
         meta: RequestMeta,
         store: Arc<dyn SessionStore>,
+        kept: Arc<UpstreamSessions>,
         idle_ttl: Duration,
         upstreams: bool,
     ) -> Result<Self, RpcError> {
         let digest = sha2::Sha256::digest(principal.as_bytes());
-        let key = format!("{tenant}:{}", hex::encode(&digest[..12]));
-        let stored = if upstreams {
-            store
-                .principal_upstreams(&key)
-                .await
-                .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))?
-        } else {
-            HashMap::new()
+        let key = format!("{}:{}", t.id, hex::encode(&digest[..12]));
+        let upstreams = match upstreams.then(|| kept.get(t, &key)) {
+            None => HashMap::new(),
+            Some(Some(known)) => known,
+            Some(None) => {
+                let stored = stored_sessions(&*store, &key).await?;
+                // None stored: not kept, so one another node makes is found on the next request.
+                if !stored.is_empty() {
+                    kept.put(t, &key, stored.clone());
+                }
+                stored
+            }
         };
-        let upstreams = stored
-            .into_iter()
-            .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|s| (k, s)))
-            .collect();
         Ok(Self {
             key,
+            tenant: Arc::downgrade(t),
             meta,
             store,
+            kept,
             idle_ttl,
             upstreams: RefCell::new(upstreams),
             progress_token: None,
@@ -159,6 +169,31 @@ impl RequestCtx {
     }
 }
 
+impl RequestCtx {
+    /// Keep this request's upstream sessions on the node (for the tenant snapshot it serves).
+    fn keep(&self) {
+        if let Some(t) = self.tenant.upgrade() {
+            self.kept.put(&t, &self.key, self.upstreams.borrow().clone());
+        }
+    }
+}
+
+/// The upstream sessions of `key` in the store.
+async fn stored_sessions(
+    store: &dyn SessionStore,
+    key: &str,
+) -> Result<HashMap<String, UpstreamSession>, RpcError> {
+    let stored = store.principal_upstreams(key).await.map_err(|_| unavailable())?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|s| (k, s)))
+        .collect())
+}
+
+fn unavailable() -> RpcError {
+    RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable")
+}
+
 #[async_trait(?Send)]
 impl SessionContext for RequestCtx {
     fn session_key(&self) -> String {
@@ -186,15 +221,27 @@ impl SessionContext for RequestCtx {
         upstream: &str,
         session: Option<UpstreamSession>,
     ) -> Result<(), RpcError> {
+        if session.is_none() {
+            // The upstream lost the session this request used. If another node has replaced it
+            // meanwhile (this node's copy was older than the store's), continue that one.
+            let stored = stored_sessions(&*self.store, &self.key).await?;
+            let failed = self.upstreams.borrow().get(upstream).cloned();
+            if let Some(newer) = stored.get(upstream).filter(|s| Some(*s) != failed.as_ref()) {
+                self.upstreams.borrow_mut().insert(upstream.to_owned(), newer.clone());
+                self.keep();
+                return Ok(());
+            }
+        }
         let json = session.as_ref().and_then(|s| serde_json::to_string(s).ok());
         match session {
             Some(s) => self.upstreams.borrow_mut().insert(upstream.to_owned(), s),
             None => self.upstreams.borrow_mut().remove(upstream),
         };
+        self.keep();
         self.store
             .set_principal_upstream(&self.key, upstream, json.as_deref(), self.idle_ttl)
             .await
-            .map_err(|_| RpcError::new(code::SERVICE_UNAVAILABLE, "session store unavailable"))
+            .map_err(|_| unavailable())
     }
 }
 

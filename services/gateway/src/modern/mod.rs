@@ -15,7 +15,7 @@
 //! policy decides what it lists and may call.
 
 mod context;
-pub mod index;
+pub mod cache;
 mod listen;
 pub mod meta;
 pub mod mrtr;
@@ -99,10 +99,11 @@ pub async fn serve(
         return Ok(bad_request(e));
     }
     let ctx = match RequestCtx::load(
-        &t.id,
+        t,
         &principal_key(caller.owner().as_ref()),
         meta.clone(),
         state.node.store.clone(),
+        state.upstream_sessions.clone(),
         state.node.sessions().idle_ttl(),
         method != "server/discover" && t.providers.iter().any(|p| p.keeps_upstream_sessions()),
     )
@@ -173,7 +174,7 @@ fn discover(t: &Tenant) -> Value {
 
 /// Every provider's tools as this request's context sees them. A provider that cannot list (an
 /// upstream down) contributes nothing.
-/// The caller's tool index: this node's recent one (`index.rs`), or listed from every source.
+/// The caller's tool index: this node's recent one (`cache.rs`), or listed from every source.
 async fn tool_index(state: &AppState, t: &Arc<Tenant>, ctx: &RequestCtx) -> Arc<ToolIndex> {
     use marina_core::tools::SessionContext as _;
     let key = ctx.session_key();

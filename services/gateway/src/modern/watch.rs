@@ -34,7 +34,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Watchers {
     tenants: Mutex<HashMap<String, Entry>>,
     /// Stateless callers' tool indexes, dropped when an upstream's tool list changes.
-    indexes: Arc<super::index::IndexCache>,
+    indexes: Arc<super::cache::IndexCache>,
 }
 
 impl std::fmt::Debug for Watchers {
@@ -106,7 +106,7 @@ impl Drop for Leave {
 
 impl Watchers {
     /// Watchers that drop `indexes` of a tenant whose upstream announces a new tool list.
-    pub fn new(indexes: Arc<super::index::IndexCache>) -> Self {
+    pub fn new(indexes: Arc<super::cache::IndexCache>) -> Self {
         Self {
             tenants: Mutex::default(),
             indexes,
@@ -217,7 +217,7 @@ fn spawn_watcher(
     stop: CancellationToken,
     opened: Arc<tokio::sync::watch::Sender<usize>>,
     mut commands: tokio::sync::mpsc::UnboundedReceiver<(bool, String)>,
-    indexes: Arc<super::index::IndexCache>,
+    indexes: Arc<super::cache::IndexCache>,
 ) {
     let nonce = hex::encode(rand::rng().random::<[u8; 6]>());
     let ctx = WatchCtx {
@@ -303,7 +303,7 @@ struct WatchCtx {
     opened: Arc<tokio::sync::watch::Sender<usize>>,
     counted: std::cell::Cell<bool>,
     tenant: String,
-    indexes: Arc<super::index::IndexCache>,
+    indexes: Arc<super::cache::IndexCache>,
 }
 
 #[async_trait(?Send)]
