@@ -254,17 +254,26 @@ fn new_key(args: NewKeyArgs) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let key = marina_auth::generate_key();
-    println!("{key}");
-    println!();
-    println!("# Shown once; store it now. Add under tenants.<tenant>.auth.api_keys:");
-    println!("- subject: \"{}\"", args.subject);
-    println!("  sha256: {}", marina_auth::digest(&key));
     let roles: Vec<String> = args.roles.iter().map(|r| format!("{:?}", r.trim())).collect();
-    println!("  roles: [{}]", roles.join(", "));
+    let mut out = format!(
+        "{key}\n\n# Shown once; store it now. Add under tenants.<tenant>.auth.api_keys:\n\
+         - subject: \"{}\"\n  sha256: {}\n  roles: [{}]\n",
+        args.subject,
+        marina_auth::digest(&key),
+        roles.join(", ")
+    );
     if let Some(e) = args.expires {
-        println!("  expires: {}", e.trim());
+        out.push_str(&format!("  expires: {}\n", e.trim()));
     }
-    ExitCode::SUCCESS
+    // One write, and a reader that stops early (`| head -1`) is not an error worth a panic.
+    use std::io::Write as _;
+    match std::io::stdout().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("marina: cannot write the key: {e}");
+            ExitCode::from(74)
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 fn serve_command(args: ServeArgs) -> ExitCode {
