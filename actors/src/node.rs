@@ -322,8 +322,12 @@ impl Node {
         let LeaseOutcome::Acquired(fence) = outcome else {
             return Err(ResolveError::Busy);
         };
+        let tenant_id = tenant.id.clone();
         match self.activate(claim, tenant, fence, rec) {
-            Ok(_) => Ok(id),
+            Ok(_) => {
+                marina_telemetry::metrics().session_started(&tenant_id);
+                Ok(id)
+            }
             Err(fence) => {
                 // Nobody has seen the id yet: remove the session rather than leave it to expire.
                 let _ = self.store.release_lease(&fence).await;

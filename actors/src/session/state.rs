@@ -291,6 +291,13 @@ impl Shared {
         }
     }
 
+    /// The session ends for good (`deleted`, `expired`, `evicted`): count it and its lifetime.
+    pub(crate) fn record_end(&self, reason: &'static str) {
+        let rec = self.rec.borrow();
+        let lifetime = std::time::Duration::from_millis(now_ms().saturating_sub(rec.created_at_ms));
+        marina_telemetry::metrics().session_ended(&rec.tenant, reason, &rec.protocol_version, lifetime);
+    }
+
     /// End the session: stop calls, delete every key.
     pub(crate) async fn delete(&self) -> Result<(), Rejection> {
         self.stopping.cancel();
@@ -545,9 +552,11 @@ impl Shared {
     /// Only the principal that initialized the session may use it; anyone else is told it does
     /// not exist (404), before anything else is checked or touched, so nothing leaks.
     pub(crate) fn check_owner(&self, owner: Option<&Owner>) -> Result<(), Rejection> {
-        if self.rec.borrow().principal.as_ref() == owner {
+        let rec = self.rec.borrow();
+        if rec.principal.as_ref() == owner {
             Ok(())
         } else {
+            marina_telemetry::metrics().auth_failure(&rec.tenant, "principal_mismatch");
             Err(Rejection::Gone)
         }
     }
@@ -758,6 +767,9 @@ impl Shared {
     /// Like [`Self::permits`], for a request naming one item: a denial is an audit event.
     pub(crate) fn authorize(&self, who: &Who, object: &str, action: &str) -> bool {
         let ok = self.permits(&who.access, object, action);
+        if self.tenant().authorizer.is_some() {
+            marina_telemetry::metrics().authz_decision(&self.tenant().id, ok, authz_action(action));
+        }
         if !ok {
             tracing::info!(
                 target: "marina::audit",
@@ -777,6 +789,10 @@ impl Shared {
 
     async fn list_tools(self: &Rc<Self>, params: &Value, access: &Access) -> Result<Value, RpcError> {
         let index = self.tool_index().await;
+        if self.tenant().authorizer.is_some() {
+            // One decision per list, not per item filtered.
+            marina_telemetry::metrics().authz_decision(&self.tenant().id, true, "list");
+        }
         // Only what the caller may call; pages are cut from the filtered list, so cursors stay
         // consistent for this caller.
         let tools: Vec<Value> = index
@@ -1141,4 +1157,14 @@ pub(crate) fn page(
         result["nextCursor"] = json!(encode_cursor(list, id, end));
     }
     Ok(result)
+}
+
+/// `action` of `marina_authz_decisions_total` (a fixed set whatever the policy names).
+pub(crate) fn authz_action(action: &str) -> &'static str {
+    match action {
+        "call" => "call",
+        "read" => "read",
+        "get" => "get",
+        _ => "list",
+    }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod cors;
 mod forward;
 mod limits;
+pub mod observe;
 pub mod modern;
 mod origin;
 mod proxy;

@@ -413,12 +413,14 @@ impl Metrics {
 
     // === sessions ===
 
-    /// A session's actor started on this node (`created`: a new session, not a re-activation).
-    pub fn session_activated(&self, tenant: &str, created: bool) {
+    /// A session's actor started on this node (a new session, or one re-activated here).
+    pub fn session_activated(&self, tenant: &str) {
         self.sessions_active.with_label_values(&[tenant]).inc();
-        if created {
-            self.sessions_started.with_label_values(&[tenant]).inc();
-        }
+    }
+
+    /// A new session was created on this node.
+    pub fn session_started(&self, tenant: &str) {
+        self.sessions_started.with_label_values(&[tenant]).inc();
     }
 
     /// A session's actor stopped on this node.
@@ -444,22 +446,37 @@ impl Metrics {
         self.sse_max.set(i64::try_from(max).unwrap_or(i64::MAX));
     }
 
-    /// Open an SSE stream of `kind` (`post`, `get`, `listen`), unless the node has
-    /// `server.max_open_streams` open already (then counted as closed with `refused_cap`).
-    pub fn open_stream(&'static self, kind: &'static str) -> Result<SseStream, AtCap> {
-        let max = self.sse_max.get();
-        let open = self.sse_open_total.fetch_add(1, Ordering::AcqRel);
-        if open >= max {
-            self.sse_open_total.fetch_sub(1, Ordering::AcqRel);
+    /// May a new SSE stream of `kind` (`post`, `get`, `listen`) open? Not once the node has
+    /// `server.max_open_streams` open (the refusal is counted as closed with `refused_cap`).
+    /// Checked before a request that opens one is dispatched; [`Self::stream`] then counts it.
+    pub fn stream_room(&self, kind: &'static str) -> Result<(), AtCap> {
+        if self.sse_open_total.load(Ordering::Acquire) >= self.sse_max.get() {
             self.sse_closed.with_label_values(&[kind, "refused_cap"]).inc();
             return Err(AtCap);
         }
+        Ok(())
+    }
+
+    /// An SSE stream of `kind` opened; it closes when the guard drops.
+    pub fn stream(&'static self, kind: &'static str) -> SseStream {
+        self.sse_open_total.fetch_add(1, Ordering::AcqRel);
         self.sse_open.with_label_values(&[kind]).inc();
-        Ok(SseStream {
+        SseStream {
             metrics: self,
             kind,
             reason: "client_gone",
-        })
+        }
+    }
+
+    /// [`Self::stream_room`] and [`Self::stream`] at once.
+    pub fn open_stream(&'static self, kind: &'static str) -> Result<SseStream, AtCap> {
+        self.stream_room(kind)?;
+        Ok(self.stream(kind))
+    }
+
+    /// Is the node draining?
+    pub fn is_draining(&self) -> bool {
+        self.draining.get() == 1
     }
 
     /// Streams open on this node (all kinds).
@@ -643,7 +660,16 @@ pub struct SseStream {
 impl SseStream {
     /// One data event written.
     pub fn event(&self) {
-        self.metrics.sse_events.with_label_values(&[self.kind]).inc();
+        self.events(1);
+    }
+    /// `n` data events written.
+    pub fn events(&self, n: usize) {
+        if n > 0 {
+            self.metrics
+                .sse_events
+                .with_label_values(&[self.kind])
+                .inc_by(n as u64);
+        }
     }
     /// Why the stream is ending (`complete`, `max_duration`, `drain`, `evicted`).
     pub fn closing(&mut self, reason: &'static str) {

@@ -235,6 +235,15 @@ fn page(key: &str, items: &[Value], cursor: Option<&Value>, size: usize) -> Resu
 /// in a session.
 fn authorize(t: &Tenant, access: &Access, request_id: &str, object: &str, act: &str) -> bool {
     let ok = t.permits(access, object, act);
+    if t.authorizer.is_some() {
+        let action = match act {
+            "call" => "call",
+            "read" => "read",
+            "get" => "get",
+            _ => "list",
+        };
+        marina_telemetry::metrics().authz_decision(&t.id, ok, action);
+    }
     if !ok {
         tracing::info!(
             target: "marina::audit",
@@ -261,6 +270,10 @@ async fn list_tools(
 ) -> Result<Value, RpcError> {
     let access = caller.access();
     let index = tool_index(state, t, ctx).await;
+    if t.authorizer.is_some() {
+        // One decision per list, not per item filtered.
+        marina_telemetry::metrics().authz_decision(&t.id, true, "list");
+    }
     let tools: Vec<Value> = index
         .tools()
         .iter()
@@ -498,7 +511,7 @@ fn stream_response(rx: mpsc::Receiver<Value>, cancel: CancellationToken) -> Http
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
-        .streaming(request_stream(rx, cancel))
+        .streaming(crate::sse::counted("post", Box::pin(request_stream(rx, cancel))))
 }
 
 /// The response to a call that ended: its result or error, or -32021 (HTTP 400) when it needed a

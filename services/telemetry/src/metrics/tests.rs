@@ -87,7 +87,8 @@ fn streams_past_the_cap_are_refused_and_closes_have_reasons() {
 #[test]
 fn a_forgotten_tenant_leaves_no_gauges() {
     let m = fresh(10);
-    m.session_activated("gone", true);
+    m.session_activated("gone");
+    m.session_started("gone");
     m.upstream_up("gone", "u", true);
     m.forget_tenant("gone", ["u"]);
     let text = m.render();
@@ -124,7 +125,8 @@ fn one_thousand_tenants_of_twenty_tools_stay_within_the_series_budget() {
         m.server_operation(&tenant, "tools/call", Target::Tool("no-such-tool"), v)
             .finish(Outcome::Code(-32602));
         // Sessions, security, limits and upstreams.
-        m.session_activated(&tenant, true);
+        m.session_activated(&tenant);
+        m.session_started(&tenant);
         m.session_ended(&tenant, "deleted", "2025-06-18", Duration::from_secs(60));
         m.session_ended(&tenant, "expired", "2025-06-18", Duration::from_secs(600));
         m.auth_failure(&tenant, "invalid_key");

@@ -25,14 +25,27 @@ use crate::reply::{self, Refusal};
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
 
-/// `POST /t/{tenant}/mcp`
+/// `POST /t/{tenant}/mcp`: the request is timed as an MCP operation once its method is known
+/// (`observe`), whatever answers it.
 pub async fn post(
     req: HttpRequest,
     tenant: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let (t, caller) = admit(&state, &req, &tenant).await?;
+    let mut op = None;
+    let answer = serve(&req, &tenant, payload, &state, &mut op).await;
+    crate::observe::finish(op, answer)
+}
+
+async fn serve(
+    req: &HttpRequest,
+    tenant: &str,
+    payload: web::Payload,
+    state: &AppState,
+    op: &mut Option<marina_telemetry::ServerOperation>,
+) -> Result<HttpResponse, Refusal> {
+    let (t, caller) = admit(state, req, tenant).await?;
     if !(accepts(&req, "application/json") && accepts(&req, "text/event-stream")) {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -52,7 +65,13 @@ pub async fn post(
             "Content-Type must be application/json",
         ));
     }
-    let body = read_body(payload, t.settings.limits.max_body_bytes).await?;
+    let body = read_body(payload, t.settings.limits.max_body_bytes)
+        .await
+        .inspect_err(|r| {
+            if actix_web::ResponseError::status_code(r) == StatusCode::PAYLOAD_TOO_LARGE {
+                marina_telemetry::metrics().limit_decision(&t.id, "body", false);
+            }
+        })?;
     let message: Value = serde_json::from_slice(&body)
         .map_err(|_| Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON"))?;
     // The era of this request (modern/mod.rs has the decision table).
@@ -69,6 +88,7 @@ pub async fn post(
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
+    *op = crate::observe::begin(&t.id, &message, header(req, "mcp-protocol-version"));
     charge(
         &state,
         &req,
@@ -79,6 +99,11 @@ pub async fn post(
     )
     .await
     .map_err(|r| r.with_id(request_id(&kind)))?;
+    // A request answered with a stream needs room for it on this node.
+    if matches!(&kind, MessageKind::Request { method, .. } if method == "tools/call" || method == "subscriptions/listen")
+    {
+        sse::room(if stateless && called_tool(&kind, &message).is_none() { "listen" } else { "post" })?;
+    }
     if stateless {
         return crate::modern::serve(&state, &req, &t, &caller, message).await;
     }
@@ -261,6 +286,7 @@ async fn respond(state: &AppState, caller: &Caller, reply: Reply) -> Result<Http
                     max_duration: max,
                     until: caller.principal.as_ref().and_then(|p| p.expires_at),
                 },
+                "post",
             )
         }
         Reply::Rejected(r) => return Err(rejection(r)),
