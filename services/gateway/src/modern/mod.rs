@@ -643,7 +643,9 @@ impl Follow {
         let body = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
         crate::forward::forward(state, req, &peer.url, body)
             .await
+            .inspect(|_| marina_telemetry::metrics().forward("parked_call", true))
             .map_err(|e| {
+                marina_telemetry::metrics().forward("parked_call", false);
                 tracing::info!(node, error = %e, "the node of a parked call is unreachable");
                 park::lost()
             })

@@ -260,7 +260,11 @@ async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId
             .await
         {
             Ok(Resolved::Local(addr)) => return Target::Local(addr),
-            Ok(Resolved::Remote { holder, url }) => match forward(state, req, &url, body.clone()).await {
+            Ok(Resolved::Remote { holder, url }) => match forward(state, req, &url, body.clone())
+                .await
+                .inspect(|_| marina_telemetry::metrics().forward("session", true))
+                .inspect_err(|_| marina_telemetry::metrics().forward("session", false))
+            {
                 Ok(resp) => return Target::Done(resp),
                 Err(ForwardError::Unreachable(e)) => {
                     tracing::info!(holder, error = %e, "session holder unreachable; waiting for its lease");
