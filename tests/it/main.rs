@@ -11,6 +11,7 @@ mod errors;
 mod http_tool;
 mod limits;
 mod logs;
+mod metrics;
 mod mcp_upstream;
 mod mcp_upstream_failures;
 mod oauth;
