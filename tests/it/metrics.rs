@@ -273,3 +273,84 @@ tenants:
         "unknown paths are counted under _OTHER"
     );
 }
+
+/// The sum of the values of every sample line containing every part of `parts`.
+fn total(text: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn marinas_own_time_leaves_out_the_upstreams() {
+    let upstream = UpstreamPeer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress: {{allow_loopback: true}}\ntenants:\n  acme:\n    upstreams:\n      - {{kind: mcp, name: conf, url: \"{}\", timeout_ms: 10000}}\n",
+            upstream.url
+        ),
+    )
+    .unwrap();
+    let node = MarinaProc::start_with_config("", "solo", &[], &config);
+    let s = Mcp::connect(&format!("{}/t/acme/mcp", node.base()), "2025-06-18", json!({})).await;
+    // A tool that waits on its upstream (~100 ms: progress steps).
+    let r = s
+        .rpc(1, "tools/call", json!({"name": "conf.test_tool_with_progress", "arguments": {}}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let call = ["tools/call", r#"tenant="acme""#];
+    let text = scrape_until(
+        &node,
+        &[&[&["marina_request_processing_seconds_count{"][..], &call[..]].concat()],
+    )
+    .await;
+    let whole = total(&text, &[&["mcp_server_operation_duration_seconds_sum{"][..], &call[..]].concat());
+    let own = total(&text, &[&["marina_request_processing_seconds_sum{"][..], &call[..]].concat());
+    let upstream_side = total(
+        &text,
+        &["mcp_client_operation_duration_seconds_sum{", r#"mcp_method_name="tools/call""#],
+    );
+    assert!(upstream_side > 0.0 && whole >= upstream_side, "{whole} {upstream_side}");
+    assert!(own < whole - upstream_side * 0.9, "own {own}, whole {whole}, upstream {upstream_side}");
+}
+
+#[tokio::test]
+async fn a_node_refuses_streams_past_server_max_open_streams() {
+    let node = MarinaProc::start("", "capped", &[("MARINA__SERVER__MAX_OPEN_STREAMS", "1")]);
+    let s = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    let first = s.get(None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = s.get(None).await;
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(second.headers().contains_key("retry-after"));
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    let text = scrape_until(
+        &node,
+        &[
+            &["marina_sse_streams_closed_total{", r#"kind="get""#, r#"reason="refused_cap""#],
+            &["marina_sse_streams_open{", r#"kind="get""#],
+        ],
+    )
+    .await;
+    assert_eq!(sample(&text, &["marina_sse_streams_max "]), Some(1.0));
+    // The session ends: its stream closes, and there is room again. (A client that merely goes
+    // away is noticed at the stream's next write, its keep-alive within 15 s.)
+    assert_eq!(s.delete().await.status(), StatusCode::OK);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = scrape(&node).await;
+        if sample(&text, &["marina_sse_streams_open{", r#"kind="get""#]) == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never closed:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    assert_eq!(again.get(None).await.status(), StatusCode::OK);
+}

@@ -31,6 +31,8 @@ struct CallCtx {
     /// Index of the provider whose messages this context relays (resource URIs it publishes may
     /// be namespaced in this session).
     provider: Option<usize>,
+    /// The request's clock of upstream waits (a default one outside a client's request).
+    wait: marina_telemetry::UpstreamWait,
 }
 
 impl CallCtx {
@@ -158,6 +160,9 @@ impl CallContext for CallCtx {
     fn progress_token(&self) -> Option<Value> {
         self.progress_token.clone()
     }
+    fn upstream_waited(&self, waited: std::time::Duration) {
+        self.wait.add(waited);
+    }
 
     async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
         let Some(token) = &self.progress_token else {
@@ -278,6 +283,7 @@ impl Shared {
                     progress_floor: f64::NEG_INFINITY,
                     cancel: cancel.clone(),
                     provider: Some(i),
+                    wait: Default::default(),
                 };
                 tokio::select! {
                     () = provider.follow(&ctx) => {}
@@ -304,6 +310,7 @@ impl Shared {
         cancel: CancellationToken,
         progress_floor: f64,
         reply: Option<oneshot::Sender<Value>>,
+        wait: marina_telemetry::UpstreamWait,
     ) {
         let name = params
             .get("name")
@@ -326,6 +333,7 @@ impl Shared {
             progress_floor,
             cancel: cancel.clone(),
             provider: index,
+            wait,
         };
         let provider = index.map(|p| self.tenant().providers[p].clone());
         let outcome = match provider {
@@ -408,6 +416,7 @@ impl Shared {
                     cancel,
                     floor,
                     None,
+                    Default::default(),
                 ));
             } else {
                 tracing::info!(

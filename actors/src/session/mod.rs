@@ -126,6 +126,8 @@ pub struct Dispatch {
     pub access: Access,
     /// The HTTP request's id, for audit events.
     pub request_id: String,
+    /// The request's clock of upstream waits (its metrics).
+    pub wait: marina_telemetry::UpstreamWait,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.

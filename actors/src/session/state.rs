@@ -104,6 +104,8 @@ pub(crate) struct Who {
     pub(crate) access: Access,
     /// The HTTP request's id.
     pub(crate) request_id: String,
+    /// The request's clock of upstream waits.
+    pub(crate) wait: marina_telemetry::UpstreamWait,
 }
 
 impl Shared {
@@ -610,6 +612,7 @@ impl Shared {
                 let who = Who {
                     access: d.access,
                     request_id: d.request_id,
+                    wait: d.wait,
                 };
                 self.request(id, &method, d.message, d.force_json, &who).await
             }
@@ -885,7 +888,7 @@ impl Shared {
             let (tx, rx) = oneshot::channel();
             actix::spawn(
                 self.clone()
-                    .run_call(None, id, params, cancel, f64::NEG_INFINITY, Some(tx)),
+                    .run_call(None, id, params, cancel, f64::NEG_INFINITY, Some(tx), who.wait.clone()),
             );
             return Reply::Pending(rx);
         }
@@ -931,7 +934,7 @@ impl Shared {
         );
         actix::spawn(
             self.clone()
-                .run_call(Some(stream), id, params, cancel, f64::NEG_INFINITY, None),
+                .run_call(Some(stream), id, params, cancel, f64::NEG_INFINITY, None, who.wait.clone()),
         );
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {

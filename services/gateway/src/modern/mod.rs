@@ -78,6 +78,7 @@ pub async fn serve(
     t: &Arc<Tenant>,
     caller: &Caller,
     message: Value,
+    wait: marina_telemetry::UpstreamWait,
 ) -> Result<HttpResponse, Refusal> {
     let Some(id) = message.get("id").cloned() else {
         // A notification: nothing to answer (cancellation is the closing of a request's stream).
@@ -108,7 +109,7 @@ pub async fn serve(
     )
     .await
     {
-        Ok(c) => c,
+        Ok(c) => c.timed(wait),
         Err(e) => return Ok(answer(e)),
     };
     let result = match method.as_str() {

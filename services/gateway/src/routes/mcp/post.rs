@@ -89,6 +89,7 @@ async fn serve(
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
     *op = crate::observe::begin(&t.id, &message, header(req, "mcp-protocol-version"));
+    let wait = op.as_ref().map(|o| o.wait()).unwrap_or_default();
     charge(
         &state,
         &req,
@@ -105,7 +106,7 @@ async fn serve(
         sse::room(if stateless && called_tool(&kind, &message).is_none() { "listen" } else { "post" })?;
     }
     if stateless {
-        return crate::modern::serve(&state, &req, &t, &caller, message).await;
+        return crate::modern::serve(&state, &req, &t, &caller, message, wait).await;
     }
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
@@ -133,6 +134,7 @@ async fn serve(
         owner: caller.owner(),
         access: caller.access(),
         request_id: caller.request_id.clone(),
+        wait,
     };
     let mut attempts = 0;
     let reply = loop {
@@ -362,6 +364,7 @@ async fn batch(
                 owner: caller.owner(),
                 access: caller.access(),
                 request_id: caller.request_id.clone(),
+                wait: Default::default(),
             })
             .await
             .map_err(|_| actor_gone())?;

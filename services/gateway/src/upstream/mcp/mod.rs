@@ -592,13 +592,11 @@ impl McpUpstream {
             },
             Err(_) => Outcome::Other,
         };
-        marina_telemetry::metrics().client_operation(
-            self.health.tenant(),
-            &self.name,
-            method,
-            outcome,
-            started.elapsed(),
-        );
+        let waited = started.elapsed();
+        marina_telemetry::metrics().client_operation(self.health.tenant(), &self.name, method, outcome, waited);
+        if let Some(ctx) = relay {
+            ctx.upstream_waited(waited);
+        }
         answer
     }
 
