@@ -6,8 +6,6 @@ use std::sync::Mutex;
 
 /// The value of any label whose input is outside its known set.
 pub const OTHER: &str = "_OTHER";
-/// The `tenant` of a request for a tenant this node does not serve.
-pub const UNKNOWN_TENANT: &str = "_unknown";
 
 /// The MCP methods of the specification's revisions (both eras); any other is [`OTHER`].
 const METHODS: &[&str] = &[

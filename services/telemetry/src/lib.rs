@@ -6,7 +6,7 @@
 mod labels;
 mod metrics;
 
-pub use labels::{NamedTargets, OTHER, Outcome, Target, UNKNOWN_TENANT};
+pub use labels::{NamedTargets, OTHER, Outcome, Target};
 pub use metrics::{
     AtCap, DEFAULT_MAX_NAMED_TARGETS, Metrics, ServerOperation, SseStream, UpstreamWait, metrics,
 };
