@@ -73,11 +73,11 @@ fn promtool_accepts(text: &str) {
 /// A stateless (2026-07-28) `tools/call` of `tool`.
 async fn stateless_call(url: &str, key: &str, tool: &str, args: Value) -> Value {
     let msg = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-        "name": tool, "arguments": args, "_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "marina-tests", "version": "0"},
-        }}});
+    "name": tool, "arguments": args, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "marina-tests", "version": "0"},
+    }}});
     let r = reqwest::Client::new()
         .post(url)
         .header("accept", "application/json, text/event-stream")
@@ -133,7 +133,10 @@ tenants:
     let endpoint = |n: &MarinaProc| format!("{}/t/acme/mcp", n.base());
 
     // Sessionful, on node a: a list, a call, an upstream call, a denied call, a limited call.
-    let s = Mcp::new(&endpoint(&a)).bearer(&key).open("2025-11-25", json!({})).await;
+    let s = Mcp::new(&endpoint(&a))
+        .bearer(&key)
+        .open("2025-11-25", json!({}))
+        .await;
     let session = s.session.clone().expect("a session id");
     assert!(s.tool_names(1).await.iter().any(|n| n == "conf.test_simple_text"));
     assert_eq!(s.call_text(2, "echo", json!({"text": "hi"})).await, "hi");
@@ -141,7 +144,13 @@ tenants:
         s.call_text(3, "conf.test_simple_text", json!({})).await,
         "This is a simple text response for testing."
     );
-    let denied = s.rpc(4, "tools/call", json!({"name": "add", "arguments": {"a": 1, "b": 2}})).await;
+    let denied = s
+        .rpc(
+            4,
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .await;
     assert_eq!(denied["error"]["code"], -32602, "{denied}");
     let limited = s
         .post(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
@@ -155,7 +164,12 @@ tenants:
         .await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     // The same session through node b (forwarded to a), and a stateless call on b.
-    assert_eq!(s.at(&endpoint(&b)).call_text(6, "echo", json!({"text": "via b"})).await, "via b");
+    assert_eq!(
+        s.at(&endpoint(&b))
+            .call_text(6, "echo", json!({"text": "via b"}))
+            .await,
+        "via b"
+    );
     let modern = stateless_call(&endpoint(&b), &key, "echo", json!({"text": "stateless"})).await;
     assert_eq!(modern["result"]["content"][0]["text"], "stateless", "{modern}");
 
@@ -204,13 +218,33 @@ tenants:
                 r#"http_response_status_class="2xx""#,
                 r#"http_route="/t/{tenant}/mcp""#,
             ],
-            &["marina_auth_failures_total{", r#"reason="invalid_key""#, r#"tenant="acme""#],
-            &["marina_authz_decisions_total{", r#"action="call""#, r#"decision="deny""#],
-            &["marina_authz_decisions_total{", r#"action="call""#, r#"decision="allow""#],
-            &["marina_limit_decisions_total{", r#"decision="deny""#, r#"scope="tool_rate""#],
+            &[
+                "marina_auth_failures_total{",
+                r#"reason="invalid_key""#,
+                r#"tenant="acme""#,
+            ],
+            &[
+                "marina_authz_decisions_total{",
+                r#"action="call""#,
+                r#"decision="deny""#,
+            ],
+            &[
+                "marina_authz_decisions_total{",
+                r#"action="call""#,
+                r#"decision="allow""#,
+            ],
+            &[
+                "marina_limit_decisions_total{",
+                r#"decision="deny""#,
+                r#"scope="tool_rate""#,
+            ],
             &["marina_sessions_active{", r#"tenant="acme""#],
             &["marina_sessions_started_total{", r#"tenant="acme""#],
-            &["marina_sse_streams_closed_total{", r#"kind="post""#, r#"reason="complete""#],
+            &[
+                "marina_sse_streams_closed_total{",
+                r#"kind="post""#,
+                r#"reason="complete""#,
+            ],
             &["marina_sse_events_sent_total{", r#"kind="post""#],
             &[
                 "marina_store_operation_duration_seconds_count{",
@@ -218,7 +252,11 @@ tenants:
                 r#"operation="create_session""#,
             ],
             &["marina_upstream_up{", r#"upstream="conf""#],
-            &["marina_upstream_list_items{", r#"kind="tools""#, r#"upstream="conf""#],
+            &[
+                "marina_upstream_list_items{",
+                r#"kind="tools""#,
+                r#"upstream="conf""#,
+            ],
             &["marina_tenants "],
             &["marina_sse_streams_max "],
             &["marina_build_info{"],
@@ -244,7 +282,10 @@ tenants:
     )
     .await;
     // Node b served no session: it forwarded.
-    assert!(sample(&text_b, &["marina_sessions_started_total{"]).is_none(), "{text_b}");
+    assert!(
+        sample(&text_b, &["marina_sessions_started_total{"]).is_none(),
+        "{text_b}"
+    );
 
     let (ct, _) = scrape(&a).await;
     assert_eq!(ct, "text/plain; version=0.0.4");
@@ -299,7 +340,11 @@ async fn marinas_own_time_leaves_out_the_upstreams() {
     let s = Mcp::connect(&format!("{}/t/acme/mcp", node.base()), "2025-06-18", json!({})).await;
     // A tool that waits on its upstream (~100 ms: progress steps).
     let r = s
-        .rpc(1, "tools/call", json!({"name": "conf.test_tool_with_progress", "arguments": {}}))
+        .rpc(
+            1,
+            "tools/call",
+            json!({"name": "conf.test_tool_with_progress", "arguments": {}}),
+        )
         .await;
     assert!(r.get("result").is_some(), "{r}");
     let call = ["tools/call", r#"tenant="acme""#];
@@ -308,14 +353,29 @@ async fn marinas_own_time_leaves_out_the_upstreams() {
         &[&[&["marina_request_processing_seconds_count{"][..], &call[..]].concat()],
     )
     .await;
-    let whole = total(&text, &[&["mcp_server_operation_duration_seconds_sum{"][..], &call[..]].concat());
-    let own = total(&text, &[&["marina_request_processing_seconds_sum{"][..], &call[..]].concat());
+    let whole = total(
+        &text,
+        &[&["mcp_server_operation_duration_seconds_sum{"][..], &call[..]].concat(),
+    );
+    let own = total(
+        &text,
+        &[&["marina_request_processing_seconds_sum{"][..], &call[..]].concat(),
+    );
     let upstream_side = total(
         &text,
-        &["mcp_client_operation_duration_seconds_sum{", r#"mcp_method_name="tools/call""#],
+        &[
+            "mcp_client_operation_duration_seconds_sum{",
+            r#"mcp_method_name="tools/call""#,
+        ],
     );
-    assert!(upstream_side > 0.0 && whole >= upstream_side, "{whole} {upstream_side}");
-    assert!(own < whole - upstream_side * 0.9, "own {own}, whole {whole}, upstream {upstream_side}");
+    assert!(
+        upstream_side > 0.0 && whole >= upstream_side,
+        "{whole} {upstream_side}"
+    );
+    assert!(
+        own < whole - upstream_side * 0.9,
+        "own {own}, whole {whole}, upstream {upstream_side}"
+    );
 }
 
 #[tokio::test]
@@ -332,7 +392,11 @@ async fn a_node_refuses_streams_past_server_max_open_streams() {
     let text = scrape_until(
         &node,
         &[
-            &["marina_sse_streams_closed_total{", r#"kind="get""#, r#"reason="refused_cap""#],
+            &[
+                "marina_sse_streams_closed_total{",
+                r#"kind="get""#,
+                r#"reason="refused_cap""#,
+            ],
             &["marina_sse_streams_open{", r#"kind="get""#],
         ],
     )

@@ -299,19 +299,34 @@ impl Shared {
     }
 }
 
+/// One tools/call to run (see [`Shared::run_call`]).
+pub(crate) struct RunCall {
+    /// The call's POST stream; `None` in JSON mode.
+    pub(crate) stream: Option<StreamId>,
+    pub(crate) id: Value,
+    pub(crate) params: Value,
+    pub(crate) cancel: CancellationToken,
+    /// Progress already sent by an earlier run of this call.
+    pub(crate) progress_floor: f64,
+    /// Where the response goes in JSON mode.
+    pub(crate) reply: Option<oneshot::Sender<Value>>,
+    /// The client request's clock of upstream waits (a fresh one for a re-run).
+    pub(crate) wait: marina_telemetry::UpstreamWait,
+}
+
 impl Shared {
     /// Run one tools/call to its outcome. With a stream, the response is persisted on it and the
     /// in-flight record cleared; in JSON mode it goes to `reply`.
-    pub(crate) async fn run_call(
-        self: Rc<Self>,
-        stream: Option<StreamId>,
-        id: Value,
-        params: Value,
-        cancel: CancellationToken,
-        progress_floor: f64,
-        reply: Option<oneshot::Sender<Value>>,
-        wait: marina_telemetry::UpstreamWait,
-    ) {
+    pub(crate) async fn run_call(self: Rc<Self>, run: RunCall) {
+        let RunCall {
+            stream,
+            id,
+            params,
+            cancel,
+            progress_floor,
+            reply,
+            wait,
+        } = run;
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -409,15 +424,15 @@ impl Shared {
                     stream,
                     "re-running an interrupted idempotent call"
                 );
-                actix::spawn(self.clone().run_call(
-                    Some(stream),
-                    call.request_id,
-                    call.params,
+                actix::spawn(self.clone().run_call(RunCall {
+                    stream: Some(stream),
+                    id: call.request_id,
+                    params: call.params,
                     cancel,
-                    floor,
-                    None,
-                    Default::default(),
-                ));
+                    progress_floor: floor,
+                    reply: None,
+                    wait: Default::default(),
+                }));
             } else {
                 tracing::info!(
                     session = self.tag(),

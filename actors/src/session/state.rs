@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::call::RunCall;
 use super::{Dispatch, Frame, OpenStream, Rejection, Reply, StreamHandle};
 use crate::node::Node;
 
@@ -886,10 +887,15 @@ impl Shared {
         );
         if !sse {
             let (tx, rx) = oneshot::channel();
-            actix::spawn(
-                self.clone()
-                    .run_call(None, id, params, cancel, f64::NEG_INFINITY, Some(tx), who.wait.clone()),
-            );
+            actix::spawn(self.clone().run_call(RunCall {
+                stream: None,
+                id,
+                params,
+                cancel,
+                progress_floor: f64::NEG_INFINITY,
+                reply: Some(tx),
+                wait: who.wait.clone(),
+            }));
             return Reply::Pending(rx);
         }
         let call = InflightCall {
@@ -932,10 +938,15 @@ impl Shared {
                 live: Some(tx),
             },
         );
-        actix::spawn(
-            self.clone()
-                .run_call(Some(stream), id, params, cancel, f64::NEG_INFINITY, None, who.wait.clone()),
-        );
+        actix::spawn(self.clone().run_call(RunCall {
+            stream: Some(stream),
+            id,
+            params,
+            cancel,
+            progress_floor: f64::NEG_INFINITY,
+            reply: None,
+            wait: who.wait.clone(),
+        }));
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {
             stream,

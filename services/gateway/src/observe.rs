@@ -34,14 +34,21 @@ pub fn begin(tenant: &str, message: &Value, header_version: Option<&str>) -> Opt
         .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
         .and_then(Value::as_str);
     let requested = (method == "initialize")
-        .then(|| params.and_then(|p| p.get("protocolVersion")).and_then(Value::as_str))
+        .then(|| {
+            params
+                .and_then(|p| p.get("protocolVersion"))
+                .and_then(Value::as_str)
+        })
         .flatten();
     let version = meta_version.or(header_version).or(requested);
     Some(marina_telemetry::metrics().server_operation(tenant, method, target, version))
 }
 
 /// Record `op` with the outcome of `answer` (now, or when its SSE stream carries the response).
-pub fn finish(op: Option<ServerOperation>, answer: Result<HttpResponse, Refusal>) -> Result<HttpResponse, Refusal> {
+pub fn finish(
+    op: Option<ServerOperation>,
+    answer: Result<HttpResponse, Refusal>,
+) -> Result<HttpResponse, Refusal> {
     let Some(op) = op else {
         return answer;
     };
@@ -162,7 +169,10 @@ mod tests {
 
     #[test]
     fn outcomes_are_read_from_responses_only() {
-        assert_eq!(outcome(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), Some(Outcome::Ok));
+        assert_eq!(
+            outcome(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            Some(Outcome::Ok)
+        );
         assert_eq!(
             outcome(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#),
             Some(Outcome::ToolError)

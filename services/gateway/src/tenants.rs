@@ -294,8 +294,9 @@ impl Registry {
                     // Changes written while this node runs (not the backlog it read at start).
                     let now = marina_core::store::now_ms();
                     if self.booted_ms.get().is_some_and(|b| updated_ms >= *b) {
-                        marina_telemetry::metrics()
-                            .control_applied(std::time::Duration::from_millis(now.saturating_sub(updated_ms)));
+                        marina_telemetry::metrics().control_applied(std::time::Duration::from_millis(
+                            now.saturating_sub(updated_ms),
+                        ));
                     }
                     next.insert(
                         id,

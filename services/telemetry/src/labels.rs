@@ -46,7 +46,13 @@ const METHODS: &[&str] = &[
 ];
 
 /// The protocol revisions Marina knows (either era); any other is [`OTHER`].
-const VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+const VERSIONS: &[&str] = &[
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
 
 /// `mcp_method_name`: the method if the specification names it, else [`OTHER`].
 pub fn method(m: &str) -> &'static str {

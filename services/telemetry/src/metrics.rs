@@ -39,9 +39,9 @@ pub fn metrics() -> &'static Metrics {
         let m = Metrics::new(DEFAULT_MAX_NAMED_TARGETS);
         #[cfg(target_os = "linux")]
         {
-            let _ = m
-                .registry
-                .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = m.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
         }
         m
     });
@@ -185,7 +185,12 @@ impl Metrics {
                 "Sessions ended on this node, by reason.",
                 &["tenant", "reason"],
             ),
-            sse_open: gauge_vec(&r, "marina_sse_streams_open", "Open SSE response streams.", &["kind"]),
+            sse_open: gauge_vec(
+                &r,
+                "marina_sse_streams_open",
+                "Open SSE response streams.",
+                &["kind"],
+            ),
             sse_max: gauge(
                 &r,
                 "marina_sse_streams_max",
@@ -395,7 +400,14 @@ impl Metrics {
     }
 
     /// One request (or notification) Marina sent to upstream `upstream` of `tenant`.
-    pub fn client_operation(&self, tenant: &str, upstream: &str, method: &str, outcome: Outcome, elapsed: Duration) {
+    pub fn client_operation(
+        &self,
+        tenant: &str,
+        upstream: &str,
+        method: &str,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
         self.client_op
             .with_label_values(&[tenant, upstream, labels::method(method), &outcome.label()])
             .observe(elapsed.as_secs_f64());
@@ -430,7 +442,13 @@ impl Metrics {
 
     /// A session ended for good (`reason`: `deleted`, `expired`, `evicted`, `refused`) after
     /// `lifetime`.
-    pub fn session_ended(&self, tenant: &str, reason: &'static str, protocol_version: &str, lifetime: Duration) {
+    pub fn session_ended(
+        &self,
+        tenant: &str,
+        reason: &'static str,
+        protocol_version: &str,
+        lifetime: Duration,
+    ) {
         self.sessions_ended.with_label_values(&[tenant, reason]).inc();
         if reason != "refused" {
             self.session_duration
@@ -487,7 +505,9 @@ impl Metrics {
     /// A resumption with `Last-Event-ID` that replayed `events` stored events.
     pub fn sse_replay(&self, kind: &'static str, events: usize) {
         self.sse_replays.with_label_values(&[kind]).inc();
-        self.sse_replayed.with_label_values(&[kind]).observe(events as f64);
+        self.sse_replayed
+            .with_label_values(&[kind])
+            .observe(events as f64);
     }
 
     /// A `subscriptions/listen` stream of `tenant` opened (`+1`) or closed (`-1`).
@@ -568,7 +588,9 @@ impl Metrics {
 
     /// The node started backing off `upstream` of `tenant`.
     pub fn upstream_backoff(&self, tenant: &str, upstream: &str) {
-        self.upstream_backoffs.with_label_values(&[tenant, upstream]).inc();
+        self.upstream_backoffs
+            .with_label_values(&[tenant, upstream])
+            .inc();
     }
 
     /// The size of `upstream`'s last list of `kind` (`tools`, `prompts`, `resources`).

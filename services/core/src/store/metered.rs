@@ -57,13 +57,23 @@ impl SessionStore for MeteredStore {
     async fn ping(&self) -> Result<(), StoreError> {
         measured!(self, "ping", self.inner.ping())
     }
-    async fn create_session(&self, id: &SessionId, rec: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+    async fn create_session(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         measured!(self, "create_session", self.inner.create_session(id, rec, ttl))
     }
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         measured!(self, "load_session", self.inner.load_session(id))
     }
-    async fn save_session(&self, fence: &Fence, rec: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+    async fn save_session(
+        &self,
+        fence: &Fence,
+        rec: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         measured!(self, "save_session", self.inner.save_session(fence, rec, ttl))
     }
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError> {
@@ -89,7 +99,11 @@ impl SessionStore for MeteredStore {
         cap: usize,
         ttl: Duration,
     ) -> Result<String, StoreError> {
-        measured!(self, "append_event", self.inner.append_event(fence, stream, data, cap, ttl))
+        measured!(
+            self,
+            "append_event",
+            self.inner.append_event(fence, stream, data, cap, ttl)
+        )
     }
     async fn begin_call(
         &self,
@@ -98,7 +112,11 @@ impl SessionStore for MeteredStore {
         call: &InflightCall,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        measured!(self, "begin_call", self.inner.begin_call(fence, stream, call, ttl))
+        measured!(
+            self,
+            "begin_call",
+            self.inner.begin_call(fence, stream, call, ttl)
+        )
     }
     async fn complete_stream(
         &self,
@@ -108,7 +126,11 @@ impl SessionStore for MeteredStore {
         cap: usize,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        measured!(self, "complete_stream", self.inner.complete_stream(fence, stream, data, cap, ttl))
+        measured!(
+            self,
+            "complete_stream",
+            self.inner.complete_stream(fence, stream, data, cap, ttl)
+        )
     }
     async fn read_events(
         &self,
@@ -117,7 +139,11 @@ impl SessionStore for MeteredStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        measured!(self, "read_events", self.inner.read_events(id, stream, after, limit))
+        measured!(
+            self,
+            "read_events",
+            self.inner.read_events(id, stream, after, limit)
+        )
     }
     async fn last_entry(&self, id: &SessionId, stream: StreamId) -> Result<Option<String>, StoreError> {
         measured!(self, "last_entry", self.inner.last_entry(id, stream))

@@ -6,7 +6,9 @@ fn fresh(cap: usize) -> &'static Metrics {
 
 /// The sample lines (series) of a scrape.
 fn series(text: &str) -> Vec<&str> {
-    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect()
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect()
 }
 
 fn value(text: &str, prefix: &str) -> Option<f64> {
@@ -28,7 +30,9 @@ fn an_operation_is_recorded_with_its_labels() {
         ),
         "{text}"
     );
-    assert!(text.contains(r#"marina_request_processing_seconds_count{mcp_method_name="tools/call",tenant="acme"} 1"#));
+    assert!(text.contains(
+        r#"marina_request_processing_seconds_count{mcp_method_name="tools/call",tenant="acme"} 1"#
+    ));
     assert!(text.contains("marina_build_info{commit="), "{text}");
 }
 
@@ -40,7 +44,10 @@ fn unknown_or_denied_names_and_unknown_methods_are_other() {
     m.server_operation("acme", "x/y", Target::None, Some("9999-01-01"))
         .finish(Outcome::Code(-32601));
     let text = m.render();
-    assert!(text.contains(r#"gen_ai_tool_name="_OTHER",mcp_method_name="tools/call""#), "{text}");
+    assert!(
+        text.contains(r#"gen_ai_tool_name="_OTHER",mcp_method_name="tools/call""#),
+        "{text}"
+    );
     assert!(!text.contains("secret"));
     assert!(
         text.contains(r#"error_type="-32601",gen_ai_prompt_name="",gen_ai_tool_name="",mcp_method_name="_OTHER",mcp_protocol_version="_OTHER""#),
@@ -57,7 +64,10 @@ fn processing_time_excludes_upstream_waits() {
     let text = m.render();
     // Less than nothing is nothing: the whole observation lies in the first bucket.
     assert_eq!(
-        value(&text, r#"marina_request_processing_seconds_bucket{mcp_method_name="tools/call",tenant="acme",le="0.00005"}"#),
+        value(
+            &text,
+            r#"marina_request_processing_seconds_bucket{mcp_method_name="tools/call",tenant="acme",le="0.00005"}"#
+        ),
         Some(1.0)
     );
 }
@@ -76,12 +86,33 @@ fn streams_past_the_cap_are_refused_and_closes_have_reasons() {
     drop(a);
     assert_eq!(m.open_streams(), 0);
     let text = m.render();
-    assert_eq!(value(&text, r#"marina_sse_streams_closed_total{kind="post",reason="refused_cap"}"#), Some(1.0));
-    assert_eq!(value(&text, r#"marina_sse_streams_closed_total{kind="get",reason="complete"}"#), Some(1.0));
-    assert_eq!(value(&text, r#"marina_sse_streams_closed_total{kind="post",reason="client_gone"}"#), Some(1.0));
+    assert_eq!(
+        value(
+            &text,
+            r#"marina_sse_streams_closed_total{kind="post",reason="refused_cap"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"marina_sse_streams_closed_total{kind="get",reason="complete"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"marina_sse_streams_closed_total{kind="post",reason="client_gone"}"#
+        ),
+        Some(1.0)
+    );
     assert_eq!(value(&text, r#"marina_sse_streams_open{kind="post"}"#), Some(0.0));
     assert_eq!(value(&text, "marina_sse_streams_max"), Some(2.0));
-    assert_eq!(value(&text, r#"marina_sse_events_sent_total{kind="get"}"#), Some(1.0));
+    assert_eq!(
+        value(&text, r#"marina_sse_events_sent_total{kind="get"}"#),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -111,13 +142,15 @@ fn one_thousand_tenants_of_twenty_tools_stay_within_the_series_budget() {
         let tenant = format!("tenant-{t:04}");
         let up = "github";
         for method in ["initialize", "notifications/initialized", "tools/list"] {
-            m.server_operation(&tenant, method, Target::None, v).finish(Outcome::Ok);
+            m.server_operation(&tenant, method, Target::None, v)
+                .finish(Outcome::Ok);
             m.client_operation(&tenant, up, method, Outcome::Ok, Duration::from_millis(3));
         }
         for tool in 0..20 {
             let name = format!("{up}.tool_{tool:02}");
             for outcome in [Outcome::Ok, Outcome::ToolError] {
-                m.server_operation(&tenant, "tools/call", Target::Tool(&name), v).finish(outcome);
+                m.server_operation(&tenant, "tools/call", Target::Tool(&name), v)
+                    .finish(outcome);
                 m.client_operation(&tenant, up, "tools/call", outcome, Duration::from_millis(30));
             }
         }

@@ -49,7 +49,11 @@ pub async fn get(
         Answer::Local(h) => h,
         Answer::Done(resp) => return Ok(resp),
     };
-    let kind = if handle.stream == GET_STREAM { "get" } else { "post" };
+    let kind = if handle.stream == GET_STREAM {
+        "get"
+    } else {
+        "post"
+    };
     if resumed {
         marina_telemetry::metrics().sse_replay(kind, handle.backlog.len());
     }

@@ -593,7 +593,13 @@ impl McpUpstream {
             Err(_) => Outcome::Other,
         };
         let waited = started.elapsed();
-        marina_telemetry::metrics().client_operation(self.health.tenant(), &self.name, method, outcome, waited);
+        marina_telemetry::metrics().client_operation(
+            self.health.tenant(),
+            &self.name,
+            method,
+            outcome,
+            waited,
+        );
         if let Some(ctx) = relay {
             ctx.upstream_waited(waited);
         }
