@@ -281,10 +281,26 @@ tenants:
         ],
     )
     .await;
-    // Node b served no session: it forwarded.
+    // Node b served no session: it forwarded, and the holder (a) counts the forwarded call.
     assert!(
         sample(&text_b, &["marina_sessions_started_total{"]).is_none(),
         "{text_b}"
+    );
+    assert!(
+        sample(
+            &text_b,
+            &[
+                "mcp_server_operation_duration_seconds_count{",
+                r#"mcp_protocol_version="2025-11-25""#
+            ]
+        )
+        .is_none(),
+        "a forwarded operation is counted by its holder only:\n{text_b}"
+    );
+    assert_eq!(
+        sample(&text_a, &ok_call),
+        Some(2.0),
+        "a counts its own call and b's forward"
     );
 
     let (ct, _) = scrape(&a).await;

@@ -233,11 +233,13 @@ impl Shared {
 
     /// Would one more stream (besides a new connection of `except`) pass the tenant's cap?
     fn stream_cap_reached(&self, except: Option<StreamId>) -> bool {
-        self.tenant()
-            .settings
-            .limits
-            .max_streams_per_session
-            .is_some_and(|max| self.live_streams_except(except) >= max)
+        let t = self.tenant();
+        let Some(max) = t.settings.limits.max_streams_per_session else {
+            return false;
+        };
+        let reached = self.live_streams_except(except) >= max;
+        marina_telemetry::metrics().limit_decision(&t.id, "streams", !reached);
+        reached
     }
 
     pub(crate) fn has_live_streams(&self) -> bool {
@@ -842,11 +844,14 @@ impl Shared {
         }
         let key = id_key(&id);
         let limits = &self.tenant().settings.limits;
-        if limits
-            .max_inflight_calls_per_session
-            .is_some_and(|max| self.calls.borrow().len() >= max)
-        {
-            return Reply::Rejected(Rejection::Limited("session"));
+        let m = marina_telemetry::metrics();
+        let tenant = self.tenant().id.clone();
+        if let Some(max) = limits.max_inflight_calls_per_session {
+            let allow = self.calls.borrow().len() < max;
+            m.limit_decision(&tenant, "session_inflight", allow);
+            if !allow {
+                return Reply::Rejected(Rejection::Limited("session"));
+            }
         }
         let duplicate = || {
             err(RpcError::new(
@@ -868,8 +873,11 @@ impl Shared {
                 .begin_call(&self.tenant().id, &self.call_cap_key(&key), max, CALL_LEASE)
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => return Reply::Rejected(Rejection::Limited("calls_tenant")),
+                Ok(true) => m.limit_decision(&tenant, "inflight", true),
+                Ok(false) => {
+                    m.limit_decision(&tenant, "inflight", false);
+                    return Reply::Rejected(Rejection::Limited("calls_tenant"));
+                }
                 Err(_) => return Reply::Rejected(Rejection::Unavailable),
             }
             // Another request with the same id may have come in while we asked.

@@ -819,19 +819,26 @@ impl CallCap {
             return Ok(Self { release: None });
         };
         let member = format!("stateless:{request_id}");
+        let m = marina_telemetry::metrics();
         match state.caps.begin_call(&t.id, &member, max, CALL_LEASE).await {
-            Ok(true) => Ok(Self {
-                release: Some((state.caps.clone(), t.id.clone(), member)),
+            Ok(true) => {
+                m.limit_decision(&t.id, "inflight", true);
+                Ok(Self {
+                    release: Some((state.caps.clone(), t.id.clone(), member)),
+                })
+            }
+            Ok(false) => Err({
+                m.limit_decision(&t.id, "inflight", false);
+                Refusal::rate_limited(
+                    format!(
+                        "too many calls in flight for tenant {} (cap {max}); retry shortly",
+                        t.id
+                    ),
+                    1_000,
+                    json!({"retryAfterMs": 1_000, "scope": "calls_tenant"}),
+                    Vec::new(),
+                )
             }),
-            Ok(false) => Err(Refusal::rate_limited(
-                format!(
-                    "too many calls in flight for tenant {} (cap {max}); retry shortly",
-                    t.id
-                ),
-                1_000,
-                json!({"retryAfterMs": 1_000, "scope": "calls_tenant"}),
-                Vec::new(),
-            )),
             Err(_) => Err(Refusal::unavailable("session store unavailable; retry shortly")),
         }
     }

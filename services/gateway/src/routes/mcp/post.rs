@@ -17,8 +17,8 @@ use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
 
 use super::{
-    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, header, protocol_header, rejection,
-    resolve_error, route, session_header,
+    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, forwarded_away, header, protocol_header,
+    rejection, resolve_error, route, session_header,
 };
 use crate::authn::Caller;
 use crate::reply::{self, Refusal};
@@ -35,7 +35,7 @@ pub async fn post(
 ) -> Result<HttpResponse, Refusal> {
     let mut op = None;
     let answer = serve(&req, &tenant, payload, &state, &mut op).await;
-    crate::observe::finish(op, answer)
+    crate::observe::finish(op.filter(|_| !forwarded_away(&req)), answer)
 }
 
 async fn serve(
