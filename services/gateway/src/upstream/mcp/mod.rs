@@ -1371,7 +1371,12 @@ impl ToolProvider for McpUpstream {
             params["_meta"] = json!({"progressToken": token});
         }
         for _ in 0..2 {
-            let session = match self.session(ctx).await {
+            // Starting the upstream session (its initialize, and its GET stream) is waiting on
+            // the upstream too.
+            let started = std::time::Instant::now();
+            let session = self.session(ctx).await;
+            ctx.upstream_waited(started.elapsed());
+            let session = match session {
                 Ok(s) => s,
                 Err(f) => return Ok(tool_error(f.into_rpc().message)),
             };
