@@ -4,6 +4,7 @@
 #
 #   - redis-server (apt, needs root) for the Redis-backed store tests
 #   - haproxy (apt, needs root): the round-robin load balancer of conformance/cluster-2026.sh
+#   - prometheus (apt, needs root): its promtool checks the /metrics scrape (tests/it/metrics.rs)
 #   - tests/peers/node/node_modules  (npm ci from the lockfile; includes a local Node 22)
 #   - tests/peers/upstream/node_modules (npm ci from the lockfile; the test upstream MCP server)
 #   - tests/peers/upstream-v2/node_modules (npm ci from the lockfile; the TS SDK v2 test upstream,
@@ -66,6 +67,11 @@ fi
 # --- haproxy (per-request load balancer in front of a two-node cluster) ----------------------
 if ! command -v haproxy >/dev/null 2>&1; then
   apt_install haproxy
+fi
+
+# --- promtool (`promtool check metrics` on a live scrape) --------------------------------------
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
 fi
 
 # --- node: conformance suite, TS SDK, local Node 22 ----------------------------------------

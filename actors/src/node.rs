@@ -322,8 +322,12 @@ impl Node {
         let LeaseOutcome::Acquired(fence) = outcome else {
             return Err(ResolveError::Busy);
         };
+        let tenant_id = tenant.id.clone();
         match self.activate(claim, tenant, fence, rec) {
-            Ok(_) => Ok(id),
+            Ok(_) => {
+                marina_telemetry::metrics().session_started(&tenant_id);
+                Ok(id)
+            }
             Err(fence) => {
                 // Nobody has seen the id yet: remove the session rather than leave it to expire.
                 let _ = self.store.release_lease(&fence).await;
@@ -609,6 +613,8 @@ impl Node {
     /// [`Self::drain`], also waiting (within the same `timeout`) for `also`: other work of the
     /// node that must end while it is still in the directory (peers forward requests to it).
     pub async fn drain_with(&self, timeout: Duration, also: impl std::future::Future<Output = ()>) {
+        let metrics = marina_telemetry::metrics();
+        metrics.set_draining(true);
         self.draining.store(true, Ordering::SeqCst);
         self.draining_token.cancel();
         for a in &self.live_actors() {
@@ -617,6 +623,7 @@ impl Node {
         let deadline = Instant::now() + timeout;
         let actors = async {
             while self.running_actors() > 0 && Instant::now() < deadline {
+                metrics.set_drain_inflight(self.running_actors() + metrics.open_streams().max(0) as usize);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };

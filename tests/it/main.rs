@@ -13,6 +13,7 @@ mod limits;
 mod logs;
 mod mcp_upstream;
 mod mcp_upstream_failures;
+mod metrics;
 mod oauth;
 mod origins;
 mod outage;

@@ -31,6 +31,8 @@ struct CallCtx {
     /// Index of the provider whose messages this context relays (resource URIs it publishes may
     /// be namespaced in this session).
     provider: Option<usize>,
+    /// The request's clock of upstream waits (a default one outside a client's request).
+    wait: marina_telemetry::UpstreamWait,
 }
 
 impl CallCtx {
@@ -158,6 +160,9 @@ impl CallContext for CallCtx {
     fn progress_token(&self) -> Option<Value> {
         self.progress_token.clone()
     }
+    fn upstream_waited(&self, waited: std::time::Duration) {
+        self.wait.add(waited);
+    }
 
     async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
         let Some(token) = &self.progress_token else {
@@ -278,6 +283,7 @@ impl Shared {
                     progress_floor: f64::NEG_INFINITY,
                     cancel: cancel.clone(),
                     provider: Some(i),
+                    wait: Default::default(),
                 };
                 tokio::select! {
                     () = provider.follow(&ctx) => {}
@@ -293,18 +299,34 @@ impl Shared {
     }
 }
 
+/// One tools/call to run (see [`Shared::run_call`]).
+pub(crate) struct RunCall {
+    /// The call's POST stream; `None` in JSON mode.
+    pub(crate) stream: Option<StreamId>,
+    pub(crate) id: Value,
+    pub(crate) params: Value,
+    pub(crate) cancel: CancellationToken,
+    /// Progress already sent by an earlier run of this call.
+    pub(crate) progress_floor: f64,
+    /// Where the response goes in JSON mode.
+    pub(crate) reply: Option<oneshot::Sender<Value>>,
+    /// The client request's clock of upstream waits (a fresh one for a re-run).
+    pub(crate) wait: marina_telemetry::UpstreamWait,
+}
+
 impl Shared {
     /// Run one tools/call to its outcome. With a stream, the response is persisted on it and the
     /// in-flight record cleared; in JSON mode it goes to `reply`.
-    pub(crate) async fn run_call(
-        self: Rc<Self>,
-        stream: Option<StreamId>,
-        id: Value,
-        params: Value,
-        cancel: CancellationToken,
-        progress_floor: f64,
-        reply: Option<oneshot::Sender<Value>>,
-    ) {
+    pub(crate) async fn run_call(self: Rc<Self>, run: RunCall) {
+        let RunCall {
+            stream,
+            id,
+            params,
+            cancel,
+            progress_floor,
+            reply,
+            wait,
+        } = run;
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -326,6 +348,7 @@ impl Shared {
             progress_floor,
             cancel: cancel.clone(),
             provider: index,
+            wait,
         };
         let provider = index.map(|p| self.tenant().providers[p].clone());
         let outcome = match provider {
@@ -401,14 +424,15 @@ impl Shared {
                     stream,
                     "re-running an interrupted idempotent call"
                 );
-                actix::spawn(self.clone().run_call(
-                    Some(stream),
-                    call.request_id,
-                    call.params,
+                actix::spawn(self.clone().run_call(RunCall {
+                    stream: Some(stream),
+                    id: call.request_id,
+                    params: call.params,
                     cancel,
-                    floor,
-                    None,
-                ));
+                    progress_floor: floor,
+                    reply: None,
+                    wait: Default::default(),
+                }));
             } else {
                 tracing::info!(
                     session = self.tag(),

@@ -126,6 +126,8 @@ pub struct Dispatch {
     pub access: Access,
     /// The HTTP request's id, for audit events.
     pub request_id: String,
+    /// The request's clock of upstream waits (its metrics).
+    pub wait: marina_telemetry::UpstreamWait,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.
@@ -240,6 +242,7 @@ impl SessionActor {
             return;
         }
         if s.expired() {
+            s.record_end("expired");
             self.retiring = true;
             let shared = s.clone();
             ctx.spawn(
@@ -268,6 +271,7 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
+        marina_telemetry::metrics().session_activated(&self.shared.tenant().id);
         // Leases need no per-actor renewal (the node's heartbeat keeps them valid); the actor only
         // wakes for passivation, expiry and TTL refresh, often enough to passivate on time.
         let passivate = Duration::from_secs(self.shared.node.sessions().passivate_after_secs);
@@ -278,6 +282,7 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        marina_telemetry::metrics().session_deactivated(&self.shared.tenant().id);
         self.shared.shutdown();
         self.shared.node.unregister(&self.shared.id, self.generation);
         if !self.retiring && !self.shared.lost() {
@@ -323,6 +328,7 @@ impl Handler<Terminate> for SessionActor {
             return Box::pin(async move { Err(r) }.into_actor(self));
         }
         self.retiring = true;
+        shared.record_end("deleted");
         Box::pin(
             async move { shared.delete().await }
                 .into_actor(self)
@@ -356,6 +362,7 @@ impl Handler<Ended> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: Ended, ctx: &mut Self::Context) {
+        self.shared.record_end("evicted");
         self.retiring = true;
         self.shared.retiring.set(true);
         self.shared.mark_ended();

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::call::RunCall;
 use super::{Dispatch, Frame, OpenStream, Rejection, Reply, StreamHandle};
 use crate::node::Node;
 
@@ -104,6 +105,8 @@ pub(crate) struct Who {
     pub(crate) access: Access,
     /// The HTTP request's id.
     pub(crate) request_id: String,
+    /// The request's clock of upstream waits.
+    pub(crate) wait: marina_telemetry::UpstreamWait,
 }
 
 impl Shared {
@@ -230,11 +233,13 @@ impl Shared {
 
     /// Would one more stream (besides a new connection of `except`) pass the tenant's cap?
     fn stream_cap_reached(&self, except: Option<StreamId>) -> bool {
-        self.tenant()
-            .settings
-            .limits
-            .max_streams_per_session
-            .is_some_and(|max| self.live_streams_except(except) >= max)
+        let t = self.tenant();
+        let Some(max) = t.settings.limits.max_streams_per_session else {
+            return false;
+        };
+        let reached = self.live_streams_except(except) >= max;
+        marina_telemetry::metrics().limit_decision(&t.id, "streams", !reached);
+        reached
     }
 
     pub(crate) fn has_live_streams(&self) -> bool {
@@ -289,6 +294,13 @@ impl Shared {
             tracing::warn!(session = self.tag(), why, "session lease lost; stopping actor");
             self.stopping.cancel();
         }
+    }
+
+    /// The session ends for good (`deleted`, `expired`, `evicted`): count it and its lifetime.
+    pub(crate) fn record_end(&self, reason: &'static str) {
+        let rec = self.rec.borrow();
+        let lifetime = std::time::Duration::from_millis(now_ms().saturating_sub(rec.created_at_ms));
+        marina_telemetry::metrics().session_ended(&rec.tenant, reason, &rec.protocol_version, lifetime);
     }
 
     /// End the session: stop calls, delete every key.
@@ -545,9 +557,11 @@ impl Shared {
     /// Only the principal that initialized the session may use it; anyone else is told it does
     /// not exist (404), before anything else is checked or touched, so nothing leaks.
     pub(crate) fn check_owner(&self, owner: Option<&Owner>) -> Result<(), Rejection> {
-        if self.rec.borrow().principal.as_ref() == owner {
+        let rec = self.rec.borrow();
+        if rec.principal.as_ref() == owner {
             Ok(())
         } else {
+            marina_telemetry::metrics().auth_failure(&rec.tenant, "principal_mismatch");
             Err(Rejection::Gone)
         }
     }
@@ -601,6 +615,7 @@ impl Shared {
                 let who = Who {
                     access: d.access,
                     request_id: d.request_id,
+                    wait: d.wait,
                 };
                 self.request(id, &method, d.message, d.force_json, &who).await
             }
@@ -758,6 +773,9 @@ impl Shared {
     /// Like [`Self::permits`], for a request naming one item: a denial is an audit event.
     pub(crate) fn authorize(&self, who: &Who, object: &str, action: &str) -> bool {
         let ok = self.permits(&who.access, object, action);
+        if self.tenant().authorizer.is_some() {
+            marina_telemetry::metrics().authz_decision(&self.tenant().id, ok, authz_action(action));
+        }
         if !ok {
             tracing::info!(
                 target: "marina::audit",
@@ -777,6 +795,10 @@ impl Shared {
 
     async fn list_tools(self: &Rc<Self>, params: &Value, access: &Access) -> Result<Value, RpcError> {
         let index = self.tool_index().await;
+        if self.tenant().authorizer.is_some() {
+            // One decision per list, not per item filtered.
+            marina_telemetry::metrics().authz_decision(&self.tenant().id, true, "list");
+        }
         // Only what the caller may call; pages are cut from the filtered list, so cursors stay
         // consistent for this caller.
         let tools: Vec<Value> = index
@@ -822,11 +844,14 @@ impl Shared {
         }
         let key = id_key(&id);
         let limits = &self.tenant().settings.limits;
-        if limits
-            .max_inflight_calls_per_session
-            .is_some_and(|max| self.calls.borrow().len() >= max)
-        {
-            return Reply::Rejected(Rejection::Limited("session"));
+        let m = marina_telemetry::metrics();
+        let tenant = self.tenant().id.clone();
+        if let Some(max) = limits.max_inflight_calls_per_session {
+            let allow = self.calls.borrow().len() < max;
+            m.limit_decision(&tenant, "session_inflight", allow);
+            if !allow {
+                return Reply::Rejected(Rejection::Limited("session"));
+            }
         }
         let duplicate = || {
             err(RpcError::new(
@@ -848,8 +873,11 @@ impl Shared {
                 .begin_call(&self.tenant().id, &self.call_cap_key(&key), max, CALL_LEASE)
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => return Reply::Rejected(Rejection::Limited("calls_tenant")),
+                Ok(true) => m.limit_decision(&tenant, "inflight", true),
+                Ok(false) => {
+                    m.limit_decision(&tenant, "inflight", false);
+                    return Reply::Rejected(Rejection::Limited("calls_tenant"));
+                }
                 Err(_) => return Reply::Rejected(Rejection::Unavailable),
             }
             // Another request with the same id may have come in while we asked.
@@ -867,10 +895,15 @@ impl Shared {
         );
         if !sse {
             let (tx, rx) = oneshot::channel();
-            actix::spawn(
-                self.clone()
-                    .run_call(None, id, params, cancel, f64::NEG_INFINITY, Some(tx)),
-            );
+            actix::spawn(self.clone().run_call(RunCall {
+                stream: None,
+                id,
+                params,
+                cancel,
+                progress_floor: f64::NEG_INFINITY,
+                reply: Some(tx),
+                wait: who.wait.clone(),
+            }));
             return Reply::Pending(rx);
         }
         let call = InflightCall {
@@ -913,10 +946,15 @@ impl Shared {
                 live: Some(tx),
             },
         );
-        actix::spawn(
-            self.clone()
-                .run_call(Some(stream), id, params, cancel, f64::NEG_INFINITY, None),
-        );
+        actix::spawn(self.clone().run_call(RunCall {
+            stream: Some(stream),
+            id,
+            params,
+            cancel,
+            progress_floor: f64::NEG_INFINITY,
+            reply: None,
+            wait: who.wait.clone(),
+        }));
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {
             stream,
@@ -1141,4 +1179,14 @@ pub(crate) fn page(
         result["nextCursor"] = json!(encode_cursor(list, id, end));
     }
     Ok(result)
+}
+
+/// `action` of `marina_authz_decisions_total` (a fixed set whatever the policy names).
+pub(crate) fn authz_action(action: &str) -> &'static str {
+    match action {
+        "call" => "call",
+        "read" => "read",
+        "get" => "get",
+        _ => "list",
+    }
 }

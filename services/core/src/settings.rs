@@ -85,6 +85,9 @@ pub struct ServerSettings {
     pub advertise_url: String,
     /// Drain budget on SIGTERM.
     pub drain_timeout_ms: u64,
+    /// SSE response streams this node keeps open at most (every kind); a new one past it is
+    /// refused with 503.
+    pub max_open_streams: usize,
     /// `human` or `json`.
     pub log_format: LogFormat,
     /// EnvFilter directive.

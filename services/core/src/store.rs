@@ -5,6 +5,7 @@
 //! the single-node embedded default and [`RedisStore`] for clusters.
 
 mod memory;
+mod metered;
 mod redis;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
@@ -19,6 +20,7 @@ use serde_json::Value;
 use crate::domain::{SessionId, StreamId};
 
 pub use self::memory::MemoryStore;
+pub use self::metered::MeteredStore;
 pub use self::redis::RedisStore;
 
 /// Why a store operation failed.

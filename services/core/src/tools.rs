@@ -85,6 +85,9 @@ pub trait CallContext: SessionContext {
     async fn request_client(&self, method: &str, params: Value) -> Result<Value, RpcError>;
     /// Fires when the client cancels the request.
     fn cancellation(&self) -> CancellationToken;
+    /// The call waited `waited` on an upstream (subtracted from the request's duration for
+    /// Marina's own processing time). Contexts that time nothing ignore it.
+    fn upstream_waited(&self, _waited: std::time::Duration) {}
     /// Send a notification on this context's stream (the GET stream outside a call).
     async fn notify(&self, method: &str, params: Value);
     /// The session's tool list changed upstream: rebuild it on next use.

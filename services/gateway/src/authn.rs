@@ -138,6 +138,7 @@ pub async fn authenticate(auth: &Authenticators, req: &HttpRequest, tenant: &str
             request_id,
         }),
         Err(e) => {
+            marina_telemetry::metrics().auth_failure(tenant, failure_reason(&e));
             tracing::warn!(
                 target: "marina::audit",
                 event = "auth_failed",
@@ -149,5 +150,25 @@ pub async fn authenticate(auth: &Authenticators, req: &HttpRequest, tenant: &str
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
             Err(Refusal::auth(status, e.description(), ta.challenge(&e)))
         }
+    }
+}
+
+/// `reason` of `marina_auth_failures_total`: the audit reasons folded into the metric's fixed
+/// set (docs/operations.md).
+fn failure_reason(e: &marina_auth::AuthError) -> &'static str {
+    use marina_auth::AuthError;
+    match e {
+        AuthError::Missing => "missing",
+        AuthError::InvalidRequest(..) => "malformed",
+        AuthError::InsufficientScope => "insufficient_scope",
+        AuthError::Unavailable => "issuer_unavailable",
+        AuthError::InvalidToken(reason, _) => match *reason {
+            "unknown_key" | "unknown_credential" => "invalid_key",
+            "expired" => "expired",
+            "wrong_audience" => "audience",
+            "wrong_issuer" => "issuer",
+            "malformed" => "malformed",
+            _ => "invalid_token",
+        },
     }
 }

@@ -9,6 +9,7 @@ mod cors;
 mod forward;
 mod limits;
 pub mod modern;
+pub mod observe;
 mod origin;
 mod proxy;
 mod reply;

@@ -73,8 +73,24 @@ pub async fn admit_session(
         )
         .await
     {
-        Ok(None) => Ok(()),
+        Ok(None) => {
+            let m = marina_telemetry::metrics();
+            if l.max_sessions.is_some() {
+                m.limit_decision(&t.id, "sessions", true);
+            }
+            if l.max_sessions_per_principal.is_some() {
+                m.limit_decision(&t.id, "principal_sessions", true);
+            }
+            Ok(())
+        }
         Ok(Some(scope)) => {
+            let m = marina_telemetry::metrics();
+            let label = match scope {
+                CapScope::Tenant => "sessions",
+                CapScope::Principal => "principal_sessions",
+            };
+            m.limit_decision(&t.id, label, false);
+            m.session_ended(&t.id, "refused", "", std::time::Duration::ZERO);
             tracing::info!(
                 target: "marina::audit",
                 event = "rate_limited",
@@ -102,6 +118,15 @@ pub async fn admit_session(
             tracing::warn!(error = %e, "session caps cannot be checked");
             Err(Refusal::unavailable("session store unavailable; retry shortly"))
         }
+    }
+}
+
+/// `scope` of `marina_limit_decisions_total` for a rate bucket.
+fn scope_label(scope: marina_limits::Scope) -> &'static str {
+    match scope {
+        marina_limits::Scope::Tenant => "tenant_rate",
+        marina_limits::Scope::Principal => "principal_rate",
+        marina_limits::Scope::Tool => "tool_rate",
     }
 }
 
@@ -170,13 +195,20 @@ pub async fn check(
     if buckets.is_empty() {
         return Ok(());
     }
+    let m = marina_telemetry::metrics();
     match state.limiter.check(&buckets).await {
-        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Allowed) => {
+            for b in buckets.iter() {
+                m.limit_decision(&t.id, scope_label(b.scope), true);
+            }
+            Ok(())
+        }
         Ok(Decision::Limited {
             scope,
             rate,
             retry_after,
         }) => {
+            m.limit_decision(&t.id, scope_label(scope), false);
             let ms = retry_after.as_millis().max(1) as u64;
             tracing::info!(
                 target: "marina::audit",

@@ -90,6 +90,10 @@ impl Refusal {
             ..Self::new(status, code, message)
         }
     }
+    /// The JSON-RPC error code.
+    pub fn code(&self) -> i64 {
+        self.code
+    }
     /// Attach the request id.
     pub fn with_id(mut self, id: Option<&RequestId>) -> Self {
         self.id = id.cloned();

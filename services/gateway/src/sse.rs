@@ -10,6 +10,8 @@ use actix_web::HttpResponse;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use marina_actors::{Frame, StreamHandle};
+
+use crate::reply::Refusal;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval};
 
@@ -51,6 +53,8 @@ pub fn event(id: &str, data: &str) -> Bytes {
 }
 
 struct State {
+    /// This stream in the node's metrics (open, events, why it closed).
+    metered: marina_telemetry::SseStream,
     queue: VecDeque<Frame>,
     head: Option<Bytes>,
     rx: mpsc::Receiver<Frame>,
@@ -65,14 +69,20 @@ fn retry_hint(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
-/// The body stream of an SSE response.
-pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result<Bytes, Infallible>> {
+/// The body stream of an SSE response of `kind` (`post`, `get`).
+pub fn body(
+    handle: StreamHandle,
+    opts: SseOptions,
+    kind: &'static str,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let head = handle
         .priming
         .map(|p| Bytes::from(format!("id: {p}\nretry: {}\ndata: \n\n", opts.retry_ms)));
     let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metered = marina_telemetry::metrics().stream(kind);
     let state = State {
+        metered,
         queue: handle.backlog.into(),
         head,
         rx: handle.frames,
@@ -109,19 +119,26 @@ pub fn body(handle: StreamHandle, opts: SseOptions) -> impl Stream<Item = Result
             f = st.rx.recv() => match f {
                 Some(Frame::Event { id, data }) => {
                     out.extend_from_slice(&event(&id, &data));
+                    st.metered.event();
                     drain_ready(&mut st, &mut out);
                     Some((Ok(out.freeze()), st))
                 }
-                Some(Frame::End) => None,
+                Some(Frame::End) => {
+                    st.metered.closing("complete");
+                    None
+                }
                 // The session closed this connection (drain, failover, slow reader, replaced):
                 // tell the client when to resume.
                 None => {
                     st.done = true;
+                    let why = if marina_telemetry::metrics().is_draining() { "drain" } else { "evicted" };
+                    st.metered.closing(why);
                     st.polling.then(|| (Ok(retry_hint(st.retry_ms)), st))
                 }
             },
             () = sleep => {
                 st.done = true;
+                st.metered.closing("max_duration");
                 st.polling.then(|| (Ok(retry_hint(st.retry_ms)), st))
             }
             _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
@@ -137,8 +154,12 @@ fn drain_ready(st: &mut State, out: &mut BytesMut) {
             None => st.rx.try_recv().ok(),
         };
         match next {
-            Some(Frame::Event { id, data }) => out.extend_from_slice(&event(&id, &data)),
+            Some(Frame::Event { id, data }) => {
+                out.extend_from_slice(&event(&id, &data));
+                st.metered.event();
+            }
             Some(Frame::End) => {
+                st.metered.closing("complete");
                 st.done = true;
                 return;
             }
@@ -148,10 +169,42 @@ fn drain_ready(st: &mut State, out: &mut BytesMut) {
 }
 
 /// A 200 `text/event-stream` response around `body`.
-pub fn response(handle: StreamHandle, opts: SseOptions) -> HttpResponse {
+pub fn response(handle: StreamHandle, opts: SseOptions, kind: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body(handle, opts))
+        .streaming(body(handle, opts, kind))
+}
+
+/// The step before a request that opens an SSE stream of `kind` is dispatched: refused with 503,
+/// `Retry-After` and a JSON-RPC error once the node has `server.max_open_streams` open.
+pub fn room(kind: &'static str) -> Result<(), Refusal> {
+    marina_telemetry::metrics()
+        .stream_room(kind)
+        .map_err(|_| Refusal::unavailable("this node has too many open streams; retry"))
+}
+
+/// A stream of SSE chunks counted as a stream of `kind` (one data event per `data: {`), closed
+/// as `complete` when it ends and `client_gone` when it is dropped before (the stateless era's
+/// streams, which end with their response).
+pub fn counted<S>(kind: &'static str, inner: S) -> impl Stream<Item = Result<Bytes, Infallible>>
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Unpin,
+{
+    let metered = marina_telemetry::metrics().stream(kind);
+    futures_util::stream::unfold((inner, metered), |(mut inner, mut metered)| async move {
+        use futures_util::StreamExt as _;
+        match inner.next().await {
+            Some(Ok(chunk)) => {
+                metered.events(chunk.windows(7).filter(|w| w == b"data: {").count());
+                Some((Ok(chunk), (inner, metered)))
+            }
+            Some(Err(e)) => match e {},
+            None => {
+                metered.closing("complete");
+                None
+            }
+        }
+    })
 }

@@ -18,7 +18,7 @@ use marina_control::{
 };
 use marina_core::caps::Caps;
 use marina_core::settings::Settings;
-use marina_core::store::{MemoryStore, RedisStore, SessionStore};
+use marina_core::store::{MemoryStore, MeteredStore, RedisStore, SessionStore};
 use marina_limits::{MemoryLimiter, RateLimiter, RedisLimiter};
 use rand::RngExt as _;
 use tracing::Instrument as _;
@@ -85,7 +85,7 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
     if s.redis_url.is_empty() {
         let limits = Arc::new(MemoryLimiter::default());
         return Ok(Backends {
-            store: Arc::new(MemoryStore::new()),
+            store: Arc::new(MeteredStore::new(Arc::new(MemoryStore::new()), "memory")),
             limiter: limits.clone(),
             caps: limits,
             docs: Arc::new(MemoryDocs::new(max_tenants)),
@@ -106,7 +106,7 @@ fn build_store(settings: &Settings) -> anyhow::Result<Backends> {
         audit: Arc::new(RedisAudit::new(store.clone(), audit_max, retention)),
         usage: Arc::new(RedisUsage::new(store.clone(), retention)),
         reports: Arc::new(RedisReports::new(store.clone())),
-        store,
+        store: Arc::new(MeteredStore::new(store, "redis")),
     })
 }
 
@@ -181,6 +181,20 @@ fn cluster_secret(settings: &Settings) -> anyhow::Result<Option<String>> {
         "cluster.secret must be at least 16 characters"
     );
     Ok((!secret.is_empty()).then_some(secret))
+}
+
+/// `http_route` of a request on the public listener: the pattern it matched, from the fixed
+/// route table, or `_OTHER` (no route: unknown paths never become label values).
+fn http_route(pattern: Option<&str>) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/t/{tenant}/mcp",
+        "/.well-known/oauth-protected-resource/t/{tenant}/mcp",
+        "/healthz",
+        "/readyz",
+    ];
+    pattern
+        .and_then(|p| ROUTES.iter().find(|r| **r == p).copied())
+        .unwrap_or(marina_telemetry::OTHER)
 }
 
 /// A configured tenant without an `auth` section lets anyone who reaches the node in: allowed
@@ -355,6 +369,7 @@ impl Application {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
+        marina_telemetry::metrics().set_max_open_streams(settings.server.max_open_streams);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
@@ -410,6 +425,12 @@ impl Application {
                     let fut = srv.call(req);
                     async move {
                         let mut res: ServiceResponse = fut.await?;
+                        marina_telemetry::metrics().http_request(
+                            http_route(res.request().match_pattern().as_deref()),
+                            res.request().method().as_str(),
+                            res.status().as_u16(),
+                            started.elapsed(),
+                        );
                         // The access log has its own target so operators can turn it off
                         // (`log_filter = "info,marina::access=off"`) without losing other logs.
                         tracing::info!(

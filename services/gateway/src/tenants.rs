@@ -183,6 +183,8 @@ pub struct Registry {
     applying: tokio::sync::Mutex<()>,
     /// API key uses already flushed to the store: (tenant, key id) → Unix ms.
     flushed: std::sync::Mutex<HashMap<(String, String), u64>>,
+    /// When this node started (Unix ms): changes written before are not propagation delays.
+    booted_ms: std::sync::OnceLock<u64>,
 }
 
 impl Registry {
@@ -219,6 +221,7 @@ impl Registry {
             served: arc_swap::ArcSwap::from_pointee(served),
             applying: tokio::sync::Mutex::new(()),
             flushed: Default::default(),
+            booted_ms: std::sync::OnceLock::from(marina_core::store::now_ms()),
         };
         r.publish();
         Ok(r)
@@ -243,6 +246,7 @@ impl Registry {
     /// refused no later than the tenant's other changes apply.
     fn publish(&self) {
         let served = self.served.load();
+        marina_telemetry::metrics().set_tenants(served.len());
         self.auth.set(
             served
                 .iter()
@@ -287,6 +291,13 @@ impl Registry {
             match self.builder.build_doc(&id, &doc).await {
                 Ok((tenant, auth)) => {
                     changed = true;
+                    // Changes written while this node runs (not the backlog it read at start).
+                    let now = marina_core::store::now_ms();
+                    if self.booted_ms.get().is_some_and(|b| updated_ms >= *b) {
+                        marina_telemetry::metrics().control_applied(std::time::Duration::from_millis(
+                            now.saturating_sub(updated_ms),
+                        ));
+                    }
                     next.insert(
                         id,
                         Arc::new(Served {
@@ -300,6 +311,7 @@ impl Registry {
                     );
                 }
                 Err(e) => {
+                    marina_telemetry::metrics().control_apply_error();
                     tracing::error!(tenant = %id, version, field = %e.field, error = %e.detail, "stored tenant cannot be applied; keeping its previous version");
                     if let Some(s) = current.get(&id) {
                         next.insert(id, s.clone());
@@ -308,6 +320,9 @@ impl Registry {
             }
         }
         changed |= current.keys().any(|id| !next.contains_key(id));
+        for gone in current.keys().filter(|id| !next.contains_key(*id)) {
+            marina_telemetry::metrics().forget_tenant(gone, []);
+        }
         if changed {
             self.served.store(Arc::new(next));
             self.publish();

@@ -618,8 +618,15 @@ impl SessionStore for RedisStore {
         let mut stale = String::new();
         // At most two rounds: find the holder; if its node is gone, take over exactly that lease.
         for _ in 0..2 {
+            let taking_over = !stale.is_empty();
             match self.take_lease(id, holder, stale).await? {
-                (1, Some(t)) => return acquired(id, holder, &t),
+                (1, Some(t)) => {
+                    if taking_over {
+                        // The holder's node record expired: it died (or lost the store).
+                        marina_telemetry::metrics().takeover("owner_gone");
+                    }
+                    return acquired(id, holder, &t);
+                }
                 (2, Some(v)) => {
                     let owner = parse_lease(&v).0;
                     if owner == holder || self.node(&owner).await?.is_some() {
@@ -646,7 +653,11 @@ impl SessionStore for RedisStore {
         };
         // Compare-and-set on exactly the value we found: if anything changed since, we lose.
         Ok(match self.take_lease(id, holder, stale).await? {
-            (1, Some(t)) => return acquired(id, holder, &t),
+            (1, Some(t)) => {
+                // Our own lease, whose actor stopped when this node's liveness lapsed.
+                marina_telemetry::metrics().takeover("lease_expired");
+                return acquired(id, holder, &t);
+            }
             (2, Some(v)) => LeaseOutcome::Held {
                 holder: parse_lease(&v).0,
             },

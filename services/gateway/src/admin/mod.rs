@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod explain;
 mod keys;
+mod metrics;
 mod openapi;
 mod problem;
 mod sessions;
@@ -106,6 +107,9 @@ pub fn server(state: AdminState, listener: TcpListener) -> std::io::Result<actix
                     .route("/tenants/{id}/upstreams", web::get().to(upstreams::status))
                     .route("/audit", web::get().to(audit::list)),
             )
+            // Unauthenticated, outside the API (and its OpenAPI document, whose server is
+            // /admin/v1): what Prometheus scrapes.
+            .route("/metrics", web::get().to(metrics::metrics))
             .default_service(web::to(|| async {
                 Problem::not_found("no such admin resource").error_response_owned()
             }))

@@ -57,6 +57,8 @@ pub struct RequestCtx {
     replays: bool,
     /// A capability a question needed that the client did not declare.
     missing: RefCell<Option<&'static str>>,
+    /// The request's clock of upstream waits (its metrics).
+    wait: marina_telemetry::UpstreamWait,
 }
 
 impl RequestCtx {
@@ -103,6 +105,7 @@ impl RequestCtx {
             questions: Cell::new(0),
             replays: false,
             missing: RefCell::new(None),
+            wait: Default::default(),
             link: None,
             continuation: None,
         })
@@ -128,6 +131,12 @@ impl RequestCtx {
 
     /// Notifications of the request (progress, log messages) go to `out`, with `token` naming
     /// its progress; `cancel` fires when the client goes away.
+    /// Time this request's upstream waits on `wait`.
+    pub fn timed(mut self, wait: marina_telemetry::UpstreamWait) -> Self {
+        self.wait = wait;
+        self
+    }
+
     pub fn streaming(
         mut self,
         token: Option<Value>,
@@ -251,6 +260,9 @@ impl SessionContext for RequestCtx {
 impl CallContext for RequestCtx {
     fn progress_token(&self) -> Option<Value> {
         self.progress_token.clone()
+    }
+    fn upstream_waited(&self, waited: Duration) {
+        self.wait.add(waited);
     }
 
     async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {

@@ -221,11 +221,30 @@ pub fn listen(
             let _ = tx.send(frame(&done)).await;
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    let listening = Listening::new(&t.id);
+    let body = futures_util::stream::unfold((rx, listening), |(mut rx, l)| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), (rx, l)))
     });
+    let body = crate::sse::counted("listen", Box::pin(body));
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .streaming(body))
+}
+
+/// A `subscriptions/listen` stream of a tenant, counted while it is open
+/// (`marina_listen_streams_open`).
+struct Listening(String);
+
+impl Listening {
+    fn new(tenant: &str) -> Self {
+        marina_telemetry::metrics().listen_stream(tenant, 1);
+        Self(tenant.to_owned())
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        marina_telemetry::metrics().listen_stream(&self.0, -1);
+    }
 }

@@ -78,6 +78,7 @@ pub async fn serve(
     t: &Arc<Tenant>,
     caller: &Caller,
     message: Value,
+    wait: marina_telemetry::UpstreamWait,
 ) -> Result<HttpResponse, Refusal> {
     let Some(id) = message.get("id").cloned() else {
         // A notification: nothing to answer (cancellation is the closing of a request's stream).
@@ -109,7 +110,7 @@ pub async fn serve(
     )
     .await
     {
-        Ok(c) => c,
+        Ok(c) => c.timed(wait),
         Err(e) => return Ok(answer(e)),
     };
     let result = match method.as_str() {
@@ -236,6 +237,15 @@ fn page(key: &str, items: &[Value], cursor: Option<&Value>, size: usize) -> Resu
 /// in a session.
 fn authorize(t: &Tenant, access: &Access, request_id: &str, object: &str, act: &str) -> bool {
     let ok = t.permits(access, object, act);
+    if t.authorizer.is_some() {
+        let action = match act {
+            "call" => "call",
+            "read" => "read",
+            "get" => "get",
+            _ => "list",
+        };
+        marina_telemetry::metrics().authz_decision(&t.id, ok, action);
+    }
     if !ok {
         tracing::info!(
             target: "marina::audit",
@@ -262,6 +272,10 @@ async fn list_tools(
 ) -> Result<Value, RpcError> {
     let access = caller.access();
     let index = tool_index(state, t, ctx).await;
+    if t.authorizer.is_some() {
+        // One decision per list, not per item filtered.
+        marina_telemetry::metrics().authz_decision(&t.id, true, "list");
+    }
     let tools: Vec<Value> = index
         .tools()
         .iter()
@@ -499,7 +513,7 @@ fn stream_response(rx: mpsc::Receiver<Value>, cancel: CancellationToken) -> Http
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
-        .streaming(request_stream(rx, cancel))
+        .streaming(crate::sse::counted("post", Box::pin(request_stream(rx, cancel))))
 }
 
 /// The response to a call that ended: its result or error, or -32021 (HTTP 400) when it needed a
@@ -631,7 +645,9 @@ impl Follow {
         let body = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
         crate::forward::forward(state, req, &peer.url, body)
             .await
+            .inspect(|_| marina_telemetry::metrics().forward("parked_call", true))
             .map_err(|e| {
+                marina_telemetry::metrics().forward("parked_call", false);
                 tracing::info!(node, error = %e, "the node of a parked call is unreachable");
                 park::lost()
             })
@@ -804,19 +820,26 @@ impl CallCap {
             return Ok(Self { release: None });
         };
         let member = format!("stateless:{request_id}");
+        let m = marina_telemetry::metrics();
         match state.caps.begin_call(&t.id, &member, max, CALL_LEASE).await {
-            Ok(true) => Ok(Self {
-                release: Some((state.caps.clone(), t.id.clone(), member)),
+            Ok(true) => {
+                m.limit_decision(&t.id, "inflight", true);
+                Ok(Self {
+                    release: Some((state.caps.clone(), t.id.clone(), member)),
+                })
+            }
+            Ok(false) => Err({
+                m.limit_decision(&t.id, "inflight", false);
+                Refusal::rate_limited(
+                    format!(
+                        "too many calls in flight for tenant {} (cap {max}); retry shortly",
+                        t.id
+                    ),
+                    1_000,
+                    json!({"retryAfterMs": 1_000, "scope": "calls_tenant"}),
+                    Vec::new(),
+                )
             }),
-            Ok(false) => Err(Refusal::rate_limited(
-                format!(
-                    "too many calls in flight for tenant {} (cap {max}); retry shortly",
-                    t.id
-                ),
-                1_000,
-                json!({"retryAfterMs": 1_000, "scope": "calls_tenant"}),
-                Vec::new(),
-            )),
             Err(_) => Err(Refusal::unavailable("session store unavailable; retry shortly")),
         }
     }

@@ -19,6 +19,9 @@ pub const REFRESH_MS: u64 = 30_000;
 /// Facts noted about one upstream on this node.
 #[derive(Debug, Default)]
 pub struct Health {
+    /// Whose upstream (the metrics' `tenant` and `upstream` labels).
+    tenant: String,
+    upstream: String,
     /// When a success was last reported (Unix ms).
     ok_reported: AtomicU64,
     /// An error was reported after the last reported success.
@@ -30,6 +33,20 @@ pub struct Health {
 }
 
 impl Health {
+    /// The health of `tenant`'s upstream `upstream`.
+    pub fn named(tenant: &str, upstream: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            upstream: upstream.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// The tenant whose upstream this is.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     fn note(&self, fact: &'static str, at: u64, value: String) {
         self.pending
             .lock()
@@ -45,6 +62,7 @@ impl Health {
         {
             self.ok_reported.store(now, Ordering::Relaxed);
             self.failing.store(false, Ordering::Relaxed);
+            marina_telemetry::metrics().upstream_up(&self.tenant, &self.upstream, true);
             self.note("ok", now, String::new());
         }
     }
@@ -54,6 +72,7 @@ impl Health {
     /// the tenant did not configure).
     pub fn failed(&self, message: &str) {
         self.failing.store(true, Ordering::Relaxed);
+        marina_telemetry::metrics().upstream_up(&self.tenant, &self.upstream, false);
         self.note("error", now_ms(), message.replace('\0', " "));
     }
 
@@ -65,6 +84,7 @@ impl Health {
             .get(fact)
             .is_none_or(|(c, at)| *c != n || now.saturating_sub(*at) >= REFRESH_MS);
         if due {
+            marina_telemetry::metrics().upstream_list(&self.tenant, &self.upstream, fact, n);
             counts.insert(fact, (n, now));
             drop(counts);
             self.note(fact, now, n.to_string());
@@ -88,7 +108,7 @@ impl HealthBook {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry((tenant.to_owned(), name.to_owned()))
-            .or_default()
+            .or_insert_with(|| Arc::new(Health::named(tenant, name)))
             .clone()
     }
 

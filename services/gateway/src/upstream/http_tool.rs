@@ -224,7 +224,7 @@ impl ToolProvider for HttpTool {
         vec![self.def.clone()]
     }
 
-    async fn call(&self, _name: &str, arguments: Value, _ctx: &dyn CallContext) -> Result<Value, RpcError> {
+    async fn call(&self, _name: &str, arguments: Value, ctx: &dyn CallContext) -> Result<Value, RpcError> {
         // Also checked by the session when the tenant validates arguments; here too, for tenants
         // that leave it to their tools.
         let problems = marina_core::schema::problems(&self.input, &arguments);
@@ -235,7 +235,10 @@ impl ToolProvider for HttpTool {
             ));
         }
         let args = arguments.as_object().cloned().unwrap_or_default();
-        let answer = match self.invoke(&args).await {
+        let started = std::time::Instant::now();
+        let invoked = self.invoke(&args).await;
+        ctx.upstream_waited(started.elapsed());
+        let answer = match invoked {
             Ok(v) => v,
             Err(message) => return Ok(text_result(message, true)),
         };

@@ -38,6 +38,7 @@ pub async fn get(
         ),
     };
     let resumed = last_event_id.is_some();
+    sse::room("get")?;
     let open = OpenStream {
         last_event_id,
         protocol_version: version,
@@ -48,6 +49,14 @@ pub async fn get(
         Answer::Local(h) => h,
         Answer::Done(resp) => return Ok(resp),
     };
+    let kind = if handle.stream == GET_STREAM {
+        "get"
+    } else {
+        "post"
+    };
+    if resumed {
+        marina_telemetry::metrics().sse_replay(kind, handle.backlog.len());
+    }
     let s = state.node.sessions();
     // A resumed POST stream keeps the POST-stream duration limit; the GET stream has none.
     let max = (resumed && handle.stream != GET_STREAM)
@@ -59,5 +68,6 @@ pub async fn get(
             max_duration: max,
             until: caller.principal.as_ref().and_then(|p| p.expires_at),
         },
+        kind,
     ))
 }

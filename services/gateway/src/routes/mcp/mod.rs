@@ -35,6 +35,15 @@ async fn admit(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<(Arc
     Ok((t, caller))
 }
 
+/// This node passed the request on to the session's holder (which records it as an MCP
+/// operation: counting it here too would count it twice across the fleet).
+#[derive(Debug, Clone, Copy)]
+struct ForwardedAway;
+
+fn forwarded_away(req: &HttpRequest) -> bool {
+    req.extensions().contains::<ForwardedAway>()
+}
+
 /// Whether a peer forwarded the request (decided once, in [`admit`]).
 #[derive(Debug, Clone, Copy)]
 struct Forwarded(bool);
@@ -260,8 +269,16 @@ async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId
             .await
         {
             Ok(Resolved::Local(addr)) => return Target::Local(addr),
-            Ok(Resolved::Remote { holder, url }) => match forward(state, req, &url, body.clone()).await {
-                Ok(resp) => return Target::Done(resp),
+            Ok(Resolved::Remote { holder, url }) => match forward(state, req, &url, body.clone())
+                .await
+                .inspect(|_| marina_telemetry::metrics().forward("session", true))
+                .inspect_err(|_| marina_telemetry::metrics().forward("session", false))
+            {
+                Ok(resp) => {
+                    // The holder serves it, and measures it as its own operation.
+                    req.extensions_mut().insert(ForwardedAway);
+                    return Target::Done(resp);
+                }
                 Err(ForwardError::Unreachable(e)) => {
                     tracing::info!(holder, error = %e, "session holder unreachable; waiting for its lease");
                     avoid = Some(holder);

@@ -17,30 +17,43 @@ use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
 
 use super::{
-    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, header, protocol_header, rejection,
-    resolve_error, route, session_header,
+    MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, forwarded_away, header, protocol_header,
+    rejection, resolve_error, route, session_header,
 };
 use crate::authn::Caller;
 use crate::reply::{self, Refusal};
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
 
-/// `POST /t/{tenant}/mcp`
+/// `POST /t/{tenant}/mcp`: the request is timed as an MCP operation once its method is known
+/// (`observe`), whatever answers it.
 pub async fn post(
     req: HttpRequest,
     tenant: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let (t, caller) = admit(&state, &req, &tenant).await?;
-    if !(accepts(&req, "application/json") && accepts(&req, "text/event-stream")) {
+    let mut op = None;
+    let answer = serve(&req, &tenant, payload, &state, &mut op).await;
+    crate::observe::finish(op.filter(|_| !forwarded_away(&req)), answer)
+}
+
+async fn serve(
+    req: &HttpRequest,
+    tenant: &str,
+    payload: web::Payload,
+    state: &AppState,
+    op: &mut Option<marina_telemetry::ServerOperation>,
+) -> Result<HttpResponse, Refusal> {
+    let (t, caller) = admit(state, req, tenant).await?;
+    if !(accepts(req, "application/json") && accepts(req, "text/event-stream")) {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
             code::INVALID_REQUEST,
             "Accept must list both application/json and text/event-stream",
         ));
     }
-    let json_body = header(&req, CONTENT_TYPE.as_str()).is_some_and(|ct| {
+    let json_body = header(req, CONTENT_TYPE.as_str()).is_some_and(|ct| {
         ct.split(';')
             .next()
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
@@ -52,39 +65,49 @@ pub async fn post(
             "Content-Type must be application/json",
         ));
     }
-    let body = read_body(payload, t.settings.limits.max_body_bytes).await?;
+    let body = read_body(payload, t.settings.limits.max_body_bytes)
+        .await
+        .inspect_err(|r| {
+            if actix_web::ResponseError::status_code(r) == StatusCode::PAYLOAD_TOO_LARGE {
+                marina_telemetry::metrics().limit_decision(&t.id, "body", false);
+            }
+        })?;
     let message: Value = serde_json::from_slice(&body)
         .map_err(|_| Refusal::bad_request(code::PARSE_ERROR, "parse error: the body is not valid JSON"))?;
     // The era of this request (modern/mod.rs has the decision table).
     let stateless = crate::modern::wants(
-        &state,
+        state,
         &message,
-        header(&req, "mcp-protocol-version"),
+        header(req, "mcp-protocol-version"),
         req.headers().contains_key("mcp-session-id"),
     );
-    let version = if stateless { None } else { protocol_header(&req)? };
+    let version = if stateless { None } else { protocol_header(req)? };
     if let Value::Array(items) = message {
-        return batch(&state, &req, &t, &caller, version, items, body).await;
+        return batch(state, req, &t, &caller, version, items, body).await;
     }
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
-    charge(
-        &state,
-        &req,
-        &t,
-        &caller,
-        Some(&kind),
-        called_tool(&kind, &message),
-    )
-    .await
-    .map_err(|r| r.with_id(request_id(&kind)))?;
+    *op = crate::observe::begin(&t.id, &message, header(req, "mcp-protocol-version"));
+    let wait = op.as_ref().map(|o| o.wait()).unwrap_or_default();
+    charge(state, req, &t, &caller, Some(&kind), called_tool(&kind, &message))
+        .await
+        .map_err(|r| r.with_id(request_id(&kind)))?;
+    // A request answered with a stream needs room for it on this node.
+    if matches!(&kind, MessageKind::Request { method, .. } if method == "tools/call" || method == "subscriptions/listen")
+    {
+        sse::room(if stateless && called_tool(&kind, &message).is_none() {
+            "listen"
+        } else {
+            "post"
+        })?;
+    }
     if stateless {
-        return crate::modern::serve(&state, &req, &t, &caller, message).await;
+        return crate::modern::serve(state, req, &t, &caller, message, wait).await;
     }
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
-            "initialize" => return initialize(&state, &t, &caller, id, &message).await,
+            "initialize" => return initialize(state, &t, &caller, id, &message).await,
             // The 2026-07-28 probe of dual-era clients: a plain 4xx (not -32020..-32022) makes
             // them fall back to initialize.
             "server/discover" => {
@@ -97,7 +120,7 @@ pub async fn post(
             _ => {}
         }
     }
-    let id = session_header(&req)?;
+    let id = session_header(req)?;
     tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
     let rpc_id = request_id(&kind).cloned();
     let mut dispatch = Dispatch {
@@ -108,10 +131,11 @@ pub async fn post(
         owner: caller.owner(),
         access: caller.access(),
         request_id: caller.request_id.clone(),
+        wait,
     };
     let mut attempts = 0;
     let reply = loop {
-        let addr = match route(&state, &req, &t.id, &id, body.clone()).await {
+        let addr = match route(state, req, &t.id, &id, body.clone()).await {
             Target::Local(a) => a,
             Target::Done(resp) => return Ok(resp),
         };
@@ -123,7 +147,7 @@ pub async fn post(
             reply => break reply,
         }
     };
-    respond(&state, &caller, reply)
+    respond(state, &caller, reply)
         .await
         .map_err(|r| r.with_id(rpc_id.as_ref()))
 }
@@ -261,6 +285,7 @@ async fn respond(state: &AppState, caller: &Caller, reply: Reply) -> Result<Http
                     max_duration: max,
                     until: caller.principal.as_ref().and_then(|p| p.expires_at),
                 },
+                "post",
             )
         }
         Reply::Rejected(r) => return Err(rejection(r)),
@@ -336,6 +361,7 @@ async fn batch(
                 owner: caller.owner(),
                 access: caller.access(),
                 request_id: caller.request_id.clone(),
+                wait: Default::default(),
             })
             .await
             .map_err(|_| actor_gone())?;

@@ -64,14 +64,17 @@ impl Breaker {
         until.and_then(|u| u.checked_duration_since(std::time::Instant::now()))
     }
 
-    fn failed(&self) {
+    /// Note a failure; `true` when it starts a rest (the upstream is backed off).
+    fn failed(&self) -> bool {
         use std::sync::atomic::Ordering;
         let n = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let started = n == TRIP_AFTER;
         if n >= TRIP_AFTER {
             let rest = Duration::from_secs(1 << (n - TRIP_AFTER).min(5)).min(MAX_BACKOFF);
             *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(std::time::Instant::now() + rest);
         }
+        started
     }
 
     fn succeeded(&self) {
@@ -501,6 +504,13 @@ impl McpUpstream {
         req
     }
 
+    /// A failed exchange; counted when it starts a back-off.
+    fn backing_off(&self) {
+        if self.breaker.failed() {
+            marina_telemetry::metrics().upstream_backoff(self.health.tenant(), &self.name);
+        }
+    }
+
     async fn post(
         &self,
         session: Option<&UpstreamSession>,
@@ -525,7 +535,7 @@ impl McpUpstream {
         }
         let sent = self.post_request(session, body).timeout(timeout).send().await;
         let resp = sent.map_err(|e| {
-            self.breaker.failed();
+            self.backing_off();
             let message = if e.is_timeout() {
                 format!(
                     "the upstream {} did not answer within {} ms",
@@ -540,7 +550,7 @@ impl McpUpstream {
             Failure::Upstream(message)
         })?;
         if resp.status().is_server_error() {
-            self.breaker.failed();
+            self.backing_off();
             self.health.failed(&format!(
                 "the upstream {} answered with HTTP {}",
                 self.name,
@@ -558,8 +568,45 @@ impl McpUpstream {
 
     /// Send request `method` with id `id` and read its answer — one JSON body or an SSE stream —
     /// handing every other message on the stream to `relay` (when given). Returns the response
-    /// message and the `MCP-Session-Id` the upstream set, if any.
+    /// message and the `MCP-Session-Id` the upstream set, if any. Every request to an upstream
+    /// goes through here, so here it is measured (`mcp_client_operation_duration_seconds`).
     async fn request(
+        &self,
+        session: Option<&UpstreamSession>,
+        id: &Value,
+        method: &str,
+        params: Value,
+        relay: Option<&dyn CallContext>,
+    ) -> Result<(Value, Option<String>), Failure> {
+        use marina_telemetry::Outcome;
+        let started = std::time::Instant::now();
+        let answer = self.send_request(session, id, method, params, relay).await;
+        let outcome = match &answer {
+            Ok((msg, _)) => match (msg.get("error"), msg.get("result")) {
+                (Some(e), _) => e
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .map_or(Outcome::Other, Outcome::Code),
+                (None, Some(r)) if r.get("isError") == Some(&Value::Bool(true)) => Outcome::ToolError,
+                _ => Outcome::Ok,
+            },
+            Err(_) => Outcome::Other,
+        };
+        let waited = started.elapsed();
+        marina_telemetry::metrics().client_operation(
+            self.health.tenant(),
+            &self.name,
+            method,
+            outcome,
+            waited,
+        );
+        if let Some(ctx) = relay {
+            ctx.upstream_waited(waited);
+        }
+        answer
+    }
+
+    async fn send_request(
         &self,
         session: Option<&UpstreamSession>,
         id: &Value,
@@ -1324,7 +1371,12 @@ impl ToolProvider for McpUpstream {
             params["_meta"] = json!({"progressToken": token});
         }
         for _ in 0..2 {
-            let session = match self.session(ctx).await {
+            // Starting the upstream session (its initialize, and its GET stream) is waiting on
+            // the upstream too.
+            let started = std::time::Instant::now();
+            let session = self.session(ctx).await;
+            ctx.upstream_waited(started.elapsed());
+            let session = match session {
                 Ok(s) => s,
                 Err(f) => return Ok(tool_error(f.into_rpc().message)),
             };
