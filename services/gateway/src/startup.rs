@@ -543,10 +543,23 @@ impl Application {
         self.node.clone()
     }
 
-    /// Serve until `shutdown` resolves, then drain: readiness turns 503, streams close with a
-    /// retry hint, in-flight calls finish (bounded by `server.drain_timeout_ms`), leases are
-    /// released, and the listener stops.
+    /// Serve until `shutdown` resolves, then shut down gracefully (see
+    /// [`Self::run_until_signalled`]; nothing cuts the shutdown delay short).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_until_signalled(shutdown, std::future::pending()).await
+    }
+
+    /// Serve until `shutdown` resolves (the first SIGTERM/SIGINT), then: readiness turns 503 at
+    /// once and the directory tells peers to hand this node no new work, while it still serves
+    /// everything for `server.shutdown_delay_ms` (or until `hurry` resolves — the second signal)
+    /// so balancers deregister it first; then it drains: streams close with a retry hint,
+    /// in-flight calls finish (bounded by `server.drain_timeout_ms`), work that would need a
+    /// new lease is handed to a live peer, leases are released, and the listener stops.
+    pub async fn run_until_signalled(
+        self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = actix_rt::spawn(self.server);
         let admin = self.admin.map(|(s, _)| (s.handle(), actix_rt::spawn(s)));
@@ -592,7 +605,19 @@ impl Application {
             }
         });
         shutdown.await;
-        tracing::info!("shutdown requested; draining");
+        let delay = Duration::from_millis(self.settings.server.shutdown_delay_ms);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutdown requested; not ready, still serving for the shutdown delay"
+        );
+        self.node.leave(&self.url).await;
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = hurry => tracing::info!("second signal: the rest of the shutdown delay skipped"),
+            }
+        }
+        tracing::info!("draining");
         // Calls parked here wait for their clients' answers, which peers forward here while the
         // node drains; within the same budget as the sessions' calls.
         let parked = self.parked.clone();
