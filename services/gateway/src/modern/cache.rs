@@ -62,7 +62,9 @@ impl Default for UpstreamSessions {
 
 impl<V> std::fmt::Debug for SnapshotCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotCache").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("SnapshotCache")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 

@@ -227,7 +227,9 @@ impl SessionContext for RequestCtx {
             let stored = stored_sessions(&*self.store, &self.key).await?;
             let failed = self.upstreams.borrow().get(upstream).cloned();
             if let Some(newer) = stored.get(upstream).filter(|s| Some(*s) != failed.as_ref()) {
-                self.upstreams.borrow_mut().insert(upstream.to_owned(), newer.clone());
+                self.upstreams
+                    .borrow_mut()
+                    .insert(upstream.to_owned(), newer.clone());
                 self.keep();
                 return Ok(());
             }

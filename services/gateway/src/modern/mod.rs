@@ -14,8 +14,8 @@
 //! with a request context (`context.rs`) where the sessionful era has the session actor. The same
 //! policy decides what it lists and may call.
 
-mod context;
 pub mod cache;
+mod context;
 mod listen;
 pub mod meta;
 pub mod mrtr;
