@@ -59,11 +59,20 @@ pub async fn forward(
     base_url: &str,
     body: Bytes,
 ) -> Result<HttpResponse, ForwardError> {
+    send(&state.http, state, req, base_url, body).await
+}
+
+async fn send(
+    client: &reqwest::Client,
+    state: &AppState,
+    req: &HttpRequest,
+    base_url: &str,
+    body: Bytes,
+) -> Result<HttpResponse, ForwardError> {
     let url = format!("{}{}", base_url.trim_end_matches('/'), req.uri().path());
     let method =
         reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-    let mut out = state
-        .http
+    let mut out = client
         .request(method, url)
         .header(FORWARDED, state.cluster.sign(&state.node.config.instance, req));
     for name in PASS_REQUEST {
@@ -103,13 +112,15 @@ pub async fn hand_off(state: &AppState, req: &HttpRequest, body: Bytes) -> HttpR
     match state.node.live_peers().await {
         Ok(peers) => {
             for peer in peers.iter().take(HANDOFF_ATTEMPTS) {
-                match forward(state, req, &peer.url, body.clone()).await {
+                // A fresh connection: at the end of a drain this node's workers stop one by one,
+                // and a pooled connection driven by a stopped one fails unsent.
+                match send(&state.handoff, state, req, &peer.url, body.clone()).await {
                     Ok(resp) => {
                         tracing::debug!(peer = peer.instance, "draining: request handed to a live peer");
                         return resp;
                     }
                     Err(ForwardError::Unreachable(e)) => {
-                        tracing::info!(peer = peer.instance, error = %e, "draining: peer unreachable; trying another");
+                        tracing::info!(peer = peer.instance, error = ?e, "draining: peer unreachable; trying another");
                     }
                 }
             }

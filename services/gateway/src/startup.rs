@@ -317,28 +317,38 @@ impl Application {
                 crate::modern::mrtr::Sealer::new(&local, state_ttl)
             }
         };
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
         let peer_ca = &settings.server.tls.peer_ca_file;
-        if !peer_ca.is_empty() {
+        let peer_certs = if peer_ca.is_empty() {
+            Vec::new()
+        } else {
             let pem = std::fs::read(peer_ca)
                 .with_context(|| format!("cannot read server.tls.peer_ca_file {peer_ca}"))
                 .map_err(ConfigError)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            reqwest::Certificate::from_pem_bundle(&pem)
                 .context("server.tls.peer_ca_file holds no PEM certificate")
                 .map_err(ConfigError)?
-            {
-                http = http.add_root_certificate(cert);
+        };
+        let peer_client = |pooled: bool| {
+            let mut http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true);
+            if !pooled {
+                http = http.pool_max_idle_per_host(0);
             }
-        }
-        let http = http.build().context("cannot build the HTTP client")?;
+            for cert in &peer_certs {
+                http = http.add_root_certificate(cert.clone());
+            }
+            http.build().context("cannot build the HTTP client")
+        };
+        let http = peer_client(true)?;
+        let handoff = peer_client(false)?;
         let hsts = tls.is_some();
         let parked: Arc<crate::modern::park::ParkedCalls> = Arc::default();
         let indexes: Arc<crate::modern::cache::IndexCache> = Arc::default();
         let state = AppState {
             node: node.clone(),
             http,
+            handoff,
             auth,
             limiter,
             caps,

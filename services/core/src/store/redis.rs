@@ -14,7 +14,7 @@
 //! | `<p>:key:<name>` | string | a key the cluster shares (the `requestState` sealing key when no cluster secret is set) | none: one per name |
 //! | channel `<p>:sessions:ended` | pub/sub | ids of sessions an administrator ended | — |
 //! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
-//! | `<p>:nodes` | sorted set | the node directory: instance → its record's expiry (ms), to list the nodes | none; members past their expiry dropped on every announcement |
+//! | `<p>:nodes` | sorted set | the node directory: instance → its record's expiry (ms), to list the nodes | the lease TTL, renewed by every announcement; members past their expiry dropped on every announcement |
 
 use std::time::Duration;
 
@@ -787,6 +787,17 @@ impl SessionStore for RedisStore {
             .arg(&dir)
             .arg("-inf")
             .arg(format!("({now}"))
+            .ignore()
+            // Gone with the last node's record.
+            .cmd("PEXPIRE")
+            .arg(&dir)
+            .arg(ms(ttl))
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&dir)
+            .arg(ms(ttl))
+            .arg("GT")
             .ignore();
         self.query_pipe::<()>(pipe).await
     }
