@@ -425,7 +425,11 @@ fn node_env() -> Vec<(&'static str, &'static str)> {
         SECRET,
         // Longer than HAProxy needs to see two failed checks (2 × 200 ms), with room for a
         // loaded machine.
-        ("MARINA__SERVER__SHUTDOWN_DELAY_MS", "2000"),
+        ("MARINA__SERVER__SHUTDOWN_DELAY_MS", "3000"),
+        // Every lease is released by a drain, so a long TTL costs nothing here; a short one
+        // would let a machine stalled for a few seconds lapse a node's liveness (a failover,
+        // not what this test is about).
+        ("MARINA__SESSIONS__LEASE_TTL_MS", "15000"),
         ("MARINA__SERVER__DRAIN_TIMEOUT_MS", "20000"),
         ("MARINA__SESSIONS__RETRY_MS", "100"),
         ("MARINA__SERVER__LOG_FILTER", "info,marina::access=off"),
