@@ -133,7 +133,12 @@ pub struct Node {
     pub config: NodeConfig,
     /// The tenants served, replaced whole when the control plane changes one.
     tenants: arc_swap::ArcSwap<HashMap<String, Arc<Tenant>>>,
+    /// A shutdown was asked for: readiness is off and peers are told to hand this node no new
+    /// work, while it still serves everything (the shutdown delay), then drains.
+    leaving: AtomicBool,
     draining: AtomicBool,
+    /// Turns the hand-off's choice of peer.
+    handoffs: AtomicUsize,
     registry: Mutex<HashMap<SessionId, Slot>>,
     generation: AtomicU64,
     /// Lock order: `liveness` before `registry`.
@@ -161,7 +166,9 @@ impl Node {
             tenants: arc_swap::ArcSwap::from_pointee(
                 tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
             ),
+            leaving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            handoffs: AtomicUsize::new(0),
             registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             running: AtomicUsize::new(0),
@@ -216,9 +223,44 @@ impl Node {
         &self.config.sessions
     }
 
-    /// Is the node shutting down?
+    /// Is the node draining (it takes no new lease and creates no session: such work is handed
+    /// to a live peer)?
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Is the node shutting down — in its shutdown delay (still serving everything) or draining?
+    /// Readiness is off and its record in the directory says so from the moment it is asked to.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst) || self.is_draining()
+    }
+
+    /// A shutdown was asked for: from now on readiness is off and the directory tells peers to
+    /// hand this node no new work (announced now, not at the next heartbeat); the node still
+    /// serves everything until [`Self::drain_with`].
+    pub async fn leave(&self, url: &str) {
+        self.leaving.store(true, Ordering::SeqCst);
+        if let Err(e) = self.heartbeat(url).await {
+            tracing::debug!(error = %e, "could not announce the shutdown; the next heartbeat will");
+        }
+    }
+
+    /// Live peers a draining node may hand new work to: in the directory, not this node, not
+    /// shutting down themselves — in a turning order, so hand-offs spread over them.
+    pub async fn live_peers(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut peers: Vec<NodeInfo> = self
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.instance != self.config.instance && !n.draining)
+            .collect();
+        peers.sort_by(|a, b| a.instance.cmp(&b.instance));
+        if !peers.is_empty() {
+            let turn = self.handoffs.fetch_add(1, Ordering::Relaxed) % peers.len();
+            peers.rotate_left(turn);
+        }
+        Ok(peers)
     }
 
     /// Is this node's record in the store surely alive, so that it may run sessions? (Handles a
@@ -476,7 +518,7 @@ impl Node {
         let info = NodeInfo {
             instance: self.config.instance.clone(),
             url: url.to_owned(),
-            draining: self.is_draining(),
+            draining: self.is_leaving(),
         };
         // A lapse since the last tick is handled before waiting on the store.
         self.live_epoch();

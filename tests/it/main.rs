@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod config_examples;
 mod conformance_cluster;
+mod drain;
 mod errors;
 mod http_tool;
 mod limits;

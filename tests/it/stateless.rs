@@ -440,7 +440,11 @@ async fn a_principal_shares_one_upstream_session_across_nodes() {
     assert_ne!(second, first, "a new upstream session");
     let (_, c) = json_of(post(&a.endpoint(), &call, Some(&tool), &[]).await).await;
     assert!(c["result"]["content"].is_array(), "{c}");
-    assert_eq!(upstream_session().await, second, "node a continues node b's new session");
+    assert_eq!(
+        upstream_session().await,
+        second,
+        "node a continues node b's new session"
+    );
     let first = second;
 
     // Resources and prompts of the upstream, statelessly, with cache hints.

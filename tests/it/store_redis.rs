@@ -37,7 +37,7 @@ async fn every_session_key_has_a_ttl_and_shares_one_hash_tag() {
         assert!(ttl > 0 || ttl == -2, "{key} has no TTL ({ttl})");
         // Node records stand alone; a tenant's session index is tagged by its tenant, a
         // principal's upstream sessions by tenant and principal.
-        let own_tag = ["ttl:node:", "ttl:idx:{", "ttl:pu:{", "ttl:once:{"];
+        let own_tag = ["ttl:node:", "ttl:nodes", "ttl:idx:{", "ttl:pu:{", "ttl:once:{"];
         if !own_tag.iter().any(|p| key.starts_with(p)) {
             assert!(
                 key.starts_with("ttl:{") && key.contains("}:"),

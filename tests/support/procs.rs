@@ -208,6 +208,13 @@ impl TestApp {
         format!("{}/t/{tenant}/mcp", self.base)
     }
 
+    /// Trigger the SIGTERM path (shutdown delay, then drain) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Trigger the SIGTERM path (drain) and wait for it to finish.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -239,6 +246,8 @@ pub async fn spawn_app_with(file: Option<&std::path::Path>, overrides: &[(&str, 
         ("server.bind", "127.0.0.1:0".into()),
         ("admin.bind", "127.0.0.1:0".into()),
         ("server.drain_timeout_ms", "5000".into()),
+        // No balancer to wait for (tests that want the delay set it).
+        ("server.shutdown_delay_ms", "0".into()),
     ];
     all.extend(overrides.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let settings = marina_core::settings::load(file, Some(HashMap::new()), &all).expect("test settings");
@@ -348,6 +357,19 @@ impl MarinaProc {
         Self::spawn_with(redis_url, node_id, env, Stdio::from(file), Some(config))
     }
 
+    /// Like [`Self::start_logged`], bound to `port` — a node restarted where its balancer
+    /// expects it.
+    pub fn start_logged_at(
+        redis_url: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+        port: u16,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn_at(redis_url, node_id, env, Stdio::from(file), None, port)
+    }
+
     fn spawn(redis_url: &str, node_id: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         Self::spawn_with(redis_url, node_id, env, stderr, None)
     }
@@ -359,13 +381,25 @@ impl MarinaProc {
         stderr: Stdio,
         config: Option<&std::path::Path>,
     ) -> Self {
+        Self::spawn_at(redis_url, node_id, env, stderr, config, 0)
+    }
+
+    fn spawn_at(
+        redis_url: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        config: Option<&std::path::Path>,
+        port: u16,
+    ) -> Self {
+        let bind = format!("127.0.0.1:{port}");
         // Port 0 for both listeners, read back from the node's stdout: a port picked by the test
         // and bound later by the node could be taken in between by any other test's process.
         let mut cmd = Command::new(marina_bin());
         cmd.args([
             "serve",
             "--bind",
-            "127.0.0.1:0",
+            &bind,
             "--admin-bind",
             "127.0.0.1:0",
             "--node-id",
@@ -378,6 +412,8 @@ impl MarinaProc {
             cmd.arg("--config").arg(c);
         }
         cmd.env("MARINA__SERVER__LOG_FILTER", "warn");
+        // No balancer to wait for on SIGTERM (tests that want the delay set it in `env`).
+        cmd.env("MARINA__SERVER__SHUTDOWN_DELAY_MS", "0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -442,6 +478,13 @@ impl MarinaProc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Send SIGTERM (without waiting).

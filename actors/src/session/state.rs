@@ -996,10 +996,39 @@ impl Shared {
             return Err(Rejection::Limited("session"));
         }
         match req.last_event_id {
+            None if self.draining.get() => {
+                // Served, not refused: the stream closes at once (with a retry hint where the
+                // session speaks SEP-1699) and the client reconnects — to the session's next
+                // holder once this actor has retired. Its priming id resumes from where this node
+                // last had a GET stream, so what was sent meanwhile is replayed there.
+                let gap = self.gap0.borrow().clone();
+                let priming = if polling {
+                    let after = match gap {
+                        Some(after) => Some(after),
+                        None => self
+                            .node
+                            .store
+                            .last_entry(&self.id, GET_STREAM)
+                            .await
+                            .map_err(store_err)?,
+                    };
+                    Some(EventId {
+                        stream: GET_STREAM,
+                        entry: after.unwrap_or_else(|| "0-0".into()),
+                    })
+                } else {
+                    None
+                };
+                let (_closed, rx) = mpsc::channel(1);
+                Ok(StreamHandle {
+                    stream: GET_STREAM,
+                    priming,
+                    backlog: Vec::new(),
+                    frames: rx,
+                    polling,
+                })
+            }
             None => {
-                if self.draining.get() {
-                    return Err(Rejection::Draining);
-                }
                 let lock = self.slot_lock(GET_STREAM);
                 let _order = lock.lock().await;
                 // A new standalone GET replaces the previous one (closed with a retry hint): a

@@ -83,6 +83,9 @@ pub struct ServerSettings {
     pub node_id: String,
     /// URL peers use to forward requests here; empty = `http://<bound address>`.
     pub advertise_url: String,
+    /// On SIGTERM: how long the node keeps serving everything (readiness already 503) before it
+    /// drains, so balancers deregister it before anything is refused.
+    pub shutdown_delay_ms: u64,
     /// Drain budget on SIGTERM.
     pub drain_timeout_ms: u64,
     /// SSE response streams this node keeps open at most (every kind); a new one past it is

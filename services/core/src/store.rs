@@ -155,7 +155,8 @@ pub struct NodeInfo {
     pub instance: String,
     /// Where peers forward requests for sessions this node holds.
     pub url: String,
-    /// The node is shutting down.
+    /// The node is shutting down (from the SIGTERM on, delay included): peers hand it no new
+    /// work.
     pub draining: bool,
 }
 
@@ -268,6 +269,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
     /// Look a node up.
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError>;
+    /// Every node alive now (the directory a draining node hands new work on from).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
     /// Remove a node's announcement.
     async fn unregister_node(&self, instance: &str) -> Result<(), StoreError>;
 }

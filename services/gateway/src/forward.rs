@@ -9,7 +9,11 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 
 use crate::cluster::FORWARDED;
+use crate::reply::Refusal;
 use crate::state::AppState;
+
+/// Live peers a hand-off tries before it gives up.
+const HANDOFF_ATTEMPTS: usize = 3;
 
 /// Request headers a forwarded request keeps.
 const PASS_REQUEST: [&str; 13] = [
@@ -55,11 +59,20 @@ pub async fn forward(
     base_url: &str,
     body: Bytes,
 ) -> Result<HttpResponse, ForwardError> {
+    send(&state.http, state, req, base_url, body).await
+}
+
+async fn send(
+    client: &reqwest::Client,
+    state: &AppState,
+    req: &HttpRequest,
+    base_url: &str,
+    body: Bytes,
+) -> Result<HttpResponse, ForwardError> {
     let url = format!("{}{}", base_url.trim_end_matches('/'), req.uri().path());
     let method =
         reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-    let mut out = state
-        .http
+    let mut out = client
         .request(method, url)
         .header(FORWARDED, state.cluster.sign(&state.node.config.instance, req));
     for name in PASS_REQUEST {
@@ -88,4 +101,33 @@ pub async fn forward(
         .bytes_stream()
         .map_err(|e| actix_web::error::ErrorBadGateway(e.to_string()));
     Ok(builder.streaming(stream))
+}
+
+/// This node is draining and serving `req` would need it to take a new lease or create a
+/// session: hand the request to a live peer (in the directory, not shutting down) and relay its
+/// answer, as for any forwarded request. Also for a request a peer forwarded here — a draining
+/// node only hands on to nodes that are not, so it never loops. Only with no reachable live peer
+/// is it refused: 503 with `Retry-After`.
+pub async fn hand_off(state: &AppState, req: &HttpRequest, body: Bytes) -> HttpResponse {
+    match state.node.live_peers().await {
+        Ok(peers) => {
+            for peer in peers.iter().take(HANDOFF_ATTEMPTS) {
+                // A fresh connection: at the end of a drain this node's workers stop one by one,
+                // and a pooled connection driven by a stopped one fails unsent.
+                match send(&state.handoff, state, req, &peer.url, body.clone()).await {
+                    Ok(resp) => {
+                        tracing::debug!(peer = peer.instance, "draining: request handed to a live peer");
+                        return resp;
+                    }
+                    Err(ForwardError::Unreachable(e)) => {
+                        tracing::info!(peer = peer.instance, error = ?e, "draining: peer unreachable; trying another");
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "draining: node directory unavailable"),
+    }
+    actix_web::ResponseError::error_response(&Refusal::unavailable(
+        "this node is shutting down and no live peer could take the request; retry",
+    ))
 }

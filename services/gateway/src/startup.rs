@@ -331,28 +331,38 @@ impl Application {
                 crate::modern::mrtr::Sealer::new(&local, state_ttl)
             }
         };
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
         let peer_ca = &settings.server.tls.peer_ca_file;
-        if !peer_ca.is_empty() {
+        let peer_certs = if peer_ca.is_empty() {
+            Vec::new()
+        } else {
             let pem = std::fs::read(peer_ca)
                 .with_context(|| format!("cannot read server.tls.peer_ca_file {peer_ca}"))
                 .map_err(ConfigError)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            reqwest::Certificate::from_pem_bundle(&pem)
                 .context("server.tls.peer_ca_file holds no PEM certificate")
                 .map_err(ConfigError)?
-            {
-                http = http.add_root_certificate(cert);
+        };
+        let peer_client = |pooled: bool| {
+            let mut http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true);
+            if !pooled {
+                http = http.pool_max_idle_per_host(0);
             }
-        }
-        let http = http.build().context("cannot build the HTTP client")?;
+            for cert in &peer_certs {
+                http = http.add_root_certificate(cert.clone());
+            }
+            http.build().context("cannot build the HTTP client")
+        };
+        let http = peer_client(true)?;
+        let handoff = peer_client(false)?;
         let hsts = tls.is_some();
         let parked: Arc<crate::modern::park::ParkedCalls> = Arc::default();
         let indexes: Arc<crate::modern::cache::IndexCache> = Arc::default();
         let state = AppState {
             node: node.clone(),
             http,
+            handoff,
             auth,
             limiter,
             caps,
@@ -564,10 +574,23 @@ impl Application {
         self.node.clone()
     }
 
-    /// Serve until `shutdown` resolves, then drain: readiness turns 503, streams close with a
-    /// retry hint, in-flight calls finish (bounded by `server.drain_timeout_ms`), leases are
-    /// released, and the listener stops.
+    /// Serve until `shutdown` resolves, then shut down gracefully (see
+    /// [`Self::run_until_signalled`]; nothing cuts the shutdown delay short).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_until_signalled(shutdown, std::future::pending()).await
+    }
+
+    /// Serve until `shutdown` resolves (the first SIGTERM/SIGINT), then: readiness turns 503 at
+    /// once and the directory tells peers to hand this node no new work, while it still serves
+    /// everything for `server.shutdown_delay_ms` (or until `hurry` resolves — the second signal)
+    /// so balancers deregister it first; then it drains: streams close with a retry hint,
+    /// in-flight calls finish (bounded by `server.drain_timeout_ms`), work that would need a
+    /// new lease is handed to a live peer, leases are released, and the listener stops.
+    pub async fn run_until_signalled(
+        self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = actix_rt::spawn(self.server);
         let admin = self.admin.map(|(s, _)| (s.handle(), actix_rt::spawn(s)));
@@ -613,7 +636,19 @@ impl Application {
             }
         });
         shutdown.await;
-        tracing::info!("shutdown requested; draining");
+        let delay = Duration::from_millis(self.settings.server.shutdown_delay_ms);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutdown requested; not ready, still serving for the shutdown delay"
+        );
+        self.node.leave(&self.url).await;
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = hurry => tracing::info!("second signal: the rest of the shutdown delay skipped"),
+            }
+        }
+        tracing::info!("draining");
         // Calls parked here wait for their clients' answers, which peers forward here while the
         // node drains; within the same budget as the sessions' calls.
         let parked = self.parked.clone();

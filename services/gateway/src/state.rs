@@ -15,6 +15,9 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// HTTP client for forwarding to peers.
     pub http: reqwest::Client,
+    /// HTTP client for handing requests to peers while draining: no pooled connections, so a
+    /// hand-off never picks one whose task lived on a worker that has stopped already.
+    pub handoff: reqwest::Client,
     /// Every tenant's authentication.
     pub auth: Arc<crate::authn::Authenticators>,
     /// Rate limits (Redis-shared, or in memory on a single node).

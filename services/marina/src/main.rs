@@ -327,16 +327,36 @@ async fn serve(settings: settings::Settings) -> anyhow::Result<()> {
     for (tenant, url) in app.endpoints() {
         println!("tenant {tenant}: {url}");
     }
-    app.run_until_stopped(shutdown_signal()).await
+    let (shutdown, hurry) = shutdown_signals();
+    app.run_until_signalled(shutdown, hurry).await
 }
 
-/// SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// The first SIGTERM or SIGINT (Ctrl-C) starts the graceful shutdown; the second one skips the
+/// rest of its delay (`server.shutdown_delay_ms`).
+fn shutdown_signals() -> (
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
+    actix_rt::spawn(async move {
+        for tx in [first_tx, second_tx] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = tx.send(());
+        }
+    });
+    (
+        async move {
+            let _ = first.await;
+        },
+        async move {
+            let _ = second.await;
+        },
+    )
 }

@@ -158,7 +158,7 @@ start_marina() {
   local name=$1 port pid attempt
   for attempt in 1 2 3; do  # retried (bounded) only if it loses a free-port race
     port=$(free_port)
-    RUST_BACKTRACE=1 "$MARINA_BIN" serve --config "$WORK/marina.yaml" --bind "127.0.0.1:$port" \
+    RUST_BACKTRACE=1 MARINA__SERVER__SHUTDOWN_DELAY_MS=0 "$MARINA_BIN" serve --config "$WORK/marina.yaml" --bind "127.0.0.1:$port" \
       --admin-bind 127.0.0.1:0 --redis-url "$REDIS_URL" --node-id "cluster-$name" \
       >"$WORK/marina-$name.log" 2>&1 &
     pid=$!

@@ -178,6 +178,8 @@ def _start_marina(
                 env={
                     **os.environ,
                     "RUST_BACKTRACE": "1",
+                    # No balancer to wait for on SIGTERM.
+                    "MARINA__SERVER__SHUTDOWN_DELAY_MS": "0",
                     **({"MARINA__SERVER__PUBLIC_URL": base if public_url == "self" else public_url} if public_url else {}),
                     **(
                         {"MARINA__SERVER__STATELESS_ERA": "true" if stateless_era else "false"}

@@ -435,6 +435,16 @@ impl SessionStore for MemoryStore {
         }))
     }
 
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        Ok(self.with(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.live())
+                .map(|n| n.value.clone())
+                .collect()
+        }))
+    }
+
     async fn unregister_node(&self, instance: &str) -> Result<(), StoreError> {
         self.with(|s| s.nodes.remove(instance));
         Ok(())

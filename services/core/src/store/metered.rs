@@ -185,6 +185,9 @@ impl SessionStore for MeteredStore {
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {
         measured!(self, "node", self.inner.node(instance))
     }
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        measured!(self, "nodes", self.inner.nodes())
+    }
     async fn unregister_node(&self, instance: &str) -> Result<(), StoreError> {
         measured!(self, "unregister_node", self.inner.unregister_node(instance))
     }

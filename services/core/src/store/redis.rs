@@ -14,6 +14,7 @@
 //! | `<p>:key:<name>` | string | a key the cluster shares (the `requestState` sealing key when no cluster secret is set) | none: one per name |
 //! | channel `<p>:sessions:ended` | pub/sub | ids of sessions an administrator ended | — |
 //! | `<p>:node:<instance>` | string | node JSON (url, draining): its liveness | lease TTL, renewed every third |
+//! | `<p>:nodes` | sorted set | the node directory: instance → its record's expiry (ms), to list the nodes | the lease TTL, renewed by every announcement; members past their expiry dropped on every announcement |
 
 use std::time::Duration;
 
@@ -221,6 +222,10 @@ impl RedisStore {
 
     fn node_key(&self, instance: &str) -> String {
         format!("{}:node:{}", self.prefix, instance)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, MultiplexedConnection>> {
@@ -773,15 +778,66 @@ impl SessionStore for RedisStore {
 
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
         let v = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.query::<()>(
-            redis::cmd("SET")
-                .arg(self.node_key(&node.instance))
-                .arg(v)
-                .arg("PX")
-                .arg(ms(ttl))
-                .clone(),
-        )
-        .await
+        let now = super::now_ms();
+        let until = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        let dir = self.nodes_key();
+        // The record first: the directory only points at records, listing reads them.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.node_key(&node.instance))
+            .arg(v)
+            .arg("PX")
+            .arg(ms(ttl))
+            .ignore()
+            .cmd("ZADD")
+            .arg(&dir)
+            .arg(until)
+            .arg(&node.instance)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&dir)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .ignore()
+            // Gone with the last node's record.
+            .cmd("PEXPIRE")
+            .arg(&dir)
+            .arg(ms(ttl))
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&dir)
+            .arg(ms(ttl))
+            .arg("GT")
+            .ignore();
+        self.query_pipe::<()>(pipe).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let now = super::now_ms();
+        let instances: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.nodes_key())
+                    .arg(now)
+                    .arg("+inf")
+                    .clone(),
+            )
+            .await?;
+        if instances.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One GET per node (their keys are in different slots), in one round trip.
+        let mut pipe = redis::pipe();
+        for i in &instances {
+            pipe.cmd("GET").arg(self.node_key(i));
+        }
+        let records: Vec<Option<String>> = self.query_pipe(pipe).await?;
+        records
+            .into_iter()
+            .flatten()
+            .map(|v| serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {
@@ -793,8 +849,14 @@ impl SessionStore for RedisStore {
     }
 
     async fn unregister_node(&self, instance: &str) -> Result<(), StoreError> {
-        self.query::<i64>(redis::cmd("DEL").arg(self.node_key(instance)).clone())
-            .await
-            .map(|_| ())
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.node_key(instance))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.nodes_key())
+            .arg(instance)
+            .ignore();
+        self.query_pipe::<()>(pipe).await
     }
 }

@@ -355,13 +355,25 @@ async fn nodes_register_and_expire(s: &dyn SessionStore) {
         url: "http://127.0.0.1:1".into(),
         draining: false,
     };
+    async fn listed(s: &dyn SessionStore, instance: &str) -> Vec<NodeInfo> {
+        let all = s.nodes().await.unwrap();
+        all.into_iter().filter(|m| m.instance == instance).collect()
+    }
     s.register_node(&n, Duration::from_millis(200)).await.unwrap();
     assert_eq!(s.node(&n.instance).await.unwrap(), Some(n.clone()));
+    assert_eq!(listed(s, &n.instance).await, vec![n.clone()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.node(&n.instance).await.unwrap(), None);
-    s.register_node(&n, TTL).await.unwrap();
+    assert_eq!(listed(s, &n.instance).await, vec![]);
+    let draining = NodeInfo {
+        draining: true,
+        ..n.clone()
+    };
+    s.register_node(&draining, TTL).await.unwrap();
+    assert_eq!(listed(s, &n.instance).await, vec![draining]);
     s.unregister_node(&n.instance).await.unwrap();
     assert_eq!(s.node(&n.instance).await.unwrap(), None);
+    assert_eq!(listed(s, &n.instance).await, vec![]);
 }
 
 async fn tenants_index_their_sessions(s: &dyn SessionStore) {

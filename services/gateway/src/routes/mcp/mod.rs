@@ -20,7 +20,7 @@ pub use get::get;
 pub use post::post;
 
 use crate::authn::{self, Caller};
-use crate::forward::{ForwardError, forward};
+use crate::forward::{ForwardError, forward, hand_off};
 use crate::reply::Refusal;
 use crate::state::AppState;
 
@@ -258,7 +258,8 @@ enum Target {
 }
 
 /// Find the session's actor; if another node holds it, forward the request there (once: a
-/// forwarded request is served here or refused). An unreachable holder is waited out.
+/// forwarded request is served here or refused). An unreachable holder is waited out. A draining
+/// node that would have to take the session's lease hands the request to a live peer instead.
 async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId, body: Bytes) -> Target {
     let may_forward = !forwarded(state, req);
     let mut avoid: Option<String> = None;
@@ -284,6 +285,7 @@ async fn route(state: &AppState, req: &HttpRequest, tenant: &str, id: &SessionId
                     avoid = Some(holder);
                 }
             },
+            Err(ResolveError::Draining) => return Target::Done(hand_off(state, req, body).await),
             Err(e) => return Target::Done(resolve_error(e).error_response()),
         }
     }

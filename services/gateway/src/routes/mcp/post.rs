@@ -21,6 +21,7 @@ use super::{
     rejection, resolve_error, route, session_header,
 };
 use crate::authn::Caller;
+use crate::forward::hand_off;
 use crate::reply::{self, Refusal};
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
@@ -107,7 +108,9 @@ async fn serve(
     }
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
-            "initialize" => return initialize(state, &t, &caller, id, &message).await,
+            // A draining node creates no session: a live peer does.
+            "initialize" if state.node.is_draining() => return Ok(hand_off(state, req, body).await),
+            "initialize" => return initialize(state, req, &t, &caller, id, &message, body).await,
             // The 2026-07-28 probe of dual-era clients: a plain 4xx (not -32020..-32022) makes
             // them fall back to initialize.
             "server/discover" => {
@@ -188,10 +191,12 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Ref
 /// `initialize`: negotiate the version, create the session (its actor starts on this node).
 async fn initialize(
     state: &AppState,
+    req: &HttpRequest,
     t: &Arc<Tenant>,
     caller: &Caller,
     id: &Value,
     msg: &Value,
+    body: Bytes,
 ) -> Result<HttpResponse, Refusal> {
     let params = &msg["params"];
     let (Some(requested), Some(caps), Some(info)) = (
@@ -231,6 +236,10 @@ async fn initialize(
         Ok(sid) => sid,
         Err(e) => {
             crate::limits::release_session(state, t, caller, &sid).await;
+            if matches!(e, marina_actors::ResolveError::Draining) {
+                // The drain began since the check above.
+                return Ok(hand_off(state, req, body).await);
+            }
             return Err(resolve_error(e));
         }
     };
