@@ -231,17 +231,32 @@ impl RpcError {
 
 /// A successful JSON-RPC response.
 pub fn result_response(id: &RequestId, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
+    message([("id", id.clone()), ("result", result)])
 }
 
 /// A JSON-RPC notification.
 pub fn notification(method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "method": method, "params": params})
+    message([("method", Value::from(method)), ("params", params)])
 }
 
 /// A JSON-RPC request (server → client).
 pub fn request(id: &RequestId, method: &str, params: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+    message([
+        ("id", id.clone()),
+        ("method", Value::from(method)),
+        ("params", params),
+    ])
+}
+
+/// A JSON-RPC message of these members. Built by moving them in: `json!` would copy `result`
+/// and `params` member by member (`to_value` of a `Value`), on every message relayed.
+fn message<const N: usize>(members: [(&str, Value); N]) -> Value {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), Value::from("2.0"));
+    for (k, v) in members {
+        m.insert(k.into(), v);
+    }
+    Value::Object(m)
 }
 
 /// Cut a client-supplied string for inclusion in an error message.

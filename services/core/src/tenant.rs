@@ -40,11 +40,12 @@ impl Tenant {
             return None;
         }
         let schema = tool.definition.get("inputSchema")?;
+        let none = serde_json::Value::Object(serde_json::Map::new());
         let args = match arguments {
-            Some(serde_json::Value::Object(a)) => serde_json::Value::Object(a.clone()),
-            _ => serde_json::json!({}),
+            Some(a @ serde_json::Value::Object(_)) => a,
+            _ => &none,
         };
-        match self.schemas.check(schema, &args) {
+        match self.schemas.check(schema, args) {
             Ok(()) => None,
             Err(Invalid::Arguments(p)) => Some(format!("invalid arguments: {}", p.join("; "))),
             Err(Invalid::Schema) => {

@@ -12,7 +12,8 @@ use serde_json::Value;
 pub fn json(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("application/json")
-        .body(body.to_string())
+        // `to_vec` rather than `to_string`: it skips the `fmt::Write` adapter.
+        .body(serde_json::to_vec(body).unwrap_or_default())
 }
 
 /// A refused request: an HTTP status plus a JSON-RPC error body (with the request's id when it

@@ -116,6 +116,8 @@ fn build_egress(settings: &Settings) -> anyhow::Result<upstream::Upstreams> {
     Ok(upstream::Upstreams {
         policy,
         client: upstream::egress::client(policy).context("cannot build the upstream HTTP client")?,
+        transport: upstream::transport::Transport::new(policy)
+            .map_err(|e| anyhow::anyhow!("cannot build the upstream HTTP client: {e}"))?,
         health: Default::default(),
     })
 }

@@ -6,6 +6,7 @@ pub mod egress;
 pub mod health;
 pub mod http_tool;
 pub mod mcp;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ pub struct Upstreams {
     pub policy: egress::Policy,
     /// HTTP client with the guarded resolver.
     pub client: reqwest::Client,
+    /// The same, lean, for MCP upstreams' POSTs (`transport.rs`).
+    pub transport: transport::Transport,
     /// What this node sees of every upstream.
     pub health: Arc<health::HealthBook>,
 }
@@ -84,7 +87,7 @@ pub fn providers(
             }
             UpstreamSettings::Http(s) => http_tool::HttpTool::new(s, shared.client.clone(), shared.policy)
                 .map(|t| Arc::new(t.with_health(shared.health.of(tenant, &s.name))) as Arc<dyn ToolProvider>),
-            UpstreamSettings::Mcp(s) => mcp::McpUpstream::new(s, shared.client.clone(), shared.policy)
+            UpstreamSettings::Mcp(s) => mcp::McpUpstream::new(s, shared)
                 .map(|t| Arc::new(t.with_health(shared.health.of(tenant, &s.name))) as Arc<dyn ToolProvider>),
         })
         .collect()

@@ -180,36 +180,52 @@ impl Sealer {
     }
 }
 
-/// A digest of `v`, the same for equal JSON values whatever their key order.
+/// A digest of `v`, the same for equal JSON values whatever their key order. The canonical
+/// text (keys sorted, `,` after every member) is streamed into the hash, never built: every
+/// stateless call computes this.
 pub fn digest(v: &Value) -> String {
-    fn canonical(v: &Value, out: &mut String) {
+    struct Hashing<'a>(&'a mut sha2::Sha256);
+    impl std::io::Write for Hashing<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn text<T: serde::Serialize + ?Sized>(h: &mut sha2::Sha256, v: &T) {
+        // Writing into a hash cannot fail, nor can serializing a JSON value or a string.
+        let _ = serde_json::to_writer(Hashing(h), v);
+    }
+    fn canonical(v: &Value, h: &mut sha2::Sha256) {
         match v {
             Value::Object(m) => {
                 let mut keys: Vec<&String> = m.keys().collect();
                 keys.sort();
-                out.push('{');
+                h.update(b"{");
                 for k in keys {
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    canonical(&m[k], out);
-                    out.push(',');
+                    text(h, k);
+                    h.update(b":");
+                    canonical(&m[k], h);
+                    h.update(b",");
                 }
-                out.push('}');
+                h.update(b"}");
             }
             Value::Array(a) => {
-                out.push('[');
+                h.update(b"[");
                 for x in a {
-                    canonical(x, out);
-                    out.push(',');
+                    canonical(x, h);
+                    h.update(b",");
                 }
-                out.push(']');
+                h.update(b"]");
             }
-            other => out.push_str(&other.to_string()),
+            other => text(h, other),
         }
     }
-    let mut s = String::new();
-    canonical(v, &mut s);
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+    let mut h = sha2::Sha256::new();
+    canonical(v, &mut h);
+    hex::encode(h.finalize())
 }
 
 /// The error for every state that cannot be used (nothing tells why, beyond "not usable").
@@ -321,5 +337,11 @@ mod tests {
             digest(&json!({"b": [1, {"x": 1, "y": 2}], "a": 1}))
         );
         assert_ne!(digest(&json!({"a": 1})), digest(&json!({"a": 2})));
+        // The canonical text is fixed (states sealed by other versions of Marina stay valid):
+        // SHA-256 of `{"a":{"y":true,"z":null,},"b":[1,"x\"q",1.5,],}`.
+        assert_eq!(
+            digest(&json!({"b": [1, "x\"q", 1.5], "a": {"z": null, "y": true}})),
+            "587397693edf26e3ac551518d2acda1e7bc98b29e7c70280c597effa32933765"
+        );
     }
 }

@@ -130,18 +130,46 @@ pub struct GuardedResolver {
     policy: Policy,
 }
 
+impl GuardedResolver {
+    /// A resolver under `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self { policy }
+    }
+
+    /// The addresses of `host` that `policy` allows; an error when there are none.
+    async fn allowed(policy: Policy, host: String) -> Result<Vec<SocketAddr>, BoxError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+        let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| policy.allows(a.ip())).collect();
+        if allowed.is_empty() {
+            return Err(format!("{host} resolves only to addresses upstreams may not reach").into());
+        }
+        Ok(allowed)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// For reqwest (streams, HTTP tools, everything but MCP POSTs).
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| policy.allows(a.ip())).collect();
-            if allowed.is_empty() {
-                return Err(format!("{host} resolves only to addresses upstreams may not reach").into());
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
+        let lookup = Self::allowed(self.policy, name.as_str().to_owned());
+        Box::pin(async move { Ok(Box::new(lookup.await?.into_iter()) as Addrs) })
+    }
+}
+
+/// For hyper's connector (`transport.rs`: MCP POSTs).
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let lookup = Self::allowed(self.policy, name.as_str().to_owned());
+        Box::pin(async move { Ok(lookup.await?.into_iter()) })
     }
 }
 

@@ -129,8 +129,11 @@ fn accepts(req: &HttpRequest, mime: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|item| {
-            let m = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            m == mime || m == "*/*" || m == format!("{kind}/*")
+            let m = item.split(';').next().unwrap_or("").trim();
+            let wildcard = m
+                .split_once('/')
+                .is_some_and(|(k, sub)| sub == "*" && (k == "*" || k.eq_ignore_ascii_case(kind)));
+            m.eq_ignore_ascii_case(mime) || wildcard
         })
 }
 

@@ -18,18 +18,21 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use eventsource_stream::Eventsource as _;
 use futures_util::StreamExt as _;
+use http_body_util::Full;
 use marina_core::protocol::{self, RpcError, code, result_response};
 use marina_core::settings::McpUpstreamSettings;
 use marina_core::tools::{CallContext, SessionContext, ToolDef, ToolProvider, UpstreamSession};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 mod modern;
 
 use super::egress::{self, Policy};
 use super::http_tool::valid_tool_name;
+use super::transport::{self, Transport};
 
 /// Most pages of `tools/list` read from one upstream.
 const MAX_PAGES: usize = 100;
@@ -117,12 +120,18 @@ pub struct McpUpstream {
     name: String,
     prefix: String,
     url: reqwest::Url,
+    /// `url` as hyper takes it (parsed once, not per request).
+    uri: http::Uri,
     headers: HeaderMap,
+    /// `headers` with those of every POST (Accept, Content-Type), cloned per request.
+    post_headers: HeaderMap,
     include: Vec<String>,
     exclude: Vec<String>,
     timeout: Duration,
     max_bytes: usize,
     client: reqwest::Client,
+    /// For POSTs, every call's path (`transport.rs`); `client` serves the GET streams.
+    transport: Transport,
     policy: Policy,
     breaker: Breaker,
     /// What this node sees of the upstream (for the admin API's status).
@@ -383,8 +392,9 @@ impl McpUpstream {
     /// notification, and neither a dropped call nor a client's POST should wait on upstreams).
     fn notify_in_background(&self, session: &UpstreamSession, method: &str, params: Value) {
         let request = self.post_request(Some(session), &protocol::notification(method, params));
+        let (transport, timeout) = (self.transport.clone(), self.timeout);
         actix_rt::spawn(async move {
-            let _ = request.send().await;
+            let _ = transport.send(request, timeout).await;
         });
     }
 
@@ -395,7 +405,7 @@ impl McpUpstream {
     }
 
     /// Build from settings; every problem is a configuration error.
-    pub fn new(s: &McpUpstreamSettings, client: reqwest::Client, policy: Policy) -> Result<Self, String> {
+    pub fn new(s: &McpUpstreamSettings, shared: &super::Upstreams) -> Result<Self, String> {
         let name = &s.name;
         let ok_name = (1..=64).contains(&name.len())
             && name
@@ -427,17 +437,30 @@ impl McpUpstream {
             s.bearer_env.as_deref(),
             s.bearer_file.as_deref(),
         )?;
+        let uri = url
+            .as_str()
+            .parse()
+            .map_err(|_| format!("mcp upstream {name}: invalid url"))?;
+        let mut post_headers = headers.clone();
+        post_headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        post_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(Self {
             name: name.clone(),
             prefix,
             url,
+            uri,
             headers,
+            post_headers,
             include: s.include.clone(),
             exclude: s.exclude.clone(),
             timeout: Duration::from_millis(s.timeout_ms),
             max_bytes: s.max_response_bytes,
-            client,
-            policy,
+            client: shared.client.clone(),
+            transport: shared.transport.clone(),
+            policy: shared.policy,
             breaker: Breaker::default(),
             health: Default::default(),
             starting: Default::default(),
@@ -475,20 +498,16 @@ impl McpUpstream {
         }
     }
 
-    fn post_request(&self, session: Option<&UpstreamSession>, body: &Value) -> reqwest::RequestBuilder {
-        let mut req = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
-            .timeout(self.timeout)
-            .body(serde_json::to_vec(body).unwrap_or_default());
+    /// A POST of `body` (in `session`, when given), ready for the transport.
+    fn post_request(&self, session: Option<&UpstreamSession>, body: &Value) -> http::Request<Full<Bytes>> {
+        let mut headers = self.post_headers.clone();
         if let Some(s) = session {
-            if let Some(id) = &s.id {
-                req = req.header("mcp-session-id", id);
+            if let Some(value) = s.id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+                headers.insert("mcp-session-id", value);
             }
-            req = req.header("mcp-protocol-version", &s.protocol_version);
+            if let Ok(value) = HeaderValue::from_str(&s.protocol_version) {
+                headers.insert("mcp-protocol-version", value);
+            }
             if s.protocol_version == modern::MODERN {
                 let marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
                 let schema = body
@@ -497,10 +516,21 @@ impl McpUpstream {
                     .filter(|_| body["method"] == "tools/call")
                     .and_then(|n| marked.get(n));
                 for (name, value) in modern::routing_headers(body, schema) {
-                    req = req.header(name, value);
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(&value),
+                    ) {
+                        headers.append(name, value);
+                    }
                 }
             }
         }
+        let mut req = http::Request::new(Full::new(Bytes::from(
+            serde_json::to_vec(body).unwrap_or_default(),
+        )));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = headers;
         req
     }
 
@@ -533,18 +563,22 @@ impl McpUpstream {
                 rest.as_secs() + 1
             )));
         }
-        let sent = self.post_request(session, body).timeout(timeout).send().await;
+        let sent = self
+            .transport
+            .send(self.post_request(session, body), timeout)
+            .await;
         let resp = sent.map_err(|e| {
             self.backing_off();
-            let message = if e.is_timeout() {
-                format!(
+            let message = match e {
+                transport::Failed::Timeout => format!(
                     "the upstream {} did not answer within {} ms",
                     self.name,
                     timeout.as_millis()
-                )
-            } else {
-                tracing::info!(upstream = %self.name, error = %e, "mcp upstream unreachable");
-                format!("the upstream {} could not be reached", self.name)
+                ),
+                transport::Failed::Unreachable(error) => {
+                    tracing::info!(upstream = %self.name, %error, "mcp upstream unreachable");
+                    format!("the upstream {} could not be reached", self.name)
+                }
             };
             self.health.failed(&message);
             Failure::Upstream(message)
@@ -1430,14 +1464,16 @@ mod tests {
             "include": include, "exclude": exclude,
         }))
         .unwrap();
-        McpUpstream::new(
-            &s,
-            reqwest::Client::new(),
-            Policy::new(
-                &serde_json::from_value(json!({"allow_loopback": true, "allow_private": false})).unwrap(),
-            ),
-        )
-        .unwrap()
+        let policy = Policy::new(
+            &serde_json::from_value(json!({"allow_loopback": true, "allow_private": false})).unwrap(),
+        );
+        let shared = super::super::Upstreams {
+            policy,
+            client: reqwest::Client::new(),
+            transport: Transport::new(policy).unwrap(),
+            health: Default::default(),
+        };
+        McpUpstream::new(&s, &shared).unwrap()
     }
 
     #[test]

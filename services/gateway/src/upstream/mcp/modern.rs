@@ -363,12 +363,11 @@ impl McpUpstream {
             return false;
         }
         let sent = self
-            .post_request(Some(&stateless()), body)
-            .timeout(LISTEN_FOR)
-            .send()
+            .transport
+            .send(self.post_request(Some(&stateless()), body), LISTEN_FOR)
             .await;
         let Ok(resp) =
-            sent.inspect_err(|e| tracing::debug!(upstream = %self.name, error = %e, "listen failed"))
+            sent.inspect_err(|e| tracing::debug!(upstream = %self.name, error = ?e, "listen failed"))
         else {
             return false;
         };
