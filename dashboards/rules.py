@@ -27,9 +27,13 @@ OUTPUTS = [
 ]
 
 # Where the runbooks are published. Each alert's runbook_url is this plus `#<alertname lowercased>`,
-# the anchor of its heading under "Alert runbooks" in docs/operations.md. Change it to where your
-# copy of the docs is served, then regenerate.
-RUNBOOK_BASE_URL = "https://github.com/marina-mcp/marina/blob/main/docs/operations.md"
+# the anchor of its heading under "Alert runbooks" in docs/operations.md. The committed files carry
+# a placeholder under `.invalid` (RFC 2606: it never resolves), because only a deployment knows
+# where its operators read the docs: the chart replaces it with
+# `monitoring.prometheusRule.runbookBaseUrl` (required with the PrometheusRule), and
+# `--runbook-base URL --out FILE` renders a plain rule file with it.
+RUNBOOK_PLACEHOLDER = "https://marina.invalid/docs/operations.md"
+RUNBOOK_BASE_URL = RUNBOOK_PLACEHOLDER
 
 # Server-side JSON-RPC codes that are the client's fault and so not errors of the service (OTel MCP
 # conventions: -32700 parse error, -32600 invalid request, -32601 method not found, -32602 invalid
@@ -293,8 +297,20 @@ def render() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="compare instead of writing")
+    ap.add_argument("--runbook-base", metavar="URL",
+                    help="where docs/operations.md is served (with --out; default: the placeholder)")
+    ap.add_argument("--out", metavar="FILE", type=Path,
+                    help="write one rule file here instead of the committed ones")
     args = ap.parse_args()
+    global RUNBOOK_BASE_URL
+    if args.runbook_base:
+        if not args.out:
+            ap.error("--runbook-base needs --out: the committed files keep the placeholder")
+        RUNBOOK_BASE_URL = args.runbook_base.rstrip("#")
     text = render()
+    if args.out:
+        args.out.write_text(text)
+        return 0
     stale = []
     for out in OUTPUTS:
         if args.check:

@@ -215,7 +215,10 @@ EOF
   "$HAPROXY" -f "$DIR/haproxy.cfg" -D -p "$DIR/haproxy.pid" >"$DIR/haproxy.log" 2>&1
 
   # Rules evaluated every 5 s here (1 m in production), so alerts show within seconds.
-  sed 's/^  interval: 1m$/  interval: 5s/' "$REPO/dashboards/prometheus/marina-rules.yaml" >"$DIR/marina-rules.yaml"
+  # Runbook links to this checkout's docs; rules evaluated every 5 s, for a quick demo.
+  sed -e 's/^  interval: 1m$/  interval: 5s/' \
+    -e "s|https://marina.invalid/docs/operations.md|file://$REPO/docs/operations.md|" \
+    "$REPO/dashboards/prometheus/marina-rules.yaml" >"$DIR/marina-rules.yaml"
   {
     cat <<EOF
 global: {scrape_interval: 2s, evaluation_interval: 5s}

@@ -372,8 +372,13 @@ check(dash and all(json.loads(v) for d in dash for v in d["data"].values()),
 # Shipped verbatim: the rules equal the rule file's groups, each dashboard its file (text with
 # {{ }}, e.g. $labels in annotations or legend formats, is not rendered as a Helm template).
 import glob, os
-src_rules = yaml.safe_load(open(f"{work}/chart/files/prometheus-rules.yaml"))["groups"]
-check(rule and rule[0]["spec"]["groups"] == src_rules, "PrometheusRule groups equal files/prometheus-rules.yaml's")
+# ... but for the runbook links, which point where values/full.yaml says the docs are served.
+runbooks = yaml.safe_load(open(f"{repo}/tests/helm/values/full.yaml"))["monitoring"]["prometheusRule"]["runbookBaseUrl"]
+src_text = open(f"{work}/chart/files/prometheus-rules.yaml").read()
+check("https://marina.invalid/docs/operations.md#" in src_text, "files/prometheus-rules.yaml links runbooks to the placeholder")
+src_rules = yaml.safe_load(src_text.replace("https://marina.invalid/docs/operations.md", runbooks))["groups"]
+check(rule and rule[0]["spec"]["groups"] == src_rules,
+      "PrometheusRule groups equal files/prometheus-rules.yaml's, runbook links under monitoring.prometheusRule.runbookBaseUrl")
 src_dash = {os.path.basename(f): json.load(open(f)) for f in glob.glob(f"{work}/chart/files/dashboards/*.json")}
 shipped = {k: json.loads(v) for d in dash for k, v in d["data"].items()}
 check(shipped == src_dash, f"dashboard ConfigMaps equal files/dashboards/*.json ({sorted(src_dash)})")
