@@ -38,6 +38,9 @@ export MARINA_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/marina"
 step "Rust unit and integration tests"
 cargo test --workspace --quiet
 
+step "the dashboards and rules on a live two-node cluster behind HAProxy, under scripts/load.py"
+bash tests/dashboards/live_cluster.sh
+
 step "real clients (Python and TypeScript SDKs) and the conformance suites (single node, and a two-node cluster)"
 bash scripts/test-peers.sh
 
