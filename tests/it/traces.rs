@@ -271,7 +271,17 @@ async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
     ];
     let redis = RedisServer::start();
     let a = MarinaProc::start_with_config(&redis.url(), "A", &env, &config);
-    let b = MarinaProc::start_with_config(&redis.url(), "B", &env, &config);
+    // B's log, in JSON: its lines of the traced request name the trace.
+    let log = dir.path().join("b.log");
+    let logged = [
+        &env[..],
+        &[
+            ("MARINA__SERVER__LOG_FORMAT", "json"),
+            ("MARINA__SERVER__LOG_FILTER", "info"),
+        ],
+    ]
+    .concat();
+    let b = MarinaProc::start_logged_with_config(&redis.url(), "B", &logged, &log, &config);
 
     let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", json!({})).await;
     let session = on_a.session.clone().unwrap();
@@ -336,6 +346,24 @@ async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
         .expect("the upstream got the call");
     assert_eq!(call.0.as_deref(), Some(expected.as_str()), "{call:?}");
     assert_eq!(call.1["params"]["_meta"]["traceparent"], expected, "{call:?}");
+
+    // B's access log line of the call carries its trace and its server span.
+    let line = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["span"]["trace_id"] == CLIENT_TRACE)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "no log line names the trace: {}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    assert_eq!(line["span"]["span_id"], server_b.span_id.as_str(), "{line}");
+    assert_eq!(line["span"]["session"], &session[..8], "{line}");
 
     // No raw session id anywhere in what was exported.
     let spans = spans.lock().unwrap().clone();

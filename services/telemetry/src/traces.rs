@@ -198,10 +198,14 @@ pub fn extract(
 /// a link from a new trace (`"link"`), so that a tenant's client cannot choose Marina's trace
 /// ids or sampling. Call before the span is entered.
 pub fn adopt(span: &tracing::Span, client: Option<SpanContext>) {
+    adopt_as(span, client, LINK.get().copied().unwrap_or(false));
+}
+
+fn adopt_as(span: &tracing::Span, client: Option<SpanContext>, link: bool) {
     let Some(client) = client else {
         return;
     };
-    if LINK.get().copied().unwrap_or(false) {
+    if link {
         span.add_link(client);
     } else {
         let _ = span.set_parent(Context::new().with_remote_span_context(client));
@@ -309,6 +313,62 @@ mod tests {
             assert!(extract(Some(&bad), Some("garbage"), None).is_none(), "{bad}");
         }
         assert!(extract(None, None, Some("k=v")).is_none());
+    }
+
+    /// Collects what the SDK exports.
+    #[derive(Debug, Clone, Default)]
+    struct Collect(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Collect {
+        async fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// The server span a request with `client`'s context gets, in `link` mode or not.
+    fn served(client: &SpanContext, link: bool) -> opentelemetry_sdk::trace::SpanData {
+        use tracing_subscriber::prelude::*;
+        let exporter = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("mcp.server", otel.kind = "server");
+            adopt_as(&span, Some(client.clone()), link);
+            span.in_scope(|| {});
+        });
+        let spans = exporter.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        spans.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn parent_mode_joins_the_client_trace_and_link_mode_starts_a_new_one() {
+        let client = extract(None, Some(A), Some("k=v")).unwrap();
+        let joined = served(&client, false);
+        assert_eq!(joined.span_context.trace_id(), client.trace_id());
+        assert_eq!(joined.parent_span_id, client.span_id());
+        assert!(joined.links.links.is_empty());
+        // The client's tracestate travels on with its trace.
+        assert_eq!(joined.span_context.trace_state().get("k"), Some("v"));
+
+        let linked = served(&client, true);
+        assert_ne!(linked.span_context.trace_id(), client.trace_id());
+        assert_eq!(linked.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        assert_eq!(linked.span_context.trace_state().get("k"), None);
+        let links: Vec<_> = linked
+            .links
+            .links
+            .iter()
+            .map(|l| l.span_context.clone())
+            .collect();
+        assert_eq!(links, vec![client]);
     }
 
     #[test]
