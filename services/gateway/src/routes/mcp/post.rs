@@ -165,7 +165,7 @@ async fn serve_message(
         match method.as_str() {
             // A draining node creates no session: a live peer does.
             "initialize" if state.node.is_draining() => return Ok(hand_off(state, req, body).await),
-            "initialize" => return initialize(state, req, t, caller, id, &message, body, tag_session).await,
+            "initialize" => return initialize(state, req, t, caller, &message, body, tag_session).await,
             // The 2026-07-28 probe of dual-era clients: a plain 4xx (not -32020..-32022) makes
             // them fall back to initialize.
             "server/discover" => {
@@ -250,11 +250,11 @@ async fn initialize(
     req: &HttpRequest,
     t: &Arc<Tenant>,
     caller: &Caller,
-    id: &Value,
     msg: &Value,
     body: Bytes,
     tag_session: &dyn Fn(&str),
 ) -> Result<HttpResponse, Refusal> {
+    let id = &msg["id"];
     let params = &msg["params"];
     let (Some(requested), Some(caps), Some(info)) = (
         params.get("protocolVersion").and_then(Value::as_str),
