@@ -907,7 +907,7 @@ impl Shared {
                         reply: Some(tx),
                         wait: who.wait.clone(),
                     })
-                    .in_current_span(),
+                    .instrument(marina_telemetry::traces::current()),
             );
             return Reply::Pending(rx);
         }
@@ -962,7 +962,7 @@ impl Shared {
                     reply: None,
                     wait: who.wait.clone(),
                 })
-                .in_current_span(),
+                .instrument(marina_telemetry::traces::current()),
         );
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {

@@ -54,6 +54,16 @@ pub fn enabled() -> bool {
     LINK.get().is_some()
 }
 
+/// The current span when traces are on (for work that continues elsewhere: another task, an
+/// actor), a disabled one otherwise — so that, off, nothing is carried or entered.
+pub fn current() -> tracing::Span {
+    if enabled() {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// Is an endpoint configured, in `config` or in the standard environment variables?
 fn endpoint_configured(config: &Config) -> bool {
     let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
@@ -261,9 +271,10 @@ pub fn inject_meta(span: &tracing::Span, params: &mut Value) {
     }
 }
 
-/// Put `span`'s context in an outgoing request's headers (`traceparent`, `tracestate`).
-pub fn inject_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
-    let Some(fields) = fields(span) else {
+/// Put the current span's context in an outgoing request's headers (`traceparent`,
+/// `tracestate`).
+pub fn inject_headers(headers: &mut http::HeaderMap) {
+    let Some(fields) = fields(&current()) else {
         return;
     };
     headers.remove("tracestate");

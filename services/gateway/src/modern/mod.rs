@@ -508,7 +508,7 @@ async fn call_tool(
             let _ = tx.send(round.outcome(&id, &ctx, outcome).1).await;
         }
         // The call stays in the request's trace.
-        .in_current_span(),
+        .instrument(marina_telemetry::traces::current()),
     );
 
     Ok(stream_response(rx, cancel))

@@ -190,7 +190,7 @@ async fn serve_message(
         access: caller.access(),
         request_id: caller.request_id.clone(),
         wait,
-        span: tracing::Span::current(),
+        span: marina_telemetry::traces::current(),
     };
     let mut attempts = 0;
     let reply = loop {
@@ -428,7 +428,7 @@ async fn batch(
                 access: caller.access(),
                 request_id: caller.request_id.clone(),
                 wait: Default::default(),
-                span: tracing::Span::current(),
+                span: marina_telemetry::traces::current(),
             })
             .await
             .map_err(|_| actor_gone())?;

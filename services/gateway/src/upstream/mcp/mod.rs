@@ -527,7 +527,7 @@ impl McpUpstream {
             }
         }
         // Sent inside a CLIENT span (`request`), the request carries its context.
-        marina_telemetry::traces::inject_headers(&tracing::Span::current(), &mut headers);
+        marina_telemetry::traces::inject_headers(&mut headers);
         let mut req = http::Request::new(Full::new(Bytes::from(
             serde_json::to_vec(body).unwrap_or_default(),
         )));
