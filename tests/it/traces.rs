@@ -318,9 +318,11 @@ async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
     let Some((server_a, server_b, client)) = found else {
         panic!("spans missing: {:#?}", spans.lock().unwrap());
     };
+    // B's span is the client's child; A's continues B's (the forwarded request carries it).
+    assert_eq!(server_b.parent_span_id, "b7ad6b7169203331", "{server_b:#?}");
+    assert_eq!(server_a.parent_span_id, server_b.span_id, "{server_a:#?}");
     for s in [&server_a, &server_b] {
         assert_eq!(s.trace_id, CLIENT_TRACE, "{s:#?}");
-        assert_eq!(s.parent_span_id, "b7ad6b7169203331", "{s:#?}");
         assert_eq!(s.attr("mcp.method.name"), Some("tools/call"), "{s:#?}");
         assert_eq!(s.attr("gen_ai.tool.name"), Some("up.echo"), "{s:#?}");
         assert_eq!(s.attr("jsonrpc.request.id"), Some("7"), "{s:#?}");
@@ -373,4 +375,73 @@ async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
         }
     }
     assert!(spans.iter().all(|s| s.links.is_empty()));
+}
+
+#[tokio::test]
+async fn in_link_mode_a_client_cannot_choose_the_trace() {
+    let (collector, spans) = otlp_receiver().await;
+    let (upstream, seen) = mcp_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("MARINA__TELEMETRY__CLIENT_CONTEXT", "link"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = MarinaProc::start_with_config("", "L", &env, &config);
+    // The client's context in the header this time, and baggage in `_meta`.
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({}))
+        .await
+        .with_header("traceparent", CLIENT_TRACEPARENT)
+        .with_header("tracestate", "client=1");
+    let (status, _) = client
+        .exchange(
+            &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "up.echo", "arguments": {}, "_meta": {"baggage": "tenant=other"},
+            }}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let server = spans
+            .iter()
+            .find(|s| s.kind == SERVER && s.name == "tools/call up.echo")
+            .cloned()?;
+        let client = spans
+            .iter()
+            .find(|s| s.kind == CLIENT && s.name == "tools/call echo")
+            .cloned()?;
+        Some((server, client))
+    })
+    .await;
+    let Some((server, upstream_call)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // A trace of Marina's own, linked to the client's span.
+    assert_ne!(server.trace_id, CLIENT_TRACE, "{server:#?}");
+    assert_eq!(server.parent_span_id, "", "{server:#?}");
+    assert_eq!(server.links, vec![CLIENT_TRACE.to_owned()], "{server:#?}");
+    assert_eq!(upstream_call.trace_id, server.trace_id);
+    // The upstream sees Marina's trace only: no client trace id, tracestate or baggage.
+    let seen = seen.lock().unwrap().clone();
+    let call = seen
+        .iter()
+        .find(|(_, m)| m["method"] == "tools/call")
+        .expect("the upstream got the call");
+    let expected = format!("00-{}-{}-01", server.trace_id, upstream_call.span_id);
+    assert_eq!(call.0.as_deref(), Some(expected.as_str()), "{call:?}");
+    let meta = &call.1["params"]["_meta"];
+    assert_eq!(meta["traceparent"], expected, "{call:?}");
+    assert!(
+        meta.get("tracestate").is_none() && meta.get("baggage").is_none(),
+        "{call:?}"
+    );
 }

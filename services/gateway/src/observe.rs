@@ -49,8 +49,14 @@ impl Operation {
     }
 }
 
-/// Start timing `message` (one JSON-RPC message, not a batch) received for `tenant` in `req`.
-pub fn begin(tenant: &str, message: &Value, req: &actix_web::HttpRequest) -> Option<Operation> {
+/// Start timing `message` (one JSON-RPC message, not a batch) received for `tenant` in `req`;
+/// `from_peer`: a peer node forwarded it (authenticated), so its trace headers are that node's.
+pub fn begin(
+    tenant: &str,
+    message: &Value,
+    req: &actix_web::HttpRequest,
+    from_peer: impl FnOnce() -> bool,
+) -> Option<Operation> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let header_version = header("mcp-protocol-version");
     let method = message.get("method")?.as_str()?;
@@ -75,13 +81,20 @@ pub fn begin(tenant: &str, message: &Value, req: &actix_web::HttpRequest) -> Opt
     let version = meta_version.or(header_version).or(requested);
     let metric = marina_telemetry::metrics().server_operation(tenant, method, target, version);
     let span = if traces::enabled() {
-        let client = traces::extract(
-            params.and_then(|p| p.get("_meta")),
-            header("traceparent"),
-            header("tracestate"),
-        );
         let span = server_span(tenant, message, method, target, version);
-        traces::adopt(&span, client);
+        // A forwarded request continues the forwarding node's span; any other one gets the
+        // client's context as the settings say.
+        match traces::extract(None, header("traceparent"), header("tracestate")).filter(|_| from_peer()) {
+            Some(peer) => traces::join(&span, peer),
+            None => {
+                let client = traces::extract(
+                    params.and_then(|p| p.get("_meta")),
+                    header("traceparent"),
+                    header("tracestate"),
+                );
+                traces::adopt(&span, client);
+            }
+        }
         // The request's log lines (its `request` span) name the trace they belong to.
         if let Some((trace_id, span_id)) = traces::ids(&span) {
             let request = tracing::Span::current();

@@ -211,6 +211,12 @@ pub fn adopt(span: &tracing::Span, client: Option<SpanContext>) {
     adopt_as(span, client, LINK.get().copied().unwrap_or(false));
 }
 
+/// Make `parent` the parent of a new server `span` whatever the mode: for a request a peer node
+/// forwarded (authenticated), whose headers carry the forwarding node's span.
+pub fn join(span: &tracing::Span, parent: SpanContext) {
+    adopt_as(span, Some(parent), false);
+}
+
 fn adopt_as(span: &tracing::Span, client: Option<SpanContext>, link: bool) {
     let Some(client) = client else {
         return;
@@ -243,6 +249,8 @@ fn fields(span: &tracing::Span) -> Option<HashMap<String, String>> {
     }
     let mut fields = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut fields);
+    // The propagator writes an empty `tracestate` for a span without one: no such field.
+    fields.retain(|_, v| !v.is_empty());
     Some(fields)
 }
 

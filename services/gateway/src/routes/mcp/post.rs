@@ -90,7 +90,7 @@ async fn serve(
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
-    *op = crate::observe::begin(&t.id, &message, req);
+    *op = crate::observe::begin(&t.id, &message, req, || super::forwarded(state, req));
     let wait = op.as_ref().map(|o| o.wait()).unwrap_or_default();
     // Served inside the operation's span (when traces are on), so what it calls is its child.
     let span = op.as_ref().map_or_else(tracing::Span::none, |o| o.span().clone());
