@@ -445,3 +445,31 @@ async fn in_link_mode_a_client_cannot_choose_the_trace() {
         "{call:?}"
     );
 }
+
+// Two workers: the receiver must answer the exporter while this test waits (blocking) for the
+// node to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_buffered_are_exported_at_exit() {
+    let (collector, spans) = otlp_receiver().await;
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        // Nothing is sent on schedule during this test: only the flush at exit can send it.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ];
+    let mut node = MarinaProc::start("", "X", &env);
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    assert_eq!(client.call_text(1, "add", json!({"a": 1, "b": 2})).await, "3");
+    assert!(spans.lock().unwrap().is_empty());
+    node.sigterm();
+    assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+    let exported = eventually(Duration::from_secs(5), || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == "tools/call add" && s.instance == "X")
+            .then_some(())
+    })
+    .await;
+    assert!(exported.is_some(), "{:#?}", spans.lock().unwrap());
+}
