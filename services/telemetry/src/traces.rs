@@ -120,8 +120,8 @@ where
     ))
 }
 
-/// Export what is buffered and stop the exporter (at process exit; bounded by the SDK's
-/// export timeout).
+/// Export what is buffered and stop the exporter (at process exit; the SDK gives up after 5 s,
+/// so an unreachable collector delays the exit by that much at most).
 pub fn shutdown() {
     if let Some(p) = PROVIDER.get()
         && let Err(e) = p.shutdown()
