@@ -23,3 +23,4 @@ mod rbac;
 mod stateless;
 mod store_redis;
 mod tls;
+mod traces;

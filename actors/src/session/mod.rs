@@ -28,6 +28,7 @@ use marina_core::store::{Fence, SessionRecord};
 use marina_core::tenant::Tenant;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::node::Node;
 use state::Shared;
@@ -128,6 +129,9 @@ pub struct Dispatch {
     pub request_id: String,
     /// The request's clock of upstream waits (its metrics).
     pub wait: marina_telemetry::UpstreamWait,
+    /// The request's span: the actor serves the message inside it, so the request's trace
+    /// continues here (its upstream calls are its children).
+    pub span: tracing::Span,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.
@@ -299,7 +303,8 @@ impl Handler<Dispatch> for SessionActor {
 
     fn handle(&mut self, msg: Dispatch, _ctx: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
-        Box::pin(async move { shared.dispatch(msg).await })
+        let span = msg.span.clone();
+        Box::pin(async move { shared.dispatch(msg).await }.instrument(span))
     }
 }
 

@@ -23,6 +23,7 @@ use marina_core::tools::ToolIndex;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::call::RunCall;
 use super::{Dispatch, Frame, OpenStream, Rejection, Reply, StreamHandle};
@@ -895,15 +896,19 @@ impl Shared {
         );
         if !sse {
             let (tx, rx) = oneshot::channel();
-            actix::spawn(self.clone().run_call(RunCall {
-                stream: None,
-                id,
-                params,
-                cancel,
-                progress_floor: f64::NEG_INFINITY,
-                reply: Some(tx),
-                wait: who.wait.clone(),
-            }));
+            actix::spawn(
+                self.clone()
+                    .run_call(RunCall {
+                        stream: None,
+                        id,
+                        params,
+                        cancel,
+                        progress_floor: f64::NEG_INFINITY,
+                        reply: Some(tx),
+                        wait: who.wait.clone(),
+                    })
+                    .instrument(marina_telemetry::traces::current()),
+            );
             return Reply::Pending(rx);
         }
         let call = InflightCall {
@@ -946,15 +951,19 @@ impl Shared {
                 live: Some(tx),
             },
         );
-        actix::spawn(self.clone().run_call(RunCall {
-            stream: Some(stream),
-            id,
-            params,
-            cancel,
-            progress_floor: f64::NEG_INFINITY,
-            reply: None,
-            wait: who.wait.clone(),
-        }));
+        actix::spawn(
+            self.clone()
+                .run_call(RunCall {
+                    stream: Some(stream),
+                    id,
+                    params,
+                    cancel,
+                    progress_floor: f64::NEG_INFINITY,
+                    reply: None,
+                    wait: who.wait.clone(),
+                })
+                .instrument(marina_telemetry::traces::current()),
+        );
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {
             stream,

@@ -26,6 +26,8 @@ pub struct Settings {
     pub egress: EgressSettings,
     /// The admin API (control plane).
     pub admin: AdminSettings,
+    /// Traces (OpenTelemetry); off unless an OTLP endpoint is set.
+    pub telemetry: TelemetrySettings,
     /// Tenants of the configuration file, by id (read-only in the admin API; the admin API
     /// stores further tenants in the store).
     #[serde(default)]
@@ -61,6 +63,32 @@ pub struct AdminSettings {
     pub audit_retention_days: u64,
     /// How often each node hands the store the API key uses it saw (their last-use times).
     pub key_usage_flush_ms: u64,
+}
+
+/// `[telemetry]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Off unless an endpoint
+/// is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's base URL (`http://collector:4318`; spans go to `/v1/traces`).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0 to 1; a request that comes with a parent follows the
+    /// parent's decision (in `parent` mode).
+    pub sampling_ratio: f64,
+    /// What a client's trace context (`_meta.traceparent`, else the `traceparent` header) becomes.
+    pub client_context: ClientContext,
+}
+
+/// How a client's trace context is used by the request's server span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientContext {
+    /// The client's span is the parent (OpenTelemetry MCP conventions): one trace end to end.
+    Parent,
+    /// A new trace, linked to the client's span: a tenant's client cannot choose Marina's trace
+    /// ids or sampling decisions.
+    Link,
 }
 
 /// One platform administrator's key.
@@ -777,6 +805,14 @@ impl Settings {
                 )));
             }
         }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return bad("telemetry.sampling_ratio must be between 0 and 1");
+        }
+        if let Some(e) = &self.telemetry.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return bad("telemetry.otlp_endpoint must be an http(s) URL, e.g. http://collector:4318");
+        }
         if self.admin.poll_ms == 0
             || self.admin.max_tenants == 0
             || self.admin.audit_max_entries == 0
@@ -833,5 +869,39 @@ mod tests {
         std::fs::write(&f, "[sessions]\nidle_ttl = 3\n").unwrap();
         assert!(load(Some(&f), Some(HashMap::new()), &[]).is_err());
         assert!(load(None, Some(HashMap::new()), &[("server.bind", "nope".into())]).is_err());
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_checked() {
+        let s = load(None, Some(HashMap::new()), &[]).unwrap();
+        assert_eq!(s.telemetry.otlp_endpoint, None);
+        assert_eq!(s.telemetry.sampling_ratio, 1.0);
+        assert_eq!(s.telemetry.client_context, ClientContext::Parent);
+        let env = HashMap::from([
+            (
+                "MARINA__TELEMETRY__OTLP_ENDPOINT".to_owned(),
+                "http://127.0.0.1:4318".to_owned(),
+            ),
+            ("MARINA__TELEMETRY__CLIENT_CONTEXT".to_owned(), "link".to_owned()),
+            ("MARINA__TELEMETRY__SAMPLING_RATIO".to_owned(), "0.25".to_owned()),
+        ]);
+        let s = load(None, Some(env), &[]).unwrap();
+        assert_eq!(
+            s.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(s.telemetry.client_context, ClientContext::Link);
+        assert_eq!(s.telemetry.sampling_ratio, 0.25);
+        for (k, v) in [
+            ("telemetry.sampling_ratio", "1.5"),
+            ("telemetry.client_context", "child"),
+            ("telemetry.otlp_endpoint", "collector:4318"),
+            ("telemetry.endpoint", "http://x"),
+        ] {
+            assert!(
+                load(None, Some(HashMap::new()), &[(k, v.into())]).is_err(),
+                "{k}={v}"
+            );
+        }
     }
 }

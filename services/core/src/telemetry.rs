@@ -1,17 +1,32 @@
 //! Structured logs through `tracing`: human or JSON lines, filter from settings or `RUST_LOG`.
-//! Request spans carry `request_id`, `tenant` and `session`; tokens and session secrets are never
-//! recorded (session ids are logged only as a short non-reversible tag, see [`session_tag`]).
+//! Request spans carry `request_id`, `tenant` and `session` (and `trace_id`/`span_id` when the
+//! request is traced); tokens and session secrets are never recorded (session ids are logged
+//! only as a short non-reversible tag, see [`session_tag`]). Traces (OpenTelemetry) are a second
+//! layer of the same subscriber, when configured (`marina_telemetry::traces`).
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use marina_telemetry::traces;
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
 use crate::settings::LogFormat;
 
 /// Install the global subscriber once. Later calls are ignored (tests start many apps).
-pub fn init(format: LogFormat, filter: &str) {
+/// `traces`: the process's traces, if it may have them (off unless an endpoint is configured).
+pub fn init(format: LogFormat, filter: &str, traces: Option<&traces::Config>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let registry = tracing_subscriber::registry().with(filter);
+    // The spans exported as traces are not log lines, whatever the filter says; with the
+    // filter on the log layer alone, the log filter does not decide what is traced either.
+    let filter = match format!("{}=off", traces::TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
+    let (otel, failed) = match traces.map(traces::init) {
+        Some(Ok(layer)) => (layer, None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(otel);
     let _ = match format {
         LogFormat::Json => registry
             .with(
@@ -19,17 +34,27 @@ pub fn init(format: LogFormat, filter: &str) {
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Human => registry
             .with(
                 fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .try_init(),
     };
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "traces are off");
+    }
+}
+
+/// Export the traces still buffered (at process exit).
+pub fn shutdown() {
+    traces::shutdown();
 }
 
 /// A short tag naming a session in logs without revealing the id (which is a bearer secret for

@@ -85,6 +85,13 @@ async fn send(
             out = out.header(name.as_str(), v.as_bytes());
         }
     }
+    if marina_telemetry::traces::enabled() {
+        // The holder's span of the request continues this node's (the client's own context is
+        // in the body's `_meta`, or was in headers the holder does not need).
+        let mut trace = reqwest::header::HeaderMap::new();
+        marina_telemetry::traces::inject_headers(&mut trace);
+        out = out.headers(trace);
+    }
     if !body.is_empty() {
         out = out.body(body);
     }

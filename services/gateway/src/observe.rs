@@ -1,8 +1,10 @@
-//! The metrics step of the request path: an MCP request (either era) is timed from the moment
-//! its method is known until its result, error or `202` is sent, and its outcome is read from the
-//! answer itself — the JSON body, or the response event of its SSE stream — so no handler
+//! The metrics and traces step of the request path: an MCP request (either era) is timed from the
+//! moment its method is known until its result, error or `202` is sent, and its outcome is read
+//! from the answer itself — the JSON body, or the response event of its SSE stream — so no handler
 //! records anything by hand (`mcp_server_operation_duration_seconds`,
-//! `marina_request_processing_seconds`).
+//! `marina_request_processing_seconds`). The same operation is the request's SERVER span when
+//! traces are on (docs/operations.md, "Tracing"): it ends when the metric is recorded, with the
+//! same outcome as its `error.type`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,16 +13,52 @@ use actix_web::HttpResponse;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::CONTENT_TYPE;
 use bytes::Bytes;
-use marina_telemetry::{Outcome, ServerOperation, Target};
+use marina_telemetry::{Outcome, ServerOperation, Target, UpstreamWait, traces};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::reply::Refusal;
 
-/// Start timing `message` (one JSON-RPC message, not a batch) received for `tenant`.
-/// `header_version` is the request's `MCP-Protocol-Version`.
-pub fn begin(tenant: &str, message: &Value, header_version: Option<&str>) -> Option<ServerOperation> {
+/// An MCP operation being served: its metric and, when traces are on, its SERVER span.
+pub struct Operation {
+    metric: ServerOperation,
+    span: tracing::Span,
+}
+
+impl Operation {
+    /// The clock of this request's upstream waits.
+    pub fn wait(&self) -> UpstreamWait {
+        self.metric.wait()
+    }
+    /// The SERVER span (disabled when traces are off): the request is served inside it, so
+    /// upstream calls become its children.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+    /// The session is known: tag the span with it (never the id itself, a bearer secret).
+    pub fn session(&self, tag: &str) {
+        self.span.record("mcp.session.id", tag);
+    }
+    fn finish(self, outcome: Outcome) {
+        if outcome.is_error() {
+            self.span.record("error.type", outcome.label().as_str());
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.metric.finish(outcome);
+    }
+}
+
+/// Start timing `message` (one JSON-RPC message, not a batch) received for `tenant` in `req`;
+/// `from_peer`: a peer node forwarded it (authenticated), so its trace headers are that node's.
+pub fn begin(
+    tenant: &str,
+    message: &Value,
+    req: &actix_web::HttpRequest,
+    from_peer: impl FnOnce() -> bool,
+) -> Option<Operation> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let header_version = header("mcp-protocol-version");
     let method = message.get("method")?.as_str()?;
     let params = message.get("params");
     let name = || params.and_then(|p| p.get("name")).and_then(Value::as_str);
@@ -41,14 +79,72 @@ pub fn begin(tenant: &str, message: &Value, header_version: Option<&str>) -> Opt
         })
         .flatten();
     let version = meta_version.or(header_version).or(requested);
-    Some(marina_telemetry::metrics().server_operation(tenant, method, target, version))
+    let metric = marina_telemetry::metrics().server_operation(tenant, method, target, version);
+    let span = if traces::enabled() {
+        let span = server_span(tenant, message, method, target, version);
+        // A forwarded request continues the forwarding node's span; any other one gets the
+        // client's context as the settings say.
+        match traces::extract(None, header("traceparent"), header("tracestate")).filter(|_| from_peer()) {
+            Some(peer) => traces::join(&span, peer),
+            None => {
+                let client = traces::extract(
+                    params.and_then(|p| p.get("_meta")),
+                    header("traceparent"),
+                    header("tracestate"),
+                );
+                traces::adopt(&span, client);
+            }
+        }
+        // The request's log lines (its `request` span) name the trace they belong to.
+        if let Some((trace_id, span_id)) = traces::ids(&span) {
+            let request = tracing::Span::current();
+            request.record("trace_id", trace_id);
+            request.record("span_id", span_id);
+        }
+        span
+    } else {
+        tracing::Span::none()
+    };
+    Some(Operation { metric, span })
+}
+
+/// The SERVER span of an MCP request, named and tagged after the OpenTelemetry MCP conventions.
+fn server_span(
+    tenant: &str,
+    message: &Value,
+    method: &str,
+    target: Target<'_>,
+    version: Option<&str>,
+) -> tracing::Span {
+    let (tool, name) = match target {
+        Target::Tool(n) => (Some(n), Some(n)),
+        Target::Prompt(n) => (None, Some(n)),
+        Target::None => (None, None),
+    };
+    // The id of a request (a notification has none), as the conventions want it: a string.
+    let rpc_id = match message.get("id") {
+        Some(Value::String(s)) => Some(marina_core::protocol::truncate(s, 128).to_owned()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    tracing::info_span!(
+        target: traces::TARGET,
+        "mcp.server",
+        otel.name = %traces::span_name(method, name),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        mcp.method.name = method,
+        gen_ai.tool.name = tool.map(|t| marina_core::protocol::truncate(t, 128)),
+        jsonrpc.request.id = rpc_id.as_deref(),
+        mcp.protocol.version = version.map(|v| marina_core::protocol::truncate(v, 32)),
+        mcp.session.id = tracing::field::Empty,
+        marina.tenant = tenant,
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// Record `op` with the outcome of `answer` (now, or when its SSE stream carries the response).
-pub fn finish(
-    op: Option<ServerOperation>,
-    answer: Result<HttpResponse, Refusal>,
-) -> Result<HttpResponse, Refusal> {
+pub fn finish(op: Option<Operation>, answer: Result<HttpResponse, Refusal>) -> Result<HttpResponse, Refusal> {
     let Some(op) = op else {
         return answer;
     };
@@ -123,7 +219,7 @@ fn outcome(json: &[u8]) -> Option<Outcome> {
 /// before it (client gone, drain, failover: the client resumes elsewhere) records nothing.
 struct WatchedStream {
     body: BoxBody,
-    op: Option<ServerOperation>,
+    op: Option<Operation>,
 }
 
 impl WatchedStream {

@@ -222,6 +222,16 @@ pub fn check_open_tenants(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's name: `server.node_id`, else derived from the host name and the bound `port`.
+pub fn node_name(settings: &Settings, port: u16) -> String {
+    if settings.server.node_id.is_empty() {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "marina".into());
+        format!("{host}-{port}")
+    } else {
+        settings.server.node_id.clone()
+    }
+}
+
 impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -241,12 +251,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;
-        let node_id = if settings.server.node_id.is_empty() {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "marina".into());
-            format!("{host}-{}", local_addr.port())
-        } else {
-            settings.server.node_id.clone()
-        };
+        let node_id = node_name(&settings, local_addr.port());
         let nonce: u32 = rand::rng().random();
         let instance = format!("{node_id}/{nonce:08x}");
         let tls = tls_config(&settings.server.tls).map_err(ConfigError)?;
@@ -428,6 +433,9 @@ impl Application {
                         tenant = %tenant,
                         client_ip = %client_ip.map(|i| i.to_string()).unwrap_or_default(),
                         session = tracing::field::Empty,
+                        // Set when the request's MCP operation is traced and sampled (observe.rs).
+                        trace_id = tracing::field::Empty,
+                        span_id = tracing::field::Empty,
                     );
                     let started = std::time::Instant::now();
                     let mcp = req.path().starts_with("/t/");

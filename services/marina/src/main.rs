@@ -295,8 +295,30 @@ fn serve_command(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    marina_core::telemetry::init(settings.server.log_format, &settings.server.log_filter);
+    let traces = marina_telemetry::traces::Config {
+        endpoint: settings.telemetry.otlp_endpoint.clone(),
+        sampling_ratio: settings.telemetry.sampling_ratio,
+        link_client_context: settings.telemetry.client_context == settings::ClientContext::Link,
+        // The node's name as the node will derive it (with port 0 it ends in `-0`: the port is
+        // picked later, when the listener binds).
+        instance: marina_gateway::startup::node_name(
+            &settings,
+            settings
+                .server
+                .bind
+                .parse::<std::net::SocketAddr>()
+                .map_or(0, |a| a.port()),
+        ),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    marina_core::telemetry::init(
+        settings.server.log_format,
+        &settings.server.log_filter,
+        Some(&traces),
+    );
     let result = actix_rt::System::new().block_on(serve(settings));
+    // The spans of the last requests are still in the batch processor's buffer.
+    marina_core::telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<marina_gateway::ConfigError>() => {

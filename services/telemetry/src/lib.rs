@@ -1,10 +1,11 @@
 //! Marina's metrics: one Prometheus registry per process, a typed recording API so that every
 //! call site is one line, and label values bounded here (see [`labels`]) rather than at the call
 //! sites. `docs/operations.md` ("Metrics reference") is the contract for names, labels and
-//! buckets; this crate is its only implementation.
+//! buckets; this crate is its only implementation. Its traces (OpenTelemetry) are [`traces`].
 
 mod labels;
 mod metrics;
+pub mod traces;
 
 pub use labels::{NamedTargets, OTHER, Outcome, Target};
 pub use metrics::{

@@ -1,12 +1,14 @@
 //! The store as the node uses it: every call of the [`SessionStore`] trait timed and its failures
 //! counted (`marina_store_operation_duration_seconds`, `marina_store_errors_total`), whichever
-//! store is behind it. One decorator, so no store method is measured by hand.
+//! store is behind it. One decorator, so no store method is measured by hand. Within a traced
+//! request each call is also a CLIENT span (`db.system.name`: `redis` or `memory`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tracing::Instrument as _;
 
 use super::{
     EndedSessions, Fence, InflightCall, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError,
@@ -41,13 +43,15 @@ fn error_type(e: &StoreError) -> Option<&'static str> {
 macro_rules! measured {
     ($self:ident, $op:literal, $call:expr) => {{
         let started = Instant::now();
-        let r = $call.await;
-        marina_telemetry::metrics().store_operation(
-            $op,
-            $self.system,
-            started.elapsed(),
-            r.as_ref().err().and_then(error_type),
-        );
+        // Inside a traced request, each round trip is a span of its trace.
+        let span = marina_telemetry::traces::store_span($op, $self.system);
+        let r = $call.instrument(span.clone()).await;
+        let error = r.as_ref().err().and_then(error_type);
+        if let Some(e) = error {
+            span.record("error.type", e);
+            span.record("otel.status_code", "ERROR");
+        }
+        marina_telemetry::metrics().store_operation($op, $self.system, started.elapsed(), error);
         r
     }};
 }

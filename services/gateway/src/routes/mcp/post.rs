@@ -15,6 +15,7 @@ use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::store::{SessionRecord, now_ms};
 use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::{
     MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, forwarded_away, header, protocol_header,
@@ -44,7 +45,7 @@ async fn serve(
     tenant: &str,
     payload: web::Payload,
     state: &AppState,
-    op: &mut Option<marina_telemetry::ServerOperation>,
+    op: &mut Option<crate::observe::Operation>,
 ) -> Result<HttpResponse, Refusal> {
     let (t, caller) = admit(state, req, tenant).await?;
     if !(accepts(req, "application/json") && accepts(req, "text/event-stream")) {
@@ -89,9 +90,63 @@ async fn serve(
     let kind = protocol::classify(&message).map_err(|e| {
         Refusal::bad_request(code::INVALID_REQUEST, format!("invalid request: {e}")).with_id(e.id.as_ref())
     })?;
-    *op = crate::observe::begin(&t.id, &message, header(req, "mcp-protocol-version"));
+    *op = crate::observe::begin(&t.id, &message, req, || super::forwarded(state, req));
     let wait = op.as_ref().map(|o| o.wait()).unwrap_or_default();
-    charge(state, req, &t, &caller, Some(&kind), called_tool(&kind, &message))
+    // Served inside the operation's span (when traces are on), so what it calls is its child.
+    let span = op.as_ref().map_or_else(tracing::Span::none, |o| o.span().clone());
+    let request_span = tracing::Span::current();
+    let tag_session = |tag: &str| {
+        request_span.record("session", tag);
+        if let Some(o) = op.as_ref() {
+            o.session(tag);
+        }
+    };
+    serve_message(
+        state,
+        req,
+        &t,
+        &caller,
+        Message {
+            message,
+            kind,
+            body,
+            version,
+            stateless,
+            wait,
+        },
+        &tag_session,
+    )
+    .instrument(span)
+    .await
+}
+
+/// A single message, its classification and what `serve` learnt of it.
+struct Message {
+    message: Value,
+    kind: MessageKind,
+    body: Bytes,
+    version: Option<String>,
+    stateless: bool,
+    wait: marina_telemetry::UpstreamWait,
+}
+
+async fn serve_message(
+    state: &AppState,
+    req: &HttpRequest,
+    t: &Arc<Tenant>,
+    caller: &Caller,
+    m: Message,
+    tag_session: &dyn Fn(&str),
+) -> Result<HttpResponse, Refusal> {
+    let Message {
+        message,
+        kind,
+        body,
+        version,
+        stateless,
+        wait,
+    } = m;
+    charge(state, req, t, caller, Some(&kind), called_tool(&kind, &message))
         .await
         .map_err(|r| r.with_id(request_id(&kind)))?;
     // A request answered with a stream needs room for it on this node.
@@ -104,13 +159,13 @@ async fn serve(
         })?;
     }
     if stateless {
-        return crate::modern::serve(state, req, &t, &caller, message, wait).await;
+        return crate::modern::serve(state, req, t, caller, message, wait).await;
     }
     if let MessageKind::Request { id, method } = &kind {
         match method.as_str() {
             // A draining node creates no session: a live peer does.
             "initialize" if state.node.is_draining() => return Ok(hand_off(state, req, body).await),
-            "initialize" => return initialize(state, req, &t, &caller, id, &message, body).await,
+            "initialize" => return initialize(state, req, t, caller, &message, body, tag_session).await,
             // The 2026-07-28 probe of dual-era clients: a plain 4xx (not -32020..-32022) makes
             // them fall back to initialize.
             "server/discover" => {
@@ -124,7 +179,7 @@ async fn serve(
         }
     }
     let id = session_header(req)?;
-    tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
+    tag_session(marina_core::telemetry::session_tag(id.as_str()));
     let rpc_id = request_id(&kind).cloned();
     let mut dispatch = Dispatch {
         message,
@@ -135,6 +190,7 @@ async fn serve(
         access: caller.access(),
         request_id: caller.request_id.clone(),
         wait,
+        span: marina_telemetry::traces::current(),
     };
     let mut attempts = 0;
     let reply = loop {
@@ -150,7 +206,7 @@ async fn serve(
             reply => break reply,
         }
     };
-    respond(state, &caller, reply)
+    respond(state, caller, reply)
         .await
         .map_err(|r| r.with_id(rpc_id.as_ref()))
 }
@@ -194,10 +250,11 @@ async fn initialize(
     req: &HttpRequest,
     t: &Arc<Tenant>,
     caller: &Caller,
-    id: &Value,
     msg: &Value,
     body: Bytes,
+    tag_session: &dyn Fn(&str),
 ) -> Result<HttpResponse, Refusal> {
+    let id = &msg["id"];
     let params = &msg["params"];
     let (Some(requested), Some(caps), Some(info)) = (
         params.get("protocolVersion").and_then(Value::as_str),
@@ -243,7 +300,7 @@ async fn initialize(
             return Err(resolve_error(e));
         }
     };
-    tracing::Span::current().record("session", marina_core::telemetry::session_tag(sid.as_str()));
+    tag_session(marina_core::telemetry::session_tag(sid.as_str()));
     tracing::info!(version, "session created");
     let result = json!({
         "protocolVersion": version,
@@ -371,6 +428,7 @@ async fn batch(
                 access: caller.access(),
                 request_id: caller.request_id.clone(),
                 wait: Default::default(),
+                span: marina_telemetry::traces::current(),
             })
             .await
             .map_err(|_| actor_gone())?;

@@ -27,6 +27,7 @@ use marina_core::settings::McpUpstreamSettings;
 use marina_core::tools::{CallContext, SessionContext, ToolDef, ToolProvider, UpstreamSession};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 mod modern;
 
@@ -525,6 +526,8 @@ impl McpUpstream {
                 }
             }
         }
+        // Sent inside a CLIENT span (`request`), the request carries its context.
+        marina_telemetry::traces::inject_headers(&mut headers);
         let mut req = http::Request::new(Full::new(Bytes::from(
             serde_json::to_vec(body).unwrap_or_default(),
         )));
@@ -612,9 +615,37 @@ impl McpUpstream {
         params: Value,
         relay: Option<&dyn CallContext>,
     ) -> Result<(Value, Option<String>), Failure> {
-        use marina_telemetry::Outcome;
+        use marina_telemetry::{Outcome, traces};
         let started = std::time::Instant::now();
-        let answer = self.send_request(session, id, method, params, relay).await;
+        // The CLIENT span of this request (when traces are on); the upstream sees it as the
+        // parent of its own spans, through the headers (transport) and `params._meta` (SEP-414).
+        let span = if traces::enabled() {
+            let tool = params
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|_| method == "tools/call")
+                .map(|t| protocol::truncate(t, 128));
+            tracing::info_span!(
+                target: traces::TARGET,
+                "mcp.client",
+                otel.name = %traces::span_name(method, tool),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                mcp.method.name = method,
+                gen_ai.tool.name = tool,
+                marina.upstream = %self.name,
+                marina.tenant = self.health.tenant(),
+                error.type = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let mut params = params;
+        traces::inject_meta(&span, &mut params);
+        let answer = self
+            .send_request(session, id, method, params, relay)
+            .instrument(span.clone())
+            .await;
         let outcome = match &answer {
             Ok((msg, _)) => match (msg.get("error"), msg.get("result")) {
                 (Some(e), _) => e
@@ -626,6 +657,10 @@ impl McpUpstream {
             },
             Err(_) => Outcome::Other,
         };
+        if outcome.is_error() {
+            span.record("error.type", outcome.label().as_str());
+            span.record("otel.status_code", "ERROR");
+        }
         let waited = started.elapsed();
         marina_telemetry::metrics().client_operation(
             self.health.tenant(),

@@ -1,0 +1,475 @@
+//! Traces: two `marina` nodes sharing one Redis export OTLP/HTTP to a receiver written here; a
+//! `tools/call` sent to the node that does not hold the session, with the client's trace context
+//! in `_meta`, gives SERVER spans in the client's trace on both nodes and a CLIENT span for the
+//! upstream call, whose context the upstream (also written here) receives in its headers and in
+//! `_meta`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use marina_tests::{MarinaProc, Mcp, RedisServer};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CLIENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// One HTTP request as the tiny servers below see it.
+struct Request {
+    method: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 server on a free loopback port: one request per connection (bodies with a
+/// Content-Length, which both the OTLP exporter and Marina's upstream client send), answered by
+/// `handle` as (status, content type, body) and closed. Its base URL.
+async fn serve<F>(handle: F) -> String
+where
+    F: Fn(Request) -> (u16, &'static str, Vec<u8>) + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = Arc::new(handle);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let Some(req) = read_request(&mut conn).await else {
+                    return;
+                };
+                let (status, content_type, body) = handle(req);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let method = lines.next()?.split(' ').next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some(Request {
+        method,
+        headers,
+        body,
+    })
+}
+
+/// A span as received: its resource's instance, and what the assertions look at.
+#[derive(Debug, Clone)]
+struct Received {
+    instance: String,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    links: Vec<String>,
+    attributes: Vec<(String, String)>,
+}
+
+impl Received {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn pairs(kvs: &[KeyValue]) -> Vec<(String, String)> {
+    kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
+}
+
+/// The OTLP/HTTP receiver: every span exported to it.
+async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let store = spans.clone();
+    let url = serve(move |req| {
+        let Ok(export) = ExportTraceServiceRequest::decode(req.body.as_slice()) else {
+            return (400, "text/plain", b"not an ExportTraceServiceRequest".to_vec());
+        };
+        let mut spans = store.lock().unwrap();
+        for rs in export.resource_spans {
+            let resource = rs.resource.map(|r| pairs(&r.attributes)).unwrap_or_default();
+            let instance = resource
+                .iter()
+                .find(|(k, _)| k == "service.instance.id")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push(Received {
+                        instance: instance.clone(),
+                        name: s.name,
+                        kind: s.kind,
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                        links: s.links.iter().map(|l| hex(&l.trace_id)).collect(),
+                        attributes: pairs(&s.attributes),
+                    });
+                }
+            }
+        }
+        // An empty ExportTraceServiceResponse.
+        (200, "application/x-protobuf", Vec::new())
+    })
+    .await;
+    (url, spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A minimal MCP server (2025-06-18, JSON answers) with one tool, `echo`; every request it got
+/// (its `traceparent` header and its JSON body).
+async fn mcp_upstream() -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let url = serve(move |req| {
+        if req.method != "POST" {
+            return (405, "text/plain", Vec::new());
+        }
+        let Ok(msg) = serde_json::from_slice::<Value>(&req.body) else {
+            return (400, "text/plain", Vec::new());
+        };
+        store
+            .lock()
+            .unwrap()
+            .push((req.header("traceparent").map(str::to_owned), msg.clone()));
+        let Some(id) = msg.get("id") else {
+            return (202, "text/plain", Vec::new());
+        };
+        let result = match msg["method"].as_str() {
+            Some("initialize") => json!({
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "trace-upstream", "version": "0"},
+            }),
+            Some("tools/list") => json!({"tools": [{
+                "name": "echo",
+                "description": "echoes",
+                "inputSchema": {"type": "object"},
+            }]}),
+            Some("tools/call") => json!({"content": [{"type": "text", "text": "echoed"}]}),
+            _ => {
+                let e = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no"}});
+                return (200, "application/json", e.to_string().into_bytes());
+            }
+        };
+        let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        (200, "application/json", body.to_string().into_bytes())
+    })
+    .await;
+    (format!("{url}/mcp"), seen)
+}
+
+/// Poll `check` until it gives something, for at most `within`.
+async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+#[tokio::test]
+async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
+    let (collector, spans) = otlp_receiver().await;
+    let (upstream, seen) = mcp_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__SESSIONS__LEASE_TTL_MS", "1500"),
+        ("MARINA__CLUSTER__SECRET", "cluster-tests-secret-0123456789"),
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        // The batch processor sends every 100 ms instead of every 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let redis = RedisServer::start();
+    let a = MarinaProc::start_with_config(&redis.url(), "A", &env, &config);
+    // B's log, in JSON: its lines of the traced request name the trace.
+    let log = dir.path().join("b.log");
+    let logged = [
+        &env[..],
+        &[
+            ("MARINA__SERVER__LOG_FORMAT", "json"),
+            ("MARINA__SERVER__LOG_FILTER", "info"),
+        ],
+    ]
+    .concat();
+    let b = MarinaProc::start_logged_with_config(&redis.url(), "B", &logged, &log, &config);
+
+    let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", json!({})).await;
+    let session = on_a.session.clone().unwrap();
+    let on_b = on_a.at(&b.endpoint());
+    let (status, msgs) = on_b
+        .exchange(
+            &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+                "name": "up.echo", "arguments": {},
+                "_meta": {"traceparent": CLIENT_TRACEPARENT, "tracestate": "client=1"},
+            }}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = msgs.iter().find(|m| m["id"] == 7).expect("a response");
+    assert_eq!(response["result"]["content"][0]["text"], "echoed", "{response}");
+
+    // Node B (which forwarded the call) and node A (which holds the session) each export a
+    // SERVER span in the client's trace; A also the CLIENT span of the upstream call.
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let server = |node: &str| {
+            spans
+                .iter()
+                .find(|s| s.kind == SERVER && s.instance == node && s.name == "tools/call up.echo")
+                .cloned()
+        };
+        let client = spans
+            .iter()
+            .find(|s| s.kind == CLIENT && s.name == "tools/call echo")
+            .cloned();
+        Some((server("A")?, server("B")?, client?))
+    })
+    .await;
+    let Some((server_a, server_b, client)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // B's span is the client's child; A's continues B's (the forwarded request carries it).
+    assert_eq!(server_b.parent_span_id, "b7ad6b7169203331", "{server_b:#?}");
+    assert_eq!(server_a.parent_span_id, server_b.span_id, "{server_a:#?}");
+    for s in [&server_a, &server_b] {
+        assert_eq!(s.trace_id, CLIENT_TRACE, "{s:#?}");
+        assert_eq!(s.attr("mcp.method.name"), Some("tools/call"), "{s:#?}");
+        assert_eq!(s.attr("gen_ai.tool.name"), Some("up.echo"), "{s:#?}");
+        assert_eq!(s.attr("jsonrpc.request.id"), Some("7"), "{s:#?}");
+        assert_eq!(s.attr("mcp.protocol.version"), Some("2025-11-25"), "{s:#?}");
+        assert_eq!(s.attr("marina.tenant"), Some("demo"), "{s:#?}");
+        assert_eq!(s.attr("mcp.session.id"), Some(&session[..8]), "{s:#?}");
+        assert_eq!(s.attr("error.type"), None, "{s:#?}");
+    }
+    // The upstream call: a child of A's server span, tagged with the upstream.
+    assert_eq!(client.instance, "A");
+    assert_eq!(client.trace_id, CLIENT_TRACE);
+    assert_eq!(client.parent_span_id, server_a.span_id, "{client:#?}");
+    assert_eq!(client.attr("marina.upstream"), Some("up"));
+    assert_eq!(client.attr("gen_ai.tool.name"), Some("echo"));
+    assert_eq!(client.attr("mcp.method.name"), Some("tools/call"));
+
+    // The upstream saw the gateway's CLIENT span as the parent, in the header and in `_meta`.
+    let expected = format!("00-{CLIENT_TRACE}-{}-01", client.span_id);
+    let seen = seen.lock().unwrap().clone();
+    let call = seen
+        .iter()
+        .find(|(_, m)| m["method"] == "tools/call")
+        .expect("the upstream got the call");
+    assert_eq!(call.0.as_deref(), Some(expected.as_str()), "{call:?}");
+    assert_eq!(call.1["params"]["_meta"]["traceparent"], expected, "{call:?}");
+
+    // B's access log line of the call carries its trace and its server span.
+    let line = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["span"]["trace_id"] == CLIENT_TRACE)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "no log line names the trace: {}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    assert_eq!(line["span"]["span_id"], server_b.span_id.as_str(), "{line}");
+    assert_eq!(line["span"]["session"], &session[..8], "{line}");
+
+    // No raw session id anywhere in what was exported.
+    let spans = spans.lock().unwrap().clone();
+    for s in &spans {
+        for (k, v) in &s.attributes {
+            assert!(!v.contains(&session), "{k} carries the session id: {s:#?}");
+        }
+    }
+    assert!(spans.iter().all(|s| s.links.is_empty()));
+}
+
+#[tokio::test]
+async fn in_link_mode_a_client_cannot_choose_the_trace() {
+    let (collector, spans) = otlp_receiver().await;
+    let (upstream, seen) = mcp_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("MARINA__TELEMETRY__CLIENT_CONTEXT", "link"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = MarinaProc::start_with_config("", "L", &env, &config);
+    // The client's context in the header this time, and baggage in `_meta`.
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({}))
+        .await
+        .with_header("traceparent", CLIENT_TRACEPARENT)
+        .with_header("tracestate", "client=1");
+    let (status, _) = client
+        .exchange(
+            &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "up.echo", "arguments": {}, "_meta": {"baggage": "tenant=other"},
+            }}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let server = spans
+            .iter()
+            .find(|s| s.kind == SERVER && s.name == "tools/call up.echo")
+            .cloned()?;
+        let client = spans
+            .iter()
+            .find(|s| s.kind == CLIENT && s.name == "tools/call echo")
+            .cloned()?;
+        Some((server, client))
+    })
+    .await;
+    let Some((server, upstream_call)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // A trace of Marina's own, linked to the client's span.
+    assert_ne!(server.trace_id, CLIENT_TRACE, "{server:#?}");
+    assert_eq!(server.parent_span_id, "", "{server:#?}");
+    assert_eq!(server.links, vec![CLIENT_TRACE.to_owned()], "{server:#?}");
+    assert_eq!(upstream_call.trace_id, server.trace_id);
+    // The upstream sees Marina's trace only: no client trace id, tracestate or baggage.
+    let seen = seen.lock().unwrap().clone();
+    let call = seen
+        .iter()
+        .find(|(_, m)| m["method"] == "tools/call")
+        .expect("the upstream got the call");
+    let expected = format!("00-{}-{}-01", server.trace_id, upstream_call.span_id);
+    assert_eq!(call.0.as_deref(), Some(expected.as_str()), "{call:?}");
+    let meta = &call.1["params"]["_meta"];
+    assert_eq!(meta["traceparent"], expected, "{call:?}");
+    assert!(
+        meta.get("tracestate").is_none() && meta.get("baggage").is_none(),
+        "{call:?}"
+    );
+}
+
+// Two workers: the receiver must answer the exporter while this test waits (blocking) for the
+// node to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_buffered_are_exported_at_exit() {
+    let (collector, spans) = otlp_receiver().await;
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        // Nothing is sent on schedule during this test: only the flush at exit can send it.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ];
+    let mut node = MarinaProc::start("", "X", &env);
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    assert_eq!(client.call_text(1, "add", json!({"a": 1, "b": 2})).await, "3");
+    assert!(spans.lock().unwrap().is_empty());
+    node.sigterm();
+    assert_eq!(node.wait_exit(Duration::from_secs(20)), Some(0));
+    let exported = eventually(Duration::from_secs(5), || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == "tools/call add" && s.instance == "X")
+            .then_some(())
+    })
+    .await;
+    assert!(exported.is_some(), "{:#?}", spans.lock().unwrap());
+}
