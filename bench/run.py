@@ -205,6 +205,81 @@ def overhead(args):
         print(f"| {name} | {c} | {r['rate']:,} | {', '.join(f'{x:,}' for x in r['runs'])} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:.2f} |")
 
 
+OTLP_SINK = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    requests = 0
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        H.requests += 1
+        self.send_response(200); self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0"); self.end_headers()
+    def do_GET(self):  # the count of export requests received
+        body = str(H.requests).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def telemetry(args):
+    """The price of telemetry: tools/call through Marina to rmcp-echo (the --overhead layout, one
+    session, JSON answers) with metrics on (the default), metrics off, and traces sampled at 100 %
+    to an OTLP/HTTP sink on CPU 1; the three nodes measured in interleaved rounds."""
+    echo_args = {"MCP_TOOL": "echo", "MCP_ARGS": '{"message":"hello"}'}
+    up_port, sink_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{up_port}/mcp"
+    up = Proc([args.echo], 1, up_port, {"ADDR": f"127.0.0.1:{up_port}", "THREADS": "1"})
+    sink = Proc([sys.executable, "-c", OTLP_SINK, str(sink_port)], 1, sink_port)
+    redis = Redis()
+    d = tempfile.mkdtemp()
+    cfg = os.path.join(d, "marina.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"egress:\n  allow_loopback: true\ntenants:\n  bench:\n    upstreams:\n"
+                f"      - {{kind: mcp, name: up, prefix: \"\", url: \"{url}\"}}\n")
+    variants = [
+        ("metrics on (default)", {}),
+        ("metrics off", {"MARINA__TELEMETRY__METRICS": "false"}),
+        ("metrics on, traces 100 %", {"MARINA__TELEMETRY__OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                                      "MARINA__TELEMETRY__SAMPLING_RATIO": "1.0"}),
+    ]
+    results = {}
+    exports = 0
+    try:
+        for rnd in range(args.repeats):
+            for name, env in variants:
+                m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/",
+                           dict(env, MARINA__SESSIONS__TOOLS_CALL_RESPONSE="json"), cfg)
+                sids = ",".join(open_sessions(m.port, 8, path="/t/bench/mcp"))
+                murl = f"http://127.0.0.1:{m.port}/t/bench/mcp"
+                for c in (8, 32):
+                    wrk(murl, c, 2, dict(echo_args, MCP_SESSIONS=sids))  # warm-up
+                    c0 = m.cpu_s()
+                    r = wrk(murl, c, args.duration, dict(echo_args, MCP_SESSIONS=sids))
+                    r["us"] = (m.cpu_s() - c0) / max(r["ok"], 1) * 1e6
+                    results.setdefault((name, c), []).append(r)
+                m.stop()
+                redis.cli("flushall")
+        conn = http.client.HTTPConnection("127.0.0.1", sink_port)
+        conn.request("GET", "/"); exports = int(conn.getresponse().read())
+    finally:
+        sink.stop(); redis.stop(); up.stop()
+    print("| node | C | calls/s (median) | runs | p50 ms | p99 ms | Marina CPU µs per call | failed | vs metrics off |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for c in (8, 32):
+        off = statistics.median(r["rate"] for r in results[("metrics off", c)])
+        for name, _ in variants:
+            runs = results[(name, c)]
+            med = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+            us = statistics.median(r["us"] for r in runs)
+            rates = ", ".join(f"{r['rate']:,}" for r in runs)
+            print(f"| {name} | {c} | {med['rate']:,} | {rates} | {med['p50']:.2f} | "
+                  f"{med['p99']:.2f} | {us:.0f} | {sum(r['bad'] for r in runs)} | {100 * med['rate'] / off:.1f} % |")
+    print(f"\nOTLP export requests the sink received (traces variant): {exports}")
+
+
 def stateless_call(port, path, tool, arguments, rid=1):
     """One stateless (MCP 2026-07-28) tools/call by hand: (HTTP status, JSON answer)."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
@@ -733,10 +808,13 @@ def main():
     ap.add_argument("--stateless", action="store_true", help="measure stateless-era (MCP 2026-07-28) tools/call against rmcp-echo beside the sessionful era, and the upstream requests per translated call, instead")
     ap.add_argument("--count-calls", type=int, default=500, help="with --stateless: sequential calls through the counting proxy")
     ap.add_argument("--protocols", default="2025-11-25,auto", help="with --stateless: the upstream revisions to measure (`protocol` of the upstream; comma-separated)")
+    ap.add_argument("--telemetry", action="store_true", help="measure the price of metrics and of traces sampled at 100 %% (against rmcp-echo) instead")
     ap.add_argument("--echo", default="/tmp/rmcp-echo-target/release/rmcp-echo", help="the rmcp-echo binary (bench/rmcp-echo)")
     args = ap.parse_args()
     if args.overhead:
         return overhead(args)
+    if args.telemetry:
+        return telemetry(args)
     if args.stateless:
         return stateless(args)
     if args.security:

@@ -70,6 +70,8 @@ pub struct AdminSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
+    /// Record Prometheus metrics (on by default; the benchmark's "metrics off").
+    pub metrics: bool,
     /// The collector's base URL (`http://collector:4318`; spans go to `/v1/traces`).
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
@@ -875,6 +877,7 @@ mod tests {
     fn telemetry_is_off_by_default_and_checked() {
         let s = load(None, Some(HashMap::new()), &[]).unwrap();
         assert_eq!(s.telemetry.otlp_endpoint, None);
+        assert!(s.telemetry.metrics);
         assert_eq!(s.telemetry.sampling_ratio, 1.0);
         assert_eq!(s.telemetry.client_context, ClientContext::Parent);
         let env = HashMap::from([

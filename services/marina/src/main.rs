@@ -295,6 +295,7 @@ fn serve_command(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    marina_telemetry::set_recording(settings.telemetry.metrics);
     let traces = marina_telemetry::traces::Config {
         endpoint: settings.telemetry.otlp_endpoint.clone(),
         sampling_ratio: settings.telemetry.sampling_ratio,

@@ -9,7 +9,8 @@ pub mod traces;
 
 pub use labels::{NamedTargets, OTHER, Outcome, Target};
 pub use metrics::{
-    AtCap, DEFAULT_MAX_NAMED_TARGETS, Metrics, ServerOperation, SseStream, UpstreamWait, metrics,
+    AtCap, DEFAULT_MAX_NAMED_TARGETS, Metrics, ServerOperation, SseStream, UpstreamWait, metrics, recording,
+    set_recording,
 };
 
 /// The content type of [`Metrics::render`]'s output.

@@ -33,6 +33,21 @@ const CONTROL_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0,
 /// "Series budget").
 pub const DEFAULT_MAX_NAMED_TARGETS: usize = 500;
 
+/// Whether observations are recorded (`telemetry.metrics`; on unless the node is told otherwise at
+/// start). Off, every observation returns at once; what the node itself relies on still counts
+/// (the open streams behind `server.max_open_streams`, the draining flag).
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turn recording off (or on) for the process; the node does it once, at start.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether observations are recorded.
+pub fn recording() -> bool {
+    RECORDING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The process's metrics (the node serves them at the admin listener's `/metrics`).
 pub fn metrics() -> &'static Metrics {
     static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| {
@@ -370,6 +385,9 @@ impl Metrics {
     }
 
     fn record_server(&self, op: &ServerOperation, outcome: Outcome) {
+        if !recording() {
+            return;
+        }
         let elapsed = op.started.elapsed();
         // A name the request got "invalid params" for was unknown, denied or malformed: it was
         // not one the tenant publishes to this caller.
@@ -408,6 +426,9 @@ impl Metrics {
         outcome: Outcome,
         elapsed: Duration,
     ) {
+        if !recording() {
+            return;
+        }
         self.client_op
             .with_label_values(&[tenant, upstream, labels::method(method), &outcome.label()])
             .observe(elapsed.as_secs_f64());
@@ -418,6 +439,9 @@ impl Metrics {
     /// One HTTP request on the public listener, until its response head. `route` is the
     /// matched pattern (or [`OTHER`]).
     pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        if !recording() {
+            return;
+        }
         self.http
             .with_label_values(&[route, labels::http_method(method), labels::status_class(status)])
             .observe(elapsed.as_secs_f64());
@@ -504,6 +528,9 @@ impl Metrics {
 
     /// A resumption with `Last-Event-ID` that replayed `events` stored events.
     pub fn sse_replay(&self, kind: &'static str, events: usize) {
+        if !recording() {
+            return;
+        }
         self.sse_replays.with_label_values(&[kind]).inc();
         self.sse_replayed
             .with_label_values(&[kind])
@@ -526,6 +553,9 @@ impl Metrics {
         elapsed: Duration,
         error: Option<&'static str>,
     ) {
+        if !recording() {
+            return;
+        }
         self.store_op
             .with_label_values(&[operation, system])
             .observe(elapsed.as_secs_f64());
@@ -536,11 +566,17 @@ impl Metrics {
 
     /// This node took a session over (`owner_gone`, `lease_expired`, `drain`).
     pub fn takeover(&self, reason: &'static str) {
+        if !recording() {
+            return;
+        }
         self.takeovers.with_label_values(&[reason]).inc();
     }
 
     /// This node forwarded a request (`kind`: `session`, `parked_call`).
     pub fn forward(&self, kind: &'static str, ok: bool) {
+        if !recording() {
+            return;
+        }
         self.forwards
             .with_label_values(&[kind, if ok { "ok" } else { "error" }])
             .inc();
@@ -560,11 +596,17 @@ impl Metrics {
 
     /// Authentication refused for `reason` (a fixed set, see the reference).
     pub fn auth_failure(&self, tenant: &str, reason: &'static str) {
+        if !recording() {
+            return;
+        }
         self.auth_failures.with_label_values(&[tenant, reason]).inc();
     }
 
     /// An RBAC decision on `action` (`list`, `call`, `read`, `get`).
     pub fn authz_decision(&self, tenant: &str, allow: bool, action: &'static str) {
+        if !recording() {
+            return;
+        }
         self.authz
             .with_label_values(&[tenant, if allow { "allow" } else { "deny" }, action])
             .inc();
@@ -572,6 +614,9 @@ impl Metrics {
 
     /// A limit check of `scope`.
     pub fn limit_decision(&self, tenant: &str, scope: &'static str, allow: bool) {
+        if !recording() {
+            return;
+        }
         self.limits
             .with_label_values(&[tenant, scope, if allow { "allow" } else { "deny" }])
             .inc();
@@ -588,6 +633,9 @@ impl Metrics {
 
     /// The node started backing off `upstream` of `tenant`.
     pub fn upstream_backoff(&self, tenant: &str, upstream: &str) {
+        if !recording() {
+            return;
+        }
         self.upstream_backoffs
             .with_label_values(&[tenant, upstream])
             .inc();
@@ -602,11 +650,17 @@ impl Metrics {
 
     /// A control-plane change written `delay` ago was applied here.
     pub fn control_applied(&self, delay: Duration) {
+        if !recording() {
+            return;
+        }
         self.control_apply.observe(delay.as_secs_f64());
     }
 
     /// A tenant document could not be applied.
     pub fn control_apply_error(&self) {
+        if !recording() {
+            return;
+        }
         self.control_errors.inc();
     }
 
@@ -686,7 +740,7 @@ impl SseStream {
     }
     /// `n` data events written.
     pub fn events(&self, n: usize) {
-        if n > 0 {
+        if n > 0 && recording() {
             self.metrics
                 .sse_events
                 .with_label_values(&[self.kind])
