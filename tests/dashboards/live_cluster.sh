@@ -63,4 +63,23 @@ status=0
 "$PY" tests/dashboards/check_live.py --prometheus "$PROM_URL" --scrape-interval 2s --range 5m || status=1
 "$PY" tests/dashboards/check_live.py --prometheus "$PROM_URL" --scrape-interval 2s --range 5m \
   --var tenant=acme || status=1
+
+# `cluster.sh down` leaves nothing behind: no process it started, no port it listened on.
+pids=$(cat "$MARINA_CLUSTER_DIR"/*.pid 2>/dev/null || true)
+ports=$(grep -o '_PORT=[0-9]*' "$MARINA_CLUSTER_DIR/ports.env" | cut -d= -f2)
+bash scripts/cluster.sh down >/dev/null
+left=
+for _ in $(seq 1 50); do
+  left=
+  for pid in $pids; do kill -0 "$pid" 2>/dev/null && left+=" process $pid"; done
+  for port in $ports; do ss -ltnH "sport = :$port" | grep -q . && left+=" port $port"; done
+  [[ -z $left ]] && break
+  sleep 0.2
+done
+if [[ -n $left ]]; then
+  echo "live_cluster.sh: scripts/cluster.sh down left$left" >&2
+  status=1
+else
+  echo "live_cluster.sh: cluster.sh down left no process ($(echo $pids | wc -w)) and no port ($(echo $ports | wc -w)) behind"
+fi
 exit $status
