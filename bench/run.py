@@ -167,6 +167,15 @@ class Proc:
             self.p.kill()
 
 
+def upstream_tenant_config(url):
+    """A configuration file: tenant `bench` publishing the MCP upstream at `url` unprefixed."""
+    cfg = os.path.join(tempfile.mkdtemp(), "marina.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"egress:\n  allow_loopback: true\ntenants:\n  bench:\n    upstreams:\n"
+                f"      - {{kind: mcp, name: up, prefix: \"\", url: \"{url}\"}}\n")
+    return cfg
+
+
 def overhead(args):
     """Gateway overhead: tools/call echo straight to rmcp-echo vs through Marina (JSON mode)."""
     echo_args = {"MCP_TOOL": "echo", "MCP_ARGS": '{"message":"hello"}'}
@@ -183,11 +192,7 @@ def overhead(args):
     for c in (1, 8, 32):
         r = measured(up, url, c, args, echo_args); rows.append(("ceiling: rmcp-echo on CPU 1 with wrk", c, r))
     redis = Redis()
-    d = tempfile.mkdtemp()
-    cfg = os.path.join(d, "marina.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"egress:\n  allow_loopback: true\ntenants:\n  bench:\n    upstreams:\n"
-                f"      - {{kind: mcp, name: up, prefix: \"\", url: \"{url}\"}}\n")
+    cfg = upstream_tenant_config(url)
     try:
         m = Marina(args.marina, f"redis://127.0.0.1:{redis.port}/", {"MARINA__SESSIONS__TOOLS_CALL_RESPONSE": "json"}, cfg)
         sids = ",".join(open_sessions(m.port, 8, path="/t/bench/mcp"))
@@ -234,11 +239,7 @@ def telemetry(args):
     up = Proc([args.echo], 1, up_port, {"ADDR": f"127.0.0.1:{up_port}", "THREADS": "1"})
     sink = Proc([sys.executable, "-c", OTLP_SINK, str(sink_port)], 1, sink_port)
     redis = Redis()
-    d = tempfile.mkdtemp()
-    cfg = os.path.join(d, "marina.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"egress:\n  allow_loopback: true\ntenants:\n  bench:\n    upstreams:\n"
-                f"      - {{kind: mcp, name: up, prefix: \"\", url: \"{url}\"}}\n")
+    cfg = upstream_tenant_config(url)
     variants = [
         ("metrics on (default)", {}),
         ("metrics off", {"MARINA__TELEMETRY__METRICS": "false"}),

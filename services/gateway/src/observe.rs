@@ -42,8 +42,7 @@ impl Operation {
     }
     fn finish(self, outcome: Outcome) {
         if outcome.is_error() {
-            self.span.record("error.type", outcome.label().as_str());
-            self.span.record("otel.status_code", "ERROR");
+            marina_telemetry::traces::record_error(&self.span, outcome.label().as_str());
         }
         self.metric.finish(outcome);
     }

@@ -155,6 +155,12 @@ pub fn store_span(operation: &'static str, system: &'static str) -> tracing::Spa
     )
 }
 
+/// Mark `span` (a SERVER, CLIENT or store span) as failed with `error_type` (`error.type`).
+pub fn record_error(span: &tracing::Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+}
+
 /// A span's name after the MCP conventions: `{mcp.method.name} {target}`, the target being the
 /// tool or prompt the request names.
 pub fn span_name(method: &str, target: Option<&str>) -> String {

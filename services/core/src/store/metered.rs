@@ -48,8 +48,7 @@ macro_rules! measured {
         let r = $call.instrument(span.clone()).await;
         let error = r.as_ref().err().and_then(error_type);
         if let Some(e) = error {
-            span.record("error.type", e);
-            span.record("otel.status_code", "ERROR");
+            marina_telemetry::traces::record_error(&span, e);
         }
         marina_telemetry::metrics().store_operation($op, $self.system, started.elapsed(), error);
         r

@@ -658,8 +658,7 @@ impl McpUpstream {
             Err(_) => Outcome::Other,
         };
         if outcome.is_error() {
-            span.record("error.type", outcome.label().as_str());
-            span.record("otel.status_code", "ERROR");
+            traces::record_error(&span, outcome.label().as_str());
         }
         let waited = started.elapsed();
         marina_telemetry::metrics().client_operation(
