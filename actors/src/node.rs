@@ -306,12 +306,17 @@ impl Node {
         if l.valid_until.is_some_and(|t| now < t) {
             return Some(l.epoch);
         }
+        self.lapse(l);
+        None
+    }
+
+    /// Handle a lapse once: a new epoch, every local actor stopped.
+    fn lapse(&self, l: &mut Liveness) {
         if !l.lapsed {
             l.lapsed = true;
             l.epoch += 1;
             self.stop_all();
         }
-        None
     }
 
     /// The session's actor if it runs here; else the right to activate it, unless another worker
@@ -389,7 +394,8 @@ impl Node {
         may_forward: bool,
         avoid: Option<&str>,
     ) -> Result<Resolved, ResolveError> {
-        let deadline = Instant::now() + self.sessions().lease_ttl() + RESOLVE_SLACK;
+        let ttl = self.sessions().lease_ttl();
+        let deadline = Instant::now() + ttl + marina_core::store::takeover_grace(ttl) + RESOLVE_SLACK;
         loop {
             let epoch = self.live_epoch().ok_or(ResolveError::Rejoining)?;
             let claim = match self.find_or_claim(id, epoch) {
@@ -528,13 +534,28 @@ impl Node {
         let res = tokio::time::timeout(ttl / 2, self.store.register_node(&info, ttl))
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("node announcement timed out".into())));
-        if res.is_ok() {
+        if let Ok(existed) = res {
             let mut l = self.liveness();
             let now = Instant::now();
             // The record was written somewhere between `started` and now. If the old one may
             // have expired before that, handle the lapse first (its actors all predate it:
             // activations need liveness), then count the new one from `started`.
-            let was_live = self.check_liveness(&mut l, now).is_some();
+            let mut was_live = self.check_liveness(&mut l, now).is_some();
+            // The old record had vanished before its time (Redis's clock jumped, or it was
+            // removed). A peer takes a node's sessions over only once its record has been
+            // missing for the take-over grace; if our announcements were that far apart, one
+            // may have: handle it as a lapse.
+            let previous = l.valid_until.and_then(|t| t.checked_sub(ttl));
+            if was_live
+                && !existed
+                && previous.is_some_and(|p| now.duration_since(p) >= marina_core::store::takeover_grace(ttl))
+            {
+                tracing::warn!(
+                    "this node's record vanished from the store before its time; handling it as a lapse"
+                );
+                self.lapse(&mut l);
+                was_live = false;
+            }
             let until = started + ttl;
             if l.valid_until.is_none_or(|t| t < until) {
                 l.valid_until = Some(until);
@@ -546,7 +567,7 @@ impl Node {
                 }
             }
         }
-        res
+        res.map(|_| ())
     }
 
     /// Stop every local actor at once (their leases may have been taken over). Claims in progress

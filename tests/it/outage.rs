@@ -228,6 +228,100 @@ async fn a_session_taken_over_during_the_lapse_is_forwarded_not_reclaimed() {
     assert_eq!(a.live_sessions(), 0);
 }
 
+/// Stand-in for Redis's clock jumping forward (a stepped host clock, a VM resumed from a pause):
+/// the node's record vanishes before its time while the node itself, on its monotonic clock,
+/// is alive and serving.
+async fn record_vanishes(store: &Arc<dyn SessionStore>, node: &Arc<Node>) {
+    store
+        .unregister_node(&node.config.instance)
+        .await
+        .expect("remove record");
+    assert!(store.node(&node.config.instance).await.expect("look").is_none());
+}
+
+#[actix_rt::test]
+async fn a_live_node_whose_record_vanished_keeps_its_sessions() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis, "jump");
+    let a = node(store.clone(), "A");
+    let b = node(store.clone(), "B");
+    a.heartbeat(URL).await.expect("announce A");
+    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    let id = create(&a).await.expect("session");
+    served_locally(&a, &id).await;
+
+    record_vanishes(&store, &a).await;
+    // B looks for the session while A's record is missing; A announces itself again on its
+    // next heartbeat, well within the grace — so B must forward, not take the session over.
+    let (a2, look_started) = (a.clone(), Instant::now());
+    let announce = actix_rt::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a2.heartbeat(URL).await.expect("announce A again")
+    });
+    match b.resolve("demo", &id, true, None).await {
+        Ok(Resolved::Remote { holder, url }) => {
+            assert_eq!(holder, a.config.instance);
+            assert_eq!(url, URL);
+        }
+        other => panic!("expected a forward to A, got {other:?}"),
+    }
+    assert!(
+        look_started.elapsed() >= Duration::from_millis(150),
+        "B waited for A's record"
+    );
+    announce.await.expect("announce task");
+    assert_eq!(b.live_sessions(), 0);
+    // A announced within the grace: nothing lapsed, its actor still serves.
+    assert!(a.is_live());
+    assert_eq!(a.live_sessions(), 1);
+    served_locally(&a, &id).await;
+}
+
+#[actix_rt::test]
+async fn a_node_whose_record_vanished_for_the_grace_stops_its_actors_and_takes_them_back() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis, "jump2");
+    let a = node(store.clone(), "A");
+    let b = node(store.clone(), "B");
+    a.heartbeat(URL).await.expect("announce A");
+    let mine = create(&a).await.expect("session");
+    let actor = served_locally(&a, &mine).await;
+    let theirs = create(&a).await.expect("second session");
+    served_locally(&a, &theirs).await;
+
+    // A's record vanishes and A cannot announce for the whole grace (half the 1 s lease TTL),
+    // though not for a whole TTL: by A's own clock it never lapsed. B takes a session over.
+    let gone = Instant::now();
+    record_vanishes(&store, &a).await;
+    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    assert!(matches!(
+        b.resolve("demo", &theirs, false, None).await,
+        Ok(Resolved::Local(_))
+    ));
+    assert!(
+        gone.elapsed() >= Duration::from_millis(500),
+        "B waited for the grace"
+    );
+    assert!(a.is_live(), "by its own clock A is still live");
+
+    // A's next announcement finds its record gone after a gap that long: a lapse. Every actor
+    // of A stops — including the one whose session B now runs.
+    a.heartbeat(URL).await.expect("announce A again");
+    wait_until("A's actors stopped", Duration::from_secs(5), || async {
+        !actor.connected()
+    })
+    .await;
+    assert_eq!(a.live_sessions(), 0);
+    assert!(a.is_live(), "announced again: serving");
+    // The session nobody took is A's again (reclaimed); the other is forwarded to B.
+    served_locally(&a, &mine).await;
+    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    match a.resolve("demo", &theirs, true, None).await {
+        Ok(Resolved::Remote { holder, .. }) => assert_eq!(holder, b.config.instance),
+        other => panic!("expected a forward to B, got {other:?}"),
+    }
+}
+
 #[actix_rt::test]
 async fn redis_down_gives_503_and_the_node_recovers() {
     let mut redis = RedisServer::start();

@@ -125,6 +125,17 @@ impl Fence {
     }
 }
 
+/// How long a node whose record it finds missing waits, and looks again, before it takes that
+/// node's sessions over: half the lease TTL. A record can vanish before its time — Redis expires
+/// keys by its wall clock, which jumps when the host's clock is stepped or its VM resumes from a
+/// pause — while the node itself, which counts on a monotonic clock, is alive and still serving;
+/// it re-announces within a third of the TTL, so a live node's record is back before the grace
+/// ends. A node that finds its own record gone after a gap at least this long handles it as a
+/// lapse (`Node::heartbeat`), so no two nodes ever both run a session.
+pub fn takeover_grace(lease_ttl: Duration) -> Duration {
+    lease_ttl / 2
+}
+
 /// Result of trying to take a session's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
@@ -183,9 +194,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Delete a session and all its keys (streams `0..streams`). Returns whether it existed.
     async fn delete_session(&self, id: &SessionId, streams: StreamId) -> Result<bool, StoreError>;
     /// Take the session's lease if nobody holds it, or if its holder's node is no longer alive
-    /// (its node record expired). A lease has no TTL of its own: it is valid while its holder's
-    /// node renews its record ([`Self::register_node`]), so liveness costs one write per node,
-    /// not one per session. Taking over bumps the fencing token, which fences the old holder.
+    /// (its node record expired, and is still missing after [`takeover_grace`]). A lease has no
+    /// TTL of its own: it is valid while its holder's node renews its record
+    /// ([`Self::register_node`]), so liveness costs one write per node, not one per session.
+    /// Taking over bumps the fencing token, which fences the old holder.
     async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError>;
     /// Like [`Self::acquire_lease`], and also take over a lease that names `holder` itself, with
     /// a fresh fencing token. Only for a holder that knows it runs no actor for the session (an
@@ -265,8 +277,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// The cluster's key `name`: the first node to ask stores `candidate` and every node gets
     /// that one.
     async fn cluster_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
-    /// Announce (or refresh) a node; it is alive — and its leases valid — for `ttl`.
-    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// Announce (or refresh) a node; it is alive — and its leases valid — for `ttl`. Whether
+    /// its previous record was still there: one that vanished before its time (the store's
+    /// clock stepped forward, or someone removed it) may have let a peer take its sessions over.
+    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<bool, StoreError>;
     /// Look a node up.
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError>;
     /// Every node alive now (the directory a draining node hands new work on from).

@@ -418,12 +418,12 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
-        self.with(|s| {
+    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
             s.nodes
                 .insert(node.instance.clone(), Expiring::new(node.clone(), ttl))
-        });
-        Ok(())
+                .is_some_and(|old| old.live())
+        }))
     }
 
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {

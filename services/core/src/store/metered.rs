@@ -182,7 +182,7 @@ impl SessionStore for MeteredStore {
     async fn cluster_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
         measured!(self, "cluster_key", self.inner.cluster_key(name, candidate))
     }
-    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<bool, StoreError> {
         measured!(self, "register_node", self.inner.register_node(node, ttl))
     }
     async fn node(&self, instance: &str) -> Result<Option<NodeInfo>, StoreError> {

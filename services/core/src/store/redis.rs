@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::ThreadId;
 
 use async_trait::async_trait;
@@ -130,6 +131,9 @@ pub struct RedisStore {
     append: Script,
     complete: Script,
     begin: Script,
+    /// The lease TTL this process announces its node with (ms; 0 before the first
+    /// announcement): the take-over grace is derived from it ([`super::takeover_grace`]).
+    node_ttl_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -166,6 +170,7 @@ impl RedisStore {
             append: Script::new(APPEND),
             complete: Script::new(COMPLETE),
             begin: Script::new(BEGIN),
+            node_ttl_ms: AtomicU64::new(0),
         })
     }
 
@@ -425,6 +430,12 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// How long a missing node record must stay missing before this node takes that node's
+    /// sessions over.
+    fn takeover_grace(&self) -> Duration {
+        super::takeover_grace(Duration::from_millis(self.node_ttl_ms.load(Ordering::Relaxed)))
+    }
+
     /// Run the acquire script: take the lease if it is free or still holds exactly `stale`
     /// (`""`: free only); its status and detail.
     async fn take_lease(
@@ -624,17 +635,29 @@ impl SessionStore for RedisStore {
         // At most two rounds: find the holder; if its node is gone, take over exactly that lease.
         for _ in 0..2 {
             let taking_over = !stale.is_empty();
+            let stale_seen = stale.clone();
             match self.take_lease(id, holder, stale).await? {
                 (1, Some(t)) => {
                     if taking_over {
                         // The holder's node record expired: it died (or lost the store).
                         marina_telemetry::metrics().takeover("owner_gone");
+                        tracing::info!(
+                            session = crate::telemetry::session_tag(id.as_str()),
+                            previous = parse_lease(&stale_seen).0,
+                            "took over a session whose holder's node record is gone"
+                        );
                     }
                     return acquired(id, holder, &t);
                 }
                 (2, Some(v)) => {
                     let owner = parse_lease(&v).0;
                     if owner == holder || self.node(&owner).await?.is_some() {
+                        return Ok(LeaseOutcome::Held { holder: owner });
+                    }
+                    // Its record is gone — expired, or vanished early because Redis's clock
+                    // jumped. A live owner announces itself again within the grace.
+                    tokio::time::sleep(self.takeover_grace()).await;
+                    if self.node(&owner).await?.is_some() {
                         return Ok(LeaseOutcome::Held { holder: owner });
                     }
                     stale = v;
@@ -776,19 +799,24 @@ impl SessionStore for RedisStore {
             .map(|e| e.entry))
     }
 
-    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
+    async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<bool, StoreError> {
         let v = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = super::now_ms();
         let until = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
         let dir = self.nodes_key();
         // The record first: the directory only points at records, listing reads them.
+        self.node_ttl_ms.store(
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let mut pipe = redis::pipe();
+        // GET: the previous record, to tell whether it vanished before its time.
         pipe.cmd("SET")
             .arg(self.node_key(&node.instance))
             .arg(v)
             .arg("PX")
             .arg(ms(ttl))
-            .ignore()
+            .arg("GET")
             .cmd("ZADD")
             .arg(&dir)
             .arg(until)
@@ -810,7 +838,8 @@ impl SessionStore for RedisStore {
             .arg(ms(ttl))
             .arg("GT")
             .ignore();
-        self.query_pipe::<()>(pipe).await
+        let (previous,): (Option<String>,) = self.query_pipe(pipe).await?;
+        Ok(previous.is_some())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {

@@ -359,7 +359,15 @@ async fn nodes_register_and_expire(s: &dyn SessionStore) {
         let all = s.nodes().await.unwrap();
         all.into_iter().filter(|m| m.instance == instance).collect()
     }
-    s.register_node(&n, Duration::from_millis(200)).await.unwrap();
+    // Each announcement says whether the previous record was still there.
+    assert!(
+        !s.register_node(&n, Duration::from_millis(200)).await.unwrap(),
+        "first"
+    );
+    assert!(
+        s.register_node(&n, Duration::from_millis(200)).await.unwrap(),
+        "renewed"
+    );
     assert_eq!(s.node(&n.instance).await.unwrap(), Some(n.clone()));
     assert_eq!(listed(s, &n.instance).await, vec![n.clone()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -369,11 +377,13 @@ async fn nodes_register_and_expire(s: &dyn SessionStore) {
         draining: true,
         ..n.clone()
     };
-    s.register_node(&draining, TTL).await.unwrap();
-    assert_eq!(listed(s, &n.instance).await, vec![draining]);
+    assert!(!s.register_node(&draining, TTL).await.unwrap(), "after expiry");
+    assert_eq!(listed(s, &n.instance).await, vec![draining.clone()]);
     s.unregister_node(&n.instance).await.unwrap();
     assert_eq!(s.node(&n.instance).await.unwrap(), None);
     assert_eq!(listed(s, &n.instance).await, vec![]);
+    assert!(!s.register_node(&draining, TTL).await.unwrap(), "after removal");
+    s.unregister_node(&n.instance).await.unwrap();
 }
 
 async fn tenants_index_their_sessions(s: &dyn SessionStore) {
