@@ -28,7 +28,6 @@ use marina_core::store::{Fence, SessionRecord};
 use marina_core::tenant::Tenant;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument as _;
 
 use crate::node::Node;
 use state::Shared;
@@ -131,7 +130,7 @@ pub struct Dispatch {
     pub wait: marina_telemetry::UpstreamWait,
     /// The request's span: the actor serves the message inside it, so the request's trace
     /// continues here (its upstream calls are its children).
-    pub span: tracing::Span,
+    pub span: marina_telemetry::traces::Span,
 }
 
 /// Open an SSE stream: the standalone GET stream, or a resumption after `last_event_id`.
@@ -304,7 +303,7 @@ impl Handler<Dispatch> for SessionActor {
     fn handle(&mut self, msg: Dispatch, _ctx: &mut Self::Context) -> Self::Result {
         let shared = self.shared.clone();
         let span = msg.span.clone();
-        Box::pin(async move { shared.dispatch(msg).await }.instrument(span))
+        Box::pin(span.within(async move { shared.dispatch(msg).await }))
     }
 }
 

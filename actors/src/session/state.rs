@@ -20,10 +20,10 @@ use marina_core::store::{Fence, InflightCall, SessionRecord, StoreError, now_ms}
 use marina_core::telemetry::session_tag;
 use marina_core::tenant::Tenant;
 use marina_core::tools::ToolIndex;
+use marina_telemetry::traces::InSpan as _;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use super::call::RunCall;
 use super::{Dispatch, Frame, OpenStream, Rejection, Reply, StreamHandle};
@@ -907,7 +907,7 @@ impl Shared {
                         reply: Some(tx),
                         wait: who.wait.clone(),
                     })
-                    .instrument(marina_telemetry::traces::current()),
+                    .in_span(marina_telemetry::traces::current()),
             );
             return Reply::Pending(rx);
         }
@@ -962,7 +962,7 @@ impl Shared {
                     reply: None,
                     wait: who.wait.clone(),
                 })
-                .instrument(marina_telemetry::traces::current()),
+                .in_span(marina_telemetry::traces::current()),
         );
         let polling = protocol::supports_sse_polling(&self.protocol_version());
         Reply::Stream(StreamHandle {

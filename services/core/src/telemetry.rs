@@ -1,8 +1,8 @@
 //! Structured logs through `tracing`: human or JSON lines, filter from settings or `RUST_LOG`.
 //! Request spans carry `request_id`, `tenant` and `session` (and `trace_id`/`span_id` when the
 //! request is traced); tokens and session secrets are never recorded (session ids are logged
-//! only as a short non-reversible tag, see [`session_tag`]). Traces (OpenTelemetry) are a second
-//! layer of the same subscriber, when configured (`marina_telemetry::traces`).
+//! only as a short non-reversible tag, see [`session_tag`]). Traces (OpenTelemetry) are started
+//! here too when configured, but they are not `tracing` spans (`marina_telemetry::traces`).
 
 use std::io::IsTerminal as _;
 
@@ -15,18 +15,8 @@ use crate::settings::LogFormat;
 /// `traces`: the process's traces, if it may have them (off unless an endpoint is configured).
 pub fn init(format: LogFormat, filter: &str, traces: Option<&traces::Config>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    // The spans exported as traces are not log lines, whatever the filter says; with the
-    // filter on the log layer alone, the log filter does not decide what is traced either.
-    let filter = match format!("{}=off", traces::TARGET).parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    };
-    let (otel, failed) = match traces.map(traces::init) {
-        Some(Ok(layer)) => (layer, None),
-        Some(Err(e)) => (None, Some(e)),
-        None => (None, None),
-    };
-    let registry = tracing_subscriber::registry().with(otel);
+    let failed = traces.map(traces::init).and_then(Result::err);
+    let registry = tracing_subscriber::registry();
     let _ = match format {
         LogFormat::Json => registry
             .with(

@@ -23,7 +23,7 @@ use crate::reply::Refusal;
 /// An MCP operation being served: its metric and, when traces are on, its SERVER span.
 pub struct Operation {
     metric: ServerOperation,
-    span: tracing::Span,
+    span: traces::Span,
 }
 
 impl Operation {
@@ -33,16 +33,16 @@ impl Operation {
     }
     /// The SERVER span (disabled when traces are off): the request is served inside it, so
     /// upstream calls become its children.
-    pub fn span(&self) -> &tracing::Span {
+    pub fn span(&self) -> &traces::Span {
         &self.span
     }
     /// The session is known: tag the span with it (never the id itself, a bearer secret).
     pub fn session(&self, tag: &str) {
-        self.span.record("mcp.session.id", tag);
+        self.span.set("mcp.session.id", tag.to_owned());
     }
     fn finish(self, outcome: Outcome) {
         if outcome.is_error() {
-            marina_telemetry::traces::record_error(&self.span, outcome.label().as_str());
+            self.span.record_error(outcome.label());
         }
         self.metric.finish(outcome);
     }
@@ -80,29 +80,32 @@ pub fn begin(
     let version = meta_version.or(header_version).or(requested);
     let metric = marina_telemetry::metrics().server_operation(tenant, method, target, version);
     let span = if traces::enabled() {
-        let span = server_span(tenant, message, method, target, version);
         // A forwarded request continues the forwarding node's span; any other one gets the
         // client's context as the settings say.
-        match traces::extract(None, header("traceparent"), header("tracestate")).filter(|_| from_peer()) {
-            Some(peer) => traces::join(&span, peer),
-            None => {
-                let client = traces::extract(
+        let (client, from_peer) = match traces::extract(None, header("traceparent"), header("tracestate"))
+            .filter(|_| from_peer())
+        {
+            Some(peer) => (Some(peer), true),
+            None => (
+                traces::extract(
                     params.and_then(|p| p.get("_meta")),
                     header("traceparent"),
                     header("tracestate"),
-                );
-                traces::adopt(&span, client);
-            }
-        }
-        // The request's log lines (its `request` span) name the trace they belong to.
-        if let Some((trace_id, span_id)) = traces::ids(&span) {
+                ),
+                false,
+            ),
+        };
+        let span = server_span(tenant, message, method, target, version, client, from_peer);
+        // The request's log lines (its `request` span) name the trace they belong to; formatted
+        // only if a log line is written.
+        if let Some((trace_id, span_id)) = span.ids() {
             let request = tracing::Span::current();
-            request.record("trace_id", trace_id);
-            request.record("span_id", span_id);
+            request.record("trace_id", tracing::field::display(trace_id));
+            request.record("span_id", tracing::field::display(span_id));
         }
         span
     } else {
-        tracing::Span::none()
+        traces::Span::none()
     };
     Some(Operation { metric, span })
 }
@@ -114,31 +117,44 @@ fn server_span(
     method: &str,
     target: Target<'_>,
     version: Option<&str>,
-) -> tracing::Span {
+    client: Option<traces::SpanContext>,
+    from_peer: bool,
+) -> traces::Span {
+    use traces::KeyValue;
     let (tool, name) = match target {
         Target::Tool(n) => (Some(n), Some(n)),
         Target::Prompt(n) => (None, Some(n)),
         Target::None => (None, None),
     };
+    let mut attributes = Vec::with_capacity(7);
+    attributes.push(KeyValue::new("mcp.method.name", method.to_owned()));
+    if let Some(t) = tool {
+        attributes.push(KeyValue::new(
+            "gen_ai.tool.name",
+            marina_core::protocol::truncate(t, 128).to_owned(),
+        ));
+    }
     // The id of a request (a notification has none), as the conventions want it: a string.
-    let rpc_id = match message.get("id") {
-        Some(Value::String(s)) => Some(marina_core::protocol::truncate(s, 128).to_owned()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    tracing::info_span!(
-        target: traces::TARGET,
-        "mcp.server",
-        otel.name = %traces::span_name(method, name),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        mcp.method.name = method,
-        gen_ai.tool.name = tool.map(|t| marina_core::protocol::truncate(t, 128)),
-        jsonrpc.request.id = rpc_id.as_deref(),
-        mcp.protocol.version = version.map(|v| marina_core::protocol::truncate(v, 32)),
-        mcp.session.id = tracing::field::Empty,
-        marina.tenant = tenant,
-        error.type = tracing::field::Empty,
+    match message.get("id") {
+        Some(Value::String(s)) => attributes.push(KeyValue::new(
+            "jsonrpc.request.id",
+            marina_core::protocol::truncate(s, 128).to_owned(),
+        )),
+        Some(Value::Number(n)) => attributes.push(KeyValue::new("jsonrpc.request.id", n.to_string())),
+        _ => {}
+    }
+    if let Some(v) = version {
+        attributes.push(KeyValue::new(
+            "mcp.protocol.version",
+            marina_core::protocol::truncate(v, 32).to_owned(),
+        ));
+    }
+    attributes.push(KeyValue::new("marina.tenant", tenant.to_owned()));
+    traces::server(
+        traces::span_name(method, name).into(),
+        attributes,
+        client,
+        from_peer,
     )
 }
 

@@ -2,31 +2,37 @@
 //! processor, which runs on its own thread (no async runtime of its own). `docs/operations.md`
 //! ("Tracing") is the contract for span names, attributes and settings.
 //!
-//! The spans are `tracing` spans of target [`TARGET`], turned into OpenTelemetry spans by the
-//! layer [`init`] returns; the log output never shows them (the logging layer filters that
-//! target out), so a request's log lines keep their `request` span. When traces are off nothing
-//! here is installed: the spans are disabled at their call site and every helper returns at once.
+//! The spans are built with the OpenTelemetry API directly — not as `tracing` spans turned into
+//! OpenTelemetry ones by a layer, which cost a sampled request about as much CPU as the rest of
+//! its telemetry (every attribute went through a visitor into a new `String`, and every poll of
+//! every future inside a span entered and left it in the layer). A [`Span`] is an OpenTelemetry
+//! `Context` holding the span; [`Span::within`] makes it the current context while a future
+//! runs, so what that future starts (an upstream request, a store round trip) is its child. When
+//! traces are off nothing here is installed: every span is [`Span::none`] and every helper
+//! returns at once.
 //!
 //! Context propagation follows W3C Trace Context, in `params._meta` (SEP-414) and in HTTP headers.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::future::Future;
 use std::sync::OnceLock;
 
+use futures_util::future::Either;
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{
+    Link, SpanBuilder, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, Value as AttributeValue};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use serde_json::Value;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::registry::LookupSpan;
 
-/// The `tracing` target of the spans exported as OpenTelemetry spans (and of nothing else).
-pub const TARGET: &str = "marina::otel";
+pub use opentelemetry::KeyValue;
+pub use opentelemetry::trace::SpanContext;
 
 /// What the process's traces need to know.
 #[derive(Debug, Clone)]
@@ -46,21 +52,83 @@ pub struct Config {
 
 /// The process's tracer provider, once traces are on (for [`shutdown`]).
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// The tracer every span comes from, once traces are on.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Whether client contexts are linked rather than adopted; set once traces are on.
 static LINK: OnceLock<bool> = OnceLock::new();
 
 /// Are traces on in this process?
 pub fn enabled() -> bool {
-    LINK.get().is_some()
+    TRACER.get().is_some()
 }
 
-/// The current span when traces are on (for work that continues elsewhere: another task, an
-/// actor), a disabled one otherwise — so that, off, nothing is carried or entered.
-pub fn current() -> tracing::Span {
-    if enabled() {
-        tracing::Span::current()
+/// A span of the process's traces, or none (traces off; a store call outside any trace). Cheap
+/// to clone (an `Arc`); the span ends when its last clone is dropped.
+#[derive(Clone, Debug, Default)]
+pub struct Span(Option<Context>);
+
+impl Span {
+    /// No span: inside it, nothing is traced and nothing is carried.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Run `fut` inside this span (its context is the current one while `fut` is polled), so
+    /// that what it starts is the span's child; without a span, `fut` as it is.
+    pub fn within<F: Future>(self, fut: F) -> Either<WithContext<F>, F> {
+        match self.0 {
+            Some(cx) => Either::Left(fut.with_context(cx)),
+            None => Either::Right(fut),
+        }
+    }
+
+    /// Set attribute `key` (one the conventions name; none when traces are off).
+    pub fn set(&self, key: &'static str, value: impl Into<AttributeValue>) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Mark the span (a SERVER, CLIENT or store span) as failed with `error_type`
+    /// (`error.type`).
+    pub fn record_error(&self, error_type: impl Into<AttributeValue>) {
+        if let Some(cx) = &self.0 {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new("error.type", error_type));
+            span.set_status(Status::error(""));
+        }
+    }
+
+    /// The trace and span ids of the span when it is sampled: what its log lines name.
+    pub fn ids(&self) -> Option<(TraceId, SpanId)> {
+        let cx = self.0.as_ref()?;
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.is_valid() && sc.is_sampled()).then(|| (sc.trace_id(), sc.span_id()))
+    }
+}
+
+/// `fut.in_span(span)`: [`Span::within`], written after the future.
+pub trait InSpan: Future + Sized {
+    /// Run this future inside `span`.
+    fn in_span(self, span: Span) -> Either<WithContext<Self>, Self> {
+        span.within(self)
+    }
+}
+
+impl<F: Future> InSpan for F {}
+
+/// The current span (for work that continues elsewhere: another task, an actor); none when
+/// traces are off or no span is current, so that nothing is carried or entered.
+pub fn current() -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    let cx = Context::current();
+    if cx.has_active_span() {
+        Span(Some(cx))
     } else {
-        tracing::Span::none()
+        Span::none()
     }
 }
 
@@ -74,14 +142,11 @@ fn endpoint_configured(config: &Config) -> bool {
             || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
-/// Build the exporter and the tracer provider and return the layer that turns spans of
-/// [`TARGET`] into OpenTelemetry spans; `Ok(None)` when traces are off. Call once per process.
-pub fn init<S>(config: &Config) -> Result<Option<impl Layer<S>>, String>
-where
-    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
-{
+/// Build the exporter and the tracer provider; `Ok(false)` when traces are off (no endpoint).
+/// Call once per process.
+pub fn init(config: &Config) -> Result<bool, String> {
     if !endpoint_configured(config) {
-        return Ok(None);
+        return Ok(false);
     }
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
     if let Some(base) = &config.endpoint {
@@ -109,15 +174,8 @@ where
         return Err("traces are initialised once per process".into());
     }
     let _ = LINK.set(config.link_client_context);
-    Ok(Some(
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            // The spans carry what the conventions name; code locations and threads are noise.
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO)),
-    ))
+    let _ = TRACER.set(tracer);
+    Ok(true)
 }
 
 /// Export what is buffered and stop the exporter (at process exit; the SDK gives up after 5 s,
@@ -130,35 +188,94 @@ pub fn shutdown() {
     }
 }
 
-/// The span of one store operation (`operation` of store `system`, e.g. `redis`), when the caller
-/// is in a trace; a disabled span otherwise (the node's own background round trips are not
-/// traced: they would be a root span each).
-pub fn store_span(operation: &'static str, system: &'static str) -> tracing::Span {
-    if !enabled()
-        || !tracing::Span::current()
-            .context()
-            .span()
-            .span_context()
-            .is_valid()
-    {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        target: TARGET,
-        "db",
-        otel.name = operation,
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        db.system.name = system,
-        db.operation.name = operation,
-        error.type = tracing::field::Empty,
+/// Start a span of `kind` named `name` as a child of `parent` (a root span when `parent` has
+/// none), with `attributes` and `links`.
+fn start(
+    tracer: &SdkTracer,
+    name: Cow<'static, str>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    links: Vec<Link>,
+    parent: &Context,
+) -> Span {
+    let builder = SpanBuilder::from_name(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .with_links(links);
+    Span(Some(parent.with_span(tracer.build_with_context(builder, parent))))
+}
+
+/// The SERVER span of a request, named `name`, with `attributes`. `client`: the context the
+/// request carried — its parent (`client_context = "parent"`), or linked from a new trace
+/// (`"link"`), so that a tenant's client cannot choose Marina's trace ids or sampling;
+/// `from_peer`: a peer node forwarded the request (authenticated), so `client` is that node's
+/// span and the parent whatever the mode.
+pub fn server(
+    name: Cow<'static, str>,
+    attributes: Vec<KeyValue>,
+    client: Option<SpanContext>,
+    from_peer: bool,
+) -> Span {
+    let Some(tracer) = TRACER.get() else {
+        return Span::none();
+    };
+    let link = !from_peer && LINK.get().copied().unwrap_or(false);
+    server_span(tracer, name, attributes, client, link)
+}
+
+fn server_span(
+    tracer: &SdkTracer,
+    name: Cow<'static, str>,
+    attributes: Vec<KeyValue>,
+    client: Option<SpanContext>,
+    link: bool,
+) -> Span {
+    let (links, parent) = match client {
+        Some(client) if link => (vec![Link::with_context(client)], Context::new()),
+        Some(client) => (Vec::new(), Context::new().with_remote_span_context(client)),
+        None => (Vec::new(), Context::new()),
+    };
+    start(tracer, name, SpanKind::Server, attributes, links, &parent)
+}
+
+/// A CLIENT span named `name`, with `attributes`, child of the current span (a root span
+/// outside any).
+pub fn client(name: Cow<'static, str>, attributes: Vec<KeyValue>) -> Span {
+    let Some(tracer) = TRACER.get() else {
+        return Span::none();
+    };
+    start(
+        tracer,
+        name,
+        SpanKind::Client,
+        attributes,
+        Vec::new(),
+        &Context::current(),
     )
 }
 
-/// Mark `span` (a SERVER, CLIENT or store span) as failed with `error_type` (`error.type`).
-pub fn record_error(span: &tracing::Span, error_type: &str) {
-    span.record("error.type", error_type);
-    span.record("otel.status_code", "ERROR");
+/// The span of one store operation (`operation` of store `system`, e.g. `redis`), when the caller
+/// is in a trace; none otherwise (the node's own background round trips are not traced: they
+/// would be a root span each). Its attributes are static strings: nothing is allocated for them.
+pub fn store_span(operation: &'static str, system: &'static str) -> Span {
+    let Some(tracer) = TRACER.get() else {
+        return Span::none();
+    };
+    let parent = Context::current();
+    if !parent.span().span_context().is_valid() {
+        return Span::none();
+    }
+    start(
+        tracer,
+        Cow::Borrowed(operation),
+        SpanKind::Client,
+        vec![
+            KeyValue::new("db.system.name", system),
+            KeyValue::new("db.operation.name", operation),
+        ],
+        Vec::new(),
+        &parent,
+    )
 }
 
 /// A span's name after the MCP conventions: `{mcp.method.name} {target}`, the target being the
@@ -210,61 +327,25 @@ pub fn extract(
     parse(field("traceparent"), field("tracestate")).or_else(|| parse(traceparent, tracestate))
 }
 
-/// Give a new server `span` the client's context: its parent (`client_context = "parent"`), or
-/// a link from a new trace (`"link"`), so that a tenant's client cannot choose Marina's trace
-/// ids or sampling. Call before the span is entered.
-pub fn adopt(span: &tracing::Span, client: Option<SpanContext>) {
-    adopt_as(span, client, LINK.get().copied().unwrap_or(false));
-}
-
-/// Make `parent` the parent of a new server `span` whatever the mode: for a request a peer node
-/// forwarded (authenticated), whose headers carry the forwarding node's span.
-pub fn join(span: &tracing::Span, parent: SpanContext) {
-    adopt_as(span, Some(parent), false);
-}
-
-fn adopt_as(span: &tracing::Span, client: Option<SpanContext>, link: bool) {
-    let Some(client) = client else {
-        return;
-    };
-    if link {
-        span.add_link(client);
-    } else {
-        let _ = span.set_parent(Context::new().with_remote_span_context(client));
-    }
-}
-
-/// The trace and span ids of `span` (hex) when it is sampled: what its log lines name.
-pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
-    if !enabled() {
+/// `span`'s context as W3C Trace Context fields: `traceparent`, and `tracestate` if it has one.
+fn fields(span: &Span) -> Option<(String, Option<String>)> {
+    let cx = span.0.as_ref()?;
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
         return None;
     }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    (sc.is_valid() && sc.is_sampled()).then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
-}
-
-/// `span`'s context as W3C Trace Context fields (`traceparent`, and `tracestate` if any).
-fn fields(span: &tracing::Span) -> Option<HashMap<String, String>> {
-    if !enabled() {
-        return None;
-    }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut fields = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut fields);
-    // The propagator writes an empty `tracestate` for a span without one: no such field.
-    fields.retain(|_, v| !v.is_empty());
-    Some(fields)
+    let flags = sc.trace_flags() & TraceFlags::SAMPLED;
+    let traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), flags.to_u8());
+    let tracestate = sc.trace_state().header();
+    Some((traceparent, (!tracestate.is_empty()).then_some(tracestate)))
 }
 
 /// Put `span`'s context in a request's `params._meta` (SEP-414), replacing the client's: in
 /// `link` mode the client's `baggage` goes too, so nothing a tenant's client set travels on
 /// unchanged.
-pub fn inject_meta(span: &tracing::Span, params: &mut Value) {
-    let Some(fields) = fields(span) else {
+pub fn inject_meta(span: &Span, params: &mut Value) {
+    let Some((traceparent, tracestate)) = fields(span) else {
         return;
     };
     let Some(params) = params.as_object_mut() else {
@@ -280,25 +361,24 @@ pub fn inject_meta(span: &tracing::Span, params: &mut Value) {
     if LINK.get().copied().unwrap_or(false) {
         meta.remove("baggage");
     }
-    for (k, v) in fields {
-        meta.insert(k, Value::String(v));
+    meta.insert("traceparent".into(), Value::String(traceparent));
+    if let Some(state) = tracestate {
+        meta.insert("tracestate".into(), Value::String(state));
     }
 }
 
 /// Put the current span's context in an outgoing request's headers (`traceparent`,
 /// `tracestate`).
 pub fn inject_headers(headers: &mut http::HeaderMap) {
-    let Some(fields) = fields(&current()) else {
+    let Some((traceparent, tracestate)) = fields(&current()) else {
         return;
     };
     headers.remove("tracestate");
-    for (k, v) in fields {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_str(&v),
-        ) {
-            headers.insert(name, value);
-        }
+    if let Ok(v) = http::HeaderValue::from_str(&traceparent) {
+        headers.insert("traceparent", v);
+    }
+    if let Some(Ok(v)) = tracestate.map(|s| http::HeaderValue::from_str(&s)) {
+        headers.insert("tracestate", v);
     }
 }
 
@@ -356,18 +436,18 @@ mod tests {
 
     /// The server span a request with `client`'s context gets, in `link` mode or not.
     fn served(client: &SpanContext, link: bool) -> opentelemetry_sdk::trace::SpanData {
-        use tracing_subscriber::prelude::*;
         let exporter = Collect::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("mcp.server", otel.kind = "server");
-            adopt_as(&span, Some(client.clone()), link);
-            span.in_scope(|| {});
-        });
+        let span = server_span(
+            &provider.tracer("t"),
+            "mcp.server".into(),
+            Vec::new(),
+            Some(client.clone()),
+            link,
+        );
+        drop(span);
         let spans = exporter.0.lock().unwrap().clone();
         assert_eq!(spans.len(), 1, "{spans:?}");
         spans.into_iter().next().unwrap()
@@ -394,6 +474,21 @@ mod tests {
             .map(|l| l.span_context.clone())
             .collect();
         assert_eq!(links, vec![client]);
+    }
+
+    #[test]
+    fn injected_fields_are_what_the_propagator_writes() {
+        use std::collections::HashMap;
+        let provider = SdkTracerProvider::builder().build();
+        let client = extract(None, Some(A), Some("k=v")).unwrap();
+        let span = server_span(&provider.tracer("t"), "s".into(), Vec::new(), Some(client), false);
+        let mut expected = HashMap::new();
+        TraceContextPropagator::new().inject_context(span.0.as_ref().unwrap(), &mut expected);
+        let (traceparent, tracestate) = fields(&span).unwrap();
+        assert_eq!(Some(&traceparent), expected.get("traceparent"));
+        assert_eq!(tracestate.as_deref(), Some("k=v"));
+        assert_eq!(expected.get("tracestate").map(String::as_str), Some("k=v"));
+        assert!(fields(&Span::none()).is_none());
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tracing::Instrument as _;
 
 use super::{
     EndedSessions, Fence, InflightCall, LeaseOutcome, NodeInfo, SessionRecord, SessionStore, StoreError,
@@ -43,14 +42,17 @@ fn error_type(e: &StoreError) -> Option<&'static str> {
 macro_rules! measured {
     ($self:ident, $op:literal, $call:expr) => {{
         let started = Instant::now();
-        // Inside a traced request, each round trip is a span of its trace.
+        // Inside a traced request, each round trip is a span of its trace, from here until it
+        // is dropped. Nothing within the call starts a span or carries a context, so the call is
+        // not run inside it (that would cost a context switch per poll for nothing).
         let span = marina_telemetry::traces::store_span($op, $self.system);
-        let r = $call.instrument(span.clone()).await;
+        let r = $call.await;
         let error = r.as_ref().err().and_then(error_type);
         if let Some(e) = error {
-            marina_telemetry::traces::record_error(&span, e);
+            span.record_error(e);
         }
         marina_telemetry::metrics().store_operation($op, $self.system, started.elapsed(), error);
+        drop(span);
         r
     }};
 }

@@ -38,7 +38,6 @@ use marina_core::tools::ToolIndex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use self::context::RequestCtx;
 use crate::authn::Caller;
@@ -498,18 +497,15 @@ async fn call_tool(
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let cancel = CancellationToken::new();
     let ctx = ctx.streaming(token, tx.clone(), cancel.clone());
-    actix_web::rt::spawn(
-        async move {
-            let _cap = call_cap;
-            let outcome = tokio::select! {
-                r = provider.call(&name, arguments, &ctx) => r,
-                () = ctx_cancelled(&ctx) => return,
-            };
-            let _ = tx.send(round.outcome(&id, &ctx, outcome).1).await;
-        }
-        // The call stays in the request's trace.
-        .instrument(marina_telemetry::traces::current()),
-    );
+    // The call stays in the request's trace.
+    actix_web::rt::spawn(marina_telemetry::traces::current().within(async move {
+        let _cap = call_cap;
+        let outcome = tokio::select! {
+            r = provider.call(&name, arguments, &ctx) => r,
+            () = ctx_cancelled(&ctx) => return,
+        };
+        let _ = tx.send(round.outcome(&id, &ctx, outcome).1).await;
+    }));
 
     Ok(stream_response(rx, cancel))
 }

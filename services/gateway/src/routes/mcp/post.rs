@@ -15,7 +15,6 @@ use marina_core::protocol::{self, MessageKind, RpcError, code, result_response};
 use marina_core::store::{SessionRecord, now_ms};
 use marina_core::tenant::Tenant;
 use serde_json::{Value, json};
-use tracing::Instrument as _;
 
 use super::{
     MOVE_ATTEMPTS, Target, accepts, actor_gone, admit, charge, forwarded_away, header, protocol_header,
@@ -93,7 +92,9 @@ async fn serve(
     *op = crate::observe::begin(&t.id, &message, req, || super::forwarded(state, req));
     let wait = op.as_ref().map(|o| o.wait()).unwrap_or_default();
     // Served inside the operation's span (when traces are on), so what it calls is its child.
-    let span = op.as_ref().map_or_else(tracing::Span::none, |o| o.span().clone());
+    let span = op
+        .as_ref()
+        .map_or_else(marina_telemetry::traces::Span::none, |o| o.span().clone());
     let request_span = tracing::Span::current();
     let tag_session = |tag: &str| {
         request_span.record("session", tag);
@@ -101,7 +102,7 @@ async fn serve(
             o.session(tag);
         }
     };
-    serve_message(
+    span.within(serve_message(
         state,
         req,
         &t,
@@ -115,8 +116,7 @@ async fn serve(
             wait,
         },
         &tag_session,
-    )
-    .instrument(span)
+    ))
     .await
 }
 

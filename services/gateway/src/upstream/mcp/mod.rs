@@ -27,7 +27,6 @@ use marina_core::settings::McpUpstreamSettings;
 use marina_core::tools::{CallContext, SessionContext, ToolDef, ToolProvider, UpstreamSession};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
-use tracing::Instrument as _;
 
 mod modern;
 
@@ -625,26 +624,25 @@ impl McpUpstream {
                 .and_then(Value::as_str)
                 .filter(|_| method == "tools/call")
                 .map(|t| protocol::truncate(t, 128));
-            tracing::info_span!(
-                target: traces::TARGET,
-                "mcp.client",
-                otel.name = %traces::span_name(method, tool),
-                otel.kind = "client",
-                otel.status_code = tracing::field::Empty,
-                mcp.method.name = method,
-                gen_ai.tool.name = tool,
-                marina.upstream = %self.name,
-                marina.tenant = self.health.tenant(),
-                error.type = tracing::field::Empty,
-            )
+            let mut attributes = Vec::with_capacity(4);
+            attributes.push(traces::KeyValue::new("mcp.method.name", method.to_owned()));
+            if let Some(t) = tool {
+                attributes.push(traces::KeyValue::new("gen_ai.tool.name", t.to_owned()));
+            }
+            attributes.push(traces::KeyValue::new("marina.upstream", self.name.clone()));
+            attributes.push(traces::KeyValue::new(
+                "marina.tenant",
+                self.health.tenant().to_owned(),
+            ));
+            traces::client(traces::span_name(method, tool).into(), attributes)
         } else {
-            tracing::Span::none()
+            traces::Span::none()
         };
         let mut params = params;
         traces::inject_meta(&span, &mut params);
-        let answer = self
-            .send_request(session, id, method, params, relay)
-            .instrument(span.clone())
+        let answer = span
+            .clone()
+            .within(self.send_request(session, id, method, params, relay))
             .await;
         let outcome = match &answer {
             Ok((msg, _)) => match (msg.get("error"), msg.get("result")) {
@@ -658,7 +656,7 @@ impl McpUpstream {
             Err(_) => Outcome::Other,
         };
         if outcome.is_error() {
-            traces::record_error(&span, outcome.label().as_str());
+            span.record_error(outcome.label());
         }
         let waited = started.elapsed();
         marina_telemetry::metrics().client_operation(
