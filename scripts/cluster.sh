@@ -187,6 +187,8 @@ defaults
   timeout server 1h
   timeout http-request 10s
   timeout queue 5s
+  # A readiness check may take up to 2 s, as the chart's probes may (default: inter).
+  timeout check 2s
   # A request whose connection to a dead node fails is sent to another node.
   option redispatch
   retries 3

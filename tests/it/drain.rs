@@ -256,6 +256,9 @@ defaults
   timeout http-request 10s
   timeout client 60s
   timeout server 60s
+  # A check may take up to 1 s (as Kubernetes probes may): without it the check times out
+  # after `inter` (200 ms), and a loaded test machine took a node that was serving out.
+  timeout check 1s
 
 frontend lb
   bind 127.0.0.1:{port}

@@ -66,3 +66,24 @@ async fn an_unreachable_redis_is_unavailable_not_a_hang() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// The configured store timeout is the one that applies: an answer Redis delays by 800 ms (well
+/// under the 2 s timeout) is waited for, not cut off by the client library's own default
+/// (500 ms), which under load turned slow answers into 503s.
+#[tokio::test]
+async fn a_slow_answer_within_the_store_timeout_is_waited_for() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis.url(), "slow", Duration::from_secs(2)).unwrap();
+    store.ping().await.expect("connected");
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "client", "pause", "800", "all"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "OK");
+    let started = std::time::Instant::now();
+    store.ping().await.expect("answered once the pause ends");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the answer was delayed"
+    );
+}

@@ -243,9 +243,15 @@ impl RedisStore {
         if let Some(c) = self.slots().get(&me).cloned() {
             return Ok(c);
         }
+        // `run` bounds every call by the store's timeout; redis-rs's own default response
+        // timeout (500 ms) would cut calls short of it and, under load, turn a slow answer into
+        // a 503 the operator never configured.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(self.timeout));
         let conn = self
             .client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(unavailable)?;
         self.slots().insert(me, conn.clone());
