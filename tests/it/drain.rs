@@ -359,7 +359,7 @@ async fn streamed_call(c: &Mcp, id: i64) -> Result<usize, String> {
         .body(countdown(id, 3, 50).to_string())
         .send()
         .await
-        .map_err(|e| format!("call {id}: POST failed: {e}"))?;
+        .map_err(|e| format!("call {id}: POST failed: {}", error_chain(&e)))?;
     let mut resp = expect_ok(resp, id, "POST").await?;
     if !resp
         .headers()
@@ -391,15 +391,39 @@ async fn streamed_call(c: &Mcp, id: i64) -> Result<usize, String> {
             return Err(format!("call {id}: stream ended with no event id to resume from"));
         };
         tokio::time::sleep(Duration::from_millis(retry)).await;
-        let r = c
-            .request(Method::GET)
-            .header("Last-Event-ID", last)
-            .send()
-            .await
-            .map_err(|e| format!("call {id}: resuming GET failed: {e}"))?;
+        // As the SDK clients do, a resumption that fails in transport is tried again (bounded):
+        // a kept-alive connection the balancer closes just as the request goes out is a race of
+        // HTTP keep-alive, not a refusal. Any answer other than 200 is still an error.
+        let mut attempt = 0;
+        let r = loop {
+            match c.request(Method::GET).header("Last-Event-ID", last).send().await {
+                Ok(r) => break r,
+                Err(e) if attempt < 2 => {
+                    attempt += 1;
+                    eprintln!(
+                        "call {id}: resuming GET failed in transport ({}); again",
+                        error_chain(&e)
+                    );
+                    tokio::time::sleep(Duration::from_millis(retry)).await;
+                }
+                Err(e) => return Err(format!("call {id}: resuming GET failed: {}", error_chain(&e))),
+            }
+        };
         resp = expect_ok(r, id, "GET").await?;
     }
     Err(format!("call {id}: no result after 30 resumptions"))
+}
+
+/// An error with its causes (reqwest's own message names only the request).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 async fn expect_ok(resp: reqwest::Response, id: i64, what: &str) -> Result<reqwest::Response, String> {
