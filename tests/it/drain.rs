@@ -359,7 +359,7 @@ async fn streamed_call(c: &Mcp, id: i64) -> Result<usize, String> {
         .body(countdown(id, 3, 50).to_string())
         .send()
         .await
-        .map_err(|e| format!("call {id}: POST failed: {}", error_chain(&e)))?;
+        .map_err(|e| format!("call {id}: POST failed: {}", causes(e)))?;
     let mut resp = expect_ok(resp, id, "POST").await?;
     if !resp
         .headers()
@@ -402,11 +402,11 @@ async fn streamed_call(c: &Mcp, id: i64) -> Result<usize, String> {
                     attempt += 1;
                     eprintln!(
                         "call {id}: resuming GET failed in transport ({}); again",
-                        error_chain(&e)
+                        causes(e)
                     );
                     tokio::time::sleep(Duration::from_millis(retry)).await;
                 }
-                Err(e) => return Err(format!("call {id}: resuming GET failed: {}", error_chain(&e))),
+                Err(e) => return Err(format!("call {id}: resuming GET failed: {}", causes(e))),
             }
         };
         resp = expect_ok(r, id, "GET").await?;
@@ -415,15 +415,8 @@ async fn streamed_call(c: &Mcp, id: i64) -> Result<usize, String> {
 }
 
 /// An error with its causes (reqwest's own message names only the request).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+fn causes(e: reqwest::Error) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 async fn expect_ok(resp: reqwest::Response, id: i64, what: &str) -> Result<reqwest::Response, String> {

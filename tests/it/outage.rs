@@ -60,6 +60,18 @@ fn redis_store(redis: &RedisServer, prefix: &str) -> Arc<dyn SessionStore> {
     Arc::new(RedisStore::new(&redis.url(), prefix, Duration::from_millis(300)).expect("store"))
 }
 
+/// B's address (nothing listens there: the tests only check who would be forwarded to).
+const B_URL: &str = "http://127.0.0.1:2";
+
+/// Nodes A and B on one store, A announced; the store too, to act on it behind their backs.
+async fn two_nodes(redis: &RedisServer, prefix: &str) -> (Arc<dyn SessionStore>, Arc<Node>, Arc<Node>) {
+    let store = redis_store(redis, prefix);
+    let a = node(store.clone(), "A");
+    let b = node(store.clone(), "B");
+    a.heartbeat(URL).await.expect("announce A");
+    (store, a, b)
+}
+
 fn record() -> SessionRecord {
     SessionRecord {
         tenant: "demo".into(),
@@ -199,29 +211,26 @@ async fn a_lease_left_by_a_stopped_actor_is_reclaimed_once_the_node_is_back() {
 #[actix_rt::test]
 async fn a_session_taken_over_during_the_lapse_is_forwarded_not_reclaimed() {
     let redis = RedisServer::start();
-    let store = redis_store(&redis, "takeover");
-    let a = node(store.clone(), "A");
-    let b = node(store.clone(), "B");
-    a.heartbeat(URL).await.expect("announce A");
+    let (_store, a, b) = two_nodes(&redis, "takeover").await;
     let id = create(&a).await.expect("session");
     served_locally(&a, &id).await;
 
     // A pauses; once its record has expired in Redis, B takes the session over.
     wait_for_lapse(&a).await;
-    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    b.heartbeat(B_URL).await.expect("announce B");
     wait_until("B takes the session over", Duration::from_secs(10), || async {
-        b.heartbeat("http://127.0.0.1:2").await.is_ok()
+        b.heartbeat(B_URL).await.is_ok()
             && matches!(b.resolve("demo", &id, false, None).await, Ok(Resolved::Local(_)))
     })
     .await;
 
     // A is back: the session is B's now, and A forwards to it instead of taking it back.
     a.heartbeat(URL).await.expect("announce A again");
-    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    b.heartbeat(B_URL).await.expect("announce B");
     match a.resolve("demo", &id, true, None).await {
         Ok(Resolved::Remote { holder, url }) => {
             assert_eq!(holder, b.config.instance);
-            assert_eq!(url, "http://127.0.0.1:2");
+            assert_eq!(url, B_URL);
         }
         other => panic!("expected a forward to B, got {other:?}"),
     }
@@ -242,11 +251,8 @@ async fn record_vanishes(store: &Arc<dyn SessionStore>, node: &Arc<Node>) {
 #[actix_rt::test]
 async fn a_live_node_whose_record_vanished_keeps_its_sessions() {
     let redis = RedisServer::start();
-    let store = redis_store(&redis, "jump");
-    let a = node(store.clone(), "A");
-    let b = node(store.clone(), "B");
-    a.heartbeat(URL).await.expect("announce A");
-    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    let (store, a, b) = two_nodes(&redis, "jump").await;
+    b.heartbeat(B_URL).await.expect("announce B");
     let id = create(&a).await.expect("session");
     served_locally(&a, &id).await;
 
@@ -280,10 +286,7 @@ async fn a_live_node_whose_record_vanished_keeps_its_sessions() {
 #[actix_rt::test]
 async fn a_node_whose_record_vanished_for_the_grace_stops_its_actors_and_takes_them_back() {
     let redis = RedisServer::start();
-    let store = redis_store(&redis, "jump2");
-    let a = node(store.clone(), "A");
-    let b = node(store.clone(), "B");
-    a.heartbeat(URL).await.expect("announce A");
+    let (store, a, b) = two_nodes(&redis, "jump2").await;
     let mine = create(&a).await.expect("session");
     let actor = served_locally(&a, &mine).await;
     let theirs = create(&a).await.expect("second session");
@@ -293,7 +296,7 @@ async fn a_node_whose_record_vanished_for_the_grace_stops_its_actors_and_takes_t
     // though not for a whole TTL: by A's own clock it never lapsed. B takes a session over.
     let gone = Instant::now();
     record_vanishes(&store, &a).await;
-    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    b.heartbeat(B_URL).await.expect("announce B");
     assert!(matches!(
         b.resolve("demo", &theirs, false, None).await,
         Ok(Resolved::Local(_))
@@ -315,7 +318,7 @@ async fn a_node_whose_record_vanished_for_the_grace_stops_its_actors_and_takes_t
     assert!(a.is_live(), "announced again: serving");
     // The session nobody took is A's again (reclaimed); the other is forwarded to B.
     served_locally(&a, &mine).await;
-    b.heartbeat("http://127.0.0.1:2").await.expect("announce B");
+    b.heartbeat(B_URL).await.expect("announce B");
     match a.resolve("demo", &theirs, true, None).await {
         Ok(Resolved::Remote { holder, .. }) => assert_eq!(holder, b.config.instance),
         other => panic!("expected a forward to B, got {other:?}"),

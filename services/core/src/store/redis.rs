@@ -639,17 +639,17 @@ impl SessionStore for RedisStore {
     async fn acquire_lease(&self, id: &SessionId, holder: &str) -> Result<LeaseOutcome, StoreError> {
         let mut stale = String::new();
         // At most two rounds: find the holder; if its node is gone, take over exactly that lease.
+        // The holder found gone in the first round, whose lease the second takes over.
+        let mut gone: Option<String> = None;
         for _ in 0..2 {
-            let taking_over = !stale.is_empty();
-            let stale_seen = stale.clone();
             match self.take_lease(id, holder, stale).await? {
                 (1, Some(t)) => {
-                    if taking_over {
+                    if let Some(previous) = &gone {
                         // The holder's node record expired: it died (or lost the store).
                         marina_telemetry::metrics().takeover("owner_gone");
                         tracing::info!(
                             session = crate::telemetry::session_tag(id.as_str()),
-                            previous = parse_lease(&stale_seen).0,
+                            previous,
                             "took over a session whose holder's node record is gone"
                         );
                     }
@@ -666,6 +666,7 @@ impl SessionStore for RedisStore {
                     if self.node(&owner).await?.is_some() {
                         return Ok(LeaseOutcome::Held { holder: owner });
                     }
+                    gone = Some(owner);
                     stale = v;
                 }
                 _ => return Ok(LeaseOutcome::NoSession),
@@ -807,16 +808,14 @@ impl SessionStore for RedisStore {
 
     async fn register_node(&self, node: &NodeInfo, ttl: Duration) -> Result<bool, StoreError> {
         let v = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        self.node_ttl_ms.store(ttl_ms, Ordering::Relaxed);
         let now = super::now_ms();
-        let until = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        let until = now + ttl_ms;
         let dir = self.nodes_key();
-        // The record first: the directory only points at records, listing reads them.
-        self.node_ttl_ms.store(
-            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        // The record first: the directory only points at records, listing reads them. GET: the
+        // previous record, to tell whether it vanished before its time.
         let mut pipe = redis::pipe();
-        // GET: the previous record, to tell whether it vanished before its time.
         pipe.cmd("SET")
             .arg(self.node_key(&node.instance))
             .arg(v)
