@@ -213,6 +213,7 @@ def overhead(args):
 OTLP_SINK = r"""
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps the exporter's connection open, as a collector does
     requests = 0
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -127,7 +127,7 @@ fn server_span(
         Target::None => (None, None),
     };
     let mut attributes = Vec::with_capacity(7);
-    attributes.push(KeyValue::new("mcp.method.name", method.to_owned()));
+    attributes.push(KeyValue::new("mcp.method.name", traces::method_value(method)));
     if let Some(t) = tool {
         attributes.push(KeyValue::new(
             "gen_ai.tool.name",
@@ -150,12 +150,7 @@ fn server_span(
         ));
     }
     attributes.push(KeyValue::new("marina.tenant", tenant.to_owned()));
-    traces::server(
-        traces::span_name(method, name).into(),
-        attributes,
-        client,
-        from_peer,
-    )
+    traces::server(traces::span_name(method, name), attributes, client, from_peer)
 }
 
 /// Record `op` with the outcome of `answer` (now, or when its SSE stream carries the response).

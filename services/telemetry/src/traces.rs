@@ -25,7 +25,6 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, Value as AttributeValue};
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -148,13 +147,8 @@ pub fn init(config: &Config) -> Result<bool, String> {
     if !endpoint_configured(config) {
         return Ok(false);
     }
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
-    if let Some(base) = &config.endpoint {
-        exporter = exporter.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
-    }
-    let exporter = exporter
-        .build()
-        .map_err(|e| format!("cannot build the OTLP span exporter: {e}"))?;
+    let target = crate::otlp::Target::resolve(config.endpoint.as_deref(), |k| std::env::var(k).ok())?;
+    let exporter = crate::otlp::OtlpExporter::new(&target)?;
     let resource = Resource::builder()
         .with_service_name("marina")
         .with_attributes([
@@ -279,12 +273,30 @@ pub fn store_span(operation: &'static str, system: &'static str) -> Span {
 }
 
 /// A span's name after the MCP conventions: `{mcp.method.name} {target}`, the target being the
-/// tool or prompt the request names.
-pub fn span_name(method: &str, target: Option<&str>) -> String {
+/// tool or prompt the request names; a method of the specification without a target is not
+/// copied.
+pub fn span_name(method: &str, target: Option<&str>) -> Cow<'static, str> {
     match target {
-        Some(t) => format!("{method} {t}"),
-        None => method.to_owned(),
+        Some(t) => Cow::Owned(format!("{method} {t}")),
+        None => match crate::labels::method(method) {
+            crate::labels::OTHER => Cow::Owned(method.to_owned()),
+            known => Cow::Borrowed(known),
+        },
     }
+}
+
+/// `mcp.method.name`: a method of the specification is not copied (sampled requests build one
+/// or two of these each); any other (a client's own, at most 128 characters) is.
+pub fn method_value(method: &str) -> AttributeValue {
+    match crate::labels::method(method) {
+        crate::labels::OTHER => AttributeValue::from(truncate(method, 128).to_owned()),
+        known => AttributeValue::from(known),
+    }
+}
+
+/// The first `max` characters of `s`.
+fn truncate(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 /// A `traceparent` (with its `tracestate`) as a propagator reads it.
@@ -336,9 +348,29 @@ fn fields(span: &Span) -> Option<(String, Option<String>)> {
         return None;
     }
     let flags = sc.trace_flags() & TraceFlags::SAMPLED;
-    let traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), flags.to_u8());
+    let traceparent = traceparent(sc.trace_id(), sc.span_id(), flags.to_u8());
     let tracestate = sc.trace_state().header();
     Some((traceparent, (!tracestate.is_empty()).then_some(tracestate)))
+}
+
+/// `00-{trace id}-{span id}-{flags}` in lower-case hex, written directly (the formatting
+/// machinery's padded `{:032x}` cost more than the rest of an injection).
+fn traceparent(trace: TraceId, span: SpanId, flags: u8) -> String {
+    fn hex(out: &mut String, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    hex(&mut out, &trace.to_bytes());
+    out.push('-');
+    hex(&mut out, &span.to_bytes());
+    out.push('-');
+    hex(&mut out, &[flags]);
+    out
 }
 
 /// Put `span`'s context in a request's `params._meta` (SEP-414), replacing the client's: in
@@ -495,5 +527,10 @@ mod tests {
     fn names_follow_the_conventions() {
         assert_eq!(span_name("tools/call", Some("echo")), "tools/call echo");
         assert_eq!(span_name("tools/list", None), "tools/list");
+        assert!(matches!(span_name("tools/list", None), Cow::Borrowed(_)));
+        assert_eq!(span_name("x/custom", None), "x/custom");
+        assert_eq!(method_value("tools/call").as_str(), "tools/call");
+        let long = "m".repeat(200);
+        assert_eq!(method_value(&long).as_str().len(), 128);
     }
 }

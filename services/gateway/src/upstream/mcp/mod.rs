@@ -625,7 +625,10 @@ impl McpUpstream {
                 .filter(|_| method == "tools/call")
                 .map(|t| protocol::truncate(t, 128));
             let mut attributes = Vec::with_capacity(4);
-            attributes.push(traces::KeyValue::new("mcp.method.name", method.to_owned()));
+            attributes.push(traces::KeyValue::new(
+                "mcp.method.name",
+                traces::method_value(method),
+            ));
             if let Some(t) = tool {
                 attributes.push(traces::KeyValue::new("gen_ai.tool.name", t.to_owned()));
             }
@@ -634,7 +637,7 @@ impl McpUpstream {
                 "marina.tenant",
                 self.health.tenant().to_owned(),
             ));
-            traces::client(traces::span_name(method, tool).into(), attributes)
+            traces::client(traces::span_name(method, tool), attributes)
         } else {
             traces::Span::none()
         };
