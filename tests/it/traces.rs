@@ -473,3 +473,167 @@ async fn spans_still_buffered_are_exported_at_exit() {
     .await;
     assert!(exported.is_some(), "{:#?}", spans.lock().unwrap());
 }
+
+/// The count of the first `mcp_server_operation_duration_seconds` series on `node`'s admin
+/// listener whose labels contain every part of `labels`.
+async fn operations(node: &MarinaProc, labels: &[&str]) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", node.admin_port))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| l.starts_with("mcp_server_operation_duration_seconds_count{"))
+        .find(|l| labels.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// No attribute or name of any exported span contains any of `secrets`.
+fn nothing_exported_contains(spans: &[Received], secrets: &[&str]) {
+    for s in spans {
+        for secret in secrets {
+            assert!(!s.name.contains(secret), "the name carries {secret}: {s:#?}");
+            for (k, v) in &s.attributes {
+                assert!(!v.contains(secret), "{k} carries {secret}: {s:#?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_request_of_a_batch_is_an_operation_with_its_own_span() {
+    let (collector, spans) = otlp_receiver().await;
+    let (upstream, seen) = mcp_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = MarinaProc::start_with_config("", "N", &env, &config);
+    // Batches exist on 2025-03-26 sessions only.
+    let old = Mcp::connect(&node.endpoint(), "2025-03-26", json!({})).await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "up.echo", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "up.echo", "arguments": {}}},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "nothing"}},
+    ]);
+    let r = old.post(&batch).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let answers: Value = r.json().await.unwrap();
+    let answers = answers.as_array().expect("an array of responses");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    for a in answers {
+        assert_eq!(a["result"]["content"][0]["text"], "echoed", "{a}");
+    }
+
+    // Each item is counted as an operation, with its own outcome.
+    let call = [
+        r#"mcp_method_name="tools/call""#,
+        r#"gen_ai_tool_name="up.echo""#,
+        r#"error_type="""#,
+        r#"mcp_protocol_version="2025-03-26""#,
+        r#"tenant="demo""#,
+    ];
+    let note = [r#"mcp_method_name="notifications/cancelled""#, r#"error_type="""#];
+    let counted = eventually_async(Duration::from_secs(10), || async {
+        let calls = operations(&node, &call).await?;
+        let notes = operations(&node, &note).await?;
+        (calls >= 2.0 && notes >= 1.0).then_some((calls, notes))
+    })
+    .await;
+    assert_eq!(counted, Some((2.0, 1.0)));
+
+    // Each request has its SERVER span, with its upstream call as its CLIENT child.
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let pair = |id: &str| {
+            let server = spans
+                .iter()
+                .find(|s| {
+                    s.kind == SERVER
+                        && s.name == "tools/call up.echo"
+                        && s.attr("jsonrpc.request.id") == Some(id)
+                })?
+                .clone();
+            // (The first call also starts the upstream's session: more CLIENT children.)
+            let client = spans
+                .iter()
+                .find(|s| {
+                    s.kind == CLIENT && s.name == "tools/call echo" && s.parent_span_id == server.span_id
+                })?
+                .clone();
+            Some((server, client))
+        };
+        let note = spans
+            .iter()
+            .find(|s| s.kind == SERVER && s.name == "notifications/cancelled")
+            .cloned()?;
+        Some((pair("1")?, pair("2")?, note))
+    })
+    .await;
+    let Some(((server_1, client_1), (server_2, client_2), note)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    let session = old.session.clone().unwrap();
+    for (server, client) in [(&server_1, &client_1), (&server_2, &client_2)] {
+        assert_eq!(server.attr("mcp.method.name"), Some("tools/call"), "{server:#?}");
+        assert_eq!(server.attr("mcp.session.id"), Some(&session[..8]), "{server:#?}");
+        assert_eq!(server.attr("marina.tenant"), Some("demo"), "{server:#?}");
+        assert_eq!(
+            server.attr("mcp.protocol.version"),
+            Some("2025-03-26"),
+            "{server:#?}"
+        );
+        assert_eq!(server.attr("error.type"), None, "{server:#?}");
+        assert_eq!(client.trace_id, server.trace_id, "{client:#?}");
+        assert_eq!(client.attr("marina.upstream"), Some("up"), "{client:#?}");
+    }
+    assert_ne!(server_1.span_id, server_2.span_id);
+    assert_ne!(client_1.span_id, client_2.span_id);
+    assert_eq!(note.attr("mcp.session.id"), Some(&session[..8]), "{note:#?}");
+    assert_eq!(note.attr("error.type"), None, "{note:#?}");
+    // The upstream got each call with its own CLIENT span as the parent.
+    let mut got: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, m)| m["method"] == "tools/call")
+        .filter_map(|(tp, _)| tp.clone())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = [&client_1, &client_2]
+        .iter()
+        .map(|c| format!("00-{}-{}-01", c.trace_id, c.span_id))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    nothing_exported_contains(&spans.lock().unwrap(), &[&session]);
+}
+
+/// Like [`eventually`], for a check that awaits.
+async fn eventually_async<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -40,7 +40,9 @@ impl Operation {
     pub fn session(&self, tag: &str) {
         self.span.set("mcp.session.id", tag.to_owned());
     }
-    fn finish(self, outcome: Outcome) {
+    /// Record the operation with `outcome` (and end its span). One that is dropped instead is
+    /// not recorded (its span ends without an outcome).
+    pub fn finish(self, outcome: Outcome) {
         if outcome.is_error() {
             self.span.record_error(outcome.label());
         }
