@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use marina_tests::{MarinaProc, Mcp, RedisServer};
+use marina_tests::{MarinaProc, Mcp, RedisServer, SseEvent, read_events};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
@@ -122,6 +122,8 @@ struct Received {
     parent_span_id: String,
     links: Vec<String>,
     attributes: Vec<(String, String)>,
+    /// The status code (`ERROR` is 2).
+    status: i32,
 }
 
 impl Received {
@@ -174,6 +176,7 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
                         parent_span_id: hex(&s.parent_span_id),
                         links: s.links.iter().map(|l| hex(&l.trace_id)).collect(),
                         attributes: pairs(&s.attributes),
+                        status: s.status.as_ref().map_or(0, |s| s.code),
                     });
                 }
             }
@@ -248,6 +251,8 @@ async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
+/// A span's status `ERROR`.
+const ERROR: i32 = 2;
 
 #[tokio::test]
 async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
@@ -636,4 +641,115 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn get_and_delete_are_http_server_spans_and_a_forwarded_get_continues_across_nodes() {
+    let (collector, spans) = otlp_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        "tenants:\n  demo:\n    upstreams:\n      - {kind: builtin, tools: [echo]}\n",
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__SESSIONS__LEASE_TTL_MS", "1500"),
+        ("MARINA__CLUSTER__SECRET", "cluster-tests-secret-0123456789"),
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let redis = RedisServer::start();
+    let a = MarinaProc::start_with_config(&redis.url(), "A", &env, &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "B", &env, &config);
+    let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", json!({})).await;
+    let session = on_a.session.clone().unwrap();
+    let tag = &session[..8];
+
+    // A call answered on a stream (its first event, the priming one, has an id)...
+    let resp = on_a
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}}}))
+        .await;
+    let (events, _) = read_events(resp, Duration::from_secs(10), |_| false).await;
+    let priming = events
+        .first()
+        .and_then(|e| e.id.clone())
+        .expect("a priming event");
+    // ...resumed after it through B, which forwards the GET to A: A replays the response.
+    let resumed = on_a
+        .at(&b.endpoint())
+        .with_header("traceparent", CLIENT_TRACEPARENT)
+        .get(Some(&priming))
+        .await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let (replayed, _) = read_events(resumed, Duration::from_secs(10), |ev| {
+        ev.iter().filter_map(SseEvent::json).any(|m| m["id"] == 1)
+    })
+    .await;
+    let answer = replayed
+        .iter()
+        .filter_map(SseEvent::json)
+        .find(|m| m["id"] == 1)
+        .expect("the response, replayed");
+    assert_eq!(answer["result"]["content"][0]["text"], "hi", "{answer}");
+    // The session ends; ending it again is refused (404).
+    assert_eq!(on_a.delete().await.status(), StatusCode::OK);
+    assert_eq!(on_a.delete().await.status(), StatusCode::NOT_FOUND);
+
+    const GET: &str = "GET /t/{tenant}/mcp";
+    const DELETE: &str = "DELETE /t/{tenant}/mcp";
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let find = |node: &str, name: &str, status: &str| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.kind == SERVER
+                        && s.instance == node
+                        && s.name == name
+                        && s.attr("http.response.status_code") == Some(status)
+                })
+                .cloned()
+        };
+        Some((
+            find("B", GET, "200")?,
+            find("A", GET, "200")?,
+            find("A", DELETE, "200")?,
+            find("A", DELETE, "404")?,
+        ))
+    })
+    .await;
+    let Some((get_b, get_a, deleted, refused)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // B's GET continues the client's trace; A's continues B's (the forwarded request carries it).
+    assert_eq!(get_b.trace_id, CLIENT_TRACE, "{get_b:#?}");
+    assert_eq!(get_b.parent_span_id, "b7ad6b7169203331", "{get_b:#?}");
+    assert_eq!(get_a.trace_id, CLIENT_TRACE, "{get_a:#?}");
+    assert_eq!(get_a.parent_span_id, get_b.span_id, "{get_a:#?}");
+    for (s, method) in [
+        (&get_b, "GET"),
+        (&get_a, "GET"),
+        (&deleted, "DELETE"),
+        (&refused, "DELETE"),
+    ] {
+        assert_eq!(s.attr("http.request.method"), Some(method), "{s:#?}");
+        assert_eq!(s.attr("http.route"), Some("/t/{tenant}/mcp"), "{s:#?}");
+        assert_eq!(s.attr("marina.tenant"), Some("demo"), "{s:#?}");
+        assert_eq!(s.attr("mcp.session.id"), Some(tag), "{s:#?}");
+    }
+    for s in [&get_b, &get_a, &deleted] {
+        assert_eq!(s.attr("error.type"), None, "{s:#?}");
+        assert_ne!(s.status, ERROR, "{s:#?}");
+    }
+    // A resumption; the node that holds the session knows how much it replayed.
+    assert_eq!(get_b.attr("marina.stream.resumed"), Some("true"), "{get_b:#?}");
+    assert_eq!(get_b.attr("marina.stream.replayed"), None, "{get_b:#?}");
+    assert_eq!(get_a.attr("marina.stream.resumed"), Some("true"), "{get_a:#?}");
+    assert_eq!(get_a.attr("marina.stream.replayed"), Some("1"), "{get_a:#?}");
+    // The refused DELETE failed, with its status as the error type.
+    assert_eq!(refused.attr("error.type"), Some("404"), "{refused:#?}");
+    assert_eq!(refused.status, ERROR, "{refused:#?}");
+    nothing_exported_contains(&spans.lock().unwrap(), &[&session]);
 }
