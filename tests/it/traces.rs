@@ -21,6 +21,8 @@ const CLIENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169
 /// One HTTP request as the tiny servers below see it.
 struct Request {
     method: String,
+    /// The request target (path and query).
+    path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -83,7 +85,9 @@ async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
-    let method = lines.next()?.split(' ').next()?.to_owned();
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_owned();
+    let path = request_line.next()?.to_owned();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -106,6 +110,7 @@ async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
     }
     Some(Request {
         method,
+        path,
         headers,
         body,
     })
@@ -752,4 +757,131 @@ async fn get_and_delete_are_http_server_spans_and_a_forwarded_get_continues_acro
     assert_eq!(refused.attr("error.type"), Some("404"), "{refused:#?}");
     assert_eq!(refused.status, ERROR, "{refused:#?}");
     nothing_exported_contains(&spans.lock().unwrap(), &[&session]);
+}
+
+#[tokio::test]
+async fn a_request_to_an_http_tool_is_a_client_span_whose_context_the_endpoint_gets() {
+    let (collector, spans) = otlp_receiver().await;
+    // The tool's endpoint: every request's target, `traceparent` and `tracestate`.
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    let endpoint = serve(move |req| {
+        store.lock().unwrap().push((
+            req.path.clone(),
+            req.header("traceparent").map(str::to_owned),
+            req.header("tracestate").map(str::to_owned),
+        ));
+        if req.path.starts_with("/weather") {
+            (200, "application/json", br#"{"temp": 21}"#.to_vec())
+        } else {
+            (500, "text/plain", b"down".to_vec())
+        }
+    })
+    .await;
+    let port = endpoint.rsplit(':').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    // Credentials in the URL's user info and in its query: neither may reach a span.
+    std::fs::write(
+        &config,
+        format!(
+            r#"egress: {{allow_loopback: true}}
+tenants:
+  demo:
+    upstreams:
+      - kind: http
+        name: weather
+        method: GET
+        url: "http://tooluser:toolpass@127.0.0.1:{port}/weather?key=s3cret"
+        input_schema: {{type: object, properties: {{city: {{type: string}}}}}}
+      - {{kind: http, name: failing, url: "http://127.0.0.1:{port}/fail", input_schema: {{type: object}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = MarinaProc::start_with_config("", "H", &env, &config);
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    let meta = json!({"traceparent": CLIENT_TRACEPARENT, "tracestate": "client=1"});
+    let ok = client
+        .rpc(
+            1,
+            "tools/call",
+            json!({"name": "weather", "arguments": {"city": "Paris"}, "_meta": meta}),
+        )
+        .await;
+    assert_eq!(ok["result"]["structuredContent"]["temp"], 21, "{ok}");
+    let failed = client
+        .rpc(2, "tools/call", json!({"name": "failing", "arguments": {}}))
+        .await;
+    assert_eq!(failed["result"]["isError"], true, "{failed}");
+
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let pair = |tool: &str, method: &str| {
+            let server = spans
+                .iter()
+                .find(|s| s.kind == SERVER && s.name == format!("tools/call {tool}"))?
+                .clone();
+            let client = spans
+                .iter()
+                .find(|s| s.kind == CLIENT && s.name == method && s.parent_span_id == server.span_id)?
+                .clone();
+            Some((server, client))
+        };
+        Some((pair("weather", "GET")?, pair("failing", "POST")?))
+    })
+    .await;
+    let Some(((server, call), (failed_server, failed_call))) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // The CLIENT span is in the call's trace (the client's, in `parent` mode), under its SERVER
+    // span, and the endpoint got its context.
+    assert_eq!(server.trace_id, CLIENT_TRACE, "{server:#?}");
+    assert_eq!(call.trace_id, CLIENT_TRACE, "{call:#?}");
+    let got = got.lock().unwrap().clone();
+    let weather = got
+        .iter()
+        .find(|(path, _, _)| path.starts_with("/weather"))
+        .expect("the endpoint got the call");
+    let expected = format!("00-{}-{}-01", call.trace_id, call.span_id);
+    assert_eq!(weather.1.as_deref(), Some(expected.as_str()), "{weather:?}");
+    assert_eq!(weather.2.as_deref(), Some("client=1"), "{weather:?}");
+    // The query still carries the arguments to the endpoint (only the span leaves them out).
+    assert!(weather.0.contains("city=Paris"), "{weather:?}");
+    assert_eq!(call.attr("http.request.method"), Some("GET"), "{call:#?}");
+    assert_eq!(call.attr("server.address"), Some("127.0.0.1"), "{call:#?}");
+    assert_eq!(call.attr("server.port"), Some(port.as_str()), "{call:#?}");
+    assert_eq!(
+        call.attr("url.full"),
+        Some(format!("http://127.0.0.1:{port}/weather").as_str()),
+        "{call:#?}"
+    );
+    assert_eq!(call.attr("gen_ai.tool.name"), Some("weather"), "{call:#?}");
+    assert_eq!(call.attr("marina.tenant"), Some("demo"), "{call:#?}");
+    assert_eq!(call.attr("http.response.status_code"), Some("200"), "{call:#?}");
+    assert_eq!(call.attr("error.type"), None, "{call:#?}");
+    assert_ne!(call.status, ERROR, "{call:#?}");
+    // A failed request: the status is its error type; the call's SERVER span is a tool error.
+    let fail = got
+        .iter()
+        .find(|(path, _, _)| path == "/fail")
+        .expect("the endpoint got the failing call");
+    let expected = format!("00-{}-{}-01", failed_call.trace_id, failed_call.span_id);
+    assert_eq!(fail.1.as_deref(), Some(expected.as_str()), "{fail:?}");
+    assert_eq!(failed_call.attr("http.response.status_code"), Some("500"));
+    assert_eq!(failed_call.attr("error.type"), Some("500"), "{failed_call:#?}");
+    assert_eq!(failed_call.status, ERROR, "{failed_call:#?}");
+    assert_eq!(
+        failed_server.attr("error.type"),
+        Some("tool_error"),
+        "{failed_server:#?}"
+    );
+    nothing_exported_contains(
+        &spans.lock().unwrap(),
+        &["Paris", "s3cret", "toolpass", "tooluser"],
+    );
 }
