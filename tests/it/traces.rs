@@ -885,3 +885,53 @@ tenants:
         &["Paris", "s3cret", "toolpass", "tooluser"],
     );
 }
+
+#[tokio::test]
+async fn the_instance_id_is_the_node_id_the_node_reports() {
+    use marina_auth::{digest, generate_key};
+    let (collector, spans) = otlp_receiver().await;
+    let admin_key = generate_key();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n",
+            digest(&admin_key)
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("HOSTNAME", "traced-host"),
+    ];
+    // No node id: the node derives it from the host name and the port it bound (port 0: a free
+    // one, known only once bound).
+    let node = MarinaProc::start_with_config("", "", &env, &config);
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    assert_eq!(client.call_text(1, "echo", json!({"text": "x"})).await, "x");
+    let tag = &client.session.as_deref().unwrap()[..8];
+    let detail: Value = reqwest::Client::new()
+        .get(format!("{}/tenants/demo/sessions/{tag}", node.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reported = detail["node"].as_str().unwrap_or_else(|| panic!("{detail}"));
+    assert_eq!(reported, format!("traced-host-{}", node.port));
+    let exported = eventually(Duration::from_secs(20), || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.kind == SERVER && s.name == "tools/call echo")
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("spans missing: {:#?}", spans.lock().unwrap()));
+    assert_eq!(exported.instance, reported, "{exported:#?}");
+}
