@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use marina_tests::{MarinaProc, Mcp, RedisServer};
+use marina_tests::{MarinaProc, Mcp, RedisServer, SseEvent, read_events};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
@@ -21,6 +21,8 @@ const CLIENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169
 /// One HTTP request as the tiny servers below see it.
 struct Request {
     method: String,
+    /// The request target (path and query).
+    path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -83,7 +85,9 @@ async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
-    let method = lines.next()?.split(' ').next()?.to_owned();
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_owned();
+    let path = request_line.next()?.to_owned();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -106,6 +110,7 @@ async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
     }
     Some(Request {
         method,
+        path,
         headers,
         body,
     })
@@ -122,6 +127,8 @@ struct Received {
     parent_span_id: String,
     links: Vec<String>,
     attributes: Vec<(String, String)>,
+    /// The status code (`ERROR` is 2).
+    status: i32,
 }
 
 impl Received {
@@ -174,6 +181,7 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
                         parent_span_id: hex(&s.parent_span_id),
                         links: s.links.iter().map(|l| hex(&l.trace_id)).collect(),
                         attributes: pairs(&s.attributes),
+                        status: s.status.as_ref().map_or(0, |s| s.code),
                     });
                 }
             }
@@ -248,6 +256,8 @@ async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
+/// A span's status `ERROR`.
+const ERROR: i32 = 2;
 
 #[tokio::test]
 async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
@@ -472,4 +482,456 @@ async fn spans_still_buffered_are_exported_at_exit() {
     })
     .await;
     assert!(exported.is_some(), "{:#?}", spans.lock().unwrap());
+}
+
+/// The count of the first `mcp_server_operation_duration_seconds` series on `node`'s admin
+/// listener whose labels contain every part of `labels`.
+async fn operations(node: &MarinaProc, labels: &[&str]) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", node.admin_port))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| l.starts_with("mcp_server_operation_duration_seconds_count{"))
+        .find(|l| labels.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// No attribute or name of any exported span contains any of `secrets`.
+fn nothing_exported_contains(spans: &[Received], secrets: &[&str]) {
+    for s in spans {
+        for secret in secrets {
+            assert!(!s.name.contains(secret), "the name carries {secret}: {s:#?}");
+            for (k, v) in &s.attributes {
+                assert!(!v.contains(secret), "{k} carries {secret}: {s:#?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_request_of_a_batch_is_an_operation_with_its_own_span() {
+    let (collector, spans) = otlp_receiver().await;
+    let (upstream, seen) = mcp_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = MarinaProc::start_with_config("", "N", &env, &config);
+    // Batches exist on 2025-03-26 sessions only.
+    let old = Mcp::connect(&node.endpoint(), "2025-03-26", json!({})).await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "up.echo", "arguments": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "up.echo", "arguments": {}}},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "nothing"}},
+    ]);
+    let r = old.post(&batch).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let answers: Value = r.json().await.unwrap();
+    let answers = answers.as_array().expect("an array of responses");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    for a in answers {
+        assert_eq!(a["result"]["content"][0]["text"], "echoed", "{a}");
+    }
+
+    // Each item is counted as an operation, with its own outcome.
+    let call = [
+        r#"mcp_method_name="tools/call""#,
+        r#"gen_ai_tool_name="up.echo""#,
+        r#"error_type="""#,
+        r#"mcp_protocol_version="2025-03-26""#,
+        r#"tenant="demo""#,
+    ];
+    let note = [r#"mcp_method_name="notifications/cancelled""#, r#"error_type="""#];
+    let counted = eventually_async(Duration::from_secs(10), || async {
+        let calls = operations(&node, &call).await?;
+        let notes = operations(&node, &note).await?;
+        (calls >= 2.0 && notes >= 1.0).then_some((calls, notes))
+    })
+    .await;
+    assert_eq!(counted, Some((2.0, 1.0)));
+
+    // Each request has its SERVER span, with its upstream call as its CLIENT child.
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let pair = |id: &str| {
+            let server = spans
+                .iter()
+                .find(|s| {
+                    s.kind == SERVER
+                        && s.name == "tools/call up.echo"
+                        && s.attr("jsonrpc.request.id") == Some(id)
+                })?
+                .clone();
+            // (The first call also starts the upstream's session: more CLIENT children.)
+            let client = spans
+                .iter()
+                .find(|s| {
+                    s.kind == CLIENT && s.name == "tools/call echo" && s.parent_span_id == server.span_id
+                })?
+                .clone();
+            Some((server, client))
+        };
+        let note = spans
+            .iter()
+            .find(|s| s.kind == SERVER && s.name == "notifications/cancelled")
+            .cloned()?;
+        Some((pair("1")?, pair("2")?, note))
+    })
+    .await;
+    let Some(((server_1, client_1), (server_2, client_2), note)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    let session = old.session.clone().unwrap();
+    for (server, client) in [(&server_1, &client_1), (&server_2, &client_2)] {
+        assert_eq!(server.attr("mcp.method.name"), Some("tools/call"), "{server:#?}");
+        assert_eq!(server.attr("mcp.session.id"), Some(&session[..8]), "{server:#?}");
+        assert_eq!(server.attr("marina.tenant"), Some("demo"), "{server:#?}");
+        assert_eq!(
+            server.attr("mcp.protocol.version"),
+            Some("2025-03-26"),
+            "{server:#?}"
+        );
+        assert_eq!(server.attr("error.type"), None, "{server:#?}");
+        assert_eq!(client.trace_id, server.trace_id, "{client:#?}");
+        assert_eq!(client.attr("marina.upstream"), Some("up"), "{client:#?}");
+    }
+    assert_ne!(server_1.span_id, server_2.span_id);
+    assert_ne!(client_1.span_id, client_2.span_id);
+    assert_eq!(note.attr("mcp.session.id"), Some(&session[..8]), "{note:#?}");
+    assert_eq!(note.attr("error.type"), None, "{note:#?}");
+    // The upstream got each call with its own CLIENT span as the parent.
+    let mut got: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, m)| m["method"] == "tools/call")
+        .filter_map(|(tp, _)| tp.clone())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = [&client_1, &client_2]
+        .iter()
+        .map(|c| format!("00-{}-{}-01", c.trace_id, c.span_id))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    nothing_exported_contains(&spans.lock().unwrap(), &[&session]);
+}
+
+/// Like [`eventually`], for a check that awaits.
+async fn eventually_async<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn get_and_delete_are_http_server_spans_and_a_forwarded_get_continues_across_nodes() {
+    let (collector, spans) = otlp_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        "tenants:\n  demo:\n    upstreams:\n      - {kind: builtin, tools: [echo]}\n",
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__SESSIONS__LEASE_TTL_MS", "1500"),
+        ("MARINA__CLUSTER__SECRET", "cluster-tests-secret-0123456789"),
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let redis = RedisServer::start();
+    let a = MarinaProc::start_with_config(&redis.url(), "A", &env, &config);
+    let b = MarinaProc::start_with_config(&redis.url(), "B", &env, &config);
+    let on_a = Mcp::connect(&a.endpoint(), "2025-11-25", json!({})).await;
+    let session = on_a.session.clone().unwrap();
+    let tag = &session[..8];
+
+    // A call answered on a stream (its first event, the priming one, has an id)...
+    let resp = on_a
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}}}))
+        .await;
+    let (events, _) = read_events(resp, Duration::from_secs(10), |_| false).await;
+    let priming = events
+        .first()
+        .and_then(|e| e.id.clone())
+        .expect("a priming event");
+    // ...resumed after it through B, which forwards the GET to A: A replays the response.
+    let resumed = on_a
+        .at(&b.endpoint())
+        .with_header("traceparent", CLIENT_TRACEPARENT)
+        .get(Some(&priming))
+        .await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let (replayed, _) = read_events(resumed, Duration::from_secs(10), |ev| {
+        ev.iter().filter_map(SseEvent::json).any(|m| m["id"] == 1)
+    })
+    .await;
+    let answer = replayed
+        .iter()
+        .filter_map(SseEvent::json)
+        .find(|m| m["id"] == 1)
+        .expect("the response, replayed");
+    assert_eq!(answer["result"]["content"][0]["text"], "hi", "{answer}");
+    // The session ends; ending it again is refused (404).
+    assert_eq!(on_a.delete().await.status(), StatusCode::OK);
+    assert_eq!(on_a.delete().await.status(), StatusCode::NOT_FOUND);
+
+    const GET: &str = "GET /t/{tenant}/mcp";
+    const DELETE: &str = "DELETE /t/{tenant}/mcp";
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let find = |node: &str, name: &str, status: &str| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.kind == SERVER
+                        && s.instance == node
+                        && s.name == name
+                        && s.attr("http.response.status_code") == Some(status)
+                })
+                .cloned()
+        };
+        Some((
+            find("B", GET, "200")?,
+            find("A", GET, "200")?,
+            find("A", DELETE, "200")?,
+            find("A", DELETE, "404")?,
+        ))
+    })
+    .await;
+    let Some((get_b, get_a, deleted, refused)) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // B's GET continues the client's trace; A's continues B's (the forwarded request carries it).
+    assert_eq!(get_b.trace_id, CLIENT_TRACE, "{get_b:#?}");
+    assert_eq!(get_b.parent_span_id, "b7ad6b7169203331", "{get_b:#?}");
+    assert_eq!(get_a.trace_id, CLIENT_TRACE, "{get_a:#?}");
+    assert_eq!(get_a.parent_span_id, get_b.span_id, "{get_a:#?}");
+    for (s, method) in [
+        (&get_b, "GET"),
+        (&get_a, "GET"),
+        (&deleted, "DELETE"),
+        (&refused, "DELETE"),
+    ] {
+        assert_eq!(s.attr("http.request.method"), Some(method), "{s:#?}");
+        assert_eq!(s.attr("http.route"), Some("/t/{tenant}/mcp"), "{s:#?}");
+        assert_eq!(s.attr("marina.tenant"), Some("demo"), "{s:#?}");
+        assert_eq!(s.attr("mcp.session.id"), Some(tag), "{s:#?}");
+    }
+    for s in [&get_b, &get_a, &deleted] {
+        assert_eq!(s.attr("error.type"), None, "{s:#?}");
+        assert_ne!(s.status, ERROR, "{s:#?}");
+    }
+    // A resumption; the node that holds the session knows how much it replayed.
+    assert_eq!(get_b.attr("marina.stream.resumed"), Some("true"), "{get_b:#?}");
+    assert_eq!(get_b.attr("marina.stream.replayed"), None, "{get_b:#?}");
+    assert_eq!(get_a.attr("marina.stream.resumed"), Some("true"), "{get_a:#?}");
+    assert_eq!(get_a.attr("marina.stream.replayed"), Some("1"), "{get_a:#?}");
+    // The refused DELETE failed, with its status as the error type.
+    assert_eq!(refused.attr("error.type"), Some("404"), "{refused:#?}");
+    assert_eq!(refused.status, ERROR, "{refused:#?}");
+    nothing_exported_contains(&spans.lock().unwrap(), &[&session]);
+}
+
+#[tokio::test]
+async fn a_request_to_an_http_tool_is_a_client_span_whose_context_the_endpoint_gets() {
+    let (collector, spans) = otlp_receiver().await;
+    // The tool's endpoint: every request's target, `traceparent` and `tracestate`.
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    let endpoint = serve(move |req| {
+        store.lock().unwrap().push((
+            req.path.clone(),
+            req.header("traceparent").map(str::to_owned),
+            req.header("tracestate").map(str::to_owned),
+        ));
+        if req.path.starts_with("/weather") {
+            (200, "application/json", br#"{"temp": 21}"#.to_vec())
+        } else {
+            (500, "text/plain", b"down".to_vec())
+        }
+    })
+    .await;
+    let port = endpoint.rsplit(':').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    // Credentials in the URL's user info and in its query: neither may reach a span.
+    std::fs::write(
+        &config,
+        format!(
+            r#"egress: {{allow_loopback: true}}
+tenants:
+  demo:
+    upstreams:
+      - kind: http
+        name: weather
+        method: GET
+        url: "http://tooluser:toolpass@127.0.0.1:{port}/weather?key=s3cret"
+        input_schema: {{type: object, properties: {{city: {{type: string}}}}}}
+      - {{kind: http, name: failing, url: "http://127.0.0.1:{port}/fail", input_schema: {{type: object}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let node = MarinaProc::start_with_config("", "H", &env, &config);
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    let meta = json!({"traceparent": CLIENT_TRACEPARENT, "tracestate": "client=1"});
+    let ok = client
+        .rpc(
+            1,
+            "tools/call",
+            json!({"name": "weather", "arguments": {"city": "Paris"}, "_meta": meta}),
+        )
+        .await;
+    assert_eq!(ok["result"]["structuredContent"]["temp"], 21, "{ok}");
+    let failed = client
+        .rpc(2, "tools/call", json!({"name": "failing", "arguments": {}}))
+        .await;
+    assert_eq!(failed["result"]["isError"], true, "{failed}");
+
+    let found = eventually(Duration::from_secs(20), || {
+        let spans = spans.lock().unwrap();
+        let pair = |tool: &str, method: &str| {
+            let server = spans
+                .iter()
+                .find(|s| s.kind == SERVER && s.name == format!("tools/call {tool}"))?
+                .clone();
+            let client = spans
+                .iter()
+                .find(|s| s.kind == CLIENT && s.name == method && s.parent_span_id == server.span_id)?
+                .clone();
+            Some((server, client))
+        };
+        Some((pair("weather", "GET")?, pair("failing", "POST")?))
+    })
+    .await;
+    let Some(((server, call), (failed_server, failed_call))) = found else {
+        panic!("spans missing: {:#?}", spans.lock().unwrap());
+    };
+    // The CLIENT span is in the call's trace (the client's, in `parent` mode), under its SERVER
+    // span, and the endpoint got its context.
+    assert_eq!(server.trace_id, CLIENT_TRACE, "{server:#?}");
+    assert_eq!(call.trace_id, CLIENT_TRACE, "{call:#?}");
+    let got = got.lock().unwrap().clone();
+    let weather = got
+        .iter()
+        .find(|(path, _, _)| path.starts_with("/weather"))
+        .expect("the endpoint got the call");
+    let expected = format!("00-{}-{}-01", call.trace_id, call.span_id);
+    assert_eq!(weather.1.as_deref(), Some(expected.as_str()), "{weather:?}");
+    assert_eq!(weather.2.as_deref(), Some("client=1"), "{weather:?}");
+    // The query still carries the arguments to the endpoint (only the span leaves them out).
+    assert!(weather.0.contains("city=Paris"), "{weather:?}");
+    assert_eq!(call.attr("http.request.method"), Some("GET"), "{call:#?}");
+    assert_eq!(call.attr("server.address"), Some("127.0.0.1"), "{call:#?}");
+    assert_eq!(call.attr("server.port"), Some(port.as_str()), "{call:#?}");
+    assert_eq!(
+        call.attr("url.full"),
+        Some(format!("http://127.0.0.1:{port}/weather").as_str()),
+        "{call:#?}"
+    );
+    assert_eq!(call.attr("gen_ai.tool.name"), Some("weather"), "{call:#?}");
+    assert_eq!(call.attr("marina.tenant"), Some("demo"), "{call:#?}");
+    assert_eq!(call.attr("http.response.status_code"), Some("200"), "{call:#?}");
+    assert_eq!(call.attr("error.type"), None, "{call:#?}");
+    assert_ne!(call.status, ERROR, "{call:#?}");
+    // A failed request: the status is its error type; the call's SERVER span is a tool error.
+    let fail = got
+        .iter()
+        .find(|(path, _, _)| path == "/fail")
+        .expect("the endpoint got the failing call");
+    let expected = format!("00-{}-{}-01", failed_call.trace_id, failed_call.span_id);
+    assert_eq!(fail.1.as_deref(), Some(expected.as_str()), "{fail:?}");
+    assert_eq!(failed_call.attr("http.response.status_code"), Some("500"));
+    assert_eq!(failed_call.attr("error.type"), Some("500"), "{failed_call:#?}");
+    assert_eq!(failed_call.status, ERROR, "{failed_call:#?}");
+    assert_eq!(
+        failed_server.attr("error.type"),
+        Some("tool_error"),
+        "{failed_server:#?}"
+    );
+    nothing_exported_contains(
+        &spans.lock().unwrap(),
+        &["Paris", "s3cret", "toolpass", "tooluser"],
+    );
+}
+
+#[tokio::test]
+async fn the_instance_id_is_the_node_id_the_node_reports() {
+    use marina_auth::{digest, generate_key};
+    let (collector, spans) = otlp_receiver().await;
+    let admin_key = generate_key();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("marina.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n",
+            digest(&admin_key)
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("HOSTNAME", "traced-host"),
+    ];
+    // No node id: the node derives it from the host name and the port it bound (port 0: a free
+    // one, known only once bound).
+    let node = MarinaProc::start_with_config("", "", &env, &config);
+    let client = Mcp::connect(&node.endpoint(), "2025-11-25", json!({})).await;
+    assert_eq!(client.call_text(1, "echo", json!({"text": "x"})).await, "x");
+    let tag = &client.session.as_deref().unwrap()[..8];
+    let detail: Value = reqwest::Client::new()
+        .get(format!("{}/tenants/demo/sessions/{tag}", node.admin()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reported = detail["node"].as_str().unwrap_or_else(|| panic!("{detail}"));
+    assert_eq!(reported, format!("traced-host-{}", node.port));
+    let exported = eventually(Duration::from_secs(20), || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.kind == SERVER && s.name == "tools/call echo")
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("spans missing: {:#?}", spans.lock().unwrap()));
+    assert_eq!(exported.instance, reported, "{exported:#?}");
 }

@@ -42,6 +42,15 @@ pub fn init(format: LogFormat, filter: &str, traces: Option<&traces::Config>) {
     }
 }
 
+/// Start the process's traces after [`init`] (which was given none): a node knows its id, the
+/// spans' `service.instance.id`, only once its listener is bound. A failure is logged, and
+/// traces stay off.
+pub fn init_traces(config: &traces::Config) {
+    if let Err(e) = traces::init(config) {
+        tracing::warn!(error = %e, "traces are off");
+    }
+}
+
 /// Export the traces still buffered (at process exit).
 pub fn shutdown() {
     traces::shutdown();

@@ -40,7 +40,9 @@ impl Operation {
     pub fn session(&self, tag: &str) {
         self.span.set("mcp.session.id", tag.to_owned());
     }
-    fn finish(self, outcome: Outcome) {
+    /// Record the operation with `outcome` (and end its span). One that is dropped instead is
+    /// not recorded (its span ends without an outcome).
+    pub fn finish(self, outcome: Outcome) {
         if outcome.is_error() {
             self.span.record_error(outcome.label());
         }
@@ -188,6 +190,72 @@ pub fn finish(op: Option<Operation>, answer: Result<HttpResponse, Refusal>) -> R
             op.finish(Outcome::Ok);
             Ok(res.set_body(body))
         }
+    }
+}
+
+/// The route of the MCP endpoint, as the HTTP conventions name it (`http.route`).
+const MCP_ROUTE: &str = "/t/{tenant}/mcp";
+
+/// The SERVER span of a request of the MCP endpoint that is no MCP message — a GET (open or
+/// resume a stream) or a DELETE (end the session) — when traces are on; they are not MCP
+/// operations, so they get no metric here. Named after the OpenTelemetry HTTP conventions,
+/// `{method} /t/{tenant}/mcp` (the route, not the tenant), with `http.request.method`,
+/// `http.route` and `marina.tenant` (a tenant this node serves; nothing a client made up). Its
+/// parent or link is the context of the `traceparent`/`tracestate` headers, as for a POST;
+/// `from_peer`: a peer node forwarded the request (authenticated), so those headers are that
+/// node's span. The handler runs inside it (`Span::within`), tags it with the session
+/// (`mcp.session.id`, the tag) and ends it with [`http_finish`].
+pub fn http_span(
+    state: &crate::state::AppState,
+    tenant: &str,
+    req: &actix_web::HttpRequest,
+    from_peer: impl FnOnce() -> bool,
+) -> traces::Span {
+    use traces::KeyValue;
+    if !traces::enabled() {
+        return traces::Span::none();
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let client = traces::extract(None, header("traceparent"), header("tracestate"));
+    let from_peer = client.is_some() && from_peer();
+    // The conventions' names: a method they do not know is `_OTHER`, its span `HTTP {route}`.
+    let (name, method) = match req.method().as_str() {
+        "GET" => ("GET /t/{tenant}/mcp", "GET"),
+        "DELETE" => ("DELETE /t/{tenant}/mcp", "DELETE"),
+        "POST" => ("POST /t/{tenant}/mcp", "POST"),
+        _ => ("HTTP /t/{tenant}/mcp", marina_telemetry::OTHER),
+    };
+    let mut attributes = Vec::with_capacity(3);
+    attributes.push(KeyValue::new("http.request.method", method));
+    attributes.push(KeyValue::new("http.route", MCP_ROUTE));
+    if let Some(t) = state.node.tenant(tenant) {
+        attributes.push(KeyValue::new("marina.tenant", t.id.clone()));
+    }
+    let span = traces::server(name.into(), attributes, client, from_peer);
+    // The request's log lines name the trace, as for an MCP operation.
+    if let Some((trace_id, span_id)) = span.ids() {
+        let request = tracing::Span::current();
+        request.record("trace_id", tracing::field::display(trace_id));
+        request.record("span_id", tracing::field::display(span_id));
+    }
+    span
+}
+
+/// End the span of [`http_span`] with the handler's `answer`: `http.response.status_code`, and
+/// for a refusal (or a peer's answer of 4xx/5xx to a forwarded request) `error.type` = the
+/// status code and status `ERROR`. For a GET that is when the stream is open (and any replay
+/// is under way), not when the long-lived stream ends.
+pub fn http_finish(span: &traces::Span, answer: &Result<HttpResponse, Refusal>) {
+    if !traces::enabled() {
+        return;
+    }
+    let status = match answer {
+        Ok(res) => res.status(),
+        Err(refusal) => actix_web::ResponseError::status_code(refusal),
+    };
+    span.set("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_client_error() || status.is_server_error() {
+        span.record_error(status.as_str().to_owned());
     }
 }
 

@@ -235,6 +235,13 @@ pub fn node_name(settings: &Settings, port: u16) -> String {
 impl Application {
     /// Build everything and bind the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, |_| {}).await
+    }
+
+    /// [`Self::build`], calling `bound` with the node's id as soon as it is known — the listener
+    /// bound, nothing served yet (the binary starts its traces there, `service.instance.id`
+    /// being the node's id).
+    pub async fn build_with(settings: Settings, bound: impl FnOnce(&str)) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let Backends {
             store,
@@ -252,6 +259,7 @@ impl Application {
             .with_context(|| format!("cannot bind {}", settings.server.bind))?;
         let local_addr = listener.local_addr()?;
         let node_id = node_name(&settings, local_addr.port());
+        bound(&node_id);
         let nonce: u32 = rand::rng().random();
         let instance = format!("{node_id}/{nonce:08x}");
         let tls = tls_config(&settings.server.tls).map_err(ConfigError)?;

@@ -300,24 +300,13 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         endpoint: settings.telemetry.otlp_endpoint.clone(),
         sampling_ratio: settings.telemetry.sampling_ratio,
         link_client_context: settings.telemetry.client_context == settings::ClientContext::Link,
-        // The node's name as the node will derive it (with port 0 it ends in `-0`: the port is
-        // picked later, when the listener binds).
-        instance: marina_gateway::startup::node_name(
-            &settings,
-            settings
-                .server
-                .bind
-                .parse::<std::net::SocketAddr>()
-                .map_or(0, |a| a.port()),
-        ),
+        // The node's id, known once its listener is bound (`serve`).
+        instance: String::new(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    marina_core::telemetry::init(
-        settings.server.log_format,
-        &settings.server.log_filter,
-        Some(&traces),
-    );
-    let result = actix_rt::System::new().block_on(serve(settings));
+    // Logs now; traces once the node knows its id.
+    marina_core::telemetry::init(settings.server.log_format, &settings.server.log_filter, None);
+    let result = actix_rt::System::new().block_on(serve(settings, traces));
     // The spans of the last requests are still in the batch processor's buffer.
     marina_core::telemetry::shutdown();
     match result {
@@ -334,13 +323,22 @@ fn serve_command(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(settings: settings::Settings) -> anyhow::Result<()> {
+async fn serve(settings: settings::Settings, traces: marina_telemetry::traces::Config) -> anyhow::Result<()> {
     let store = if settings.store.redis_url.is_empty() {
         "memory"
     } else {
         "redis"
     };
-    let app = Application::build(settings).await?;
+    // `service.instance.id` is the node's id, as its leases and the admin API name it (with
+    // port 0 it names the port the listener got): traces start once it is bound, before it
+    // serves anything.
+    let app = Application::build_with(settings, |node_id| {
+        marina_core::telemetry::init_traces(&marina_telemetry::traces::Config {
+            instance: node_id.to_owned(),
+            ..traces
+        });
+    })
+    .await?;
     // These lines name the bound addresses (port 0 picks a free one): the admin line comes first,
     // so whoever waits for "marina listening on" has both.
     if let Some(admin) = app.admin_addr() {

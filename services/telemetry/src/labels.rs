@@ -96,6 +96,29 @@ impl Outcome {
     pub fn is_error(self) -> bool {
         self != Self::Ok
     }
+
+    /// The outcome a JSON-RPC response carries: its error's code (an error without a numeric
+    /// code is [`Self::Other`]), [`Self::ToolError`] for a result with `isError: true`, else
+    /// [`Self::Ok`]; `None` for anything that is not a response (a request or notification, a
+    /// batch, a message with neither `result` nor `error`). For a response already parsed; the
+    /// gateway reads the outcome of a response it only has as bytes without building a `Value`.
+    pub fn of_response(message: &serde_json::Value) -> Option<Self> {
+        if message.get("method").is_some() {
+            return None;
+        }
+        match (message.get("error"), message.get("result")) {
+            (Some(e), _) => Some(
+                e.get("code")
+                    .and_then(serde_json::Value::as_i64)
+                    .map_or(Self::Other, Self::Code),
+            ),
+            (None, Some(r)) if r.get("isError") == Some(&serde_json::Value::Bool(true)) => {
+                Some(Self::ToolError)
+            }
+            (None, Some(_)) => Some(Self::Ok),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A tool or prompt name, as far as a metric may carry it.
@@ -201,6 +224,39 @@ mod tests {
         assert_eq!(Outcome::Code(-32602).label(), "-32602");
         assert_eq!(Outcome::Code(12345).label(), OTHER);
         assert_eq!(Outcome::ToolError.label(), "tool_error");
+    }
+
+    #[test]
+    fn outcomes_are_read_from_responses_only() {
+        use serde_json::json;
+        let of = |v: serde_json::Value| Outcome::of_response(&v);
+        assert_eq!(
+            of(json!({"jsonrpc": "2.0", "id": 1, "result": {}})),
+            Some(Outcome::Ok)
+        );
+        assert_eq!(
+            of(json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": false}})),
+            Some(Outcome::Ok)
+        );
+        assert_eq!(
+            of(json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": true}})),
+            Some(Outcome::ToolError)
+        );
+        assert_eq!(
+            of(json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "x"}})),
+            Some(Outcome::Code(-32602))
+        );
+        assert_eq!(
+            of(json!({"jsonrpc": "2.0", "id": 1, "error": {"message": "no code"}})),
+            Some(Outcome::Other)
+        );
+        assert_eq!(
+            of(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}})),
+            None
+        );
+        assert_eq!(of(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), None);
+        assert_eq!(of(json!([{"jsonrpc": "2.0", "id": 1, "result": {}}])), None);
+        assert_eq!(of(json!({"jsonrpc": "2.0", "id": 1})), None);
     }
 
     #[test]

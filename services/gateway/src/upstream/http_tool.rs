@@ -9,6 +9,12 @@
 //! forbidden address — is a tool error (`isError`) with a short message that reveals nothing of the
 //! upstream's answer. The endpoint's credentials come from the tenant's configuration; nothing of
 //! the client's request (and never its token) is forwarded.
+//!
+//! When traces are on, each request to the endpoint is a CLIENT span (after the OpenTelemetry
+//! HTTP conventions, named by its method) under the call's SERVER span, and carries its context
+//! in `traceparent`/`tracestate`. Its `url.full` is the configured URL without query, fragment
+//! or user info: neither arguments (GET and DELETE send them in the query) nor credentials go
+//! into a span.
 
 use std::time::Duration;
 
@@ -17,6 +23,7 @@ use futures_util::StreamExt as _;
 use marina_core::protocol::RpcError;
 use marina_core::settings::HttpToolSettings;
 use marina_core::tools::{CallContext, ToolDef, ToolProvider};
+use marina_telemetry::traces;
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
@@ -36,6 +43,8 @@ pub struct HttpTool {
     policy: Policy,
     /// What this node sees of the tool's service (for the admin API's status).
     health: std::sync::Arc<super::health::Health>,
+    /// The CLIENT span's attributes that never change (the tenant's is added per call).
+    span_attributes: Vec<traces::KeyValue>,
 }
 
 impl std::fmt::Debug for HttpTool {
@@ -109,6 +118,7 @@ impl HttpTool {
             }
         }
         Ok(Self {
+            span_attributes: span_attributes(&method, &url, name),
             def: ToolDef {
                 name: name.clone(),
                 definition,
@@ -158,10 +168,36 @@ impl HttpTool {
         Ok(req)
     }
 
-    /// Call the endpoint; `Err` is the tool error's message.
+    /// Call the endpoint; `Err` is the tool error's message. The exchange (until the answer is
+    /// read) is a CLIENT span when traces are on.
     async fn invoke(&self, args: &Map<String, Value>) -> Result<Value, String> {
         egress::check_url(&self.policy, &self.url).map_err(str::to_owned)?;
-        let resp = self.request(args)?.send().await.map_err(|e| {
+        let req = self.request(args)?;
+        let span = self.span();
+        span.clone().within(self.exchange(req, &span)).await
+    }
+
+    /// The CLIENT span of a request to the endpoint (none when traces are off), a child of the
+    /// current span (the `tools/call`'s SERVER span).
+    fn span(&self) -> traces::Span {
+        if !traces::enabled() {
+            return traces::Span::none();
+        }
+        let mut attributes = self.span_attributes.clone();
+        let tenant = self.health.tenant();
+        if !tenant.is_empty() {
+            attributes.push(traces::KeyValue::new("marina.tenant", tenant.to_owned()));
+        }
+        traces::client(span_name(&self.method).into(), attributes)
+    }
+
+    /// Send `req` inside `span` (the current one), with its context, and read the answer.
+    async fn exchange(&self, req: reqwest::RequestBuilder, span: &traces::Span) -> Result<Value, String> {
+        let mut trace = HeaderMap::new();
+        traces::inject_headers(&mut trace);
+        let req = if trace.is_empty() { req } else { req.headers(trace) };
+        let resp = req.send().await.map_err(|e| {
+            span.record_error(error_type(&e));
             let message = if e.is_timeout() {
                 format!(
                     "the tool's service did not answer within {} ms",
@@ -175,6 +211,10 @@ impl HttpTool {
             message
         })?;
         let status = resp.status();
+        span.set("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_client_error() || status.is_server_error() {
+            span.record_error(status.as_str().to_owned());
+        }
         if status.is_server_error() {
             self.health.failed(&format!(
                 "the tool's service answered with HTTP {}",
@@ -193,6 +233,7 @@ impl HttpTool {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
+                span.record_error(error_type(&e));
                 if e.is_timeout() {
                     format!(
                         "the tool's service did not answer within {} ms",
@@ -203,6 +244,7 @@ impl HttpTool {
                 }
             })?;
             if body.len() + chunk.len() > self.max_bytes {
+                span.record_error("response_too_large");
                 return Err(format!(
                     "the tool's service answered with more than {} bytes",
                     self.max_bytes
@@ -211,6 +253,53 @@ impl HttpTool {
             body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body).map_err(|_| "the tool's service did not answer with JSON".to_owned())
+    }
+}
+
+/// The CLIENT span's name, after the HTTP conventions: the method.
+fn span_name(method: &reqwest::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "HTTP",
+    }
+}
+
+/// The attributes every CLIENT span of tool `name` at `url` has: `http.request.method`,
+/// `server.address`, `server.port`, `url.full` (without query, fragment and user info) and
+/// `gen_ai.tool.name`.
+fn span_attributes(method: &reqwest::Method, url: &reqwest::Url, name: &str) -> Vec<traces::KeyValue> {
+    use traces::KeyValue;
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let mut attributes = vec![KeyValue::new("http.request.method", span_name(method))];
+    if let Some(host) = url.host_str() {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
+    }
+    if let Some(port) = url.port_or_known_default() {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    attributes.push(KeyValue::new("url.full", String::from(shown)));
+    attributes.push(KeyValue::new("gen_ai.tool.name", name.to_owned()));
+    attributes
+}
+
+/// `error.type` of a request that got no (complete) answer.
+fn error_type(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
     }
 }
 

@@ -3,34 +3,50 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use marina_actors::OpenStream;
+use marina_actors::{Frame, OpenStream};
 use marina_core::domain::{EventId, GET_STREAM};
 use marina_core::protocol::code;
+use marina_telemetry::traces;
 
 use super::{Answer, accepts, admit, ask, charge, header, protocol_header, session_header};
 use crate::reply::Refusal;
 use crate::sse::{self, SseOptions};
 use crate::state::AppState;
 
-/// `GET /t/{tenant}/mcp`
+/// `GET /t/{tenant}/mcp`: served inside its SERVER span when traces are on (`observe::http_span`),
+/// which ends when the stream is open — its replay under way — not when the stream ends.
 pub async fn get(
     req: HttpRequest,
     tenant: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let (t, caller) = admit(&state, &req, &tenant).await?;
-    charge(&state, &req, &t, &caller, None, None).await?;
-    if !accepts(&req, "text/event-stream") {
+    let span = crate::observe::http_span(&state, &tenant, &req, || super::forwarded(&state, &req));
+    let answer = span.clone().within(serve(&req, &tenant, &state, &span)).await;
+    crate::observe::http_finish(&span, &answer);
+    answer
+}
+
+async fn serve(
+    req: &HttpRequest,
+    tenant: &str,
+    state: &AppState,
+    span: &traces::Span,
+) -> Result<HttpResponse, Refusal> {
+    let (t, caller) = admit(state, req, tenant).await?;
+    charge(state, req, &t, &caller, None, None).await?;
+    if !accepts(req, "text/event-stream") {
         return Err(Refusal::new(
             StatusCode::NOT_ACCEPTABLE,
             code::INVALID_REQUEST,
             "Accept must list text/event-stream",
         ));
     }
-    let version = protocol_header(&req)?;
-    let id = session_header(&req)?;
-    tracing::Span::current().record("session", marina_core::telemetry::session_tag(id.as_str()));
-    let last_event_id = match header(&req, "last-event-id") {
+    let version = protocol_header(req)?;
+    let id = session_header(req)?;
+    let tag = marina_core::telemetry::session_tag(id.as_str());
+    tracing::Span::current().record("session", tag);
+    span.set("mcp.session.id", tag.to_owned());
+    let last_event_id = match header(req, "last-event-id") {
         None => None,
         Some(raw) => Some(
             EventId::parse(raw)
@@ -38,6 +54,7 @@ pub async fn get(
         ),
     };
     let resumed = last_event_id.is_some();
+    span.set("marina.stream.resumed", resumed);
     sse::room("get")?;
     let open = OpenStream {
         last_event_id,
@@ -45,7 +62,7 @@ pub async fn get(
         owner: caller.owner(),
         access: caller.access(),
     };
-    let handle = match ask(&state, &req, &t.id, &id, open).await? {
+    let handle = match ask(state, req, &t.id, &id, open).await? {
         Answer::Local(h) => h,
         Answer::Done(resp) => return Ok(resp),
     };
@@ -55,7 +72,17 @@ pub async fn get(
         "post"
     };
     if resumed {
-        marina_telemetry::metrics().sse_replay(kind, handle.backlog.len());
+        // The stored events (a complete stream's backlog also ends with its end marker).
+        let replayed = handle
+            .backlog
+            .iter()
+            .filter(|f| matches!(f, Frame::Event { .. }))
+            .count();
+        marina_telemetry::metrics().sse_replay(kind, replayed);
+        span.set(
+            "marina.stream.replayed",
+            i64::try_from(replayed).unwrap_or(i64::MAX),
+        );
     }
     let s = state.node.sessions();
     // A resumed POST stream keeps the POST-stream duration limit; the GET stream has none.

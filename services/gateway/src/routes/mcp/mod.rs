@@ -30,8 +30,7 @@ use crate::state::AppState;
 async fn admit(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<(Arc<Tenant>, Caller), Refusal> {
     let t = preflight(state, req, tenant)?;
     let caller = authn::authenticate(&state.auth, req, &t.id).await?;
-    let forwarded = state.cluster.is_forwarded(req);
-    req.extensions_mut().insert(Forwarded(forwarded));
+    forwarded(state, req);
     Ok((t, caller))
 }
 
@@ -44,14 +43,18 @@ fn forwarded_away(req: &HttpRequest) -> bool {
     req.extensions().contains::<ForwardedAway>()
 }
 
-/// Whether a peer forwarded the request (decided once, in [`admit`]).
+/// Whether a peer forwarded the request (decided once: in [`admit`], or before it when the
+/// request's span needs to know).
 #[derive(Debug, Clone, Copy)]
 struct Forwarded(bool);
 
 fn forwarded(state: &AppState, req: &HttpRequest) -> bool {
-    req.extensions()
-        .get::<Forwarded>()
-        .map_or_else(|| state.cluster.is_forwarded(req), |f| f.0)
+    if let Some(f) = req.extensions().get::<Forwarded>() {
+        return f.0;
+    }
+    let forwarded = state.cluster.is_forwarded(req);
+    req.extensions_mut().insert(Forwarded(forwarded));
+    forwarded
 }
 
 /// The limits step, after [`admit`]: charge the caller's rate buckets (a `tools/call` of

@@ -394,6 +394,8 @@ async fn batch(
     if !protocol::supports_batches(&negotiated) {
         return Err(refuse());
     }
+    let tag = marina_core::telemetry::session_tag(id.as_str());
+    tracing::Span::current().record("session", tag);
     let mut responses = Vec::new();
     for message in items {
         let kind = match protocol::classify(&message) {
@@ -404,45 +406,123 @@ async fn batch(
                 continue;
             }
         };
-        if let MessageKind::Request { id, method } = &kind
-            && method == "initialize"
-        {
-            let err = RpcError::new(code::INVALID_REQUEST, "initialize must not be part of a batch");
-            responses.push(err.to_response(Some(id)));
-            continue;
-        }
-        // Each item is limited on its own.
-        if let Err(limited) = charge(state, req, t, caller, Some(&kind), called_tool(&kind, &message)).await {
-            if let Some(id) = request_id(&kind) {
-                responses.push(limited.rpc_error().to_response(Some(id)));
+        // Each request or notification is an MCP operation of its own: timed, and served inside
+        // its own SERVER span (so what it calls upstream is that span's child).
+        let op = match kind {
+            MessageKind::Request { .. } | MessageKind::Notification { .. } => {
+                crate::observe::begin(&t.id, &message, req, || super::forwarded(state, req))
             }
-            continue;
-        }
-        let reply = addr
-            .send(Dispatch {
-                message,
-                kind,
-                protocol_version: version.clone(),
-                force_json: true,
-                owner: caller.owner(),
-                access: caller.access(),
-                request_id: caller.request_id.clone(),
-                wait: Default::default(),
-                span: marina_telemetry::traces::current(),
-            })
-            .await
-            .map_err(|_| actor_gone())?;
-        match reply {
-            Reply::Json(v) => responses.push(v),
-            Reply::Pending(rx) => responses.extend(rx.await.ok()),
-            Reply::Accepted | Reply::Stream(_) => {}
-            Reply::Rejected(r) => return Err(rejection(r)),
-            Reply::Moved(_) => return Err(rejection(marina_actors::Rejection::Moved)),
+            MessageKind::Response { .. } => None,
+        };
+        let span = op
+            .as_ref()
+            .map_or_else(marina_telemetry::traces::Span::none, |o| {
+                o.session(tag);
+                o.span().clone()
+            });
+        let item = BatchItem {
+            message,
+            kind,
+            version: version.clone(),
+            wait: op.as_ref().map(|o| o.wait()).unwrap_or_default(),
+            span: span.clone(),
+        };
+        match span.within(batch_item(state, req, t, caller, &addr, item)).await {
+            Ok((response, outcome)) => {
+                if let Some(op) = op {
+                    op.finish(outcome);
+                }
+                responses.extend(response);
+            }
+            Err(refusal) => {
+                if let Some(op) = op {
+                    op.finish(marina_telemetry::Outcome::Code(refusal.code()));
+                }
+                return Err(refusal);
+            }
         }
     }
     Ok(if responses.is_empty() {
         HttpResponse::Accepted().finish()
     } else {
         reply::json(StatusCode::OK, &Value::Array(responses))
+    })
+}
+
+/// One message of a batch, classified.
+struct BatchItem {
+    message: Value,
+    kind: MessageKind,
+    version: Option<String>,
+    wait: marina_telemetry::UpstreamWait,
+    /// Its SERVER span (none for a response, or when traces are off).
+    span: marina_telemetry::traces::Span,
+}
+
+/// Serve one message of a batch: its response, if it gets one, and its outcome (a
+/// notification's acceptance is [`Outcome::Ok`]); `Err` refuses the whole batch.
+///
+/// [`Outcome::Ok`]: marina_telemetry::Outcome::Ok
+async fn batch_item(
+    state: &AppState,
+    req: &HttpRequest,
+    t: &Arc<Tenant>,
+    caller: &Caller,
+    addr: &actix::Addr<marina_actors::SessionActor>,
+    item: BatchItem,
+) -> Result<(Option<Value>, marina_telemetry::Outcome), Refusal> {
+    use marina_telemetry::Outcome;
+    let BatchItem {
+        message,
+        kind,
+        version,
+        wait,
+        span,
+    } = item;
+    // A request's outcome is its response's; without one it was interrupted.
+    let request = matches!(kind, MessageKind::Request { .. });
+    let answered = |response: Option<Value>| {
+        let outcome = match &response {
+            Some(r) => Outcome::of_response(r).unwrap_or(Outcome::Other),
+            None if request => Outcome::Other,
+            None => Outcome::Ok,
+        };
+        (response, outcome)
+    };
+    if let MessageKind::Request { id, method } = &kind
+        && method == "initialize"
+    {
+        let err = RpcError::new(code::INVALID_REQUEST, "initialize must not be part of a batch");
+        return Ok(answered(Some(err.to_response(Some(id)))));
+    }
+    // Each item is limited on its own.
+    if let Err(limited) = charge(state, req, t, caller, Some(&kind), called_tool(&kind, &message)).await {
+        let error = limited.rpc_error();
+        return Ok(match request_id(&kind) {
+            Some(id) => answered(Some(error.to_response(Some(id)))),
+            // A notification has no answer to carry its refusal.
+            None => (None, Outcome::Code(error.code)),
+        });
+    }
+    let reply = addr
+        .send(Dispatch {
+            message,
+            kind,
+            protocol_version: version,
+            force_json: true,
+            owner: caller.owner(),
+            access: caller.access(),
+            request_id: caller.request_id.clone(),
+            wait,
+            span,
+        })
+        .await
+        .map_err(|_| actor_gone())?;
+    Ok(match reply {
+        Reply::Json(v) => answered(Some(v)),
+        Reply::Pending(rx) => answered(rx.await.ok()),
+        Reply::Accepted | Reply::Stream(_) => answered(None),
+        Reply::Rejected(r) => return Err(rejection(r)),
+        Reply::Moved(_) => return Err(rejection(marina_actors::Rejection::Moved)),
     })
 }

@@ -647,15 +647,9 @@ impl McpUpstream {
             .clone()
             .within(self.send_request(session, id, method, params, relay))
             .await;
+        // An answer that is no response (neither `result` nor `error`) is malformed.
         let outcome = match &answer {
-            Ok((msg, _)) => match (msg.get("error"), msg.get("result")) {
-                (Some(e), _) => e
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .map_or(Outcome::Other, Outcome::Code),
-                (None, Some(r)) if r.get("isError") == Some(&Value::Bool(true)) => Outcome::ToolError,
-                _ => Outcome::Ok,
-            },
+            Ok((msg, _)) => Outcome::of_response(msg).unwrap_or(Outcome::Other),
             Err(_) => Outcome::Other,
         };
         if outcome.is_error() {
