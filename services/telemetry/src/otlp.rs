@@ -117,12 +117,20 @@ impl OtlpExporter {
             reqwest::header::CONTENT_TYPE,
             reqwest::header::HeaderValue::from_static("application/x-protobuf"),
         );
-        let client = reqwest::blocking::Client::builder()
-            .timeout(target.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+        // A blocking client owns a runtime of its own, which may be neither built nor dropped
+        // on a thread that runs one (traces start inside the node's runtime): built on a
+        // thread of its own.
+        let timeout = target.timeout;
+        let client = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+        })
+        .join()
+        .map_err(|_| "cannot build the OTLP HTTP client".to_owned())?
+        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
         Ok(Self {
             client,
             url,
