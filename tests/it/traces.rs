@@ -263,15 +263,9 @@ const ERROR: i32 = 2;
 async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
     let (collector, spans) = otlp_receiver().await;
     let (upstream, seen) = mcp_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("marina.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
-        ),
-    )
-    .unwrap();
+    let (dir, config) = marina_tests::config_file(&format!(
+        "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+    ));
     let env = [
         ("MARINA__SESSIONS__LEASE_TTL_MS", "1500"),
         ("MARINA__CLUSTER__SECRET", "cluster-tests-secret-0123456789"),
@@ -391,15 +385,9 @@ async fn a_call_is_traced_across_nodes_and_to_the_upstream() {
 async fn in_link_mode_a_client_cannot_choose_the_trace() {
     let (collector, spans) = otlp_receiver().await;
     let (upstream, seen) = mcp_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("marina.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
-        ),
-    )
-    .unwrap();
+    let (_dir, config) = marina_tests::config_file(&format!(
+        "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+    ));
     let env = [
         ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
         ("MARINA__TELEMETRY__CLIENT_CONTEXT", "link"),
@@ -516,15 +504,9 @@ fn nothing_exported_contains(spans: &[Received], secrets: &[&str]) {
 async fn each_request_of_a_batch_is_an_operation_with_its_own_span() {
     let (collector, spans) = otlp_receiver().await;
     let (upstream, seen) = mcp_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("marina.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
-        ),
-    )
-    .unwrap();
+    let (_dir, config) = marina_tests::config_file(&format!(
+        "egress:\n  allow_loopback: true\ntenants:\n  demo:\n    upstreams:\n      - {{kind: mcp, name: up, url: \"{upstream}\", protocol: \"2025-06-18\"}}\n"
+    ));
     let env = [
         ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -651,13 +633,9 @@ where
 #[tokio::test]
 async fn get_and_delete_are_http_server_spans_and_a_forwarded_get_continues_across_nodes() {
     let (collector, spans) = otlp_receiver().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("marina.yaml");
-    std::fs::write(
-        &config,
+    let (_dir, config) = marina_tests::config_file(
         "tenants:\n  demo:\n    upstreams:\n      - {kind: builtin, tools: [echo]}\n",
-    )
-    .unwrap();
+    );
     let env = [
         ("MARINA__SESSIONS__LEASE_TTL_MS", "1500"),
         ("MARINA__CLUSTER__SECRET", "cluster-tests-secret-0123456789"),
@@ -779,13 +757,9 @@ async fn a_request_to_an_http_tool_is_a_client_span_whose_context_the_endpoint_g
     })
     .await;
     let port = endpoint.rsplit(':').next().unwrap().to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("marina.yaml");
     // Credentials in the URL's user info and in its query: neither may reach a span.
-    std::fs::write(
-        &config,
-        format!(
-            r#"egress: {{allow_loopback: true}}
+    let (_dir, config) = marina_tests::config_file(&format!(
+        r#"egress: {{allow_loopback: true}}
 tenants:
   demo:
     upstreams:
@@ -796,9 +770,7 @@ tenants:
         input_schema: {{type: object, properties: {{city: {{type: string}}}}}}
       - {{kind: http, name: failing, url: "http://127.0.0.1:{port}/fail", input_schema: {{type: object}}}}
 "#
-        ),
-    )
-    .unwrap();
+    ));
     let env = [
         ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -891,16 +863,10 @@ async fn the_instance_id_is_the_node_id_the_node_reports() {
     use marina_auth::{digest, generate_key};
     let (collector, spans) = otlp_receiver().await;
     let admin_key = generate_key();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("marina.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n",
-            digest(&admin_key)
-        ),
-    )
-    .unwrap();
+    let (_dir, config) = marina_tests::config_file(&format!(
+        "admin:\n  api_keys:\n    - {{subject: ops, sha256: {}}}\ntenants:\n  demo:\n    upstreams:\n      - {{kind: builtin, tools: [echo]}}\n",
+        digest(&admin_key)
+    ));
     let env = [
         ("MARINA__TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),

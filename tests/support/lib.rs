@@ -13,3 +13,12 @@ pub use procs::{
     MarinaProc, OidcIssuer, RedisServer, TestApp, UpstreamPeer, free_port, marina_bin, spawn_app,
     spawn_app_with,
 };
+
+/// A `marina.yaml` holding `yaml` in a new temporary directory: the directory (removed when
+/// dropped, so keep it alive while a node reads the file) and the file's path.
+pub fn config_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("marina.yaml");
+    std::fs::write(&path, yaml).expect("the configuration file is written");
+    (dir, path)
+}

@@ -31,9 +31,7 @@ async fn serve(
     let (t, caller) = admit(state, req, tenant).await?;
     let version = protocol_header(req)?;
     let id = session_header(req)?;
-    let tag = marina_core::telemetry::session_tag(id.as_str());
-    tracing::Span::current().record("session", tag);
-    span.set("mcp.session.id", tag.to_owned());
+    super::tag_session(span, &id);
     if let Answer::Done(resp) = ask(
         state,
         req,

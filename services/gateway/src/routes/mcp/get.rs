@@ -43,9 +43,7 @@ async fn serve(
     }
     let version = protocol_header(req)?;
     let id = session_header(req)?;
-    let tag = marina_core::telemetry::session_tag(id.as_str());
-    tracing::Span::current().record("session", tag);
-    span.set("mcp.session.id", tag.to_owned());
+    super::tag_session(span, &id);
     let last_event_id = match header(req, "last-event-id") {
         None => None,
         Some(raw) => Some(

@@ -34,6 +34,14 @@ async fn admit(state: &AppState, req: &HttpRequest, tenant: &str) -> Result<(Arc
     Ok((t, caller))
 }
 
+/// The request is for session `id`: its log lines (the `request` span) and its trace span (a
+/// GET's or DELETE's, when traces are on) name the session by its tag, never by the id.
+fn tag_session(span: &marina_telemetry::traces::Span, id: &SessionId) {
+    let tag = marina_core::telemetry::session_tag(id.as_str());
+    tracing::Span::current().record("session", tag);
+    span.set("mcp.session.id", tag.to_owned());
+}
+
 /// This node passed the request on to the session's holder (which records it as an MCP
 /// operation: counting it here too would count it twice across the fleet).
 #[derive(Debug, Clone, Copy)]
